@@ -1,0 +1,97 @@
+"""Bytes in, validated events out, with a rejection an integrator can act on.
+
+Every runtime (file runner, Faust, Flink) decodes through :func:`decode_event`, so a
+message is accepted or rejected identically everywhere, and the rejection text is the
+same one the integrator sees from ``vigie publish``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .events import DeadLetter, InboundEvent
+
+MAX_EVENT_BYTES = 1 << 20
+"""Largest accepted event (1 MiB): a 999-item declaration is about 600 KB."""
+
+_INBOUND: TypeAdapter[Any] = TypeAdapter(InboundEvent)
+_MAX_ERRORS_SHOWN = 3
+
+
+class EventRejected(ValueError):
+    """Raised when bytes are not a valid event. ``field`` is the first offending path."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def _describe(exc: ValidationError) -> EventRejected:
+    parts: list[str] = []
+    first_field: str | None = None
+    for error in exc.errors()[:_MAX_ERRORS_SHOWN]:
+        loc = list(error["loc"])
+        # A discriminated union prefixes the location with the event_type tag: drop it.
+        if loc and isinstance(loc[0], str) and loc[0] in ("ens", "declaration", "excise", "outcome"):
+            loc = loc[1:]
+        path = ".".join(str(p) for p in loc) or "(event)"
+        first_field = first_field or path
+        message = error["msg"]
+        if error["type"] == "union_tag_invalid":
+            message = f"event_type must be one of 'ens', 'declaration', 'excise', 'outcome' (got {error['input']!r})"
+            path = first_field = "event_type"
+        elif error["type"] == "union_tag_not_found":
+            message = "event_type is missing: expected 'ens', 'declaration', 'excise' or 'outcome'"
+            path = first_field = "event_type"
+        elif error["type"] != "json_invalid" and "input" in error and not isinstance(error["input"], dict | list):
+            got = repr(error["input"])
+            message += f" (got {got[:60] + '...' if len(got) > 60 else got})"
+        parts.append(f"{path}: {message}")
+    more = exc.error_count() - _MAX_ERRORS_SHOWN
+    if more > 0:
+        parts.append(f"and {more} more error(s)")
+    return EventRejected("; ".join(parts), first_field)
+
+
+def decode_event(raw: bytes) -> InboundEvent:
+    """Validate ``raw`` JSON bytes as one inbound event, or raise :class:`EventRejected`.
+
+    >>> decode_event(b'{"event_type": "outcome"')
+    Traceback (most recent call last):
+    ...
+    vigie.schemas.codec.EventRejected: (event): Invalid JSON: EOF while parsing an object at line 1 column 24
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventRejected(f"event of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected(f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}") from None
+    try:
+        return _INBOUND.validate_json(raw)
+    except ValidationError as exc:
+        raise _describe(exc) from None
+
+
+def encode_event(event: Any) -> bytes:
+    """Serialise any Vigie model to compact JSON bytes (the wire format)."""
+    return event.model_dump_json(exclude_none=True).encode()
+
+
+def dead_letter(raw: bytes, source: str, rejected: EventRejected, received_at: datetime | None = None) -> DeadLetter:
+    """Wrap rejected bytes with their reason; the id is stable for the same source and bytes."""
+    digest = hashlib.blake2b(source.encode() + b"\0" + raw, digest_size=16).hexdigest()
+    return DeadLetter(
+        dead_letter_id=digest,
+        received_at=received_at or datetime.now(UTC),
+        source=source,
+        reason=rejected.reason,
+        field=rejected.field,
+        raw_size=len(raw),
+        raw=raw,
+    )

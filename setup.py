@@ -1,0 +1,48 @@
+"""One distribution, ``vigie``: each top-level folder becomes a ``vigie.*`` subpackage."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+SUBPACKAGES = ("schemas", "operators", "models", "streams", "sinks")
+
+# Folders inside subpackages (e.g. schemas/generator) are listed explicitly so that
+# package_dir maps them too; nothing generic like "models" lands at the top of site-packages.
+packages = ["vigie"] + [f"vigie.{name}" for name in SUBPACKAGES] + ["vigie.schemas.generator"]
+package_dir = {"vigie": "vigie"} | {f"vigie.{name}": name for name in SUBPACKAGES}
+
+extensions = [
+    Extension("vigie.operators._robust", ["operators/_robust.pyx"]),
+]
+
+setup(
+    name="vigie",
+    version="0.1.0",
+    description="Event-driven streaming risk engine for customs administrations",
+    python_requires=">=3.11,<3.12",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"vigie.schemas.generator": ["*.json"], "vigie.sinks": ["*.sql"]},
+    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False}),
+    install_requires=[
+        # Ranges that coexist: apache-flink 2.2.x pulls apache-beam, which caps numpy < 2.2,
+        # which in turn holds river at 0.23.
+        "apache-flink>=2.2.1,<2.3",
+        "river>=0.23,<0.24",
+        "numpy>=1.26,<2.2",
+        "faust-streaming>=0.15.3,<0.16",
+        "confluent-kafka>=2.16,<3",
+        "clickhouse-driver>=0.2.11,<0.3",
+        "chdb>=4.4,<5",
+        "grafana-client>=5.1,<6",
+        "pydantic>=2.14,<2.15",
+        "pycountry>=24",
+        "typer>=0.29,<0.30",
+        "rich>=14,<16",
+        "orjson>=3.10,<4",
+        "pyyaml>=6,<7",
+        "matplotlib>=3.9,<4",
+    ],
+    extras_require={"test": ["pytest>=9,<10", "pytest-xdist>=3.8,<4", "pytest-timeout>=2.4,<3", "jsonschema>=4.26,<5", "ruff>=0.17,<0.18"]},
+    setup_requires=["cython>=3.3,<3.4"],
+    entry_points={"console_scripts": ["vigie=vigie.streams.cli:main"]},
+)
