@@ -1,1 +1,1 @@
-"""models"""
+"""River model factories, persistence and feedback learning."""

@@ -21,9 +21,7 @@ _CUSTOMS_EXTRA_COUNTRIES = {
     "XL": "Melilla",
     "XS": "Serbia (legacy code)",
 }
-COUNTRY_CODES: frozenset[str] = frozenset(c.alpha_2 for c in pycountry.countries) | frozenset(
-    _CUSTOMS_EXTRA_COUNTRIES
-)
+COUNTRY_CODES: frozenset[str] = frozenset(c.alpha_2 for c in pycountry.countries) | frozenset(_CUSTOMS_EXTRA_COUNTRIES)
 CURRENCY_CODES: frozenset[str] = frozenset(c.alpha_3 for c in pycountry.currencies)
 
 

@@ -1,0 +1,101 @@
+"""The contract every detector implements, whatever runtime drives it.
+
+A detector is shaped like a River estimator, with one addition that streaming runtimes
+need: all the state a piece of work touches lives under one *key*, in an explicit state
+object. A runtime partitions by that key (a Faust table, Flink keyed state, or a plain
+dict in the in-process runner) and hands the state back to the operator:
+
+1. ``units(event)`` splits an event into ``(key, unit)`` pairs (e.g. one per goods item);
+2. ``score_one(unit, state)`` reads the state and returns a :class:`RiskScore` (or ``None``);
+3. ``learn_one(unit, state)`` updates the state *after* scoring (prequential order).
+
+States serialise to plain JSON-able dicts, so any runtime can checkpoint them and a
+restored state gives exactly the scores the original would have given.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, MutableMapping
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import orjson
+
+from vigie.schemas import RiskScore
+
+_SCORE_NAMESPACE = uuid.UUID("6f1c1d0e-5b0a-4e55-9d7c-0b7e3a9c2f10")
+
+
+class OperatorState(ABC):
+    """Per-key state of an operator. Subclasses say what each field means."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able snapshot from which :meth:`from_dict` rebuilds an equal state."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a state saved with :meth:`to_dict`."""
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        return cls.from_dict(orjson.loads(data))
+
+
+StateT = TypeVar("StateT", bound=OperatorState)
+UnitT = TypeVar("UnitT")
+
+
+class Operator(ABC, Generic[UnitT, StateT]):
+    """A detector. Never imports a runtime; never keeps per-key state on ``self``.
+
+    ``self`` holds configuration only (thresholds, rates), so one instance serves every
+    key and every runtime computes the same scores from the same state.
+    """
+
+    name: ClassVar[str]
+    state_type: ClassVar[type[OperatorState]]
+
+    @abstractmethod
+    def units(self, event: Any) -> Iterable[tuple[str, UnitT]]:
+        """The ``(state key, unit of work)`` pairs this event gives; empty if it is not for us."""
+
+    def new_state(self) -> StateT:
+        return self.state_type()  # type: ignore[return-value]
+
+    @abstractmethod
+    def score_one(self, unit: UnitT, state: StateT) -> RiskScore | None:
+        """Score one unit against the state as it was before this unit. Must not mutate."""
+
+    @abstractmethod
+    def learn_one(self, unit: UnitT, state: StateT) -> None:
+        """Update the state with one unit."""
+
+    def process(self, event: Any, store: MutableMapping[str, StateT]) -> list[RiskScore]:
+        """Score then learn every unit of ``event`` against a keyed ``store``.
+
+        The state is written back with ``store[key] = state`` even when it was mutated
+        in place, because changelog-backed tables only persist on assignment.
+        """
+        scores: list[RiskScore] = []
+        for key, unit in self.units(event):
+            state = store.get(key)
+            if state is None:
+                state = self.new_state()
+            score = self.score_one(unit, state)
+            if score is not None:
+                scores.append(score)
+            self.learn_one(unit, state)
+            store[key] = state
+        return scores
+
+
+def score_id(detector: str, subject_event_id: str, item_number: int | None) -> str:
+    """Deterministic id of a score: re-scoring the same event item gives the same id,
+    so sinks keyed on it stay idempotent across restarts and runtimes."""
+    return str(uuid.uuid5(_SCORE_NAMESPACE, f"{detector}/{subject_event_id}/{item_number or 0}"))

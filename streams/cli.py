@@ -1,0 +1,138 @@
+"""The ``vigie`` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vigie.operators import NoisyOrAlerting, ScoringPipeline
+from vigie.schemas.generator import GeneratorConfig, write_stream
+from vigie.schemas.jsonschema import export_json_schemas
+
+from .kafka_dev import dev_app
+from .live import LiveAlertView
+from .runner import RunSummary, run_file
+
+app = typer.Typer(
+    help="Vigie: streaming customs risk engine. `vigie run` scores a generated stream into embedded ClickHouse.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+schema_app = typer.Typer(help="Event schemas for integrators.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+app.add_typer(dev_app, name="dev")
+
+console = Console()
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where embedded ClickHouse and checkpoints live.")]
+DEFAULT_DATA_DIR = Path("vigie-data")
+
+
+def _config(seed: int, duration_hours: float, rate: float, fraud_share: float) -> GeneratorConfig:
+    return GeneratorConfig(seed=seed, duration_hours=duration_hours, rate_per_hour=rate, fraud_share=fraud_share)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Events, one JSON object per line.")] = Path("events.jsonl"),
+    truth: Annotated[Path, typer.Option(help="Ground truth of injected frauds (never read by the engine).")] = Path(
+        "truth.jsonl"
+    ),
+    seed: int = 7,
+    duration_hours: Annotated[float, typer.Option(help="Hours of arrivals to simulate.")] = 24.0,
+    rate: Annotated[float, typer.Option(help="Consignments arriving per hour.")] = 1500.0,
+    fraud_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of fraudulent consignments.")] = 0.04,
+) -> None:
+    """Write a seeded synthetic stream of customs events (JSON lines) and its ground truth."""
+    stats = write_stream(_config(seed, duration_hours, rate, fraud_share), out, truth)
+    console.print(f"wrote {stats.n_events:,} events to {out} and the ground truth to {truth}")
+    console.print(stats.summary() if hasattr(stats, "summary") else stats)
+
+
+@app.command()
+def run(
+    input: Annotated[
+        Path | None, typer.Option("--input", exists=True, dir_okay=False, help="Score this JSON-lines file.")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint for the same input.")] = False,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fused risk that raises an alert.")] = 0.9,
+    seed: int = 7,
+    duration_hours: float = 24.0,
+    rate: float = 1500.0,
+    fraud_share: float = 0.04,
+    live: Annotated[bool, typer.Option(help="Show live alerts in the terminal.")] = True,
+) -> None:
+    """Score events in process into embedded ClickHouse (chdb) under --data-dir.
+
+    With no --input, a stream is generated first (see `vigie generate` for the options).
+    """
+    from vigie.sinks.chdb_sink import ChdbSink  # chdb loads a large library: only when needed
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if input is None:
+        input = data_dir / "generated" / f"events-seed{seed}.jsonl"
+        truth = input.with_name(f"truth-seed{seed}.jsonl")
+        console.print(f"generating a synthetic stream into {input} ...")
+        stats = write_stream(_config(seed, duration_hours, rate, fraud_share), input, truth)
+        console.print(f"{stats.n_events:,} events generated (ground truth kept apart in {truth})")
+    total = sum(1 for _ in open(input, "rb"))
+    pipeline = ScoringPipeline(alerting=NoisyOrAlerting(threshold=threshold))
+    sink = ChdbSink(data_dir / "clickhouse")
+    try:
+        if live:
+            with LiveAlertView(console, total_lines=total) as view:
+                summary = run_file(
+                    input, pipeline, sink, data_dir / "checkpoint.json", resume, view.on_result, view.on_progress
+                )
+        else:
+            summary = run_file(input, pipeline, sink, data_dir / "checkpoint.json", resume)
+    finally:
+        sink.close()
+    _print_summary(summary, data_dir)
+
+
+def _print_summary(summary: RunSummary, data_dir: Path) -> None:
+    table = Table(title="Run summary", show_header=False)
+    table.add_row("lines read", f"{summary.lines_read:,}" + (f" (+{summary.lines_skipped:,} resumed)" * bool(summary.lines_skipped)))
+    for event_type, n in sorted(summary.events_by_type.items()):
+        table.add_row(f"  {event_type}", f"{n:,}")
+    table.add_row("risk scores", f"{summary.scores:,}")
+    table.add_row("alerts", f"{summary.alerts:,}")
+    table.add_row("dead letters", f"{summary.dead_letters:,}")
+    for field, n in summary.dead_letter_reasons.most_common(5):
+        table.add_row(f"  rejected at {field}", f"{n:,}")
+    table.add_row("throughput", f"{summary.events_per_second:,.0f} lines/s in {summary.seconds:.1f} s")
+    table.add_row("stored in", str(data_dir / "clickhouse") + "  (query with `vigie sql`)")
+    console.print(table)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run on the embedded store, e.g. 'SELECT count() FROM vigie.alerts'")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Query the embedded ClickHouse store and print rows as JSON lines."""
+    from vigie.sinks.chdb_sink import ChdbSink
+
+    sink = ChdbSink(data_dir / "clickhouse")
+    try:
+        for row in sink.query(query):
+            typer.echo(json.dumps(row, default=str, ensure_ascii=False))
+    finally:
+        sink.close()
+
+
+@schema_app.command("export")
+def schema_export(directory: Annotated[Path, typer.Argument(help="Folder to write the JSON Schemas into.")]) -> None:
+    """Write the JSON Schema of every event type (what integrators validate against)."""
+    for path in export_json_schemas(directory):
+        console.print(f"wrote {path}")
+
+
+def main() -> None:
+    app()

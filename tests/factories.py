@@ -1,0 +1,130 @@
+"""Small hand-built valid events for unit tests (the generator has its own tests)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vigie.schemas import ControlOutcome, EntrySummaryDeclaration, ExciseMovement, ImportDeclaration
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def declaration_dict(**overrides: Any) -> dict[str, Any]:
+    item = {
+        "item_number": 1,
+        "cn_code": "61091000",
+        "description": "T-shirts of cotton, knitted",
+        "origin_country": "CN",
+        "dispatch_country": "CN",
+        "net_mass_kg": 120.0,
+        "supplementary_units": 600.0,
+        "supplementary_unit_code": "p/st",
+        "invoice_amount": 1300.0,
+        "invoice_currency": "USD",
+        "customs_value_eur": 1200.0,
+        "duty_rate_pct": 12.0,
+        "duty_eur": 144.0,
+        "vat_eur": 268.8,
+    }
+    data: dict[str, Any] = {
+        "event_type": "declaration",
+        "event_id": "decl-0001",
+        "event_time": T0.isoformat(),
+        "source_system": "delta-g",
+        "mrn": "26FR0002300000001A",
+        "declarant_eori": "FR12345678900010",
+        "importer_eori": "FR98765432100010",
+        "seller": {"name": "Ningbo Textile Co", "country": "CN"},
+        "customs_office": "FR002300",
+        "transport_mode_at_border": "sea",
+        "container": True,
+        "ens_reference": "26FR0002300000009Z",
+        "goods_items": [item],
+    }
+    data.update(overrides)
+    return data
+
+
+def ens_dict(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "event_type": "ens",
+        "event_id": "ens-0001",
+        "event_time": (T0 - timedelta(days=30)).isoformat(),
+        "source_system": "ics2",
+        "ens_reference": "26FR0002300000009Z",
+        "transport_mode": "sea",
+        "carrier_eori": "DK12345678",
+        "consignor": {"name": "Ningbo Textile Co", "country": "CN"},
+        "consignee": {"name": "Textiles du Havre", "country": "FR", "eori": "FR98765432100010"},
+        "transport_document": "MAEU123456789",
+        "countries_of_routing": ["CN", "SG", "FR"],
+        "place_of_loading": "CNNGB",
+        "first_office_of_entry": "FR002300",
+        "eta": (T0 - timedelta(hours=6)).isoformat(),
+        "goods_items": [
+            {"item_number": 1, "hs_code": "610910", "description": "cotton t-shirts", "gross_mass_kg": 130.0, "packages": 12}
+        ],
+    }
+    data.update(overrides)
+    return data
+
+
+def excise_dict(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "event_type": "excise",
+        "event_id": "exc-0001",
+        "event_time": T0.isoformat(),
+        "source_system": "emcs",
+        "record_type": "e_ad",
+        "arc": "26FRA1B2C3D4E5F6G7H81",
+        "product_category": "spirits",
+        "cn_code": "22083000",
+        "operator_eori": "FR98765432100010",
+        "consignor_excise_number": "FR012345E0001",
+        "consignee_excise_number": "FR099999E0002",
+        "volume_litres": 1000.0,
+        "alcohol_strength_pct": 40.0,
+        "dispatched_quantity": 1000.0,
+        "quantity_unit": "l",
+        "duty_declared_eur": 7200.0,
+    }
+    data.update(overrides)
+    return data
+
+
+def outcome_dict(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "event_type": "outcome",
+        "event_id": "out-0001",
+        "event_time": (T0 + timedelta(hours=5)).isoformat(),
+        "source_system": "officer-console",
+        "target_type": "declaration",
+        "target_reference": "26FR0002300000001A",
+        "target_event_id": "decl-0001",
+        "controlled": True,
+        "positive": True,
+        "infringement_type": "undervaluation",
+        "duty_recovered_eur": 420.0,
+        "tax_recovered_eur": 90.0,
+        "officer_id": "agent-042",
+        "office": "FR002300",
+    }
+    data.update(overrides)
+    return data
+
+
+def declaration(**overrides: Any) -> ImportDeclaration:
+    return ImportDeclaration.model_validate(declaration_dict(**overrides))
+
+
+def ens(**overrides: Any) -> EntrySummaryDeclaration:
+    return EntrySummaryDeclaration.model_validate(ens_dict(**overrides))
+
+
+def excise(**overrides: Any) -> ExciseMovement:
+    return ExciseMovement.model_validate(excise_dict(**overrides))
+
+
+def outcome(**overrides: Any) -> ControlOutcome:
+    return ControlOutcome.model_validate(outcome_dict(**overrides))
