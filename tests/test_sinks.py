@@ -1,0 +1,548 @@
+"""Sinks against a real chdb store in temporary directories, and the DDL per server version."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from vigie.schemas import (
+    Alert,
+    ControlOutcome,
+    DeadLetter,
+    EnsGoodsItem,
+    EntrySummaryDeclaration,
+    ExciseMovement,
+    GoodsItem,
+    ImportDeclaration,
+    Party,
+    RiskScore,
+)
+from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink
+from vigie.sinks.chdb_sink import ChdbPathBusy, ChdbSink
+from vigie.sinks.ddl import LEGACY, MODERN, TABLES, Kind, RowPlans, ServerProfile, Table, render_ddl, rows_for
+
+# Millisecond precision and a non-UTC offset: what DateTime64(3, 'UTC') must give back.
+T0 = datetime(2026, 3, 14, 9, 26, 53, 589000, tzinfo=timezone(timedelta(hours=2)))
+
+
+# --- events built by hand -------------------------------------------------------------
+
+
+def make_ens(event_id: str = "ens-1", notify: bool = True) -> EntrySummaryDeclaration:
+    return EntrySummaryDeclaration(
+        event_id=event_id,
+        event_time=T0,
+        source_system="ics2-test",
+        ens_reference="26FR0000000000E001",
+        transport_mode="sea",
+        carrier_eori="FRCARRIER0001",
+        consignor=Party(name="Shenzhen Export Co", country="CN"),
+        consignee=Party(name="Importateur SARL", country="FR", eori="FR123456789"),
+        notify_party=Party(name="Jean Dupont", country="FR") if notify else None,
+        transport_document="BL-778899",
+        countries_of_routing=["CN", "SG", "FR"],
+        place_of_loading="CNSHA",
+        first_office_of_entry="FR000690",
+        eta=T0 + timedelta(days=21, hours=3),
+        goods_items=[
+            EnsGoodsItem(
+                item_number=1, hs_code="851712", description="mobile phones", gross_mass_kg=120.5, packages=10
+            ),
+            EnsGoodsItem(item_number=2, hs_code="640399", description="shoes", gross_mass_kg=300.0, packages=25),
+        ],
+    )
+
+
+def make_goods_item(number: int) -> GoodsItem:
+    return GoodsItem(
+        item_number=number,
+        cn_code="85171200",
+        taric_code="8517120000" if number == 1 else None,
+        description=f"phones lot {number}",
+        origin_country="CN",
+        dispatch_country="CN",
+        net_mass_kg=10.25 * number,
+        supplementary_units=100.0 if number == 2 else None,
+        supplementary_unit_code="p/st" if number == 2 else None,
+        invoice_amount=1234.56 * number,
+        invoice_currency="USD",
+        customs_value_eur=1150.1 * number,
+        statistical_value_eur=1160.0 if number == 3 else None,
+        duty_rate_pct=0.0,
+        duty_eur=0.0,
+        vat_eur=230.02 * number,
+    )
+
+
+def make_declaration(event_id: str = "decl-1", items: int = 3) -> ImportDeclaration:
+    return ImportDeclaration(
+        event_id=event_id,
+        event_time=T0,
+        source_system="delta-g",
+        mrn="26FR0000000000D001",
+        declarant_eori="FRDECLARANT01",
+        importer_eori="FRIMPORTER001",
+        seller=Party(name="Guangzhou Trading Ltd", country="CN", eori="CN9988776655"),
+        customs_office="FR000690",
+        transport_mode_at_border="air",
+        container=True,
+        goods_items=[make_goods_item(n) for n in range(1, items + 1)],
+    )
+
+
+def make_excise(event_id: str = "exc-1") -> ExciseMovement:
+    return ExciseMovement(
+        event_id=event_id,
+        event_time=T0,
+        source_system="emcs",
+        record_type="e_ad",
+        arc="26FRA0000000000000011",
+        product_category="spirits",
+        cn_code="22083000",
+        operator_eori="FRWAREHOUSE01",
+        consignor_excise_number="FR00000000001",
+        consignee_excise_number="DE00000000002",
+        volume_litres=1000.0,
+        alcohol_strength_pct=40.0,
+        dispatched_quantity=1000.0,
+        quantity_unit="l",
+        duty_declared_eur=7340.5,
+    )
+
+
+def make_outcome(event_id: str = "out-1") -> ControlOutcome:
+    return ControlOutcome(
+        event_id=event_id,
+        event_time=T0,
+        source_system="control-app",
+        target_type="declaration",
+        target_reference="26FR0000000000D001",
+        target_event_id="decl-1",
+        item_number=2,
+        controlled=True,
+        positive=True,
+        infringement_type="undervaluation",
+        duty_recovered_eur=120.0,
+        tax_recovered_eur=48.5,
+        officer_id="officer-42",
+        office="FR000690",
+        selection="engine_alert",
+        alert_id="alert-1",
+    )
+
+
+def make_score(score_id: str = "score-1") -> RiskScore:
+    return RiskScore(
+        score_id=score_id,
+        detector="undervaluation",
+        subject_event_id="decl-1",
+        subject_type="declaration",
+        subject_reference="26FR0000000000D001",
+        item_number=2,
+        event_time=T0,
+        office="FR000690",
+        operator_eori="FRIMPORTER001",
+        cn_code="85171200",
+        origin_country="CN",
+        score=0.8125,
+        eur_at_stake=512.25,
+        reason="Unit value 3.1 EUR/kg is 92% below the norm for 85171200 from CN",
+        reason_fields={"unit_value": 3.1, "norm": 38.75, "unit": "EUR/kg", "missing": None},
+    )
+
+
+def make_alert(alert_id: str = "alert-1") -> Alert:
+    return Alert(
+        alert_id=alert_id,
+        subject_event_id="decl-1",
+        subject_type="declaration",
+        subject_reference="26FR0000000000D001",
+        event_time=T0,
+        office="FR000690",
+        operator_eori="FRIMPORTER001",
+        transport_mode="air",
+        fused_risk=0.91,
+        rank=3,
+        contributions={"undervaluation": 0.7, "operator_behaviour": 0.21},
+        reasons=["Unit value far below the norm", "New importer"],
+        eur_at_stake=812.0,
+        eta=T0 + timedelta(hours=5),
+        lead_time_hours=-1.5,
+    )
+
+
+def make_dead_letter(raw: bytes, dead_letter_id: str = "dl-1") -> DeadLetter:
+    return DeadLetter(
+        dead_letter_id=dead_letter_id,
+        received_at=T0,
+        source="file:inbox/events.jsonl:17",
+        reason="not valid UTF-8: byte 0xff at offset 0",
+        field=None,
+        raw_size=len(raw),
+        raw=raw,
+    )
+
+
+ALL_RECORDS = [
+    make_ens(),
+    make_ens("ens-2", notify=False),
+    make_declaration(),
+    make_excise(),
+    make_outcome(),
+    make_score(),
+    make_alert(),
+    make_dead_letter(b'\xff\xfe\x00{"a": "\\u00e9"}\n\r\t\x80 end'),
+]
+
+
+# --- reading rows back into models ---------------------------------------------------
+
+
+def _decode(kind: Kind, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind is Kind.JSON:
+        return orjson.loads(value)
+    if kind is Kind.BYTES:
+        return value.encode("utf-8", "surrogateescape")  # how query() hands back non-UTF-8
+    return value
+
+
+def _nest(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    flattened: set[str] = set()
+    for col in table.columns:
+        if col.inherited:
+            continue
+        target = data
+        for part in col.path[:-1]:
+            flattened.add(part)
+            target = target.setdefault(part, {})
+        target[col.path[-1]] = _decode(col.kind, row[col.name])
+    # A flattened optional model whose columns are all NULL was absent.
+    for key in flattened:
+        if all(v is None for v in data[key].values()):
+            data[key] = None
+    return data
+
+
+def read_back(sink: Sink, table_name: str, id_column: str, record_id: str) -> BaseModel:
+    """Rebuild the model stored under ``record_id`` from its table (and item table)."""
+    table = TABLES[table_name]
+    rows = sink.query(f"SELECT * FROM vigie.{table_name} FINAL WHERE {id_column} = '{record_id}'")
+    assert len(rows) == 1, rows
+    data = _nest(table, rows[0])
+    for child in TABLES.values():
+        if child.parent == table_name:
+            assert child.via is not None
+            items = sink.query(
+                f"SELECT * FROM vigie.{child.name} FINAL WHERE event_id = '{record_id}' ORDER BY item_number"
+            )
+            data[child.via] = [_nest(child, item) for item in items]
+    return table.model.model_validate(data)
+
+
+_ID_OF = {
+    "ens": "event_id",
+    "declarations": "event_id",
+    "excise": "event_id",
+    "outcomes": "event_id",
+    "scores": "score_id",
+    "alerts": "alert_id",
+    "dead_letters": "dead_letter_id",
+}
+
+
+def _root_table(record: BaseModel) -> str:
+    return next(name for name, t in TABLES.items() if t.model is type(record) and t.parent is None)
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[ChdbSink]:
+    with ChdbSink(tmp_path / "store", batch_size=1000) as opened:
+        yield opened
+
+
+# --- DDL ------------------------------------------------------------------------------
+
+
+def test_server_profile_parses_versions() -> None:
+    assert ServerProfile.parse("26.9.2.1").modern
+    assert ServerProfile.parse("22.3.1").modern
+    legacy = ServerProfile.parse("18.16.1")
+    assert not legacy.modern and legacy.version == (18, 16, 1)
+    assert not ServerProfile.parse("21.8.15.7").modern
+    with pytest.raises(ValueError):
+        ServerProfile.parse("unknown")
+
+
+def test_every_model_field_has_a_column() -> None:
+    for table in TABLES.values():
+        covered = {col.path[0] for col in table.columns if not col.inherited}
+        children = {t.via for t in TABLES.values() if t.parent == table.name}
+        expected = set(table.model.model_fields) - {"event_type"} - children
+        assert covered == expected, table.name
+
+
+def test_modern_ddl_executes_on_chdb(sink: ChdbSink) -> None:
+    assert sink.profile.modern
+    tables = {r["name"] for r in sink.query("SELECT name FROM system.tables WHERE database = 'vigie'")}
+    assert tables == set(TABLES)
+    types = {
+        (r["table"], r["name"]): r["type"]
+        for r in sink.query("SELECT table, name, type FROM system.columns WHERE database = 'vigie'")
+    }
+    assert types["ens", "event_time"] == "DateTime64(3, 'UTC')"
+    assert types["ens", "consignor_country"] == "LowCardinality(String)"
+    assert types["ens", "notify_party_country"] == "LowCardinality(Nullable(String))"
+    assert types["ens", "countries_of_routing"] == "Array(String)"
+    assert types["alerts", "contributions"] == "Map(String, Float64)"
+    assert types["scores", "reason_fields"] == "String"
+    assert types["declaration_items", "item_number"] == "UInt16"
+    assert types["declarations", "container"] == "UInt8"
+    create_ens = sink.query("SHOW CREATE TABLE vigie.ens")[0]["statement"]
+    create_scores = sink.query("SHOW CREATE TABLE vigie.scores")[0]["statement"]
+    assert "TTL" in create_ens and "1826" in create_ens
+    assert "TTL" not in create_scores
+    # Rendering again on an existing store is a no-op.
+    for statement in render_ddl(sink.profile):
+        sink.query(statement)
+
+
+def test_legacy_ddl_avoids_modern_features() -> None:
+    statements = render_ddl(ServerProfile.parse("18.16.1"), ttl_days=30)
+    text = "\n".join(statements)
+    for feature in ("DateTime64", "LowCardinality", "Map(", "TTL", "EPHEMERAL", "JSON"):
+        assert feature not in text, feature
+    assert text.count("ENGINE = ReplacingMergeTree(ingested_at)") == len(TABLES)
+    assert "PARTITION BY toYYYYMM(event_time)" in text
+    assert "event_time DateTime('UTC')" in text
+    assert re.search(r"\n    raw String,\n", text)
+    assert "contributions String" in text
+
+
+def test_ttl_is_optional() -> None:
+    assert not any("TTL" in s for s in render_ddl(MODERN, ttl_days=None))
+    assert any("INTERVAL 30 DAY" in s for s in render_ddl(MODERN, ttl_days=30))
+    with pytest.raises(ValueError):
+        render_ddl(MODERN, database="vigie; DROP")
+
+
+# --- rows -----------------------------------------------------------------------------
+
+
+def test_declaration_rows() -> None:
+    decl = make_declaration(items=3)
+    rows = rows_for(decl)
+    assert set(rows) == {"declarations", "declaration_items"}
+    (head,) = rows["declarations"]
+    items = rows["declaration_items"]
+    assert len(items) == 3
+    assert head["seller_name"] == "Guangzhou Trading Ltd" and head["seller_eori"] == "CN9988776655"
+    assert head["container"] == 1
+    assert head["event_time"] == T0 and head["event_time"].tzinfo is UTC
+    for number, item in enumerate(items, start=1):
+        assert item["item_number"] == number
+        assert item["event_id"] == "decl-1" and item["mrn"] == decl.mrn
+        assert item["importer_eori"] == "FRIMPORTER001" and item["customs_office"] == "FR000690"
+        assert item["event_time"].tzinfo is UTC
+
+
+def test_rows_follow_the_profile() -> None:
+    alert = make_alert()
+    assert rows_for(alert)["alerts"][0]["contributions"] == alert.contributions
+    legacy = RowPlans(LEGACY).rows_for(alert)["alerts"][0]
+    assert orjson.loads(legacy["contributions"]) == alert.contributions
+    with pytest.raises(TypeError):
+        rows_for(Party(name="x", country="FR"))
+
+
+def test_rows_for_is_fast() -> None:
+    plans = RowPlans(MODERN)
+    records = [make_score(f"s-{i}") for i in range(2000)] + [make_outcome(f"o-{i}") for i in range(2000)]
+    best = min(_timed(plans, records) for _ in range(5))
+    assert best < 15e-6, f"{best * 1e6:.1f} us per record"
+
+
+def _timed(plans: RowPlans, records: list[BaseModel]) -> float:
+    started = time.perf_counter()
+    for record in records:
+        plans.rows_for(record)
+    return (time.perf_counter() - started) / len(records)
+
+
+# --- chdb round trips -------------------------------------------------------------------
+
+
+def test_every_record_type_round_trips(sink: ChdbSink) -> None:
+    sink.write(ALL_RECORDS)
+    sink.flush()
+    for record in ALL_RECORDS:
+        table = _root_table(record)
+        id_column = _ID_OF[table]
+        back = read_back(sink, table, id_column, getattr(record, id_column))
+        assert back.model_dump() == record.model_dump(), table
+
+
+def test_declaration_with_three_items(sink: ChdbSink) -> None:
+    sink.write([make_declaration(items=3)])
+    sink.flush()
+    rows = sink.query("SELECT item_number, mrn, taric_code FROM vigie.declaration_items FINAL ORDER BY item_number")
+    assert [r["item_number"] for r in rows] == [1, 2, 3]
+    assert {r["mrn"] for r in rows} == {"26FR0000000000D001"}
+    assert [r["taric_code"] for r in rows] == ["8517120000", None, None]
+    assert sink.metrics.rows_written == {"declarations": 1, "declaration_items": 3}
+
+
+def test_writing_twice_counts_once_with_final(sink: ChdbSink) -> None:
+    sink.write(ALL_RECORDS)
+    sink.flush()
+    sink.write(ALL_RECORDS)  # a replay after a restart, in another part
+    sink.write(ALL_RECORDS)  # and a duplicate inside one batch
+    sink.flush()
+    expected = {"ens": 2, "ens_items": 4, "declarations": 1, "declaration_items": 3}
+    expected |= {"excise": 1, "outcomes": 1, "scores": 1, "alerts": 1, "dead_letters": 1}
+    for table, count in expected.items():
+        assert sink.query(f"SELECT count() AS n FROM vigie.{table} FINAL")[0]["n"] == count, table
+        raw = sink.query(f"SELECT count() AS n FROM vigie.{table}")[0]["n"]
+        assert raw in (count, 2 * count, 3 * count)  # merges may already have collapsed copies
+    assert sink.metrics.rows_written["declaration_items"] == 9
+
+
+def test_reopening_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with ChdbSink(path) as first:
+        first.write([make_score("a"), make_score("b")])
+    # close() flushed; a restart in the same process reopens the same directory.
+    with ChdbSink(path) as second:
+        assert second.query("SELECT count() AS n FROM vigie.scores FINAL")[0]["n"] == 2
+        second.write([make_score("b"), make_score("c")])
+    with ChdbSink(path) as third:
+        assert [r["score_id"] for r in third.query("SELECT score_id FROM vigie.scores FINAL ORDER BY 1")] == [
+            "a",
+            "b",
+            "c",
+        ]
+
+
+def test_one_directory_per_process(tmp_path: Path) -> None:
+    with ChdbSink(tmp_path / "one") as first:
+        with ChdbSink(tmp_path / "one") as same:  # same path: shares the embedded server
+            same.write([make_score()])
+        with pytest.raises(ChdbPathBusy):
+            ChdbSink(tmp_path / "two")
+        assert first.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 1
+    with ChdbSink(tmp_path / "two") as other:  # free again once the first is closed
+        assert other.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 0
+
+
+def test_dead_letter_bytes_are_lossless(sink: ChdbSink) -> None:
+    small = bytes(range(256)) + b"\xc3\x28 invalid utf-8 \xed\xa0\x80"
+    large = os.urandom(10 * 1024 * 1024)
+    sink.write([make_dead_letter(small, "dl-small"), make_dead_letter(large, "dl-large")])
+    sink.flush()
+    rows = sink.query(
+        "SELECT dead_letter_id, base64Encode(raw) AS raw_b64, length(raw) AS n, raw_size "
+        "FROM vigie.dead_letters FINAL ORDER BY dead_letter_id"
+    )
+    by_id = {r["dead_letter_id"]: r for r in rows}
+    for key, payload in (("dl-small", small), ("dl-large", large)):
+        assert by_id[key]["n"] == by_id[key]["raw_size"] == len(payload)
+        assert base64.b64decode(by_id[key]["raw_b64"]) == payload
+    # Selected directly, non-UTF-8 bytes come back as surrogate escapes.
+    direct = sink.query("SELECT raw FROM vigie.dead_letters FINAL WHERE dead_letter_id = 'dl-small'")[0]["raw"]
+    assert direct.encode("utf-8", "surrogateescape") == small
+
+
+# --- buffering ------------------------------------------------------------------------
+
+
+def test_flushes_at_batch_size(tmp_path: Path) -> None:
+    with ChdbSink(tmp_path / "store", batch_size=5, max_delay_s=3600) as sink:
+        sink.write([make_score(f"s-{i}") for i in range(4)])
+        assert sink.metrics.batches == 0 and sink.metrics.buffered_rows == 4
+        assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 0
+        sink.write([make_score("s-4")])
+        assert sink.metrics.batches == 1 and sink.metrics.buffered_rows == 0
+        assert sink.metrics.rows_written == {"scores": 5}
+        assert sink.metrics.last_flush_at is not None
+        assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 5
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_buffer_delay_and_backoff() -> None:
+    clock = _Clock()
+    buffer = RowBuffer(BufferPolicy(batch_size=100, max_delay_s=2.0, max_buffer_rows=150), clock=clock)
+    assert not buffer.due()
+    buffer.add("scores", [{}])
+    clock.now = 1.9
+    assert not buffer.due()
+    clock.now = 2.0
+    assert buffer.due()
+    buffer.backoff()
+    assert not buffer.due()
+    clock.now = 4.0
+    assert buffer.due()
+    buffer.add("scores", [{}] * 150)
+    assert buffer.over_limit()
+    buffer.discard("scores")
+    assert buffer.size == 0 and not buffer.due()
+
+
+class _FlakySink(BufferedSink):
+    """In-memory sink whose inserts fail while ``down`` is set."""
+
+    def __init__(self, policy: BufferPolicy) -> None:
+        super().__init__(MODERN, policy)
+        self.down = False
+        self.stored: dict[str, list[Any]] = {}
+
+    def _insert(self, table: Table, rows: list[Any]) -> None:
+        if self.down:
+            raise ConnectionError("store unreachable")
+        self.stored.setdefault(table.name, []).extend(rows)
+
+    def _disconnect(self) -> None:
+        pass
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        return []
+
+
+def test_failed_flush_keeps_rows_until_the_buffer_is_full() -> None:
+    sink = _FlakySink(BufferPolicy(batch_size=2, max_delay_s=0.0, max_buffer_rows=4))
+    assert isinstance(sink, Sink)
+    sink.down = True
+    sink.write([make_score("a"), make_score("b")])  # flush fails quietly, rows kept
+    assert sink.metrics.failed_flushes == 1 and sink.metrics.buffered_rows == 2
+    assert "store unreachable" in (sink.metrics.last_error or "")
+    sink.write([make_score("c"), make_score("d")])  # at the bound, still backing off
+    assert sink.metrics.buffered_rows == 4
+    with pytest.raises(ConnectionError):
+        sink.write([make_score("e")])  # above the bound: back-pressure
+    assert sink.metrics.buffered_rows == 5
+    sink.down = False
+    sink.close()
+    assert [r["score_id"] for r in sink.stored["scores"]] == ["a", "b", "c", "d", "e"]
+    with pytest.raises(RuntimeError):
+        sink.write([make_score("f")])
