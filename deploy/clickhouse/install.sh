@@ -48,9 +48,9 @@ trap 'exit 130' INT TERM
 
 echo "install.sh: installing Debian's clickhouse-server and clickhouse-client" >&2
 export DEBIAN_FRONTEND=noninteractive
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq -o DPkg::Lock::Timeout=300
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     clickhouse-server clickhouse-client >/dev/null
 
 # Belt and braces: if a service manager started the server anyway, stop it and keep it
@@ -59,7 +59,8 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     $SUDO systemctl stop clickhouse-server.service >/dev/null 2>&1 || true
     $SUDO systemctl disable clickhouse-server.service >/dev/null 2>&1 || true
 elif [ -x /etc/init.d/clickhouse-server ]; then
-    if pgrep -u clickhouse -x clickhouse-server >/dev/null 2>&1; then
+    # The kernel truncates process names to 15 characters: "clickhouse-serv".
+    if pgrep -u clickhouse clickhouse-serv >/dev/null 2>&1; then
         $SUDO /etc/init.d/clickhouse-server stop >/dev/null 2>&1 || true
     fi
 fi

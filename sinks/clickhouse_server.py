@@ -1,0 +1,495 @@
+"""A private ClickHouse server for tests and developers: own config, own data dir, loopback only.
+
+Debian bookworm packages ClickHouse 18.16 (``deploy/clickhouse/install.sh`` installs it without
+starting the system service). :class:`ClickHouseServer` runs that binary (or a newer
+``clickhouse server``) as a child process with a config written into its data dir from the
+templates in ``deploy/clickhouse/``: native and HTTP ports picked free on 127.0.0.1, data,
+temporary files and logs under the data dir, a ``default`` user without a password that only
+loopback clients may use, no interserver port.
+
+In tests::
+
+    with ClickHouseServer() as server:            # temporary data dir, removed on exit
+        sink = NativeSink(server.host, server.tcp_port)
+        server.stop()      # SIGTERM (server.kill(): SIGKILL, as a crash would)
+        server.restart()   # same ports, same data dir
+
+For developers::
+
+    python -m vigie.sinks.clickhouse_server --data-dir vigie-data/clickhouse --tcp-port 9000
+
+An 18.16 server answers about 0.1-0.3 s after it is spawned (fresh or restarted) and exits
+about 1 s after SIGTERM with a client connected (``shutdown_wait_unfinished`` and
+``poll_interval`` are lowered to 1 s in the templates; the package defaults make it 10 s).
+:attr:`ClickHouseServer.last_start_seconds` holds the measured start time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+__all__ = [
+    "INSTALL_SCRIPT",
+    "ClickHouseServer",
+    "ClickHouseServerError",
+    "find_server_command",
+    "free_port",
+    "server_installed",
+]
+
+#: sinks/ sits at the top of the repository (the package is installed editable).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_DIR = REPO_ROOT / "deploy" / "clickhouse"
+#: Installs Debian's clickhouse-server and clickhouse-client when missing (root, no prompts).
+INSTALL_SCRIPT = DEPLOY_DIR / "install.sh"
+
+LOOPBACK = "127.0.0.1"
+#: Where binaries are looked for besides ``PATH``: Debian installs the server in /usr/sbin,
+#: which is not on an unprivileged user's ``PATH``.
+_EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin")
+_BINARY_ENV = "VIGIE_CLICKHOUSE_SERVER"
+
+
+class ClickHouseServerError(RuntimeError):
+    """The server binary is missing, or the server did not start or answer."""
+
+
+# --------------------------------------------------------------------------------------------
+# Binary and ports
+# --------------------------------------------------------------------------------------------
+
+
+def _which(name: str) -> str | None:
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_BIN_DIRS])
+    return shutil.which(name, path=search)
+
+
+def find_server_command(binary: str | os.PathLike[str] | None = None) -> list[str]:
+    """The command that runs a ClickHouse server, without its arguments.
+
+    Looks at ``binary``, then ``$VIGIE_CLICKHOUSE_SERVER``, then ``clickhouse-server`` (Debian's
+    package, in /usr/sbin), then the single ``clickhouse`` binary of newer releases
+    (``clickhouse server``). Raises :class:`ClickHouseServerError` when none is found.
+    """
+    explicit = binary or os.environ.get(_BINARY_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            found = _which(str(explicit))
+            if found is None:
+                raise ClickHouseServerError(f"ClickHouse server binary {explicit!s} not found or not executable")
+            path = Path(found)
+        return [str(path), "server"] if path.name == "clickhouse" else [str(path)]
+    found = _which("clickhouse-server")
+    if found:
+        return [found]
+    found = _which("clickhouse")
+    if found:
+        return [found, "server"]
+    raise ClickHouseServerError(
+        f"no ClickHouse server binary found (clickhouse-server or clickhouse): run {INSTALL_SCRIPT} as root "
+        f"(Debian's clickhouse-server), or set {_BINARY_ENV} to a server binary"
+    )
+
+
+def server_installed() -> bool:
+    """True when :func:`find_server_command` finds a binary."""
+    try:
+        find_server_command()
+    except ClickHouseServerError:
+        return False
+    return True
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(exclude: Iterable[int] = ()) -> int:
+    """A loopback TCP port free now, preferably below the kernel's ephemeral range.
+
+    Ports below that range are never the local end of an outgoing connection, so a server
+    restarted on its old ports does not find one taken by a client socket.
+    """
+    excluded = set(exclude)
+    low, _high = _ephemeral_port_range()
+    rng = random.SystemRandom()
+    if low > 20000:
+        for _ in range(200):
+            port = rng.randrange(20000, low)
+            if port not in excluded and _port_is_free(port):
+                return port
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in excluded:
+            return port
+    raise ClickHouseServerError("could not find a free loopback port")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def _stop_at_exit(ref: weakref.ReferenceType[ClickHouseServer]) -> None:
+    server = ref()
+    if server is not None and server.is_running():
+        server.stop(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+class ClickHouseServer:
+    """One ClickHouse server as a child process, listening on 127.0.0.1 only.
+
+    Args:
+        data_dir: Folder for the config, the data and the logs. A temporary folder when
+            omitted, removed by :meth:`close` (and so by the context manager).
+        tcp_port: Native-protocol port; a free one when 0.
+        http_port: HTTP port; a free one when 0.
+        binary: Server binary (see :func:`find_server_command`).
+        startup_timeout: Seconds to wait for ``SELECT 1`` to answer.
+        log_level: The server's log level (``trace`` ... ``error``).
+        max_memory_usage: Per-query memory limit of the ``default`` profile, in bytes.
+        template_dir: Folder holding ``config.xml.in`` and ``users.xml.in``.
+        shutdown_wait: Seconds a SIGTERM waits for open client connections before closing them.
+
+    :meth:`stop`, :meth:`kill` and :meth:`restart` keep the ports and the data dir, so a
+    client reconnecting to the same address finds the same tables (tests of a server going
+    away mid-stream). A server still running when the interpreter exits is stopped.
+    """
+
+    host = LOOPBACK
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        tcp_port: int = 0,
+        http_port: int = 0,
+        binary: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 30.0,
+        log_level: str = "information",
+        max_memory_usage: int = 4_000_000_000,
+        template_dir: Path | str | None = None,
+        shutdown_wait: int = 1,
+    ) -> None:
+        self._owns_data_dir = data_dir is None
+        self.data_dir = (
+            Path(tempfile.mkdtemp(prefix="vigie-clickhouse-")) if data_dir is None else Path(data_dir).resolve()
+        )
+        self._auto_ports = not tcp_port and not http_port
+        self.tcp_port = tcp_port or free_port()
+        self.http_port = http_port or free_port(exclude=[self.tcp_port])
+        self.command = find_server_command(binary)
+        self.startup_timeout = startup_timeout
+        self.log_level = log_level
+        self.max_memory_usage = int(max_memory_usage)
+        self.template_dir = Path(template_dir) if template_dir is not None else DEPLOY_DIR
+        self.shutdown_wait = int(shutdown_wait)
+        self.version: str | None = None
+        """``SELECT version()`` of the running server, set once it answers."""
+        self.last_start_seconds: float | None = None
+        """Seconds from spawning the process to the first answered query, for the last start."""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        atexit.register(_stop_at_exit, weakref.ref(self))
+
+    # -- files ------------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        """The ``config.xml`` this server runs with."""
+        return self.data_dir / "config.xml"
+
+    @property
+    def users_file(self) -> Path:
+        """The ``users.xml`` the config points to."""
+        return self.data_dir / "users.xml"
+
+    @property
+    def log_dir(self) -> Path:
+        """Folder of the server's logs."""
+        return self.data_dir / "log"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's main log."""
+        return self.log_dir / "clickhouse-server.log"
+
+    @property
+    def error_log_file(self) -> Path:
+        """Warnings and errors only."""
+        return self.log_dir / "clickhouse-server.err.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        """The process's stdout and stderr (start-up failures before logging is set up)."""
+        return self.log_dir / "stdout.log"
+
+    @property
+    def dsn(self) -> str:
+        """``clickhouse://127.0.0.1:<tcp_port>/default`` for clickhouse-driver's ``Client.from_url``."""
+        return f"clickhouse://{self.host}:{self.tcp_port}/default"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id while running."""
+        return self._proc.pid if self.is_running() and self._proc is not None else None
+
+    def _render(self, name: str, values: dict[str, object]) -> str:
+        path = self.template_dir / name
+        try:
+            template = string.Template(path.read_text())
+        except OSError as exc:
+            raise ClickHouseServerError(f"cannot read the config template {path}: {exc}") from exc
+        return template.substitute({key: escape(str(value)) for key, value in values.items()})
+
+    def _write_config(self) -> None:
+        folders = {
+            "data_path": self.data_dir / "data",
+            "tmp_path": self.data_dir / "tmp",
+            "user_files_path": self.data_dir / "user_files",
+            "format_schema_path": self.data_dir / "format_schemas",
+        }
+        for folder in (*folders.values(), self.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        values: dict[str, object] = {name: f"{folder}/" for name, folder in folders.items()}
+        values |= {
+            "host": self.host,
+            "tcp_port": self.tcp_port,
+            "http_port": self.http_port,
+            "log_level": self.log_level,
+            "log_file": self.log_file,
+            "error_log_file": self.error_log_file,
+            "users_config": self.users_file,
+            "shutdown_wait_unfinished": self.shutdown_wait,
+        }
+        self.users_file.write_text(self._render("users.xml.in", {"max_memory_usage": self.max_memory_usage}))
+        self.config_file.write_text(self._render("config.xml.in", values))
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        """True while the server process runs (it may not answer yet, or any more)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> ClickHouseServer:
+        """Write the config, start the server and wait until it answers ``SELECT 1``.
+
+        On the first start with ports picked automatically, a port taken between picking
+        and binding is retried with new ports; a restart keeps its ports.
+        """
+        with self._lock:
+            if self.is_running():
+                return self
+            attempts = 3 if self._auto_ports and self.last_start_seconds is None else 1
+            for attempt in range(attempts):
+                try:
+                    self._start_once()
+                    return self
+                except ClickHouseServerError as exc:
+                    if attempt + 1 < attempts and "Address already in use" in str(exc):
+                        self.tcp_port = free_port()
+                        self.http_port = free_port(exclude=[self.tcp_port])
+                        continue
+                    raise
+            raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
+        self._write_config()
+        began = time.monotonic()
+        with self.stdout_file.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [*self.command, f"--config-file={self.config_file}"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+            )
+        try:
+            self._wait_ready(self.startup_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.last_start_seconds = time.monotonic() - began
+
+    def _wait_ready(self, timeout: float) -> None:
+        from clickhouse_driver import Client
+
+        deadline = time.monotonic() + timeout
+        last_error: object = "no answer"
+        client = Client(self.host, port=self.tcp_port, connect_timeout=1, send_receive_timeout=5)
+        try:
+            while True:
+                proc = self._proc
+                if proc is None or proc.poll() is not None:
+                    code = None if proc is None else proc.returncode
+                    raise ClickHouseServerError(
+                        f"the ClickHouse server exited with code {code} while starting "
+                        f"(config {self.config_file})\n{self.log_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise ClickHouseServerError(
+                        f"the ClickHouse server did not answer on {self.host}:{self.tcp_port} within "
+                        f"{timeout:.0f}s (last error: {last_error})\n{self.log_tail()}"
+                    )
+                try:
+                    # A plain connect first: the driver logs every refused connection it makes.
+                    with socket.create_connection((self.host, self.tcp_port), timeout=1):
+                        pass
+                    ((version,),) = client.execute("SELECT version()")
+                except Exception as exc:  # connection refused, EOF, server still loading
+                    last_error = exc
+                    time.sleep(0.05)
+                    continue
+                self.version = version.decode() if isinstance(version, bytes) else str(version)
+                return
+        finally:
+            client.disconnect()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server cleanly (SIGTERM), killing it if it has not exited after ``timeout``."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None or proc.poll() is not None:
+                return
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None or proc.poll() is not None:
+                return
+            proc.kill()
+            proc.wait(10)
+
+    def restart(self, *, kill: bool = False) -> ClickHouseServer:
+        """Stop (or, with ``kill``, kill) the server if running and start it on the same ports and data."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its data dir if this object created it."""
+        self.stop()
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> ClickHouseServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"ClickHouseServer({self.host}:{self.tcp_port}, {state}, data_dir={str(self.data_dir)!r})"
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the error log, the process output and the main log, for error messages."""
+        parts = []
+        for path in (self.error_log_file, self.stdout_file, self.log_file):
+            text = _tail(path, lines)
+            if text.strip():
+                parts.append(f"--- last lines of {path} ---\n{text}")
+        return "\n".join(parts) or f"(no log in {self.log_dir})"
+
+    def client(self, **kwargs: Any) -> Any:
+        """A clickhouse-driver ``Client`` for this server (keyword arguments go to it)."""
+        from clickhouse_driver import Client
+
+        return Client(self.host, port=self.tcp_port, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a server in the foreground until Ctrl-C (``python -m vigie.sinks.clickhouse_server``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vigie.sinks.clickhouse_server", description="Run a private ClickHouse server on 127.0.0.1."
+    )
+    parser.add_argument("--data-dir", type=Path, help="kept between runs (default: a temporary folder, removed)")
+    parser.add_argument("--tcp-port", type=int, default=0, help="native port (default: a free one)")
+    parser.add_argument("--http-port", type=int, default=0, help="HTTP port (default: a free one)")
+    parser.add_argument("--binary", help="server binary (default: clickhouse-server, then clickhouse)")
+    parser.add_argument("--install", action="store_true", help=f"run {INSTALL_SCRIPT.name} first when missing")
+    args = parser.parse_args(argv)
+    if args.install and not server_installed():
+        subprocess.run([str(INSTALL_SCRIPT)], check=True)
+    server = ClickHouseServer(args.data_dir, tcp_port=args.tcp_port, http_port=args.http_port, binary=args.binary)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        print(
+            f"ClickHouse {server.version} up in {server.last_start_seconds:.2f}s: "
+            f"native {server.host}:{server.tcp_port}, "
+            f"http {server.host}:{server.http_port}, data {server.data_dir} (Ctrl-C stops it)",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):
+                if not server.is_running():
+                    print(f"the server exited\n{server.log_tail()}", file=sys.stderr)
+                    return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""A ClickHouse server over the native protocol (clickhouse-driver): the production sink.
+
+:class:`NativeSink` has the interface of :class:`~vigie.sinks.chdb_sink.ChdbSink`: the same
+tables, the same buffering and flush policy (:class:`~vigie.sinks.base.BufferedSink`). It reads
+the server's version on connect and renders the DDL for it
+(``render_ddl(ServerProfile.parse(version))``): ClickHouse 18.16 (Debian's package) gets the
+legacy subset, ClickHouse >= 22 the modern tables.
+
+Inserts
+-------
+One ``INSERT INTO db.table (columns) VALUES`` per table and flush, sent as native columnar
+blocks (``columnar=True``). Rows are turned into tuples at :meth:`~BufferedSink.write` time;
+datetimes become integers there, seconds since the epoch for ``DateTime`` or milliseconds for
+``DateTime64(3)``, so no time-zone conversion happens in the driver. Strings go as text,
+dead-letter ``raw`` bytes as bytes: the native protocol carries them unchanged, non-UTF-8
+included (no base64 column needed, unlike text transports).
+
+Failures
+--------
+A connection error (refused, reset, EOF, timeout) or a transient server error (too many
+parts, too many simultaneous queries, timeouts) is retried ``retries`` times with exponential
+back-off from ``backoff`` seconds, reconnecting each time. If that still fails, the flush fails
+and :class:`~vigie.sinks.base.BufferedSink` keeps the rows: they are re-sent at the next
+attempt, so a server that restarts within the buffer's margin loses nothing, and re-sent rows
+collapse under ``FINAL`` (``ReplacingMergeTree``). While the server is down, every automatic
+flush attempt blocks the writer for the whole back-off (about 0.7 s with the defaults), then
+waits ``max_delay_s`` before the next one.
+
+Metrics
+-------
+:attr:`NativeSink.metrics` is a :class:`NativeSinkMetrics`: the shared counters plus
+``retries`` and ``lag_seconds``, the age of the oldest buffered row (0 when the buffer is
+empty): how far the store is behind the stream.
+
+Tested against ClickHouse 18.16.1 (``tests/test_native_sink.py``, a server started by
+:class:`~vigie.sinks.clickhouse_server.ClickHouseServer`). The modern DDL is tested on chdb;
+a native connection to a modern server is not covered by the test suite.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from .base import BufferedSink, BufferPolicy, SinkMetrics
+from .ddl import DEFAULT_DATABASE, DEFAULT_TTL_DAYS, TABLES, Kind, ServerProfile, Table, render_ddl, validate_identifier
+
+__all__ = ["NativeSink", "NativeSinkMetrics"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+_MILLISECOND = timedelta(milliseconds=1)
+
+# Server error codes worth retrying after a pause: the same statement may succeed later.
+_RETRYABLE_SERVER_CODES = frozenset(
+    {
+        ch_errors.ErrorCodes.TIMEOUT_EXCEEDED,
+        ch_errors.ErrorCodes.TOO_MANY_SIMULTANEOUS_QUERIES,
+        ch_errors.ErrorCodes.SOCKET_TIMEOUT,
+        ch_errors.ErrorCodes.NETWORK_ERROR,
+        ch_errors.ErrorCodes.TOO_MANY_PARTS,
+    }
+)
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ch_errors.NetworkError,
+    ch_errors.SocketTimeoutError,
+    ch_errors.UnexpectedPacketFromServerError,
+    EOFError,
+    OSError,  # ConnectionRefusedError, ConnectionResetError, BrokenPipeError, socket.timeout
+)
+
+# Columns holding raw bytes: query() hands them back as bytes even when they decode as UTF-8.
+_BYTES_COLUMNS = frozenset(c.name for t in TABLES.values() for c in t.columns if c.kind is Kind.BYTES)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    return isinstance(exc, ch_errors.ServerException) and exc.code in _RETRYABLE_SERVER_CODES
+
+
+@dataclass(slots=True)
+class NativeSinkMetrics(SinkMetrics):
+    """:class:`~vigie.sinks.base.SinkMetrics` plus retries and the lag of the buffer."""
+
+    retries: int = 0
+    """Statements re-sent after a connection or transient server error."""
+    oldest_buffered_at: float | None = None
+    """``time.monotonic()`` when the oldest row still buffered was written; None when empty."""
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest buffered row in seconds (0.0 when nothing is buffered)."""
+        oldest = self.oldest_buffered_at
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
+
+
+def _row_encoder(table: Table, profile: ServerProfile) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """Row dict -> tuple in column order, datetimes as epoch integers in the column's unit."""
+    names = [c.name for c in table.columns]
+    getter = operator.itemgetter(*names)
+    datetimes = [c.name for c in table.columns if c.kind is Kind.DATETIME]
+    unit = _MILLISECOND if profile.datetime64 else _SECOND
+    epoch = _EPOCH
+    if len(names) == 1:  # itemgetter of one name returns the value, not a tuple
+        raise TypeError(f"{table.name}: a table needs at least two columns")
+
+    def encode(row: dict[str, Any]) -> tuple[Any, ...]:
+        for name in datetimes:
+            value = row[name]
+            if value is not None:
+                # Exact integer arithmetic; floor, as the server truncates sub-unit precision.
+                row[name] = (value - epoch) // unit
+        values: tuple[Any, ...] = getter(row)
+        return values
+
+    return encode
+
+
+class NativeSink(BufferedSink):
+    """:class:`~vigie.sinks.base.Sink` into a ClickHouse server, tables created on connect.
+
+    >>> with NativeSink("127.0.0.1", 9000) as sink:  # doctest: +SKIP
+    ...     sink.write([score])
+    ...     sink.flush()
+    ...     sink.query("SELECT count() AS n FROM vigie.scores FINAL")
+    [{'n': 1}]
+
+    Args:
+        host: Server address.
+        port: Native-protocol (TCP) port.
+        database: Database of the tables, created if missing. Unqualified table names in
+            :meth:`query` resolve there.
+        batch_size: Buffered rows that trigger a flush.
+        max_delay_s: Age of the first buffered row that triggers a flush; also the pause
+            after a failed automatic flush.
+        max_buffer_rows: Above this, :meth:`write` flushes synchronously and raises on failure.
+        ttl_days: Retention of personal-data tables (modern servers only, see :mod:`~vigie.sinks.ddl`).
+        retries: Times a statement is re-sent after a connection or transient server error.
+        backoff: First pause before a retry, in seconds; doubled each time, capped at ``max_backoff``.
+        max_backoff: Longest pause between two retries.
+        user: ClickHouse user.
+        password: Its password.
+        connect_timeout: Seconds to establish a connection.
+        send_receive_timeout: Seconds a socket read or write may block.
+        settings: Extra clickhouse-driver client settings (``compression`` needs the lz4 extra).
+    """
+
+    metrics: NativeSinkMetrics
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9000,
+        database: str = DEFAULT_DATABASE,
+        *,
+        batch_size: int = 5_000,
+        max_delay_s: float = 1.0,
+        max_buffer_rows: int = 100_000,
+        ttl_days: int | None = DEFAULT_TTL_DAYS,
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        user: str = "default",
+        password: str = "",
+        connect_timeout: float = 5.0,
+        send_receive_timeout: float = 300.0,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if backoff < 0 or max_backoff < 0:
+            raise ValueError("backoff and max_backoff must be >= 0")
+        self.host = host
+        self.port = int(port)
+        self.database = validate_identifier(database)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        policy = BufferPolicy(batch_size=batch_size, max_delay_s=max_delay_s, max_buffer_rows=max_buffer_rows)
+        self._client_kwargs: dict[str, Any] = {
+            "port": self.port,
+            "user": user,
+            "password": password,
+            "connect_timeout": connect_timeout,
+            "send_receive_timeout": send_receive_timeout,
+            "client_name": "vigie-native-sink",
+            "settings": dict(settings or {}),
+        }
+        # Retries count before the metrics exist (set up by BufferedSink.__init__ below).
+        self._early_retries = 0
+        # Connected to "default" until the database exists; the sink's own client then uses it.
+        bootstrap = Client(host, database="default", **self._client_kwargs)
+        try:
+            version = self._with_retries(lambda: bootstrap.execute("SELECT version()"), "SELECT version()")[0][0]
+            super().__init__(ServerProfile.parse(str(version)), policy)
+            self.metrics = NativeSinkMetrics(retries=self._early_retries)
+            self.server_version = str(version)
+            for statement in render_ddl(self.profile, self.database, ttl_days):
+                self._with_retries(lambda s=statement: bootstrap.execute(s), statement.split("\n", 1)[0])
+        finally:
+            bootstrap.disconnect()
+        self._client = Client(host, database=self.database, **self._client_kwargs)
+        self._insert_sql: dict[str, str] = {
+            name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) VALUES"
+            for name, table in TABLES.items()
+        }
+        self._encoders = {name: _row_encoder(table, self.profile) for name, table in TABLES.items()}
+        # When each table's oldest buffered row was written (monotonic), for metrics.lag_seconds.
+        self._buffered_since: dict[str, float] = {}
+
+    # -- BufferedSink hooks -----------------------------------------------------------------
+
+    def _encode(self, table: str, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        if table not in self._buffered_since:
+            now = time.monotonic()
+            self._buffered_since[table] = now
+            if self.metrics.oldest_buffered_at is None:
+                self.metrics.oldest_buffered_at = now
+        return list(map(self._encoders[table], rows))
+
+    def _insert(self, table: Table, rows: list[tuple[Any, ...]]) -> None:
+        sql = self._insert_sql[table.name]
+
+        def run() -> None:
+            # Fresh lists on every attempt: the driver rewrites column lists in place.
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            self._client.execute(sql, columns, columnar=True)
+
+        self._with_retries(run, f"INSERT INTO {self.database}.{table.name} ({len(rows)} rows)")
+        self._buffered_since.pop(table.name, None)
+        self.metrics.oldest_buffered_at = min(self._buffered_since.values(), default=None)
+
+    def _disconnect(self) -> None:
+        self._client.disconnect()
+        self._buffered_since.clear()
+        self.metrics.oldest_buffered_at = None
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        """Run ``sql`` (retried like inserts on connection errors); rows as dicts.
+
+        Values are Python objects as clickhouse-driver reads them: ints, floats, lists for
+        arrays, dicts for ``Map``, timezone-aware UTC ``datetime`` for ``DateTime('UTC')``
+        columns. Strings are ``str``, or ``bytes`` when not valid UTF-8; a column named like
+        a bytes column of the schema (dead letters' ``raw``) is always ``bytes``.
+        """
+        with self._lock:
+            self._check_open()
+            rows, columns = self._with_retries(lambda: self._client.execute(sql, with_column_types=True), sql[:80])
+        names = [name for name, _ in columns]
+        fixes = [(i, fix) for i, (name, ch_type) in enumerate(columns) if (fix := _reader_fix(name, ch_type))]
+        if fixes:
+            rows = [list(row) for row in rows]
+            for row in rows:
+                for i, fix in fixes:
+                    if row[i] is not None:
+                        row[i] = fix(row[i])
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    # -- retries ----------------------------------------------------------------------------
+
+    def _with_retries(self, action: Callable[[], T], what: str) -> T:
+        """Run ``action``, retrying connection and transient server errors with back-off.
+
+        clickhouse-driver drops the connection on any error and reconnects on the next
+        statement, so a retry is a reconnect.
+        """
+        delay = self.backoff
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except Exception as exc:
+                if attempt >= self.retries or not _retryable(exc):
+                    raise
+                attempt += 1
+                if hasattr(self, "metrics"):
+                    self.metrics.retries += 1
+                else:
+                    self._early_retries += 1
+                log.info(
+                    "%s failed (%s: %s); retry %d/%d in %.2fs",
+                    what,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                    attempt,
+                    self.retries,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"NativeSink({self.host}:{self.port}, database={self.database!r}, {self.profile}, {state})"
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo is not None else value
+
+
+def _reader_fix(name: str, ch_type: str) -> Callable[[Any], Any] | None:
+    """Post-processing of a result column, or None."""
+    base = ch_type.removeprefix("Nullable(").removeprefix("LowCardinality(").removeprefix("Nullable(")
+    if name in _BYTES_COLUMNS and base.startswith("String"):
+        return _as_bytes
+    if base.startswith("DateTime"):
+        return _as_utc  # pytz's UTC -> datetime.UTC, like the models'
+    return None

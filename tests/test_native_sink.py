@@ -1,0 +1,450 @@
+"""NativeSink against a real ClickHouse 18.16 server (Debian's package), started by the fixtures.
+
+Tests marked ``integration`` start servers (``tests/clickhouse_fixtures.py``, which installs the
+package first when missing and running as root); the others need no server.
+
+The server's legacy DDL, every record type written and read back, dead-letter bytes, idempotent
+re-writes, and the server going away mid-stream (SIGTERM and SIGKILL) and coming back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+from clickhouse_driver.errors import NetworkError, ServerException
+from pydantic import BaseModel
+
+from tests import factories
+from vigie.schemas import Alert, DeadLetter, RiskScore
+from vigie.sinks.base import Sink
+from vigie.sinks.clickhouse_server import ClickHouseServer, ClickHouseServerError
+from vigie.sinks.ddl import LEGACY, MODERN, TABLES, Kind, RowPlans, Table, render_ddl
+from vigie.sinks.native_sink import NativeSink, _row_encoder
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytest_plugins = ["tests.clickhouse_fixtures"]
+
+integration = pytest.mark.integration
+
+# 18.16 stores DateTime in whole seconds: records meant to compare equal use whole seconds.
+T0 = datetime(2026, 3, 2, 8, 0, 17, tzinfo=UTC)
+
+
+# --- records built by hand ------------------------------------------------------------
+
+
+def make_score(score_id: str = "score-1", event_time: datetime = T0) -> RiskScore:
+    return RiskScore(
+        score_id=score_id,
+        detector="undervaluation",
+        subject_event_id="decl-0001",
+        subject_type="declaration",
+        subject_reference="26FR0002300000001A",
+        item_number=1,
+        event_time=event_time,
+        office="FR002300",
+        operator_eori="FR98765432100010",
+        cn_code="61091000",
+        origin_country="CN",
+        score=0.8125,
+        eur_at_stake=512.25,
+        reason="Unit value 2.0 EUR/kg is 80% below the norm for 61091000 from CN",
+        reason_fields={"unit_value": 2.0, "norm": 10.0, "unit": "EUR/kg", "missing": None},
+    )
+
+
+def make_alert(alert_id: str = "alert-1") -> Alert:
+    return Alert(
+        alert_id=alert_id,
+        subject_event_id="decl-0001",
+        subject_type="declaration",
+        subject_reference="26FR0002300000001A",
+        event_time=T0,
+        office="FR002300",
+        operator_eori="FR98765432100010",
+        transport_mode="sea",
+        fused_risk=0.91,
+        rank=3,
+        contributions={"undervaluation": 0.7, "operator_behaviour": 0.21},
+        reasons=["Unit value far below the norm", "New importer"],
+        eur_at_stake=812.0,
+        eta=T0 + timedelta(hours=5),
+        lead_time_hours=-1.5,
+    )
+
+
+def make_dead_letter(raw: bytes, dead_letter_id: str = "dl-1") -> DeadLetter:
+    return DeadLetter(
+        dead_letter_id=dead_letter_id,
+        received_at=T0,
+        source="kafka:declarations:0:42",
+        reason="not valid UTF-8",
+        field=None,
+        raw_size=len(raw),
+        raw=raw,
+    )
+
+
+NON_UTF8 = b'\xff\xfe\x00{"a": "\\u00e9"}\n\r\t\x80 end' + bytes(range(256)) + b"\xc3\x28 \xed\xa0\x80"
+
+ALL_RECORDS: list[BaseModel] = [
+    factories.ens(),
+    factories.ens(
+        event_id="ens-0002",
+        consignee={"name": "Jean Dupont", "country": "FR"},  # an optional nested field absent
+        goods_items=[factories.ens_dict()["goods_items"][0] | {"item_number": n} for n in (1, 2)],
+    ),
+    factories.declaration(),
+    factories.declaration(
+        event_id="decl-0002",
+        goods_items=[factories.declaration_dict()["goods_items"][0] | {"item_number": n} for n in (1, 2, 3)],
+    ),
+    factories.excise(),
+    factories.outcome(),
+    make_score(),
+    make_alert(),
+    make_dead_letter(NON_UTF8),
+]
+
+_ID_OF = {
+    "ens": "event_id",
+    "declarations": "event_id",
+    "excise": "event_id",
+    "outcomes": "event_id",
+    "scores": "score_id",
+    "alerts": "alert_id",
+    "dead_letters": "dead_letter_id",
+}
+
+
+# --- reading rows back into models ---------------------------------------------------
+
+
+def _decode(kind: Kind, value: Any) -> Any:
+    if value is not None and (kind is Kind.JSON or kind is Kind.MAP):  # MAP is JSON text on 18.16
+        return orjson.loads(value)
+    return value
+
+
+def _nest(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    flattened: set[str] = set()
+    for col in table.columns:
+        if col.inherited:
+            continue
+        target = data
+        for part in col.path[:-1]:
+            flattened.add(part)
+            target = target.setdefault(part, {})
+        target[col.path[-1]] = _decode(col.kind, row[col.name])
+    for key in flattened:  # a flattened optional model whose columns are all NULL was absent
+        if all(v is None for v in data[key].values()):
+            data[key] = None
+    return data
+
+
+def read_back(sink: NativeSink, record: BaseModel) -> BaseModel:
+    """Rebuild ``record`` from its table (and item table) in the sink's database."""
+    name = next(n for n, t in TABLES.items() if t.model is type(record) and t.parent is None)
+    table, id_column = TABLES[name], _ID_OF[name]
+    record_id = getattr(record, id_column)
+    rows = sink.query(f"SELECT * FROM {sink.database}.{name} FINAL WHERE {id_column} = '{record_id}'")
+    assert len(rows) == 1, rows
+    data = _nest(table, rows[0])
+    for child in TABLES.values():
+        if child.parent == name:
+            assert child.via is not None
+            items = sink.query(
+                f"SELECT * FROM {sink.database}.{child.name} FINAL WHERE event_id = '{record_id}' ORDER BY item_number"
+            )
+            data[child.via] = [_nest(child, item) for item in items]
+    return table.model.model_validate(data)
+
+
+def _count(sink: NativeSink, table: str, final: bool = True) -> int:
+    rows = sink.query(f"SELECT count() AS n FROM {sink.database}.{table}{' FINAL' if final else ''}")
+    return int(rows[0]["n"])
+
+
+# --- DDL ------------------------------------------------------------------------------
+
+
+@integration
+def test_legacy_ddl_executes_on_18_16(native_sink: NativeSink) -> None:
+    assert isinstance(native_sink, Sink)
+    assert native_sink.server_version.startswith("18.16")
+    assert not native_sink.profile.modern
+    db = native_sink.database
+    tables = {r["name"] for r in native_sink.query(f"SELECT name FROM system.tables WHERE database = '{db}'")}
+    assert tables == set(TABLES)
+    types = {
+        (r["table"], r["name"]): r["type"]
+        for r in native_sink.query(f"SELECT table, name, type FROM system.columns WHERE database = '{db}'")
+    }
+    assert types["ens", "event_time"] == "DateTime('UTC')"
+    assert types["ens", "consignor_country"] == "String"
+    assert types["ens", "notify_party_country"] == "Nullable(String)"
+    assert types["ens", "countries_of_routing"] == "Array(String)"
+    assert types["alerts", "contributions"] == "String"
+    assert types["alerts", "eta"] == "Nullable(DateTime('UTC'))"
+    assert types["dead_letters", "raw"] == "String"
+    assert types["declaration_items", "item_number"] == "UInt16"
+    engines = {r["engine"] for r in native_sink.query(f"SELECT engine FROM system.tables WHERE database = '{db}'")}
+    assert engines == {"ReplacingMergeTree"}
+    # Creating again on an existing database is a no-op.
+    for statement in render_ddl(native_sink.profile, db):
+        native_sink.query(statement)
+
+
+@integration
+def test_only_the_legacy_render_runs_on_18_16(clickhouse_server: ClickHouseServer, clickhouse_database: str) -> None:
+    """Each legacy CREATE TABLE works on 18.16 and each modern one fails: the rendering matters."""
+    client = clickhouse_server.client()
+    try:
+        legacy_db, modern_db = clickhouse_database, f"{clickhouse_database}_modern"
+        create_db, *legacy_tables = render_ddl(LEGACY, legacy_db)
+        client.execute(create_db)
+        for statement in legacy_tables:
+            client.execute(statement)
+        create_db, *modern_tables = render_ddl(MODERN, modern_db)
+        client.execute(create_db)
+        failures: list[str] = []
+        for statement in modern_tables:
+            with pytest.raises(ServerException) as raised:
+                client.execute(statement)
+            failures.append(raised.value.message.splitlines()[0])
+        assert len(failures) == len(TABLES)
+        text = "\n".join(failures)
+        assert "DateTime64" in text or "TTL" in text or "EPHEMERAL" in text, text
+        assert client.execute(f"SELECT count() FROM system.tables WHERE database = '{modern_db}'") == [(0,)]
+        assert client.execute(f"SELECT count() FROM system.tables WHERE database = '{legacy_db}'") == [(len(TABLES),)]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {clickhouse_database}_modern")
+        client.disconnect()
+
+
+def test_rows_are_encoded_for_the_server_profile() -> None:
+    """No server needed: datetimes become seconds (18.16) or milliseconds (DateTime64(3)), bytes stay bytes."""
+    with_ms = datetime(2026, 3, 2, 9, 0, 17, 589000, tzinfo=timezone(timedelta(hours=1)))
+    for profile, expected in ((LEGACY, int(T0.timestamp())), (MODERN, int(T0.timestamp()) * 1000 + 589)):
+        table = TABLES["scores"]
+        (score_row,) = RowPlans(profile).rows_for(make_score(event_time=with_ms))["scores"]
+        row = _row_encoder(table, profile)(score_row)
+        values = dict(zip([c.name for c in table.columns], row, strict=True))
+        assert values["event_time"] == expected
+        assert values["score_id"] == "score-1"
+    (dead_row,) = RowPlans(MODERN).rows_for(make_dead_letter(NON_UTF8))["dead_letters"]
+    dead = _row_encoder(TABLES["dead_letters"], MODERN)(dead_row)
+    assert NON_UTF8 in dead
+    alerts = TABLES["alerts"]
+    row = RowPlans(LEGACY).rows_for(make_alert())["alerts"][0] | {"eta": None}
+    assert _row_encoder(alerts, LEGACY)(row)[alerts.columns.index(alerts.column("eta"))] is None  # NULL stays NULL
+
+
+# --- round trips ----------------------------------------------------------------------
+
+
+@integration
+def test_every_record_type_round_trips(native_sink: NativeSink) -> None:
+    native_sink.write(ALL_RECORDS)
+    native_sink.flush()
+    for record in ALL_RECORDS:
+        back = read_back(native_sink, record)
+        assert back.model_dump() == record.model_dump(), type(record).__name__
+    items = native_sink.query(
+        f"SELECT item_number, mrn FROM {native_sink.database}.declaration_items FINAL "
+        "WHERE event_id = 'decl-0002' ORDER BY item_number"
+    )
+    assert [r["item_number"] for r in items] == [1, 2, 3]
+    assert native_sink.metrics.rows_written["declaration_items"] == 4
+
+
+@integration
+def test_datetimes_are_utc_seconds(native_sink: NativeSink) -> None:
+    paris = datetime(2026, 3, 2, 9, 0, 17, 589000, tzinfo=timezone(timedelta(hours=1)))  # 08:00:17.589 UTC
+    native_sink.write([make_score("ms", event_time=paris)])
+    native_sink.flush()
+    (row,) = native_sink.query(
+        f"SELECT event_time, toUnixTimestamp(event_time) AS ts, toString(event_time) AS text "
+        f"FROM {native_sink.database}.scores FINAL"
+    )
+    assert row["event_time"] == T0 and row["event_time"].tzinfo is UTC  # milliseconds truncated
+    assert row["ts"] == int(T0.timestamp())
+    assert row["text"] == "2026-03-02 08:00:17"
+
+
+@integration
+def test_dead_letter_bytes_are_lossless(native_sink: NativeSink) -> None:
+    large = os.urandom(10 * 1024 * 1024)
+    utf8 = "déclaration € ok".encode()
+    native_sink.write(
+        [make_dead_letter(NON_UTF8, "dl-small"), make_dead_letter(large, "dl-large"), make_dead_letter(utf8, "dl-utf8")]
+    )
+    native_sink.flush()
+    rows = native_sink.query(
+        f"SELECT dead_letter_id, raw, length(raw) AS n, raw_size FROM {native_sink.database}.dead_letters FINAL"
+    )
+    by_id = {r["dead_letter_id"]: r for r in rows}
+    for key, payload in (("dl-small", NON_UTF8), ("dl-large", large), ("dl-utf8", utf8)):
+        assert by_id[key]["n"] == by_id[key]["raw_size"] == len(payload)
+        assert isinstance(by_id[key]["raw"], bytes)  # even when it is valid UTF-8
+        assert by_id[key]["raw"] == payload, key
+    (hexed,) = native_sink.query(
+        f"SELECT hex(raw) AS h FROM {native_sink.database}.dead_letters FINAL WHERE dead_letter_id = 'dl-small'"
+    )
+    assert bytes.fromhex(hexed["h"]) == NON_UTF8
+
+
+@integration
+def test_writing_twice_counts_once_with_final(native_sink: NativeSink) -> None:
+    native_sink.write(ALL_RECORDS)
+    native_sink.flush()
+    native_sink.write(ALL_RECORDS)  # a replay after a restart, in another part
+    native_sink.write(ALL_RECORDS)  # and a duplicate inside one batch
+    native_sink.flush()
+    expected = {"ens": 2, "ens_items": 3, "declarations": 2, "declaration_items": 4, "excise": 1}
+    expected |= {"outcomes": 1, "scores": 1, "alerts": 1, "dead_letters": 1}
+    for table, count in expected.items():
+        assert _count(native_sink, table) == count, table
+        assert _count(native_sink, table, final=False) in (count, 2 * count, 3 * count)
+    assert native_sink.metrics.rows_written["declaration_items"] == 12
+    assert native_sink.metrics.batches == 2 * len(expected)
+
+
+@integration
+def test_metrics_and_lag(native_sink: NativeSink) -> None:
+    assert native_sink.metrics.lag_seconds == 0.0 and native_sink.metrics.last_flush_at is None
+    native_sink.write([make_score(f"s-{i}") for i in range(10)])
+    time.sleep(0.05)
+    assert native_sink.metrics.buffered_rows == 10
+    assert native_sink.metrics.lag_seconds >= 0.05
+    native_sink.flush()
+    assert native_sink.metrics.lag_seconds == 0.0 and native_sink.metrics.buffered_rows == 0
+    assert native_sink.metrics.rows_written == {"scores": 10} and native_sink.metrics.batches == 1
+    assert native_sink.metrics.last_flush_at is not None and native_sink.metrics.failed_flushes == 0
+
+
+# --- the server going away ------------------------------------------------------------
+
+
+def _stream(prefix: str, n: int) -> list[BaseModel]:
+    """``n`` scores and one three-item declaration: parent and item tables both buffered."""
+    decl = factories.declaration(
+        event_id=f"{prefix}-decl",
+        goods_items=[factories.declaration_dict()["goods_items"][0] | {"item_number": k} for k in (1, 2, 3)],
+    )
+    return [*(make_score(f"{prefix}-{i}") for i in range(n)), decl]
+
+
+@integration
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_server_down_mid_stream_then_back(
+    how: str, clickhouse_server_factory: Callable[..., ClickHouseServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = clickhouse_server_factory()
+    sink = NativeSink(
+        server.host,
+        server.tcp_port,
+        "vigie_crash",
+        batch_size=20,
+        max_delay_s=0.0,  # every write attempts a flush, even right after a failed one
+        max_buffer_rows=1_000,
+        retries=2,
+        backoff=0.01,
+        connect_timeout=1.0,
+    )
+    try:
+        sink.write(_stream("before", 40))
+        sink.flush()
+        assert _count(sink, "scores") == 40
+        if how == "stop":
+            server.stop()
+        else:
+            server.kill()
+        assert not server.is_running()
+
+        with caplog.at_level(logging.WARNING, logger="vigie.sinks.base"):
+            for batch in range(5):  # flushes fail and are retried; nothing raised below the bound
+                sink.write(_stream(f"during-{batch}", 30))
+        assert sink.metrics.failed_flushes >= 5
+        assert sink.metrics.retries >= 2 * sink.metrics.failed_flushes
+        assert sink.metrics.buffered_rows == 5 * (30 + 1 + 3)
+        assert sink.metrics.lag_seconds > 0
+        assert sink.metrics.last_error
+        assert any("rows kept for retry" in r.getMessage() for r in caplog.records)
+
+        server.restart()
+        sink.write(_stream("before", 40))  # a replay of rows already stored
+        sink.flush()
+        assert sink.metrics.buffered_rows == 0 and sink.metrics.lag_seconds == 0.0
+        assert _count(sink, "scores") == 40 + 5 * 30
+        assert _count(sink, "declarations") == 1 + 5
+        assert _count(sink, "declaration_items") == 3 * (1 + 5)
+        ids = {r["score_id"] for r in sink.query("SELECT score_id FROM vigie_crash.scores FINAL")}
+        assert {f"during-4-{i}" for i in range(30)} <= ids and "before-0" in ids
+    finally:
+        with contextlib.suppress(Exception):
+            sink.close()
+
+
+@integration
+def test_back_pressure_when_the_buffer_is_full(clickhouse_server_factory: Callable[..., ClickHouseServer]) -> None:
+    server = clickhouse_server_factory()
+    sink = NativeSink(
+        server.host, server.tcp_port, "vigie_full", batch_size=10, max_delay_s=0.0, max_buffer_rows=50, retries=0
+    )
+    server.kill()
+    sink.write([make_score(f"a-{i}") for i in range(50)])  # at the bound: kept, no error
+    assert sink.metrics.buffered_rows == 50
+    with pytest.raises(NetworkError):  # connection refused: the caller gets the back-pressure
+        sink.write([make_score("a-50")])
+    assert sink.metrics.buffered_rows == 51
+    server.restart()
+    sink.close()  # flushes the 51 rows
+    client = server.client()
+    assert client.execute("SELECT count() FROM vigie_full.scores FINAL") == [(51,)]
+    client.disconnect()
+
+
+# --- the server launcher --------------------------------------------------------------
+
+
+@integration
+def test_server_runs_on_loopback_with_its_own_files(clickhouse_server: ClickHouseServer) -> None:
+    assert clickhouse_server.is_running() and clickhouse_server.version
+    assert clickhouse_server.last_start_seconds is not None and clickhouse_server.last_start_seconds < 30
+    config = clickhouse_server.config_file.read_text()
+    assert "<listen_host>127.0.0.1</listen_host>" in config
+    assert f"<tcp_port>{clickhouse_server.tcp_port}</tcp_port>" in config
+    assert "interserver_http_port" not in config
+    assert str(clickhouse_server.data_dir) in config
+    assert clickhouse_server.log_file.exists()
+    assert (clickhouse_server.data_dir / "data" / "metadata" / "system").is_dir()
+    # Every listening socket on the server's ports is bound to 127.0.0.1 (no IPv6, no wildcard).
+    ports = {clickhouse_server.tcp_port, clickhouse_server.http_port}
+    listening: list[tuple[str, int]] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port = local.rsplit(":", 1)
+                if state == "0A" and int(port, 16) in ports:
+                    listening.append((address, int(port, 16)))
+    if listening:  # /proc/net may be unavailable in some sandboxes
+        assert sorted(listening) == sorted(("0100007F", port) for port in ports)
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path: Any) -> None:
+    server = ClickHouseServer(tmp_path / "broken", binary="/bin/false", startup_timeout=5)
+    with pytest.raises(ClickHouseServerError, match="exited with code 1"):
+        server.start()
+    assert not server.is_running()
