@@ -62,12 +62,12 @@ class NoisyOrAlerting:
     ``eur_at_stake`` adds up the items scored at least ``suspicion``.
 
     >>> from datetime import UTC, datetime
-    >>> alerting = NoisyOrAlerting(threshold=0.9)
+    >>> alerting = NoisyOrAlerting()
     >>> alerting.fuse({"undervaluation": 0.95, "atypical_flow": 0.5})
     0.975
     """
 
-    def __init__(self, threshold: float = 0.9, suspicion: float = 0.5, weights: dict[str, float] | None = None) -> None:
+    def __init__(self, threshold: float = 0.5, suspicion: float = 0.5, weights: dict[str, float] | None = None) -> None:
         self.threshold = threshold
         self.suspicion = suspicion
         self.weights = weights or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +28,8 @@ schema_app = typer.Typer(help="Event schemas for integrators.", no_args_is_help=
 app.add_typer(schema_app, name="schema")
 app.add_typer(dev_app, name="dev")
 
-console = Console()
+# Logs and CI are not terminals: give tables room instead of the 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where embedded ClickHouse and checkpoints live.")]
 DEFAULT_DATA_DIR = Path("vigie-data")
 
@@ -60,7 +62,9 @@ def run(
     ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint for the same input.")] = False,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fused risk that raises an alert.")] = 0.9,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fused risk that raises an alert (0.5: about 1% of flow).")
+    ] = 0.5,
     seed: int = 7,
     duration_hours: float = 24.0,
     rate: float = 1500.0,
@@ -77,6 +81,7 @@ def run(
     if input is None:
         input = data_dir / "generated" / f"events-seed{seed}.jsonl"
         truth = input.with_name(f"truth-seed{seed}.jsonl")
+        input.parent.mkdir(parents=True, exist_ok=True)
         console.print(f"generating a synthetic stream into {input} ...")
         stats = write_stream(_config(seed, duration_hours, rate, fraud_share), input, truth)
         console.print(f"{stats.n_events:,} events generated (ground truth kept apart in {truth})")
@@ -89,6 +94,7 @@ def run(
                 summary = run_file(
                     input, pipeline, sink, data_dir / "checkpoint.json", resume, view.on_result, view.on_progress
                 )
+            console.print()
         else:
             summary = run_file(input, pipeline, sink, data_dir / "checkpoint.json", resume)
     finally:

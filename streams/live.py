@@ -62,19 +62,17 @@ class LiveAlertView:
         table = Table(title="Live alerts (highest fused risk first)", expand=True, show_lines=False)
         table.add_column("risk", justify="right", no_wrap=True)
         table.add_column("office", no_wrap=True)
-        table.add_column("subject", no_wrap=True)
         table.add_column("before arrival", justify="right", no_wrap=True)
         table.add_column("EUR at stake", justify="right", no_wrap=True)
-        table.add_column("reason", overflow="fold", ratio=1)
+        table.add_column("declaration / reason", overflow="fold", ratio=1)
         for _, _, alert in sorted(self._alerts, reverse=True):
             lead = "-" if alert.lead_time_hours is None else f"{alert.lead_time_hours:+.1f} h"
             table.add_row(
                 f"{alert.fused_risk:.3f}",
                 alert.office,
-                alert.subject_reference,
                 lead,
                 f"{alert.eur_at_stake:,.0f}",
-                alert.reasons[0],
+                f"{alert.subject_reference}: {alert.reasons[0]}",
             )
         s = self._summary
         done = f"{s.lines_read + s.lines_skipped:,}"

@@ -1,0 +1,418 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Half-Space Trees in C: the same scores as ``river.anomaly.HalfSpaceTrees``, much faster.
+
+River's implementation walks Python node objects through generators; here every tree is a
+*complete binary tree stored flat*, in heap order (node ``i`` has children ``2i + 1`` and
+``2i + 2``; the root is 0, the ``2 ** height`` leaves are the last nodes). Per tree and
+node we keep the split feature (``-1`` for leaves), the split threshold, and the two
+masses: ``l_mass`` counts the current window ("latest"), ``r_mass`` the previous,
+complete window ("reference") that scores are computed against.
+
+What is reproduced exactly, for the same ``seed`` and inputs (river 0.23.0):
+
+* Construction. The trees are built on the first :meth:`HalfSpaceTrees.learn_one`, over
+  the features *present* in that first observation sorted by name, by the same calls on
+  a ``random.Random(seed)``, in the same order: at each branch, in pre-order,
+  ``rng.choices(features, weights=limit widths)`` then
+  ``rng.uniform(lo + 0.15 * (hi - lo), hi - 0.15 * (hi - lo))``; the chosen feature's
+  limits are narrowed for the left subtree, then for the right one. The trees are grown
+  in Python with that very generator (a one-off cost) and copied into the arrays.
+* Learning. Every node on the observation's root-to-leaf path gets ``l_mass += 1``;
+  after ``window_size`` observations every node gets ``r_mass = l_mass; l_mass = 0`` and
+  the first window is over.
+* Scoring. During the first window the score is 0. Afterwards, per tree, walking the path
+  from depth 0: ``score += r_mass * 2 ** depth``, stopping after the first node whose
+  ``r_mass < 0.1 * window_size``; then ``1 - score / (n_trees * window_size *
+  (2 ** (height + 1) - 1))``. High means anomalous. The additions are done in the same
+  order, on the same exactly-representable terms, so the doubles are bit-identical.
+* Missing features. A feature is *missing* when its value is NaN (River: the key is
+  absent from the dict). At a split on a missing feature the walk goes to the child with
+  the larger ``l_mass`` (the left one on ties), as River's ``HSTBranch.next`` does.
+  Features missing from the first observation are never split on, as in River.
+
+Differences, by design: features are a fixed ordered list of names and an observation is a
+``double`` array in that order (use :meth:`HalfSpaceTrees.vector` to turn a dict into
+one); a NaN value means "missing" (River would route a NaN present in the dict to the
+right child); limits are stored as floats; masses are 64-bit integers.
+
+>>> import numpy as np
+>>> hst = HalfSpaceTrees(["x"], n_trees=5, height=3, window_size=3, seed=42)
+>>> for x in (0.5, 0.45, 0.43):
+...     hst.learn_one(np.array([x]))
+>>> scores = []
+>>> for x in (0.5, 0.45, 0.43, 0.44, 0.445, 0.45, 0.0):
+...     hst.learn_one(np.array([x]))
+...     scores.append(round(hst.score_one(np.array([x])), 3))
+>>> scores  # the values River's docstring prints for the same stream
+[0.107, 0.071, 0.107, 0.107, 0.107, 0.071, 0.853]
+"""
+
+import math
+import random
+
+import numpy as np
+
+from libc.math cimport isnan
+from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy, memset
+
+PADDING = 0.15
+"""Share of a feature's range kept clear of a split at either end (River's constant)."""
+
+
+cdef class HalfSpaceTrees:
+    """An ensemble of half-space trees over a fixed, ordered list of features.
+
+    Parameters mirror River's: ``n_trees`` trees of height ``height`` (``2 ** (height + 1)
+    - 1`` nodes each), masses counted over windows of ``window_size`` observations,
+    ``limits`` mapping a feature name to its ``(low, high)`` range (``(0, 1)`` when not
+    given), and ``seed`` for ``random.Random``.
+
+    Memory: ``n_trees * (2 ** (height + 1) - 1) * 28`` bytes (about 143 kB for River's
+    defaults of 10 trees of height 8).
+    """
+
+    cdef readonly tuple features
+    cdef readonly int n_trees
+    cdef readonly int height
+    cdef readonly int64_t window_size
+    cdef readonly object seed
+    cdef readonly dict limits
+    cdef readonly int64_t counter
+    cdef readonly bint first_window
+    cdef readonly Py_ssize_t n_nodes
+    cdef Py_ssize_t n_features
+    cdef object _rng
+    cdef object _feature_arr
+    cdef object _threshold_arr
+    cdef object _l_arr
+    cdef object _r_arr
+    cdef int32_t* _feat
+    cdef double* _thr
+    cdef int64_t* _l
+    cdef int64_t* _r
+    cdef double _size_limit
+    cdef double _max_score
+    cdef double _pow2[64]
+
+    def __init__(
+        self,
+        features,
+        int n_trees=10,
+        int height=8,
+        int64_t window_size=250,
+        limits=None,
+        seed=None,
+    ):
+        names = tuple(str(name) for name in features)
+        if not names:
+            raise ValueError("at least one feature is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique: {names}")
+        if n_trees < 1 or window_size < 1 or not 1 <= height <= 30:
+            raise ValueError("need n_trees >= 1, window_size >= 1 and 1 <= height <= 30")
+        self.features = names
+        self.n_features = len(names)
+        self.n_trees = n_trees
+        self.height = height
+        self.window_size = window_size
+        self.seed = seed
+        self.limits = {}
+        for name, (low, high) in (limits or {}).items():
+            self.limits[str(name)] = (float(low), float(high))
+        self.counter = 0
+        self.first_window = True
+        self.n_nodes = (1 << (height + 1)) - 1
+        self._size_limit = 0.1 * <double> window_size
+        self._max_score = float(n_trees * window_size * (2 ** (height + 1) - 1))
+        cdef int d
+        for d in range(64):
+            self._pow2[d] = float(2 ** d)
+        self._rng = random.Random(seed)
+        self._feature_arr = None
+
+    # ------------------------------------------------------------------ construction
+
+    @property
+    def built(self) -> bool:
+        """Whether the trees exist (they are grown by the first ``learn_one``)."""
+        return self._feature_arr is not None
+
+    cdef void _bind(self, feature, threshold, l_mass, r_mass) except *:
+        """Adopt C-contiguous arrays of shape ``(n_trees, n_nodes)`` as the trees."""
+        self._feature_arr = np.ascontiguousarray(feature, dtype=np.int32).reshape(self.n_trees, self.n_nodes)
+        self._threshold_arr = np.ascontiguousarray(threshold, dtype=np.float64).reshape(self.n_trees, self.n_nodes)
+        self._l_arr = np.ascontiguousarray(l_mass, dtype=np.int64).reshape(self.n_trees, self.n_nodes)
+        self._r_arr = np.ascontiguousarray(r_mass, dtype=np.int64).reshape(self.n_trees, self.n_nodes)
+        cdef int32_t[:, ::1] f = self._feature_arr
+        cdef double[:, ::1] t = self._threshold_arr
+        cdef int64_t[:, ::1] lm = self._l_arr
+        cdef int64_t[:, ::1] rm = self._r_arr
+        self._feat = &f[0, 0]
+        self._thr = &t[0, 0]
+        self._l = &lm[0, 0]
+        self._r = &rm[0, 0]
+        self._rng = None
+
+    cdef void _build(self, const double[::1] x) except *:
+        """Grow the trees over the features present in ``x``, exactly as River does."""
+        cdef Py_ssize_t i
+        present = sorted([self.features[i] for i in range(self.n_features) if not isnan(x[i])])
+        if not present:
+            raise ValueError("the first observation learned must have at least one feature that is not NaN")
+        index = {name: i for i, name in enumerate(self.features)}
+        feature = np.full((self.n_trees, self.n_nodes), -1, dtype=np.int32)
+        threshold = np.zeros((self.n_trees, self.n_nodes), dtype=np.float64)
+        for t in range(self.n_trees):
+            limits = {name: self.limits.get(name, (0.0, 1.0)) for name in present}
+            _grow(limits, self.height, self._rng, 0, index, feature[t], threshold[t])
+        zeros = np.zeros((self.n_trees, self.n_nodes), dtype=np.int64)
+        self._bind(feature, threshold, zeros, zeros.copy())
+
+    # ------------------------------------------------------------------ hot path
+
+    cdef inline Py_ssize_t _child(self, Py_ssize_t base, Py_ssize_t node, const double* x) noexcept nogil:
+        """The child of branch ``node`` (index within its tree) that ``x`` goes down to."""
+        cdef double value = x[self._feat[base + node]]
+        cdef Py_ssize_t left = 2 * node + 1
+        if isnan(value):
+            # Missing feature: follow the child that has seen more of the current window.
+            if self._l[base + left] < self._l[base + left + 1]:
+                return left + 1
+            return left
+        if value < self._thr[base + node]:
+            return left
+        return left + 1
+
+    cdef double _score(self, const double* x) noexcept nogil:
+        if self.first_window:
+            return 0.0
+        cdef double score = 0.0
+        cdef int64_t mass
+        cdef Py_ssize_t t, base, node
+        cdef int depth
+        for t in range(self.n_trees):
+            base = t * self.n_nodes
+            node = 0
+            depth = 0
+            while True:
+                mass = self._r[base + node]
+                score += (<double> mass) * self._pow2[depth]
+                if mass < self._size_limit or depth == self.height:
+                    break
+                node = self._child(base, node, x)
+                depth += 1
+        score /= self._max_score
+        return 1.0 - score
+
+    cdef void _learn(self, const double* x) noexcept nogil:
+        cdef Py_ssize_t t, base, node
+        cdef int depth
+        for t in range(self.n_trees):
+            base = t * self.n_nodes
+            node = 0
+            for depth in range(self.height + 1):
+                self._l[base + node] += 1
+                if depth < self.height:
+                    node = self._child(base, node, x)
+        self.counter += 1
+        if self.counter == self.window_size:
+            memcpy(self._r, self._l, self.n_trees * self.n_nodes * sizeof(int64_t))
+            memset(self._l, 0, self.n_trees * self.n_nodes * sizeof(int64_t))
+            self.first_window = False
+            self.counter = 0
+
+    cdef void _check(self, Py_ssize_t n) except *:
+        if n != self.n_features:
+            raise ValueError(f"expected {self.n_features} feature values {self.features}, got {n}")
+
+    def score_one(self, const double[::1] x) -> float:
+        """Anomaly score of ``x`` in [0, 1] (high = anomalous; 0 during the first window)."""
+        self._check(x.shape[0])
+        return self._score(&x[0])
+
+    def learn_one(self, const double[::1] x) -> None:
+        """Count ``x`` in the current window (growing the trees on the first call)."""
+        self._check(x.shape[0])
+        if self._feature_arr is None:
+            self._build(x)
+        self._learn(&x[0])
+
+    def score_learn_one(self, const double[::1] x) -> float:
+        """Score ``x``, then learn it (prequential order); returns the score."""
+        self._check(x.shape[0])
+        cdef double score = self._score(&x[0])
+        if self._feature_arr is None:
+            self._build(x)
+        self._learn(&x[0])
+        return score
+
+    def score_many(self, const double[:, ::1] X):
+        """Scores of the rows of ``X`` against the current state, without learning them."""
+        self._check(X.shape[1])
+        cdef Py_ssize_t n = X.shape[0], i
+        out = np.zeros(n, dtype=np.float64)
+        cdef double[::1] o = out
+        if n == 0:
+            return out
+        with nogil:
+            for i in range(n):
+                o[i] = self._score(&X[i, 0])
+        return out
+
+    def learn_many(self, const double[:, ::1] X) -> None:
+        """Learn the rows of ``X`` in order."""
+        self._check(X.shape[1])
+        cdef Py_ssize_t n = X.shape[0], i
+        if n == 0:
+            return
+        if self._feature_arr is None:
+            self._build(X[0])
+        with nogil:
+            for i in range(n):
+                self._learn(&X[i, 0])
+
+    def score_learn_many(self, const double[:, ::1] X):
+        """For each row in order: score it, then learn it, as a stream would. Returns the scores."""
+        self._check(X.shape[1])
+        cdef Py_ssize_t n = X.shape[0], i
+        out = np.zeros(n, dtype=np.float64)
+        cdef double[::1] o = out
+        if n == 0:
+            return out
+        if self._feature_arr is None:
+            o[0] = self._score(&X[0, 0])
+            self._build(X[0])
+            self._learn(&X[0, 0])
+            start = 1
+        else:
+            start = 0
+        cdef Py_ssize_t first = start
+        with nogil:
+            for i in range(first, n):
+                o[i] = self._score(&X[i, 0])
+                self._learn(&X[i, 0])
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def vector(self, x) -> np.ndarray:
+        """The array form of a ``{feature: value}`` mapping; absent features become NaN."""
+        return np.array([float(x[name]) if name in x else math.nan for name in self.features], dtype=np.float64)
+
+    def path(self, const double[::1] x, int tree) -> list:
+        """Nodes ``(index, feature name or None, threshold, l_mass, r_mass)`` on ``x``'s path in one tree."""
+        self._check(x.shape[0])
+        if self._feature_arr is None:
+            return []
+        if not 0 <= tree < self.n_trees:
+            raise IndexError(tree)
+        cdef Py_ssize_t base = tree * self.n_nodes, node = 0
+        out = []
+        for depth in range(self.height + 1):
+            f = self._feat[base + node]
+            out.append((node, self.features[f] if f >= 0 else None, self._thr[base + node],
+                        self._l[base + node], self._r[base + node]))
+            if depth < self.height:
+                node = self._child(base, node, &x[0])
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def to_dict(self) -> dict:
+        """A JSON-able snapshot (plain lists) from which :meth:`from_dict` rebuilds an equal model.
+
+        ``trees`` is ``None`` before the first ``learn_one``; otherwise it holds, per tree,
+        the lists ``feature`` (index into ``features``, -1 for leaves), ``threshold``,
+        ``l_mass`` and ``r_mass`` in heap order. Before the trees exist and without a seed,
+        ``rng_state`` keeps the generator's state so the trees grown later are the same.
+        """
+        data = {
+            "features": list(self.features),
+            "n_trees": self.n_trees,
+            "height": self.height,
+            "window_size": self.window_size,
+            "limits": {name: [low, high] for name, (low, high) in self.limits.items()},
+            "seed": self.seed,
+            "counter": self.counter,
+            "first_window": bool(self.first_window),
+            "trees": None,
+            "rng_state": None,
+        }
+        if self._feature_arr is not None:
+            data["trees"] = {
+                "feature": self._feature_arr.tolist(),
+                "threshold": self._threshold_arr.tolist(),
+                "l_mass": self._l_arr.tolist(),
+                "r_mass": self._r_arr.tolist(),
+            }
+        elif self.seed is None:
+            version, internal, gauss = self._rng.getstate()
+            data["rng_state"] = [version, list(internal), gauss]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HalfSpaceTrees:
+        """Rebuild a model saved with :meth:`to_dict`."""
+        cdef HalfSpaceTrees hst = cls(
+            data["features"], data["n_trees"], data["height"], data["window_size"], data["limits"], data["seed"]
+        )
+        hst.counter = data["counter"]
+        hst.first_window = data["first_window"]
+        trees = data["trees"]
+        if trees is not None:
+            shape = (hst.n_trees, hst.n_nodes)
+            arrays = [np.asarray(trees[k]) for k in ("feature", "threshold", "l_mass", "r_mass")]
+            if any(a.shape != shape for a in arrays):
+                raise ValueError(f"tree arrays must have shape {shape}")
+            if arrays[0].max() >= hst.n_features:
+                raise ValueError("a split feature index is out of range")
+            hst._bind(arrays[0], arrays[1], arrays[2], arrays[3])
+        elif not hst.first_window:
+            raise ValueError("a model past its first window must have trees")
+        elif data.get("rng_state") is not None:
+            version, internal, gauss = data["rng_state"]
+            hst._rng.setstate((version, tuple(internal), gauss))
+        return hst
+
+    def copy(self) -> HalfSpaceTrees:
+        """An independent copy."""
+        return HalfSpaceTrees.from_dict(self.to_dict())
+
+    def __reduce__(self):
+        return _restore, (self.to_dict(),)
+
+    def __repr__(self) -> str:
+        return (
+            f"HalfSpaceTrees(features={list(self.features)}, n_trees={self.n_trees}, height={self.height}, "
+            f"window_size={self.window_size}, seed={self.seed!r}, counter={self.counter}, "
+            f"first_window={bool(self.first_window)})"
+        )
+
+
+def _restore(data: dict) -> HalfSpaceTrees:
+    """Unpickling hook."""
+    return HalfSpaceTrees.from_dict(data)
+
+
+def _grow(dict limits, int height, rng, Py_ssize_t node, dict index, int32_t[::1] feature, double[::1] threshold):
+    """Grow the subtree rooted at heap index ``node`` with River's ``make_padded_tree`` RNG calls.
+
+    ``limits`` maps each usable feature to its current ``(low, high)`` box side (narrowed
+    along the way down and restored on the way up, in the same order as River).
+    """
+    if height == 0:
+        return
+    on = rng.choices(population=list(limits.keys()), weights=[limits[i][1] - limits[i][0] for i in limits])[0]
+    a = limits[on][0]
+    b = limits[on][1]
+    at = rng.uniform(a + PADDING * (b - a), b - PADDING * (b - a))
+    feature[node] = index[on]
+    threshold[node] = at
+    tmp = limits[on]
+    limits[on] = (tmp[0], at)
+    _grow(limits, height - 1, rng, 2 * node + 1, index, feature, threshold)
+    limits[on] = tmp
+    limits[on] = (at, tmp[1])
+    _grow(limits, height - 1, rng, 2 * node + 2, index, feature, threshold)
+    limits[on] = tmp

@@ -1,0 +1,491 @@
+"""Atypical flows ("atypie"): goods items that depart from the reference model of a chapter's flows.
+
+Each import-declaration goods item becomes a point in [0, 1]^8 of engineered features (see
+:data:`FEATURES`), and Half-Space Trees (:mod:`._hst`, River's algorithm in C with the
+very same scores) estimate how sparsely populated the region around it has been in the
+chapter's last complete window of items. Lonely points are atypical.
+
+State key: the CN chapter (2 digits). Everything a unit needs is local to it: the trees,
+the (CN4, origin) value references, the (importer, CN4) pairs already seen (CN4 lies inside
+the chapter) and the chapter's running feature statistics. About 97 chapters exist, so
+the number of keys is bounded; each key's state is bounded too (see
+:class:`AtypicalFlowState`). The price is skew: the busiest chapters (85, 61, 94...) carry
+most of the traffic, on one partition each.
+
+Features, each mapped to [0, 1] (values beyond the range are clipped):
+
+``value_per_kg``
+    log10 of customs value per kg of net mass, from 0.01 EUR/kg (0) to 100,000 EUR/kg (1).
+``net_mass``
+    log10 of the net mass, from 10 g (0) to 100,000 t (1).
+``value_vs_group``
+    log10 of value per kg minus the median of the last ``group_window`` items of the same
+    (CN4, origin), or of the CN4 from any origin when the pair has fewer than
+    ``min_group`` items; from 1/100 of that median (0) through the median (0.5) to 100
+    times it (1). 0.5 when neither reference exists yet.
+``route``
+    1 when the country of dispatch differs from the country of origin.
+``new_declarant``
+    1 when the importer has not declared this CN4 in this chapter's memory (the pair is
+    forgotten after ``novelty_horizon_days`` without a declaration).
+``hour``
+    Time of day of ``event_time`` in UTC, 00:00 (0) to 24:00 (1).
+``procedure``
+    1 when the procedure code is not 4000 (release for free circulation).
+``transport_mode``
+    Mode at the border: sea 0, air 0.25, road 0.5, rail 0.75, postal 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from vigie.schemas import ImportDeclaration, RiskScore
+
+from ._hst import HalfSpaceTrees
+from .base import Operator, OperatorState, score_id
+from .undervaluation import UnitValueWindow
+
+FEATURES: tuple[str, ...] = (
+    "value_per_kg",
+    "net_mass",
+    "value_vs_group",
+    "route",
+    "new_declarant",
+    "hour",
+    "procedure",
+    "transport_mode",
+)
+"""The HST input, in this order."""
+
+MODES: dict[str, float] = {"sea": 0.0, "air": 0.25, "road": 0.5, "rail": 0.75, "postal": 1.0}
+"""Transport mode encoding: HST splits isolate categories as well as they isolate ranges."""
+
+_MAD_TO_SIGMA = 1.4826
+_DAY_S = 86_400.0
+_STANDOUT_FLOOR = 0.02  # smallest spread a feature's standout is measured against
+
+
+def _scale(value: float, low: float, high: float) -> float:
+    return min(1.0, max(0.0, (value - low) / (high - low)))
+
+
+class AtypicalFlowState(OperatorState):
+    """What one CN chapter has learned.
+
+    * ``hst``: the Half-Space Trees over :data:`FEATURES`;
+    * ``groups``: log10 value-per-kg windows named ``"8517:CN"`` ((CN4, origin)) and
+      ``"8517"`` (CN4, any origin), at most ``max_groups`` of them: beyond, the least
+      recently fed tenth is dropped;
+    * ``pairs``: ``"importer EORI|CN4"`` -> event time (epoch s) of the pair's latest
+      declaration; at most ``max_pairs`` (the oldest tenth goes beyond), and pairs idle for
+      longer than the detector's novelty horizon are swept once a day of event time;
+    * ``mean`` / ``spread``: exponentially weighted mean and mean absolute deviation of each
+      feature, and ``mode_share`` the weighted share of each transport mode: the chapter's
+      typical item, which the reason compares the scored item to;
+    * ``calibration``: the last raw HST scores of the chapter's items, whose median and MAD
+      turn a raw score into the detector's score.
+
+    Memory bound per chapter: the trees (``n_trees * (2 ** (height + 1) - 1) * 28`` bytes,
+    71 kB with the defaults), ``max_groups * group_window`` doubles (64 kB), ``max_pairs``
+    short strings (about 2 MB at 20,000), ``calibration_window`` doubles; 97 chapters at most.
+    """
+
+    def __init__(
+        self,
+        hst: HalfSpaceTrees | None = None,
+        group_window: int = 32,
+        max_groups: int = 256,
+        max_pairs: int = 20_000,
+        calibration_window: int = 256,
+        alpha: float = 2.0 / 257.0,
+    ) -> None:
+        self.hst = hst if hst is not None else HalfSpaceTrees(FEATURES, n_trees=10, height=6, window_size=256, seed=0)
+        self.group_window = group_window
+        self.max_groups = max_groups
+        self.max_pairs = max_pairs
+        self.alpha = alpha
+        self.groups: dict[str, UnitValueWindow] = {}
+        self.pairs: dict[str, float] = {}
+        self.last_sweep = 0.0
+        self.seen = 0
+        self.mean = [0.0] * len(FEATURES)
+        self.spread = [0.0] * len(FEATURES)
+        self.mode_share: dict[str, float] = {}
+        self.calibration = UnitValueWindow(calibration_window)
+
+    def group_median(self, name: str, min_size: int) -> float | None:
+        """Median log10 value per kg of group ``name``, if it holds at least ``min_size`` values."""
+        window = self.groups.get(name)
+        if window is None or window.size < min_size:
+            return None
+        return window.median_mad()[0]
+
+    def add_to_group(self, name: str, value: float, when: float) -> None:
+        window = self.groups.get(name)
+        if window is None:
+            if len(self.groups) >= self.max_groups:
+                idle = sorted(self.groups, key=lambda k: (self.groups[k].last_seen, k))
+                for k in idle[: max(1, len(idle) // 10)]:
+                    del self.groups[k]
+            window = self.groups[name] = UnitValueWindow(self.group_window)
+        window.add(value, when)
+
+    def see_pair(self, pair: str, when: float, horizon_s: float) -> None:
+        """Record that ``pair`` (importer|CN4) was declared at ``when``; forget idle pairs."""
+        if when - self.last_sweep >= _DAY_S:
+            self.pairs = {k: t for k, t in self.pairs.items() if when - t <= horizon_s}
+            self.last_sweep = when
+        if pair not in self.pairs and len(self.pairs) >= self.max_pairs:
+            oldest = sorted(self.pairs, key=lambda k: (self.pairs[k], k))
+            for k in oldest[: max(1, len(oldest) // 10)]:
+                del self.pairs[k]
+        self.pairs[pair] = max(self.pairs.get(pair, when), when)
+
+    def update_stats(self, x: list[float], mode: str) -> None:
+        """Fold one item's features into the chapter's exponentially weighted profile."""
+        a = self.alpha if self.seen else 1.0  # the first item sets the mean; the spread starts at 0
+        for i, value in enumerate(x):
+            deviation = abs(value - self.mean[i])
+            self.mean[i] += a * (value - self.mean[i])
+            if self.seen:
+                self.spread[i] += a * (deviation - self.spread[i])
+        for name in MODES:
+            share = self.mode_share.get(name, 0.0)
+            self.mode_share[name] = share + a * ((1.0 if name == mode else 0.0) - share)
+        self.seen += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hst": self.hst.to_dict(),
+            "group_window": self.group_window,
+            "max_groups": self.max_groups,
+            "max_pairs": self.max_pairs,
+            "alpha": self.alpha,
+            "groups": {k: w.to_dict() for k, w in self.groups.items()},
+            "pairs": self.pairs,
+            "last_sweep": self.last_sweep,
+            "seen": self.seen,
+            "mean": self.mean,
+            "spread": self.spread,
+            "mode_share": self.mode_share,
+            "calibration_window": self.calibration.values.shape[0],
+            "calibration": self.calibration.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        state = cls(
+            HalfSpaceTrees.from_dict(data["hst"]),
+            data["group_window"],
+            data["max_groups"],
+            data["max_pairs"],
+            data["calibration_window"],
+            data["alpha"],
+        )
+        state.groups = {k: UnitValueWindow.from_dict(w, state.group_window) for k, w in data["groups"].items()}
+        state.pairs = dict(data["pairs"])
+        state.last_sweep = data["last_sweep"]
+        state.seen = data["seen"]
+        state.mean = list(data["mean"])
+        state.spread = list(data["spread"])
+        state.mode_share = dict(data["mode_share"])
+        state.calibration = UnitValueWindow.from_dict(data["calibration"], data["calibration_window"])
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFlow:
+    """One goods item seen by the atypical-flow detector."""
+
+    event_id: str
+    mrn: str
+    item_number: int
+    event_time: datetime
+    office: str
+    importer_eori: str
+    cn_code: str
+    origin_country: str
+    dispatch_country: str
+    procedure_code: str
+    transport_mode: str
+    net_mass_kg: float
+    customs_value_eur: float
+
+    @property
+    def cn4(self) -> str:
+        return self.cn_code[:4]
+
+    @property
+    def log_value_per_kg(self) -> float:
+        return math.log10(self.customs_value_eur / self.net_mass_kg)
+
+
+class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
+    """Scores how atypical each goods item is among its CN chapter's recent flows.
+
+    The raw Half-Space Trees score ``s`` (1 minus the mass-weighted depth the item reaches
+    in the trees, normalised; high = isolated) is compared with the raw scores of the
+    chapter's last ``calibration_window`` items: ``z = (s - median) / max(1.4826 MAD,
+    min_spread)``, and ``score = 1 / (1 + exp(-(z - z_half)))``: 0.5 for an item ``z_half``
+    (3) robust standard deviations more isolated than the chapter's typical item, about
+    0.95 at 6, below 0.05 for typical items. The score is 0 while the chapter warms up:
+    during the trees' first window and until ``min_calibration`` raw scores are known.
+
+    ``reason`` names the features that stand out most: a feature's *standout* is its
+    distance to the chapter's weighted mean in units of the chapter's weighted mean
+    absolute deviation (for the transport mode: the same on the indicator "this mode").
+    ``eur_at_stake`` is 0: an atypical flow does not say how much revenue is missing.
+
+    >>> from datetime import UTC, datetime, timedelta
+    >>> detector = AtypicalFlowDetector(window_size=64, min_calibration=16)
+    >>> state = detector.new_state()
+    >>> def item(i: int, importer: str = "FR00000000000001", mass: float = 100.0, value: float = 900.0,
+    ...          procedure: str = "4000", mode: str = "sea") -> ItemFlow:
+    ...     when = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(minutes=7 * i)
+    ...     return ItemFlow(f"e{i}", "26FR000000000000A1", 1, when, "FR000690", importer, "61091000", "CN", "CN",
+    ...                     procedure, mode, mass * (1 + i % 5 / 10), value * (1 + i % 7 / 10))
+    >>> for i in range(400):
+    ...     detector.learn_one(item(i), state)
+    >>> detector.score_one(item(400), state).score < 0.1
+    True
+    >>> odd = detector.score_one(item(401, "FR99999999999999", 40_000.0, 900_000.0, "4200", "air"), state)
+    >>> odd.score > 0.9, odd.reason_fields["top_features"]
+    (True, 'net_mass,procedure,transport_mode')
+    """
+
+    name: ClassVar[str] = "atypical_flow"
+    state_type: ClassVar[type[OperatorState]] = AtypicalFlowState
+
+    def __init__(
+        self,
+        n_trees: int = 10,
+        height: int = 6,
+        window_size: int = 256,
+        seed: int = 0,
+        group_window: int = 32,
+        min_group: int = 5,
+        max_groups: int = 256,
+        max_pairs: int = 20_000,
+        novelty_horizon_days: float = 365.0,
+        calibration_window: int = 256,
+        min_calibration: int = 32,
+        min_spread: float = 0.01,
+        z_half: float = 3.0,
+        standout: float = 2.0,
+    ) -> None:
+        self.n_trees = n_trees
+        self.height = height
+        self.window_size = window_size
+        self.seed = seed
+        self.group_window = group_window
+        self.min_group = min_group
+        self.max_groups = max_groups
+        self.max_pairs = max_pairs
+        self.novelty_horizon_s = novelty_horizon_days * _DAY_S
+        self.calibration_window = calibration_window
+        self.min_calibration = min_calibration
+        self.min_spread = min_spread
+        self.z_half = z_half
+        self.standout = standout
+
+    def new_state(self) -> AtypicalFlowState:
+        hst = HalfSpaceTrees(
+            FEATURES, n_trees=self.n_trees, height=self.height, window_size=self.window_size, seed=self.seed
+        )
+        alpha = 2.0 / (self.window_size + 1)  # the weighted profile remembers about a window
+        groups, pairs = self.max_groups, self.max_pairs
+        return AtypicalFlowState(hst, self.group_window, groups, pairs, self.calibration_window, alpha)
+
+    def units(self, event: Any) -> Iterable[tuple[str, ItemFlow]]:
+        if not isinstance(event, ImportDeclaration):
+            return
+        for item in event.goods_items:
+            unit = ItemFlow(
+                event_id=event.event_id,
+                mrn=event.mrn,
+                item_number=item.item_number,
+                event_time=event.event_time,
+                office=event.customs_office,
+                importer_eori=event.importer_eori,
+                cn_code=item.cn_code,
+                origin_country=item.origin_country,
+                dispatch_country=item.dispatch_country,
+                procedure_code=event.procedure_code,
+                transport_mode=str(event.transport_mode_at_border),
+                net_mass_kg=item.net_mass_kg,
+                customs_value_eur=item.customs_value_eur,
+            )
+            yield item.cn_code[:2], unit
+
+    # ------------------------------------------------------------------ features
+
+    def _reference(self, unit: ItemFlow, state: AtypicalFlowState) -> tuple[str, float] | None:
+        """The group the value is compared with and its median log10 value per kg."""
+        for name in (f"{unit.cn4}:{unit.origin_country}", unit.cn4):
+            median = state.group_median(name, self.min_group)
+            if median is not None:
+                return name, median
+        return None
+
+    def _features(self, unit: ItemFlow, state: AtypicalFlowState) -> list[float]:
+        """The item's point in [0, 1]^8, computed from the state as it was before the item."""
+        log_vpk = unit.log_value_per_kg
+        reference = self._reference(unit, state)
+        utc = unit.event_time.timestamp() % _DAY_S
+        return [
+            _scale(log_vpk, -2.0, 5.0),
+            _scale(math.log10(unit.net_mass_kg), -2.0, 8.0),
+            0.5 if reference is None else _scale(log_vpk - reference[1], -2.0, 2.0),
+            1.0 if unit.dispatch_country != unit.origin_country else 0.0,
+            0.0 if f"{unit.importer_eori}|{unit.cn4}" in state.pairs else 1.0,
+            utc / _DAY_S,
+            0.0 if unit.procedure_code == "4000" else 1.0,
+            MODES.get(unit.transport_mode, 0.0),
+        ]
+
+    @staticmethod
+    def _raw(x: list[float], state: AtypicalFlowState) -> float:
+        """The trees' score of the point ``x`` (1 = as isolated as can be)."""
+        return state.hst.score_one(np.array(x, dtype=np.float64))
+
+    # ------------------------------------------------------------------ operator
+
+    def learn_one(self, unit: ItemFlow, state: AtypicalFlowState) -> None:
+        x = self._features(unit, state)
+        vector = np.array(x, dtype=np.float64)
+        if not state.hst.first_window:
+            state.calibration.add(state.hst.score_one(vector), 0.0)
+        state.hst.learn_one(vector)
+        when = unit.event_time.timestamp()
+        log_vpk = unit.log_value_per_kg
+        state.add_to_group(f"{unit.cn4}:{unit.origin_country}", log_vpk, when)
+        state.add_to_group(unit.cn4, log_vpk, when)
+        state.see_pair(f"{unit.importer_eori}|{unit.cn4}", when, self.novelty_horizon_s)
+        state.update_stats(x, unit.transport_mode)
+
+    def score_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
+        chapter = unit.cn_code[:2]
+        if state.hst.first_window or state.calibration.size < self.min_calibration:
+            needed = self.window_size + self.min_calibration
+            reason = (
+                f"No reference model yet for chapter {chapter}: {state.seen} item(s) learned, "
+                f"{needed} needed (one window of {self.window_size} for the trees, then {self.min_calibration} "
+                "to calibrate their scores)."
+            )
+            return self._score(unit, 0.0, reason, {"observations": float(state.seen), "hst_score": None})
+
+        x = self._features(unit, state)
+        raw = self._raw(x, state)
+        median, mad = state.calibration.median_mad()
+        spread = max(_MAD_TO_SIGMA * mad, self.min_spread)
+        z = (raw - median) / spread
+        score = 1.0 / (1.0 + math.exp(-(z - self.z_half)))
+
+        standouts = self._standouts(x, unit, state)
+        top = [(name, s) for name, s in sorted(standouts.items(), key=lambda kv: (-kv[1], kv[0])) if s >= self.standout]
+        top = top[:3]
+        details = [self._describe(name, x, unit, state) for name, _ in top]
+        if z <= 0:
+            verdict = "typical of"
+        elif score >= 0.5:
+            verdict = "atypical among"
+        else:
+            verdict = "within the usual range of"
+        head = (
+            f"Item {unit.item_number} (CN {unit.cn_code} from {unit.origin_country}) is {verdict} chapter {chapter}'s "
+            f"recent flows: isolation {raw:.3f} vs {median:.3f} typical ({z:.1f} robust SD)"
+        )
+        if details:
+            reason = f"{head}; stands out: " + "; ".join(details) + "."
+        elif score >= 0.5:
+            reason = f"{head}; no single feature stands out: it is the combination that is rare."
+        else:
+            reason = f"{head}."
+
+        fields: dict[str, float | str | None] = {
+            "hst_score": round(raw, 6),
+            "typical_hst_score": round(median, 6),
+            "robust_z": round(z, 3),
+            "top_features": ",".join(name for name, _ in top),
+            "observations": float(state.seen),
+        }
+        for name, value in zip(FEATURES, x, strict=True):
+            fields[name] = round(value, 4)
+            fields[f"{name}_standout"] = round(standouts[name], 2)
+        reference = self._reference(unit, state)
+        fields["value_per_kg_eur"] = round(unit.customs_value_eur / unit.net_mass_kg, 4)
+        fields["group_value_per_kg_eur"] = None if reference is None else round(10 ** reference[1], 4)
+        return self._score(unit, score, reason, fields)
+
+    # ------------------------------------------------------------------ reasons
+
+    def _standouts(self, x: list[float], unit: ItemFlow, state: AtypicalFlowState) -> dict[str, float]:
+        out = {}
+        for i, name in enumerate(FEATURES):
+            if name == "transport_mode":
+                share = state.mode_share.get(unit.transport_mode, 0.0)
+                out[name] = (1.0 - share) / max(2.0 * share * (1.0 - share), _STANDOUT_FLOOR)
+            else:
+                out[name] = abs(x[i] - state.mean[i]) / max(state.spread[i], _STANDOUT_FLOOR)
+        return out
+
+    def _describe(self, name: str, x: list[float], unit: ItemFlow, state: AtypicalFlowState) -> str:
+        """One feature of the item against the chapter's typical item, in an officer's words."""
+        mean = state.mean[FEATURES.index(name)]
+        share = f"{100.0 * mean:.0f}% of the chapter's recent items"
+        if name == "value_per_kg":
+            typical = 10 ** (mean * 7.0 - 2.0)
+            return f"value {unit.customs_value_eur / unit.net_mass_kg:,.2f} EUR/kg vs about {typical:,.2f} typical"
+        if name == "net_mass":
+            typical = 10 ** (mean * 10.0 - 2.0)
+            return f"net mass {unit.net_mass_kg:,.0f} kg vs about {typical:,.0f} kg typical"
+        if name == "value_vs_group":
+            reference = self._reference(unit, state)
+            if reference is None:
+                return "no value reference for its CN4 yet"
+            group, median = reference
+            ratio = 10 ** (unit.log_value_per_kg - median)
+            where = f"CN4 {unit.cn4} from {unit.origin_country}" if ":" in group else f"CN4 {unit.cn4}"
+            return f"value per kg {ratio:.2g} times the median of {where} ({10**median:,.2f} EUR/kg)"
+        if name == "route":
+            if x[FEATURES.index(name)]:
+                return f"dispatched from {unit.dispatch_country}, origin {unit.origin_country} (so are {share})"
+            return f"dispatched from its origin {unit.origin_country}, unlike {100.0 * mean:.0f}% of recent items"
+        if name == "new_declarant":
+            if x[FEATURES.index(name)]:
+                return f"importer {unit.importer_eori} never declared CN4 {unit.cn4} before (new pairs: {share})"
+            return f"importer {unit.importer_eori} has declared CN4 {unit.cn4} before, unlike most recent items"
+        if name == "hour":
+            return f"declared at {unit.event_time.astimezone(UTC):%H:%M} UTC, an unusual hour for this chapter"
+        if name == "procedure":
+            return f"procedure {unit.procedure_code} (not 4000 for {share})"
+        mode_share = state.mode_share.get(unit.transport_mode, 0.0)
+        return f"transport by {unit.transport_mode} ({100.0 * mode_share:.0f}% of the chapter's recent items)"
+
+    def _score(self, unit: ItemFlow, score: float, reason: str, fields: dict[str, float | str | None]) -> RiskScore:
+        return RiskScore.model_construct(
+            score_id=score_id(self.name, unit.event_id, unit.item_number),
+            detector=self.name,
+            subject_event_id=unit.event_id,
+            subject_type="declaration",
+            subject_reference=unit.mrn,
+            item_number=unit.item_number,
+            event_time=unit.event_time,
+            office=unit.office,
+            operator_eori=unit.importer_eori,
+            cn_code=unit.cn_code,
+            origin_country=unit.origin_country,
+            score=score,
+            eur_at_stake=0.0,
+            reason=reason,
+            reason_fields=fields,
+            event_type="risk_score",
+        )
+
