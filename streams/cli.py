@@ -104,7 +104,10 @@ def run(
 
 def _print_summary(summary: RunSummary, data_dir: Path) -> None:
     table = Table(title="Run summary", show_header=False)
-    table.add_row("lines read", f"{summary.lines_read:,}" + (f" (+{summary.lines_skipped:,} resumed)" * bool(summary.lines_skipped)))
+    table.add_row(
+        "lines read",
+        f"{summary.lines_read:,}" + (f" (+{summary.lines_skipped:,} resumed)" * bool(summary.lines_skipped)),
+    )
     for event_type, n in sorted(summary.events_by_type.items()):
         table.add_row(f"  {event_type}", f"{n:,}")
     table.add_row("risk scores", f"{summary.scores:,}")
@@ -119,7 +122,9 @@ def _print_summary(summary: RunSummary, data_dir: Path) -> None:
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL to run on the embedded store, e.g. 'SELECT count() FROM vigie.alerts'")],
+    query: Annotated[
+        str, typer.Argument(help="SQL to run on the embedded store, e.g. 'SELECT count() FROM vigie.alerts'")
+    ],
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Query the embedded ClickHouse store and print rows as JSON lines."""

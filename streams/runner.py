@@ -159,4 +159,3 @@ def run_file(
     skip = runner.resume_position(source) if resume else 0
     with open(path, "rb") as stream:
         return runner.run(source, iter_lines(stream), skip=skip)
-

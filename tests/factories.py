@@ -63,7 +63,13 @@ def ens_dict(**overrides: Any) -> dict[str, Any]:
         "first_office_of_entry": "FR002300",
         "eta": (T0 - timedelta(hours=6)).isoformat(),
         "goods_items": [
-            {"item_number": 1, "hs_code": "610910", "description": "cotton t-shirts", "gross_mass_kg": 130.0, "packages": 12}
+            {
+                "item_number": 1,
+                "hs_code": "610910",
+                "description": "cotton t-shirts",
+                "gross_mass_kg": 130.0,
+                "packages": 12,
+            }
         ],
     }
     data.update(overrides)

@@ -109,7 +109,9 @@ def test_bad_lines_are_dead_lettered_and_the_run_continues(tmp_path: Path) -> No
     assert "exceeds" in by_line[54]["reason"]
     stored = _query(tmp_path / "d", "SELECT count() AS n FROM vigie.declarations FINAL")[0]["n"]
     stored += _query(tmp_path / "d", "SELECT count() AS n FROM vigie.ens FINAL")[0]["n"]
-    assert stored == sum(1 for line in good[:100] if b'"event_type":"declaration"' in line or b'"event_type":"ens"' in line)
+    assert stored == sum(
+        1 for line in good[:100] if b'"event_type":"declaration"' in line or b'"event_type":"ens"' in line
+    )
 
 
 class Crash(RuntimeError):

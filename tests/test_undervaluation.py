@@ -110,7 +110,7 @@ def test_score_does_not_mutate_state() -> None:
     detector = UndervaluationDetector(min_observations=5)
     store: dict = {}
     _feed(detector, store, [1000.0, 1100.0, 900.0, 950.0, 1050.0, 1000.0])
-    (key, unit), = detector.units(_declaration(50, "61091000", 10.0))
+    ((key, unit),) = detector.units(_declaration(50, "61091000", 10.0))
     before = store[key].to_dict()
     detector.score_one(unit, store[key])
     assert store[key].to_dict() == before

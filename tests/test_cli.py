@@ -1,0 +1,63 @@
+"""The `vigie` commands other than run (which has its own end-to-end tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from vigie.schemas import decode_event
+from vigie.streams.cli import app
+
+cli = CliRunner()
+
+
+def test_schema_export_writes_one_schema_per_event_type(tmp_path: Path) -> None:
+    result = cli.invoke(app, ["schema", "export", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(
+        f"{t}.schema.json" for t in ("ens", "declaration", "excise", "outcome", "risk_score", "alert", "dead_letter")
+    )
+    schema = json.loads((tmp_path / "out" / "declaration.schema.json").read_text())
+    assert schema["$id"] == "urn:vigie:schema:declaration:1.0"
+    assert "customs_value_eur" in json.dumps(schema)
+
+
+def test_generate_is_seeded_and_keeps_truth_apart(tmp_path: Path) -> None:
+    outputs = []
+    for name in ("a", "b"):
+        result = cli.invoke(
+            app,
+            [
+                "generate",
+                "--out",
+                str(tmp_path / f"{name}.jsonl"),
+                "--truth",
+                str(tmp_path / f"{name}-truth.jsonl"),
+                "--duration-hours",
+                "1",
+                "--seed",
+                "11",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        outputs.append((tmp_path / f"{name}.jsonl").read_bytes())
+    assert outputs[0] == outputs[1]
+    lines = outputs[0].splitlines()
+    assert all(decode_event(line) for line in lines)
+    assert b"patterns" not in outputs[0]  # the ground truth never travels with the events
+    truth_ids = {json.loads(t)["event_id"] for t in (tmp_path / "a-truth.jsonl").read_text().splitlines()}
+    assert truth_ids and truth_ids <= {json.loads(line)["event_id"] for line in lines}
+
+
+def test_sql_reads_the_embedded_store(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    cli.invoke(app, ["generate", "--out", str(events), "--truth", str(tmp_path / "t.jsonl"), "--duration-hours", "1"])
+    data_dir = tmp_path / "data"
+    assert cli.invoke(app, ["run", "--input", str(events), "--data-dir", str(data_dir), "--no-live"]).exit_code == 0
+    result = cli.invoke(app, ["sql", "SELECT count() AS n FROM vigie.ens FINAL", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    expected = sum(1 for line in events.read_bytes().splitlines() if b'"event_type":"ens"' in line)
+    assert json.loads(result.output.strip())["n"] == expected
