@@ -12,6 +12,7 @@ package_dir = {"vigie": "vigie"} | {f"vigie.{name}": name for name in SUBPACKAGE
 
 extensions = [
     Extension("vigie.operators._robust", ["operators/_robust.pyx"]),
+    Extension("vigie.operators._hst", ["operators/_hst.pyx"]),
 ]
 
 setup(
@@ -42,7 +43,9 @@ setup(
         "pyyaml>=6,<7",
         "matplotlib>=3.9,<4",
     ],
-    extras_require={"test": ["pytest>=9,<10", "pytest-xdist>=3.8,<4", "pytest-timeout>=2.4,<3", "jsonschema>=4.26,<5", "ruff>=0.17,<0.18"]},
+    extras_require={
+        "test": ["pytest>=9,<10", "pytest-xdist>=3.8,<4", "pytest-timeout>=2.4,<3", "jsonschema>=4.26,<5", "ruff>=0.17,<0.18"]
+    },
     setup_requires=["cython>=3.3,<3.4"],
     entry_points={"console_scripts": ["vigie=vigie.streams.cli:main"]},
 )

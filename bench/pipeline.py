@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import record  # noqa: E402
+from results import record
 
-from vigie.operators import ScoringPipeline  # noqa: E402
-from vigie.schemas import decode_event, encode_event  # noqa: E402
-from vigie.schemas.generator import GeneratorConfig, generate  # noqa: E402
-from vigie.sinks.chdb_sink import ChdbSink  # noqa: E402
-from vigie.streams.runner import InProcessRunner  # noqa: E402
+from vigie.operators import ScoringPipeline
+from vigie.schemas import decode_event, encode_event
+from vigie.schemas.generator import GeneratorConfig, generate
+from vigie.sinks.chdb_sink import ChdbSink
+from vigie.streams.runner import InProcessRunner
 
 
 def main() -> None:
@@ -75,7 +75,8 @@ def main() -> None:
         table=[("stage", "events/s (one process)")] + [(name, f"{rate:,.0f}") for name, rate in rows],
         notes=[
             f"{n:,} events ({summary.scores:,} scores, {summary.alerts:,} alerts), "
-            f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, {platform.processor() or platform.machine()}",
+            f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, "
+            f"{platform.processor() or platform.machine()}",
             "One Python process; chdb inserts may use its own threads.",
         ],
     )

@@ -85,7 +85,8 @@ def run(
         console.print(f"generating a synthetic stream into {input} ...")
         stats = write_stream(_config(seed, duration_hours, rate, fraud_share), input, truth)
         console.print(f"{stats.n_events:,} events generated (ground truth kept apart in {truth})")
-    total = sum(1 for _ in open(input, "rb"))
+    with open(input, "rb") as lines:
+        total = sum(1 for _ in lines)
     pipeline = ScoringPipeline(alerting=NoisyOrAlerting(threshold=threshold))
     sink = ChdbSink(data_dir / "clickhouse")
     try:
