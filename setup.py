@@ -44,7 +44,13 @@ setup(
         "matplotlib>=3.9,<4",
     ],
     extras_require={
-        "test": ["pytest>=9,<10", "pytest-xdist>=3.8,<4", "pytest-timeout>=2.4,<3", "jsonschema>=4.26,<5", "ruff>=0.17,<0.18"]
+        "test": [
+            "pytest>=9,<10",
+            "pytest-xdist>=3.8,<4",
+            "pytest-timeout>=2.4,<3",
+            "jsonschema>=4.26,<5",
+            "ruff>=0.17,<0.18",
+        ]
     },
     setup_requires=["cython>=3.3,<3.4"],
     entry_points={"console_scripts": ["vigie=vigie.streams.cli:main"]},
