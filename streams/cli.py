@@ -52,7 +52,14 @@ def generate(
     """Write a seeded synthetic stream of customs events (JSON lines) and its ground truth."""
     stats = write_stream(_config(seed, duration_hours, rate, fraud_share), out, truth)
     console.print(f"wrote {stats.n_events:,} events to {out} and the ground truth to {truth}")
-    console.print(stats.summary() if hasattr(stats, "summary") else stats)
+    table = Table(show_header=False, title="Generated")
+    for event_type, n in sorted(stats.events_per_type.items()):
+        table.add_row(event_type, f"{n:,}")
+    table.add_row("fraudulent consignments", f"{stats.n_fraud_consignments:,} of {stats.n_consignments:,}")
+    for pattern, n in sorted(stats.fraud_consignments_per_pattern.items()):
+        table.add_row(f"  {pattern}", f"{n:,}")
+    table.add_row("revenue at risk", f"{stats.revenue_at_risk_eur:,.0f} EUR")
+    console.print(table)
 
 
 @app.command()
