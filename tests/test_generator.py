@@ -7,6 +7,7 @@ test so that only one test worker pays for it. Runs are cached per worker proces
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -38,6 +39,7 @@ from vigie.schemas.generator import (
     write_stream,
 )
 from vigie.schemas.generator.catalogue import EXCISE_RATES
+from vigie.schemas.generator.stream import DIURNAL_AMPLITUDE
 
 Run = tuple[list[Any], dict[str, GroundTruth], GenerationStats]
 
@@ -57,6 +59,9 @@ def _run(config: GeneratorConfig) -> Run:
     return events, truths, stream.stats
 
 
+FULL = GeneratorConfig(duration_hours=12)  # every pattern appears at this size
+
+
 @pytest.fixture(scope="module")
 def small() -> Run:
     return _run(SMALL)
@@ -64,7 +69,7 @@ def small() -> Run:
 
 @pytest.fixture(scope="module")
 def full() -> Run:
-    return _run(GeneratorConfig(duration_hours=12))  # every pattern appears at this size
+    return _run(FULL)
 
 
 def _by_type(events: list[Any], event_type: str) -> list[Any]:
@@ -277,12 +282,23 @@ def test_default_sized_run(full: Run) -> None:
     _check_control_selection(full)
 
 
+def _expected_consignments(config: GeneratorConfig) -> float:
+    """Rate x hours, weighted by the documented daily cycle (peak at 14:00 UTC)."""
+    start_h = config.start.hour + config.start.minute / 60
+    steps = 1000
+    dt = config.duration_hours / steps
+    weight = sum(
+        1 + DIURNAL_AMPLITUDE * math.cos(2 * math.pi * (start_h + (i + 0.5) * dt - 14) / 24) for i in range(steps)
+    )
+    return config.rate_per_hour * weight * dt
+
+
 def _check_fraud_share(run: Run) -> None:
-    # ~36,000 consignments, ~1,440 expected frauds. Binomial sd ~38; frauds cluster (split
-    # shipments of ~5.5 parts, behaviour-change importers' whole tails), which roughly
-    # doubles the sd to ~0.2 percentage point: +-0.6 pp is three sd.
+    # ~16,000 consignments (12 h from midnight), ~640 expected frauds. Binomial sd ~25; frauds
+    # cluster (split shipments of ~5.5 parts, behaviour-change importers' whole tails), which
+    # roughly doubles the sd to ~0.3 percentage point: +-0.6 pp is two sd.
     _, truths, stats = run
-    assert stats.n_consignments == pytest.approx(36000, rel=0.05)
+    assert stats.n_consignments == pytest.approx(_expected_consignments(FULL), rel=0.05)
     assert 0.034 <= stats.fraud_share <= 0.046
     consignments = {t.details["consignment_id"] for t in truths.values()}
     assert len(consignments) == stats.n_fraud_consignments
