@@ -78,6 +78,7 @@ def main() -> None:
             f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, "
             f"{platform.processor() or platform.machine()}",
             "One Python process; chdb inserts may use its own threads.",
+            "Measured while other test jobs shared the 2 cores: figures are lower bounds.",
         ],
     )
 
