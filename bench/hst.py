@@ -13,6 +13,7 @@ Run: .venv/bin/python bench/hst.py [--events 50000] [--trees 10] [--height 8] [-
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -61,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     params = {"n_trees": args.trees, "height": args.height, "window_size": args.window, "seed": args.seed}
 
+    load = os.getloadavg()[0]
     X = _stream(args.events)
     dicts = [dict(zip(FEATURES, row.tolist(), strict=True)) for row in X]
     rows = list(X)
@@ -125,7 +127,8 @@ def main() -> None:
             "All four produce identical scores (checked by the benchmark, exact float equality).",
             "Cython times are the best of 3 runs, River's is a single run (it takes seconds).",
             f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, river 0.23.0, "
-            f"{platform.processor() or platform.machine()}, one core.",
+            f"{platform.processor() or platform.machine()}, one core; 1-minute load average {load:.1f} on "
+            f"{os.cpu_count()} cores at the start (a shared machine inflates all times, River's included).",
         ],
     )
 

@@ -362,7 +362,10 @@ cdef class HalfSpaceTrees:
         trees = data["trees"]
         if trees is not None:
             shape = (hst.n_trees, hst.n_nodes)
-            arrays = [np.asarray(trees[k]) for k in ("feature", "threshold", "l_mass", "r_mass")]
+            arrays = [
+                np.array(trees[key], dtype=dtype)
+                for key, dtype in (("feature", np.int32), ("threshold", np.float64), ("l_mass", np.int64), ("r_mass", np.int64))
+            ]
             if any(a.shape != shape for a in arrays):
                 raise ValueError(f"tree arrays must have shape {shape}")
             if arrays[0].max() >= hst.n_features:

@@ -21,23 +21,30 @@ Features, each mapped to [0, 1] (values beyond the range are clipped):
 ``value_vs_group``
     log10 of value per kg minus the median of the last ``group_window`` items of the same
     (CN4, origin), or of the CN4 from any origin when the pair has fewer than
-    ``min_group`` items; from 1/100 of that median (0) through the median (0.5) to 100
-    times it (1). 0.5 when neither reference exists yet.
+    ``min_group`` items; from a tenth of that median (0) through the median (0.5) to ten
+    times it (1): narrower than the two features above, so that the trees' splits can tell
+    a value halved from a normal one. 0.5 when neither reference exists yet.
 ``route``
     1 when the country of dispatch differs from the country of origin.
 ``new_declarant``
     1 when the importer has not declared this CN4 in this chapter's memory (the pair is
     forgotten after ``novelty_horizon_days`` without a declaration).
 ``hour``
-    Time of day of ``event_time`` in UTC, 00:00 (0) to 24:00 (1).
+    Time of day of ``event_time`` in UTC, 00:00 (0) to 24:00 (1). Not circular: 23:59 and
+    00:01 sit at opposite ends.
 ``procedure``
     1 when the procedure code is not 4000 (release for free circulation).
 ``transport_mode``
     Mode at the border: sea 0, air 0.25, road 0.5, rail 0.75, postal 1.
+
+Not modelled: mass per package (packages are on the ENS, not on the declaration; a join
+with the ENS would bring it), and the declarant (as opposed to the importer) in the
+novelty feature.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,13 +74,31 @@ FEATURES: tuple[str, ...] = (
 MODES: dict[str, float] = {"sea": 0.0, "air": 0.25, "road": 0.5, "rail": 0.75, "postal": 1.0}
 """Transport mode encoding: HST splits isolate categories as well as they isolate ranges."""
 
-_MAD_TO_SIGMA = 1.4826
+_TAIL = 0.1  # share of the calibration window the rarity's exponential tail is fitted to
 _DAY_S = 86_400.0
 _STANDOUT_FLOOR = 0.02  # smallest spread a feature's standout is measured against
+_GROUP_DECADES = 1.0  # value_vs_group saturates at this many powers of ten from the group median
 
 
 def _scale(value: float, low: float, high: float) -> float:
     return min(1.0, max(0.0, (value - low) / (high - low)))
+
+
+def _rarity_text(share: float, window: int) -> str:
+    """A rarity as officers say it, e.g. ``"as isolated as about 1 in 81 recent items"``."""
+    if share >= 0.5:
+        return "as isolated as half of the recent items or more"
+    if share * window < 1.0:
+        return f"more isolated than all of the last {window} items (tail estimate: 1 in {1.0 / share:,.0f})"
+    return f"as isolated as about 1 in {1.0 / share:,.0f} recent items"
+
+
+def _quantile(ranked: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values, interpolated linearly (numpy's default method)."""
+    position = q * (len(ranked) - 1)
+    low = int(position)
+    high = min(low + 1, len(ranked) - 1)
+    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
 
 
 class AtypicalFlowState(OperatorState):
@@ -89,12 +114,13 @@ class AtypicalFlowState(OperatorState):
     * ``mean`` / ``spread``: exponentially weighted mean and mean absolute deviation of each
       feature, and ``mode_share`` the weighted share of each transport mode: the chapter's
       typical item, which the reason compares the scored item to;
-    * ``calibration``: the last raw HST scores of the chapter's items, whose median and MAD
-      turn a raw score into the detector's score.
+    * ``calibration``: the raw HST scores of the chapter's last items, from which a raw
+      score's rarity, hence the detector's score, is read.
 
     Memory bound per chapter: the trees (``n_trees * (2 ** (height + 1) - 1) * 28`` bytes,
     71 kB with the defaults), ``max_groups * group_window`` doubles (64 kB), ``max_pairs``
-    short strings (about 2 MB at 20,000), ``calibration_window`` doubles; 97 chapters at most.
+    short keys with a float (about 3 MB in memory and 0.7 MB as JSON at 20,000),
+    ``calibration_window`` doubles; 97 chapters at most.
     """
 
     def __init__(
@@ -104,9 +130,9 @@ class AtypicalFlowState(OperatorState):
         max_groups: int = 256,
         max_pairs: int = 20_000,
         calibration_window: int = 256,
-        alpha: float = 2.0 / 257.0,
+        alpha: float = 2.0 / 129.0,
     ) -> None:
-        self.hst = hst if hst is not None else HalfSpaceTrees(FEATURES, n_trees=10, height=6, window_size=256, seed=0)
+        self.hst = hst if hst is not None else HalfSpaceTrees(FEATURES, n_trees=20, height=6, window_size=128, seed=0)
         self.group_window = group_window
         self.max_groups = max_groups
         self.max_pairs = max_pairs
@@ -230,13 +256,21 @@ class ItemFlow:
 class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
     """Scores how atypical each goods item is among its CN chapter's recent flows.
 
-    The raw Half-Space Trees score ``s`` (1 minus the mass-weighted depth the item reaches
-    in the trees, normalised; high = isolated) is compared with the raw scores of the
-    chapter's last ``calibration_window`` items: ``z = (s - median) / max(1.4826 MAD,
-    min_spread)``, and ``score = 1 / (1 + exp(-(z - z_half)))``: 0.5 for an item ``z_half``
-    (3) robust standard deviations more isolated than the chapter's typical item, about
-    0.95 at 6, below 0.05 for typical items. The score is 0 while the chapter warms up:
-    during the trees' first window and until ``min_calibration`` raw scores are known.
+    The trees give a raw *isolation* ``s`` in [0, 1) (River's ``score_one``: 1 minus the
+    item's region's masses in the last window, weighted by depth and normalised; high =
+    few recent items look like it). Raw isolation is not comparable across chapters (a
+    chapter of diverse goods isolates everything a bit), so it is turned into a *rarity*
+    ``p``: the estimated share of the chapter's recent items at least as isolated, read
+    off the raw scores of its last ``calibration_window`` items (the empirical share up to
+    their 90th percentile; beyond it, an exponential tail fitted to the top tenth, so
+    rarities finer than the window can resolve are still ordered). Then
+
+    ``score = 1 / (1 + p / p_half)``, i.e. odds ``score / (1 - score) = p_half / p``:
+
+    0.5 when about one recent item in 100 (``p_half``) is as isolated, 0.91 at one in
+    1,000, 0.09 at one in 10, 0.02 for a median item. The score is 0 while the chapter
+    warms up: during the trees' first window and until ``min_calibration`` raw scores are
+    known.
 
     ``reason`` names the features that stand out most: a feature's *standout* is its
     distance to the chapter's weighted mean in units of the chapter's weighted mean
@@ -257,7 +291,7 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
     True
     >>> odd = detector.score_one(item(401, "FR99999999999999", 40_000.0, 900_000.0, "4200", "air"), state)
     >>> odd.score > 0.9, odd.reason_fields["top_features"]
-    (True, 'net_mass,procedure,transport_mode')
+    (True, 'procedure,transport_mode,new_declarant')
     """
 
     name: ClassVar[str] = "atypical_flow"
@@ -265,9 +299,9 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
 
     def __init__(
         self,
-        n_trees: int = 10,
+        n_trees: int = 20,
         height: int = 6,
-        window_size: int = 256,
+        window_size: int = 128,
         seed: int = 0,
         group_window: int = 32,
         min_group: int = 5,
@@ -275,9 +309,9 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         max_pairs: int = 20_000,
         novelty_horizon_days: float = 365.0,
         calibration_window: int = 256,
-        min_calibration: int = 32,
-        min_spread: float = 0.01,
-        z_half: float = 3.0,
+        min_calibration: int = 64,
+        min_tail: float = 0.02,
+        p_half: float = 0.01,
         standout: float = 2.0,
     ) -> None:
         self.n_trees = n_trees
@@ -291,8 +325,8 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         self.novelty_horizon_s = novelty_horizon_days * _DAY_S
         self.calibration_window = calibration_window
         self.min_calibration = min_calibration
-        self.min_spread = min_spread
-        self.z_half = z_half
+        self.min_tail = min_tail
+        self.p_half = p_half
         self.standout = standout
 
     def new_state(self) -> AtypicalFlowState:
@@ -342,13 +376,31 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         return [
             _scale(log_vpk, -2.0, 5.0),
             _scale(math.log10(unit.net_mass_kg), -2.0, 8.0),
-            0.5 if reference is None else _scale(log_vpk - reference[1], -2.0, 2.0),
+            0.5 if reference is None else _scale(log_vpk - reference[1], -_GROUP_DECADES, _GROUP_DECADES),
             1.0 if unit.dispatch_country != unit.origin_country else 0.0,
             0.0 if f"{unit.importer_eori}|{unit.cn4}" in state.pairs else 1.0,
             utc / _DAY_S,
             0.0 if unit.procedure_code == "4000" else 1.0,
             MODES.get(unit.transport_mode, 0.0),
         ]
+
+    def _rarity(self, raw: float, state: AtypicalFlowState) -> tuple[float, float]:
+        """Estimated share of the chapter's recent items at least as isolated as ``raw``, and their median.
+
+        Up to the 90th percentile of the recent raw scores, the empirical share; beyond it,
+        a peaks-over-threshold tail ``0.1 * exp(-(raw - q90) / beta)`` with ``beta`` the mean
+        excess of the top tenth over ``q90`` (at least ``min_tail``). Raw scores are bounded
+        above, so an exponential tail overstates far rarities: it errs on the quiet side.
+        """
+        window = state.calibration
+        ranked = np.sort(window.values[: window.size]).tolist()
+        n = len(ranked)
+        median, q90 = _quantile(ranked, 0.5), _quantile(ranked, 0.9)
+        if raw <= q90:
+            return (n - bisect.bisect_left(ranked, raw)) / n, median
+        top = ranked[bisect.bisect_right(ranked, q90) :]
+        beta = max(sum(top) / len(top) - q90, self.min_tail) if top else self.min_tail
+        return _TAIL * math.exp(-(raw - q90) / beta), median
 
     @staticmethod
     def _raw(x: list[float], state: AtypicalFlowState) -> float:
@@ -383,24 +435,22 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
 
         x = self._features(unit, state)
         raw = self._raw(x, state)
-        median, mad = state.calibration.median_mad()
-        spread = max(_MAD_TO_SIGMA * mad, self.min_spread)
-        z = (raw - median) / spread
-        score = 1.0 / (1.0 + math.exp(-(z - self.z_half)))
+        rarity, median = self._rarity(raw, state)
+        score = 1.0 / (1.0 + rarity / self.p_half)
 
         standouts = self._standouts(x, unit, state)
         top = [(name, s) for name, s in sorted(standouts.items(), key=lambda kv: (-kv[1], kv[0])) if s >= self.standout]
         top = top[:3]
         details = [self._describe(name, x, unit, state) for name, _ in top]
-        if z <= 0:
-            verdict = "typical of"
-        elif score >= 0.5:
+        if score >= 0.5:
             verdict = "atypical among"
+        elif raw <= median:
+            verdict = "typical of"
         else:
             verdict = "within the usual range of"
         head = (
             f"Item {unit.item_number} (CN {unit.cn_code} from {unit.origin_country}) is {verdict} chapter {chapter}'s "
-            f"recent flows: isolation {raw:.3f} vs {median:.3f} typical ({z:.1f} robust SD)"
+            f"recent flows: isolation {raw:.3f} vs {median:.3f} typical, {_rarity_text(rarity, state.calibration.size)}"
         )
         if details:
             reason = f"{head}; stands out: " + "; ".join(details) + "."
@@ -412,7 +462,7 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         fields: dict[str, float | str | None] = {
             "hst_score": round(raw, 6),
             "typical_hst_score": round(median, 6),
-            "robust_z": round(z, 3),
+            "rarity": float(f"{rarity:.4g}"),
             "top_features": ",".join(name for name, _ in top),
             "observations": float(state.seen),
         }
@@ -467,7 +517,8 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         if name == "procedure":
             return f"procedure {unit.procedure_code} (not 4000 for {share})"
         mode_share = state.mode_share.get(unit.transport_mode, 0.0)
-        return f"transport by {unit.transport_mode} ({100.0 * mode_share:.0f}% of the chapter's recent items)"
+        mode = {"postal": "post"}.get(unit.transport_mode, unit.transport_mode)
+        return f"transport by {mode} ({100.0 * mode_share:.0f}% of the chapter's recent items)"
 
     def _score(self, unit: ItemFlow, score: float, reason: str, fields: dict[str, float | str | None]) -> RiskScore:
         return RiskScore.model_construct(
