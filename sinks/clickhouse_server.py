@@ -27,24 +27,22 @@ about 1 s after SIGTERM with a client connected (``shutdown_wait_unfinished`` an
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
 import string
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+
+from vigie.localserver import LOOPBACK, LocalServer, LocalServerError, free_port, tail
 
 __all__ = [
     "INSTALL_SCRIPT",
@@ -61,14 +59,13 @@ DEPLOY_DIR = REPO_ROOT / "deploy" / "clickhouse"
 #: Installs Debian's clickhouse-server and clickhouse-client when missing (root, no prompts).
 INSTALL_SCRIPT = DEPLOY_DIR / "install.sh"
 
-LOOPBACK = "127.0.0.1"
 #: Where binaries are looked for besides ``PATH``: Debian installs the server in /usr/sbin,
 #: which is not on an unprivileged user's ``PATH``.
 _EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin")
 _BINARY_ENV = "VIGIE_CLICKHOUSE_SERVER"
 
 
-class ClickHouseServerError(RuntimeError):
+class ClickHouseServerError(LocalServerError):
     """The server binary is missing, or the server did not start or answer."""
 
 
@@ -119,70 +116,12 @@ def server_installed() -> bool:
     return True
 
 
-def _ephemeral_port_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(exclude: Iterable[int] = ()) -> int:
-    """A loopback TCP port free now, preferably below the kernel's ephemeral range.
-
-    Ports below that range are never the local end of an outgoing connection, so a server
-    restarted on its old ports does not find one taken by a client socket.
-    """
-    excluded = set(exclude)
-    low, _high = _ephemeral_port_range()
-    rng = random.SystemRandom()
-    if low > 20000:
-        for _ in range(200):
-            port = rng.randrange(20000, low)
-            if port not in excluded and _port_is_free(port):
-                return port
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port = int(sock.getsockname()[1])
-        if port not in excluded:
-            return port
-    raise ClickHouseServerError("could not find a free loopback port")
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
-
-
-def _stop_at_exit(ref: weakref.ReferenceType[ClickHouseServer]) -> None:
-    server = ref()
-    if server is not None and server.is_running():
-        server.stop(timeout=10)
-
-
 # --------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------
 
 
-class ClickHouseServer:
+class ClickHouseServer(LocalServer):
     """One ClickHouse server as a child process, listening on 127.0.0.1 only.
 
     Args:
@@ -217,10 +156,7 @@ class ClickHouseServer:
         template_dir: Path | str | None = None,
         shutdown_wait: int = 1,
     ) -> None:
-        self._owns_data_dir = data_dir is None
-        self.data_dir = (
-            Path(tempfile.mkdtemp(prefix="vigie-clickhouse-")) if data_dir is None else Path(data_dir).resolve()
-        )
+        super().__init__(data_dir, prefix="vigie-clickhouse-")
         self._auto_ports = not tcp_port and not http_port
         self.tcp_port = tcp_port or free_port()
         self.http_port = http_port or free_port(exclude=[self.tcp_port])
@@ -234,9 +170,6 @@ class ClickHouseServer:
         """``SELECT version()`` of the running server, set once it answers."""
         self.last_start_seconds: float | None = None
         """Seconds from spawning the process to the first answered query, for the last start."""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
-        atexit.register(_stop_at_exit, weakref.ref(self))
 
     # -- files ------------------------------------------------------------------------------
 
@@ -313,10 +246,6 @@ class ClickHouseServer:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def is_running(self) -> bool:
-        """True while the server process runs (it may not answer yet, or any more)."""
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> ClickHouseServer:
         """Write the config, start the server and wait until it answers ``SELECT 1``.
 
@@ -391,48 +320,6 @@ class ClickHouseServer:
         finally:
             client.disconnect()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server cleanly (SIGTERM), killing it if it has not exited after ``timeout``."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is None or proc.poll() is not None:
-                return
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-    def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is None or proc.poll() is not None:
-                return
-            proc.kill()
-            proc.wait(10)
-
-    def restart(self, *, kill: bool = False) -> ClickHouseServer:
-        """Stop (or, with ``kill``, kill) the server if running and start it on the same ports and data."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop the server and remove its data dir if this object created it."""
-        self.stop()
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> ClickHouseServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"ClickHouseServer({self.host}:{self.tcp_port}, {state}, data_dir={str(self.data_dir)!r})"
@@ -443,7 +330,7 @@ class ClickHouseServer:
         """The last lines of the error log, the process output and the main log, for error messages."""
         parts = []
         for path in (self.error_log_file, self.stdout_file, self.log_file):
-            text = _tail(path, lines)
+            text = tail(path, lines)
             if text.strip():
                 parts.append(f"--- last lines of {path} ---\n{text}")
         return "\n".join(parts) or f"(no log in {self.log_dir})"

@@ -23,29 +23,27 @@ This module does not import faust: the stream code's own tests and tools use it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import datetime as dt
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from vigie.localserver import LOOPBACK, LocalServer, LocalServerError, free_port, port_is_free, tail
 
 __all__ = [
     "KAFKA_VERSION",
@@ -74,7 +72,6 @@ FETCH_SCRIPT = DEPLOY_DIR / "kafka" / "fetch-jars.sh"
 #: Where the dev CLI keeps its state, relative to the current directory.
 DEV_STATE_DIR = Path(".vigie-dev")
 
-_LOOPBACK = "127.0.0.1"
 _DEFAULT_HEAP = "512m"
 _MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 
@@ -82,7 +79,7 @@ _MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_JVM_OPTIONS = ("-Xms64m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
 
 
-class KafkaBrokerError(RuntimeError):
+class KafkaBrokerError(LocalServerError):
     """The broker could not be fetched, formatted, started or reached."""
 
 
@@ -128,47 +125,6 @@ def ensure_kafka_jars(jars_dir: Path | str | None = None) -> Path:
     return target
 
 
-def _ephemeral_port_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _port_is_free(port: int, host: str = _LOOPBACK) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(exclude: Iterable[int] = ()) -> int:
-    """A loopback TCP port that is free now, preferably below the kernel's ephemeral range.
-
-    Ports below the ephemeral range are never handed out as the local end of outgoing
-    connections, so a broker restarted on the same ports does not find one taken by a client.
-    """
-    excluded = set(exclude)
-    low, _high = _ephemeral_port_range()
-    if low > 20000:
-        rng = random.SystemRandom()
-        for _ in range(200):
-            port = rng.randrange(20000, low)
-            if port not in excluded and _port_is_free(port):
-                return port
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_LOOPBACK, 0))
-            port = sock.getsockname()[1]
-        if port not in excluded:
-            return port
-    raise KafkaBrokerError("could not find a free loopback port")
-
-
 def new_cluster_id() -> str:
     """A KRaft cluster id as ``kafka-storage random-uuid`` makes it: a UUID, URL-safe base64, no padding."""
     while True:
@@ -185,18 +141,6 @@ def _java_binary() -> str:
     if not found:
         raise KafkaBrokerError("no java found (install a JDK/JRE 17+ or set JAVA_HOME)")
     return found
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,13 +252,7 @@ def _quiet_client_logger() -> logging.Logger:
     return logger
 
 
-def _stop_at_exit(ref: weakref.ReferenceType[KafkaBroker]) -> None:
-    broker = ref()
-    if broker is not None and broker.is_running():
-        broker.stop(timeout=10)
-
-
-class KafkaBroker:
+class KafkaBroker(LocalServer):
     """One Kafka node in KRaft combined mode (broker and controller), as a child process.
 
     Args:
@@ -345,8 +283,7 @@ class KafkaBroker:
         config: Mapping[str, object] | None = None,
         detach: bool = False,
     ) -> None:
-        self._owns_data_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="vigie-kafka-")).resolve()
+        super().__init__(data_dir, prefix="vigie-kafka-", stop_at_exit=not detach)
         self.port = port or free_port()
         self.controller_port = controller_port or free_port(exclude={self.port})
         self.heap = heap
@@ -355,19 +292,15 @@ class KafkaBroker:
         self.extra_config = dict(config or {})
         self.detach = detach
         self.jvm_options: list[str] = list(DEFAULT_JVM_OPTIONS)
-        self._proc: subprocess.Popen[bytes] | None = None
         self._admin: Any = None
-        self._lock = threading.RLock()
         self.last_start_seconds: float | None = None
-        if not detach:
-            atexit.register(_stop_at_exit, weakref.ref(self))
 
     # -- paths and addresses ---------------------------------------------------------------
 
     @property
     def bootstrap_servers(self) -> str:
         """The address clients connect to, ``127.0.0.1:PORT``."""
-        return f"{_LOOPBACK}:{self.port}"
+        return f"{LOOPBACK}:{self.port}"
 
     @property
     def config_file(self) -> Path:
@@ -399,9 +332,9 @@ class KafkaBroker:
         props: dict[str, object] = {
             "process.roles": "broker,controller",
             "node.id": 1,
-            "controller.quorum.voters": f"1@{_LOOPBACK}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{_LOOPBACK}:{self.port},CONTROLLER://{_LOOPBACK}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{_LOOPBACK}:{self.port}",
+            "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -436,10 +369,6 @@ class KafkaBroker:
         return {key: str(value) for key, value in props.items()}
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def is_running(self) -> bool:
-        """True while the JVM process is alive (it may not answer yet)."""
-        return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -532,7 +461,7 @@ class KafkaBroker:
                     f"(last error: {last_error})\n{self.log_tail()}"
                 )
             try:
-                with socket.create_connection((_LOOPBACK, self.port), timeout=0.5):
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
                     pass
             except OSError as exc:
                 last_error = exc
@@ -577,63 +506,21 @@ class KafkaBroker:
 
         threading.Thread(target=run, name="kafka-dev-warm-up", daemon=True).start()
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the broker cleanly (SIGTERM), killing it if it has not exited after ``timeout``."""
-        with self._lock:
-            self._admin = None
-            proc, self._proc = self._proc, None
-            if proc is None or proc.poll() is not None:
-                return
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("Kafka broker %s ignored SIGTERM for %.0fs; killing it", proc.pid, timeout)
-                proc.kill()
-                proc.wait(10)
-
-    def kill(self) -> None:
-        """Kill the broker at once (SIGKILL), as a crash would: no flush, no controlled shutdown."""
-        with self._lock:
-            self._admin = None
-            proc, self._proc = self._proc, None
-            if proc is None or proc.poll() is not None:
-                return
-            proc.kill()
-            proc.wait(10)
-
-    def restart(self, *, kill: bool = False) -> KafkaBroker:
-        """Stop (or, with ``kill``, kill) the broker and start it again on the same ports and data."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop the broker and remove its data dir if this object created it."""
-        self.stop()
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"KafkaBroker({self.bootstrap_servers}, {state}, data_dir={str(self.data_dir)!r})"
 
+    def _forget_clients(self) -> None:
+        self._admin = None  # its connections die with the broker
+
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the broker's log and of the JVM's output, for error messages."""
         parts = []
-        errors = [line for line in _tail(self.log_file, 2000).splitlines() if " ERROR " in line]
+        errors = [line for line in tail(self.log_file, 2000).splitlines() if " ERROR " in line]
         if errors:
             parts.append("--- errors logged ---\n" + "\n".join(errors[-5:]))
         for path in (self.log_file, self.stdout_file):
-            text = _tail(path, lines)
+            text = tail(path, lines)
             if text.strip():
                 parts.append(f"--- last lines of {path} ---\n{text}")
         return "\n".join(parts) or f"(no log in {self.data_dir})"
@@ -779,12 +666,12 @@ def dev_kafka_up(
     last = (previous.port, previous.controller_port) if previous is not None else _read_last_ports(state_dir)
     controller_port = 0
     if last is not None:
-        if not port and _port_is_free(last[0]):
+        if not port and port_is_free(last[0]):
             port = last[0]
-        if last[1] != port and _port_is_free(last[1]):
+        if last[1] != port and port_is_free(last[1]):
             controller_port = last[1]
-    if port and not _port_is_free(port):
-        raise KafkaBrokerError(f"port {port} on {_LOOPBACK} is already in use")
+    if port and not port_is_free(port):
+        raise KafkaBrokerError(f"port {port} on {LOOPBACK} is already in use")
     if not controller_port:
         controller_port = free_port(exclude={port} if port else ())
     broker = KafkaBroker(
