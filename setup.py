@@ -35,6 +35,8 @@ setup(
         "clickhouse-driver>=0.2.11,<0.3",
         "chdb>=4.4,<5",
         "grafana-client>=5.1,<6",
+        # Exact pin: the SDK's versions carry an epoch, so a range would pick an older release.
+        "grafana-foundation-sdk==1769699379!11.6.0",
         "pydantic>=2.14,<2.15",
         "pycountry>=24",
         "typer>=0.29,<0.30",

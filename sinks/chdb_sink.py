@@ -32,6 +32,7 @@ import orjson
 
 from .base import BufferedSink, BufferPolicy
 from .ddl import DEFAULT_DATABASE, DEFAULT_TTL_DAYS, TABLES, Kind, ServerProfile, Table, render_ddl, validate_identifier
+from .views import create_views
 
 __all__ = ["ChdbPathBusy", "ChdbSink"]
 
@@ -150,6 +151,7 @@ class ChdbSink(BufferedSink):
             super().__init__(ServerProfile.parse(version), policy)
             for statement in render_ddl(self.profile, self.database, ttl_days):
                 session.query(statement)
+            create_views(self.query, self.profile, self.database)
         except BaseException:
             self._finalizer()
             raise

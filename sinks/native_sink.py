@@ -52,6 +52,7 @@ from clickhouse_driver import errors as ch_errors
 
 from .base import BufferedSink, BufferPolicy, SinkMetrics
 from .ddl import DEFAULT_DATABASE, DEFAULT_TTL_DAYS, TABLES, Kind, ServerProfile, Table, render_ddl, validate_identifier
+from .views import create_views
 
 __all__ = ["NativeSink", "NativeSinkMetrics"]
 
@@ -218,6 +219,7 @@ class NativeSink(BufferedSink):
             for name, table in TABLES.items()
         }
         self._encoders = {name: _row_encoder(table, self.profile) for name, table in TABLES.items()}
+        create_views(self.query, self.profile, self.database)
         # When each table's oldest buffered row was written (monotonic), for metrics.lag_seconds.
         self._buffered_since: dict[str, float] = {}
 
