@@ -44,6 +44,9 @@ setup(
         "orjson>=3.10,<4",
         "pyyaml>=6,<7",
         "matplotlib>=3.9,<4",
+        "fastapi>=0.165,<0.166",
+        "uvicorn>=0.54,<0.55",
+        "python-multipart>=0.0.34,<0.1",
     ],
     extras_require={
         "test": [
@@ -52,6 +55,8 @@ setup(
             "pytest-timeout>=2.4,<3",
             "jsonschema>=4.26,<5",
             "ruff>=0.17,<0.18",
+            "httpx>=0.28,<0.29",
+            "playwright>=1.65,<2",
         ]
     },
     setup_requires=["cython>=3.3,<3.4"],

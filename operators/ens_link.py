@@ -1,27 +1,163 @@
 """Links a declaration to the entry summary declaration (ENS) filed for the same goods.
 
 The ENS carries the expected arrival time; an alert on the later declaration uses it to
-say how long officers have before the goods arrive.
+say how long officers have before the goods arrive. The registry also keeps a compact
+:class:`EnsSummary` of each ENS (routing, consignor, per item HS6, gross mass, packages,
+whether the description is vague) so that a detector can compare what the carrier filed
+with what the importer declares (:class:`LinkedDeclaration`).
+
+Why the runtime joins and not the detector: a detector's state is partitioned by one key
+per unit; the ENS and its declaration share the ENS reference, but what a detector learns
+about similar consignments lives under other keys (the HS chapter). The runtime already
+keeps this registry to compute lead times, so it hands the ENS to the detectors that ask.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Self
 
-from vigie.schemas import EntrySummaryDeclaration
+import orjson
+
+from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration
 
 from .base import OperatorState
+
+_VAGUE_TEXT = """PART PARTS SPARE SPARES ACCESSORY ACCESSORIES GIFT GIFTS FAK FREIGHT ALL KIND KINDS SAMPLE
+    SAMPLES GENERAL CARGO CONSOLIDATED CONSOLIDATION PERSONAL EFFECTS EFFECT GOODS GOOD MERCHANDISE MERCHANDISES
+    ITEM ITEMS VARIOUS MISC MISCELLANEOUS STC SAID TO CONTAIN OF AND THE FOR NEW USED PRODUCT PRODUCTS STUFF
+    MATERIAL MATERIALS COMMODITY COMMODITIES ARTICLE ARTICLES PACKAGE PACKAGES PARCEL PARCELS SUPPLIES EQUIPMENT
+    AS PER INVOICE MIXED ASSORTED OTHER OTHERS SET SETS PKG PKGS PCS PC CTN CTNS CARTON CARTONS PALLET PALLETS
+    UNIT UNITS BOX BOXES"""
+VAGUE_WORDS: frozenset[str] = frozenset(_VAGUE_TEXT.split())
+"""Words that say nothing about what the goods are. A description made only of these (after
+dropping numbers and punctuation) is vague: "PARTS", "GIFTS", "FAK" (freight all kinds),
+"SAMPLES", "GENERAL CARGO", "SAID TO CONTAIN GOODS". "SHOE PARTS" is not: "SHOE" says what."""
+
+_WORD = re.compile(r"[A-Z]+")
+
+
+@lru_cache(maxsize=8192)  # descriptions repeat a lot; the cache keeps the check off the hot path
+def vague_description(text: str) -> bool:
+    """True when the goods description says nothing about what the goods are.
+
+    >>> [vague_description(t) for t in ("FAK", "General cargo", "2 PKGS SPARE PARTS", "SHOE PARTS", "LAPTOPS")]
+    [True, True, True, False, False]
+    """
+    words = _WORD.findall(text.upper())
+    return all(w in VAGUE_WORDS for w in words)
+
+
+@dataclass(frozen=True, slots=True)
+class EnsItemSummary:
+    """One ENS goods item, as far as risk analysis needs it."""
+
+    item_number: int
+    hs6: str
+    gross_mass_kg: float
+    packages: int
+    vague: bool
+    """The filed description is too vague to risk-assess (see :func:`vague_description`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnsSummary:
+    """What an ENS said, kept until the declaration of the same goods comes."""
+
+    ens_reference: str
+    event_id: str
+    filed: datetime
+    """The ENS's ``event_time``: when the carrier filed it."""
+    consignor_country: str
+    consignor_name: str
+    consignee_eori: str | None
+    routing: tuple[str, ...]
+    """``countries_of_routing`` in the order filed; ``routing[0]`` is where the goods started."""
+    items: tuple[EnsItemSummary, ...]
+
+    def item(self, number: int) -> EnsItemSummary | None:
+        """The ENS item with ``item_number == number`` (numbering follows the declaration's)."""
+        for it in self.items:
+            if it.item_number == number:
+                return it
+        return None
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.ens_reference,
+            self.event_id,
+            self.filed.isoformat(),
+            self.consignor_country,
+            self.consignor_name,
+            self.consignee_eori,
+            list(self.routing),
+            [[i.item_number, i.hs6, i.gross_mass_kg, i.packages, i.vague] for i in self.items],
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> EnsSummary:
+        ref, event_id, filed, country, name, consignee, routing, items = data
+        return cls(
+            ref,
+            event_id,
+            datetime.fromisoformat(filed),
+            country,
+            name,
+            consignee,
+            tuple(routing),
+            tuple(EnsItemSummary(n, hs6, mass, packages, vague) for n, hs6, mass, packages, vague in items),
+        )
+
+    @classmethod
+    def of(cls, ens: EntrySummaryDeclaration) -> EnsSummary:
+        return cls(
+            ens_reference=ens.ens_reference,
+            event_id=ens.event_id,
+            filed=ens.event_time,
+            consignor_country=ens.consignor.country,
+            consignor_name=ens.consignor.name,
+            consignee_eori=ens.consignee.eori,
+            routing=tuple(ens.countries_of_routing),
+            items=tuple(
+                EnsItemSummary(i.item_number, i.hs_code, i.gross_mass_kg, i.packages, vague_description(i.description))
+                for i in ens.goods_items
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ArrivalInfo:
-    """What the ENS told us about an arrival."""
+    """What the ENS told us about an arrival.
+
+    ``summary``: the :class:`EnsSummary` as compact JSON bytes (the registry holds every ENS
+    until days after its arrival: bytes take a fifth of the objects' memory); ``ens`` decodes it.
+    """
 
     eta: datetime
     transport_mode: str
     first_office_of_entry: str
+    summary: bytes | None = None
+
+    @property
+    def ens(self) -> EnsSummary | None:
+        return EnsSummary.from_list(orjson.loads(self.summary)) if self.summary is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedDeclaration:
+    """A declaration and the ENS filed for the same goods (``None`` when not linked or not seen).
+
+    Built by the runtime from its ENS registry (:meth:`EnsLinkState.link`) for detectors
+    that compare the two; other detectors get the plain declaration.
+    """
+
+    declaration: ImportDeclaration
+    ens: EnsSummary | None
+    eta: datetime | None = None
 
 
 class EnsLinkState(OperatorState):
@@ -47,6 +183,13 @@ class EnsLinkState(OperatorState):
     def lookup(self, reference: str | None) -> ArrivalInfo | None:
         return self.arrivals.get(reference) if reference else None
 
+    def link(self, declaration: ImportDeclaration) -> LinkedDeclaration:
+        """The declaration with the summary of its ENS, when the registry holds it."""
+        info = self.lookup(declaration.ens_reference)
+        if info is None:
+            return LinkedDeclaration(declaration, None, None)
+        return LinkedDeclaration(declaration, info.ens, info.eta)
+
     def evict_before(self, now: datetime) -> int:
         """Forget arrivals whose ETA is older than ``now - retention``; return how many."""
         horizon = now - self.retention
@@ -59,19 +202,25 @@ class EnsLinkState(OperatorState):
         return len(stale)
 
     def register(self, ens: EntrySummaryDeclaration) -> None:
-        self.remember(ens.ens_reference, ArrivalInfo(ens.eta, str(ens.transport_mode), ens.first_office_of_entry))
+        # orjson's bytes keep their over-allocated buffer (about 4 KB): copy to an exact-size object.
+        summary = bytes(memoryview(orjson.dumps(EnsSummary.of(ens).to_list())))
+        mode, office = sys.intern(str(ens.transport_mode)), sys.intern(ens.first_office_of_entry)
+        self.remember(ens.ens_reference, ArrivalInfo(ens.eta, mode, office, summary))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "retention_s": self.retention.total_seconds(),
-            "arrivals": {
-                r: [i.eta.isoformat(), i.transport_mode, i.first_office_of_entry] for r, i in self.arrivals.items()
-            },
-        }
+        arrivals: dict[str, list[Any]] = {}
+        for r, i in self.arrivals.items():
+            row: list[Any] = [i.eta.isoformat(), i.transport_mode, i.first_office_of_entry]
+            if i.summary is not None:
+                row.append(i.summary.decode())
+            arrivals[r] = row
+        return {"retention_s": self.retention.total_seconds(), "arrivals": arrivals}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         state = cls(timedelta(seconds=data["retention_s"]))
-        for ref, (eta, mode, office) in data["arrivals"].items():
-            state.remember(ref, ArrivalInfo(datetime.fromisoformat(eta), mode, office))
+        for ref, row in data["arrivals"].items():
+            eta, mode, office = row[:3]
+            summary = row[3].encode() if len(row) > 3 else None
+            state.remember(ref, ArrivalInfo(datetime.fromisoformat(eta), sys.intern(mode), sys.intern(office), summary))
         return state

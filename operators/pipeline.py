@@ -3,38 +3,73 @@
 The in-process runner calls :meth:`ScoringPipeline.process` directly; the Faust and Flink
 shells call the same detectors with state held in their own keyed stores. Either way the
 scores for an event depend only on the events before it, so every runtime agrees.
+
+For one event, in order:
+
+1. an ENS is registered (arrival time and a summary, :mod:`.ens_link`);
+2. every detector scores then learns it; detectors that declare
+   ``consumes = {"linked_declaration"}`` get a declaration together with its ENS
+   (:class:`~vigie.operators.ens_link.LinkedDeclaration`) instead of the bare declaration;
+3. a control outcome is joined to the subject it controls (:class:`~vigie.models.feedback.LabelJoin`):
+   the learned fusion learns the label from the features it fused the subject with, and
+   detectors that declare ``consumes = {"labelled_outcome"}`` learn from a
+   :class:`~vigie.models.feedback.LabelledOutcome` carrying what they remembered;
+4. the scores of an ENS, a declaration or an excise record are fused, the alert budget
+   decides, and the subject is remembered until its outcome comes.
+
+Everything learned is in :meth:`ScoringPipeline.state_dict` (JSON-able; the River models of
+the learned fusion as base64 pickles), so a restored pipeline continues exactly where the
+checkpointed one stopped, learning included. Memory stays bounded: ENS summaries are
+forgotten ``ens_retention`` after their arrival (4 days: a declaration lodged later is not
+linked to its ENS); subjects stop awaiting their outcome after 3 days, an ENS 2 days after its
+arrival (at most 500,000 wait, see :class:`~vigie.models.feedback.LabelJoin`); detectors
+sweep their own idle keys (a detector may also expose ``evict_idle(store, now) -> int``,
+called every ``_EVICT_EVERY`` events).
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vigie.schemas import Alert, EntrySummaryDeclaration, ImportDeclaration, RiskScore
+from vigie.models.feedback import LabelJoin, LabelledOutcome
+from vigie.schemas import Alert, ControlOutcome, EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
 
 from .base import Operator, OperatorState
 from .ens_link import EnsLinkState
-from .fusion import NoisyOrAlerting, OfficeQueueState
+from .fusion import LearnedFusion, NoisyOrAlerting, OfficeQueueState, Subject
 from .undervaluation import UndervaluationDetector
 
-_EVICT_EVERY = 10_000  # events between sweeps of the ENS registry
+_EVICT_EVERY = 10_000  # events between sweeps of the ENS registry and idle detector keys
+STATE_VERSION = 2
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
 class PipelineResult:
-    """What one event produced."""
+    """What one event produced. ``fused_risk``: the learned fusion's probability for its subject."""
 
     event: Any
     scores: list[RiskScore] = field(default_factory=list)
     alert: Alert | None = None
+    fused_risk: float | None = None
 
 
 def default_detectors() -> list[Operator[Any, Any]]:
     return [UndervaluationDetector()]
 
 
+def _consumes(detector: Operator[Any, Any], what: str) -> bool:
+    return what in getattr(detector, "consumes", ())
+
+
 class ScoringPipeline:
     """Detectors, fusion and the state they learn, for events processed in order.
+
+    ``alerting`` is a :class:`LearnedFusion` (default) or the label-free
+    :class:`NoisyOrAlerting` baseline, which alerts on declarations only, as it always did.
 
     >>> from vigie.schemas.generator import GeneratorConfig, generate
     >>> pipeline = ScoringPipeline()
@@ -44,50 +79,172 @@ class ScoringPipeline:
     """
 
     def __init__(
-        self, detectors: list[Operator[Any, Any]] | None = None, alerting: NoisyOrAlerting | None = None
+        self,
+        detectors: list[Operator[Any, Any]] | None = None,
+        alerting: NoisyOrAlerting | LearnedFusion | None = None,
+        ens_retention: timedelta = timedelta(days=4),
+        label_join: LabelJoin | None = None,
     ) -> None:
         self.detectors = detectors if detectors is not None else default_detectors()
-        self.alerting = alerting or NoisyOrAlerting()
+        self.alerting: NoisyOrAlerting | LearnedFusion = alerting if alerting is not None else LearnedFusion()
+        if isinstance(self.alerting, LearnedFusion):
+            self.alerting.bind([d.name for d in self.detectors])
         self.stores: dict[str, dict[str, OperatorState]] = {d.name: {} for d in self.detectors}
-        self.ens = EnsLinkState()
+        self.ens = EnsLinkState(ens_retention)
+        self.labels = label_join or LabelJoin()
+        self.ens_risk: dict[str, float] = {}
+        """ENS reference -> fused risk at filing, while the ENS is in the registry."""
         self.queues: dict[str, OfficeQueueState] = {}
         self.events_seen = 0
+        self.watermark = _EPOCH
+        """Latest event time seen (ENS filed weeks before their arrival come late: out of order)."""
+        self._link = [_consumes(d, "linked_declaration") for d in self.detectors]
+        self._feedback = [d for d in self.detectors if _consumes(d, "labelled_outcome")]
+        self._contexts = [d for d in self.detectors if hasattr(d, "feedback_context")]
 
+    # --- processing ------------------------------------------------------------------------------
     def process(self, event: Any) -> PipelineResult:
         self.events_seen += 1
+        if event.event_time > self.watermark:
+            self.watermark = event.event_time
         if isinstance(event, EntrySummaryDeclaration):
             self.ens.register(event)
         if self.events_seen % _EVICT_EVERY == 0:
-            self.ens.evict_before(event.event_time)
+            self._evict()
+        self.labels.evict(self.watermark.timestamp())
+
         result = PipelineResult(event)
-        for detector in self.detectors:
-            result.scores.extend(detector.process(event, self.stores[detector.name]))
-        if result.scores and isinstance(event, ImportDeclaration):
-            queue = self.queues.get(event.customs_office)
-            if queue is None:
-                queue = self.queues[event.customs_office] = OfficeQueueState()
-            result.alert = self.alerting.decide(result.scores, self.ens.lookup(event.ens_reference), queue)
+        linked = self.ens.link(event) if isinstance(event, ImportDeclaration) else None
+        for detector, wants_link in zip(self.detectors, self._link, strict=True):
+            source = linked if wants_link and linked is not None else event
+            result.scores.extend(detector.process(source, self.stores[detector.name]))
+        if isinstance(event, ControlOutcome):
+            self._learn_outcome(event)
+        if not result.scores:
+            return result
+
+        if isinstance(self.alerting, NoisyOrAlerting):
+            if isinstance(event, ImportDeclaration):
+                queue = self._queue(event.customs_office)
+                result.alert = self.alerting.decide(result.scores, self.ens.lookup(event.ens_reference), queue)
+            self._remember(event, result, None)
+            return result
+        subject = self._subject(event, result.scores)
+        if subject is None:
+            return result
+        decision = self.alerting.decide(result.scores, subject, self._queue(subject.office))
+        result.alert = decision.alert
+        result.fused_risk = decision.probability
+        if isinstance(event, EntrySummaryDeclaration):
+            self.ens_risk[event.ens_reference] = decision.probability
+        self._remember(event, result, decision.features, subject)
         return result
 
+    def _queue(self, office: str) -> OfficeQueueState:
+        queue = self.queues.get(office)
+        if queue is None:
+            queue = self.queues[office] = OfficeQueueState()
+        return queue
+
+    def _subject(self, event: Any, scores: list[RiskScore]) -> Subject | None:
+        first = scores[0]
+        if isinstance(event, EntrySummaryDeclaration):
+            return Subject(event.event_id, "ens", event.ens_reference, event.first_office_of_entry, event.event_time,
+                           event.consignee.eori, str(event.transport_mode), event.eta)  # fmt: skip
+        if isinstance(event, ImportDeclaration):
+            arrival = self.ens.lookup(event.ens_reference)
+            ens_risk = self.ens_risk.get(event.ens_reference) if event.ens_reference else None
+            return Subject(
+                event.event_id, "declaration", event.mrn, event.customs_office, event.event_time, event.importer_eori,
+                arrival.transport_mode if arrival else str(event.transport_mode_at_border),
+                arrival.eta if arrival else None, ens_risk,
+            )  # fmt: skip
+        if isinstance(event, ExciseMovement):
+            return Subject(event.event_id, "excise", first.subject_reference, first.office, event.event_time,
+                           event.operator_eori)  # fmt: skip
+        return None
+
+    def _remember(self, event: Any, result: PipelineResult, features: Any, subject: Subject | None = None) -> None:
+        """Keep what the outcome of this subject will need to teach the fusion and the detectors."""
+        if isinstance(event, ControlOutcome):
+            return
+        first = result.scores[0]
+        contexts: dict[str, Any] = {}
+        for detector in self._contexts:
+            own = [s for s in result.scores if s.detector == detector.name]
+            if own:
+                context = detector.feedback_context(own)  # type: ignore[attr-defined]
+                if context is not None:
+                    contexts[detector.name] = context
+        eta = subject.eta if subject is not None else None
+        expires = self.labels.expiry(event.event_time.timestamp(), eta.timestamp() if eta is not None else None)
+        selection = result.alert.selection if result.alert is not None else ""
+        self.labels.remember(
+            event.event_id, first.subject_type, first.subject_reference, expires,
+            features if features is not None else array("d"), contexts, selection,
+        )  # fmt: skip
+
+    def _learn_outcome(self, outcome: ControlOutcome) -> None:
+        if not outcome.controlled:
+            return
+        pending = self.labels.take(outcome)
+        if pending is None:
+            return  # not scored, or its wait expired: nothing to join
+        if isinstance(self.alerting, LearnedFusion):
+            # A random audit is as informative as an exploration pick, whoever made it.
+            selection = "random" if outcome.selection == "random" else pending.selection
+            self.alerting.learn(pending.features, outcome.positive, selection)
+        for detector in self._feedback:
+            context = pending.contexts.get(detector.name)
+            if context is not None:
+                detector.process(LabelledOutcome(outcome, context), self.stores[detector.name])
+
+    def _evict(self) -> None:
+        self.ens.evict_before(self.watermark)
+        if len(self.ens_risk) > len(self.ens.arrivals):
+            self.ens_risk = {r: p for r, p in self.ens_risk.items() if r in self.ens.arrivals}
+        for detector in self.detectors:
+            evict = getattr(detector, "evict_idle", None)
+            if evict is not None:
+                evict(self.stores[detector.name], self.watermark)
+
+    # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything learned, as JSON-able data (see :mod:`vigie.models.persistence`)."""
+        """Everything learned, as JSON-able data (see :mod:`vigie.models.persistence`).
+
+        ``fusion`` holds the learned fusion's River scaler and classifier as base64 text of
+        their pickles (:func:`vigie.models.fusion.dumps_model`).
+        """
         return {
+            "version": STATE_VERSION,
             "events_seen": self.events_seen,
+            "watermark": self.watermark.isoformat(),
             "stores": {name: {k: s.to_dict() for k, s in store.items()} for name, store in self.stores.items()},
             "ens": self.ens.to_dict(),
+            "ens_risk": dict(self.ens_risk),
+            "labels": self.labels.to_dict(),
             "queues": {office: q.to_dict() for office, q in self.queues.items()},
+            "fusion": self.alerting.state_dict() if isinstance(self.alerting, LearnedFusion) else None,
         }
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; detectors must match by name."""
+        """Restore a :meth:`state_dict`; detectors must match by name, and the fusion by kind."""
         by_name = {d.name: d for d in self.detectors}
         missing = set(data["stores"]) ^ set(by_name)
         if missing:
             raise ValueError(f"checkpoint detectors do not match this pipeline: {sorted(missing)}")
+        fusion = data.get("fusion")
+        if (fusion is not None) != isinstance(self.alerting, LearnedFusion):
+            raise ValueError("checkpoint and pipeline disagree on the fusion (learned vs noisy-OR)")
         self.events_seen = data["events_seen"]
+        self.watermark = datetime.fromisoformat(data["watermark"]) if "watermark" in data else _EPOCH
         self.stores = {
             name: {k: by_name[name].state_type.from_dict(s) for k, s in store.items()}
             for name, store in data["stores"].items()
         }
         self.ens = EnsLinkState.from_dict(data["ens"])
+        self.ens_risk = dict(data.get("ens_risk", {}))
+        self.labels = LabelJoin.from_dict(data["labels"]) if "labels" in data else LabelJoin()
         self.queues = {office: OfficeQueueState.from_dict(q) for office, q in data["queues"].items()}
+        if fusion is not None and isinstance(self.alerting, LearnedFusion):
+            self.alerting.load_state_dict(fusion)

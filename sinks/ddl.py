@@ -414,7 +414,7 @@ def _is_low_cardinality(name: str, hint: Any, bare: Any) -> bool:
     return name in _LOW_CARDINALITY_NAMES
 
 
-def _model_columns(model: type[BaseModel], prefix: tuple[str, ...] = (), nullable_parent: bool = False) -> list[Column]:
+def model_columns(model: type[BaseModel], prefix: tuple[str, ...] = (), nullable_parent: bool = False) -> list[Column]:
     """Columns for ``model``'s scalar fields, nested models flattened with ``parent_`` names."""
     hints = typing.get_type_hints(model, include_extras=True)
     columns: list[Column] = []
@@ -429,7 +429,7 @@ def _model_columns(model: type[BaseModel], prefix: tuple[str, ...] = (), nullabl
         col_name = "_".join(path)
         origin = typing.get_origin(bare)
         if _is_model(bare):
-            columns.extend(_model_columns(bare, path, nullable))
+            columns.extend(model_columns(bare, path, nullable))
         elif origin is list:
             (elem_hint,) = typing.get_args(bare)
             elem = _strip_annotated(elem_hint)
@@ -475,7 +475,7 @@ def _holds_party(model: type[BaseModel]) -> bool:
 def _build_tables() -> dict[str, Table]:
     tables: dict[str, Table] = {}
     for spec in _SPECS:
-        own = _model_columns(spec.model)
+        own = model_columns(spec.model)
         inherited: list[Column] = []
         if spec.parent is not None:
             parent = tables[spec.parent]

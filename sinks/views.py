@@ -85,7 +85,7 @@ from typing import Any, Literal, Protocol
 
 from vigie.schemas.metrics import PipelineMetrics
 
-from .ddl import TABLES, Kind, ServerProfile, Table, _model_columns, validate_identifier
+from .ddl import TABLES, Kind, ServerProfile, Table, model_columns, validate_identifier
 
 __all__ = [
     "MARKER_PREFIX",
@@ -125,7 +125,7 @@ def _metrics_table() -> Table:
     return Table(
         name="pipeline_metrics",
         model=PipelineMetrics,
-        columns=tuple(_model_columns(PipelineMetrics)),
+        columns=tuple(model_columns(PipelineMetrics)),
         order_by=("metric_id",),
         time_column="at",
         personal_data=False,

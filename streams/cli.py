@@ -14,9 +14,16 @@ from rich.table import Table
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
 from vigie.schemas.generator import GeneratorConfig, write_stream
 from vigie.schemas.jsonschema import export_json_schemas
+from vigie.sinks.grafana import grafana_app
 
+from .console_cli import audit_app_cli, console_app_cli
+from .evaluate import evaluate_command
+from .faust_app import faust_app_cli
+from .flink_cli import flink_app
 from .kafka_dev import dev_app
 from .live import LiveAlertView
+from .publish import publish_command
+from .replay import replay_command
 from .runner import RunSummary, run_file
 
 app = typer.Typer(
@@ -27,6 +34,14 @@ app = typer.Typer(
 schema_app = typer.Typer(help="Event schemas for integrators.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 app.add_typer(dev_app, name="dev")
+app.add_typer(grafana_app, name="grafana", help="Supervisors' Grafana boards: export and provision.")
+app.add_typer(faust_app_cli, name="faust", help="Faust workers on Kafka.")
+app.add_typer(flink_app, name="flink", help="The PyFlink job on Kafka.")
+app.command("publish")(publish_command)
+app.command("evaluate")(evaluate_command)
+app.command("replay")(replay_command)
+app.add_typer(console_app_cli, name="console", help="Officer console (web): live alerts, outcomes, access control.")
+app.add_typer(audit_app_cli, name="audit", help="Tamper-evident audit log.")
 
 # Logs and CI are not terminals: give tables room instead of the 80-column default.
 console = Console() if sys.stdout.isatty() else Console(width=160)

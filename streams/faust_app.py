@@ -10,41 +10,43 @@ Run one or more workers of one deployment (they share the partitions of a consum
 Topology
 --------
 Three agents per worker, each consuming in batches (``stream.take_events(n, within=...)``)
-and calling the runtime-free stages of :mod:`vigie.streams.faust_stages`:
+and calling the runtime-free stages of :mod:`vigie.streams.faust_stages` (read its docstring
+for the topology and why):
 
 1. ``ingest`` reads the four input topics, validates each message with the shared codec,
-   sends what fails to the dead-letter topic and the sink, writes accepted events to the
-   sink, remembers each ENS's arrival in the ``ens-links`` table, and repartitions the
-   detectors' units by *state key* on the internal ``units`` topic;
+   sends what fails to the dead-letter topic, writes accepted events to the sink, keeps each
+   ENS in the ``ens-links`` table, repartitions the detectors' units by *state key* on the
+   internal ``units`` topic, and forwards each event to the internal ``fusion`` topic;
 2. ``score`` reads ``units``: each state key lives in one partition, its operator state in
    one table per detector (``state-<detector>``); it runs ``score_one`` then ``learn_one``
-   and sends each unit's score to ``unit-scores``, keyed by the event's office;
-3. ``fuse`` reads ``unit-scores``, gathers each event's scores (table ``pending``), emits the
-   score set to the scores topic and the sink, and asks the alerting for an alert with the
-   office's queue (table ``queues``).
+   and sends each unit's score to ``fusion``;
+3. ``fuse`` reads ``fusion`` (one partition: the pipeline's global state), gathers each
+   event with its unit scores, runs the pipeline on it (fusion, alert budget, outcome join;
+   the detectors stand in with the gathered scores), emits scores and alerts to Kafka and the
+   sink, and sends outcome feedback back to ``units``. Its state is checkpointed into the
+   ``fusion`` table every ``fusion_checkpoint_s``; its offsets are committed only then
+   (``stream.noack_take`` and explicit acks), so a restart resumes exactly from a checkpoint.
 
 Why repartition: a declaration's items touch several state keys (undervaluation keeps
-state per origin and CN chapter), so no input key can co-locate all the state an event
-needs. Keying the input by state key would also make the integrators depend on detector
-internals. The ``units`` topic gives each state key one partition and one order; with a
-single input partition the scores equal the in-process runner's, exactly. With several,
-each state key sees the units of each input partition in order, interleaved as they come:
-an order the in-process runner would also have produced for some interleaving of the
-inputs. Alert ranks are taken in the order events complete within the office's partition.
-The price is one more Kafka round trip per unit and per score.
+state per origin and CN chapter, the ENS detector per HS chapter), so no input key can
+co-locate all the state an event needs; keying the input by state key would also make the
+integrators depend on detector internals. The detectors (most of the work and of the
+state) scale with the partitions; the fusion is one partition, as it is one model.
 
 State: Faust tables with ``store='memory://'`` and compacted changelog topics
 (``<app id>-<table>-changelog``), restored when a worker starts or takes over a partition.
 Each write names its changelog partition (the partition of the message owning the key), so
-batches that mix partitions stay correct. A state is read once per batch and written back
-once per batch. Topics and changelogs all have the same number of partitions, so Faust
-co-assigns partition ``p`` of everything to one worker.
+batches that mix partitions stay correct. An operator state is read once per batch and
+written back once per batch. Topics and changelogs all have the same number of partitions,
+so Faust co-assigns partition ``p`` of everything to one worker.
 
 Delivery: at least once. The producer is flushed before offsets are committed; the sink is
 flushed at the end of each batch, before the batch is acknowledged. If producing or the
 sink fails, the worker exits at once (code 70) *without* committing, and is restarted by its
 supervisor: the batch is read again. Replays are absorbed (see :mod:`~vigie.streams.faust_stages`):
-ids are deterministic, states do not learn a replayed unit twice, fused events are marked.
+ids are deterministic, states do not learn a replayed unit twice, fusion restarts from its
+checkpoint. A replay may send the same score or alert (same id) to Kafka twice; the sink
+keeps one (``ReplacingMergeTree``, read with ``FINAL``).
 
 Dead letters: the message value is the original bytes, unchanged; the key is the dead-letter
 id; headers ``vigie.reason``, ``vigie.field``, ``vigie.source`` (``kafka:TOPIC:PARTITION:OFFSET``),
@@ -57,6 +59,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +67,12 @@ from typing import Annotated, Any
 
 import faust
 import typer
+from aiokafka.partitioner import murmur2
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
 from vigie.sinks.base import Sink
 
-from .faust_stages import FuseStage, IngestStage, InMessage, KeyValueStore, ScoreStage, StageOutput
+from .faust_stages import FUSION_KEY, FuseStage, IngestStage, InMessage, KeyValueStore, ScoreStage, StageOutput
 from .topics import DEFAULT_PREFIX, LARGE_MESSAGE_BYTES, TopicNames, create_topics, describe_partitions
 
 __all__ = ["FAIL_STOP_EXIT_CODE", "PartitionedTable", "TableStore", "VigieFaustApp", "WorkerSettings", "faust_app_cli"]
@@ -93,10 +97,16 @@ class WorkerSettings:
     batch_within_s: float = 0.25
     sink: str = "none"
     """``none``, or ``chdb:PATH`` (embedded ClickHouse; one worker process per path)."""
-    threshold: float = 0.9
+    threshold: float | None = None
+    """None: the pipeline's default (learned) fusion; a number: noisy-OR alerting at that threshold."""
+    fusion_checkpoint_s: float = 5.0
+    """Seconds between checkpoints of the fusion state; the fusion offsets are committed at that pace."""
     data_dir: Path = Path("vigie-data/faust")
     commit_interval_s: float = 1.0
-    pending_retention_s: float = 900.0
+    session_timeout_s: float = 30.0
+    """A crashed worker's partitions move to the others after this long (Kafka's minimum is 6 s)."""
+    gather_timeout_s: float = 900.0
+    """An event still missing unit scores after this long is dropped (logged) so fusion goes on."""
     log_level: str = "info"
     extra_faust: dict[str, Any] = field(default_factory=dict)
 
@@ -147,6 +157,15 @@ class TableStore(KeyValueStore):
         return list(self.table.keys())
 
 
+class _Worker(faust.Worker):  # type: ignore[misc]
+    """A Faust worker whose libraries log at INFO at most: their DEBUG records format every message."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        for name in ("faust", "aiokafka", "mode"):
+            logging.getLogger(name).setLevel(max(level, logging.INFO))
+
+
 def _fail_stop(what: str, exc: BaseException) -> None:
     """Exit now, without committing: the unacknowledged batch will be read again."""
     log.critical("%s failed (%r): exiting without committing offsets; restart the worker", what, exc, exc_info=exc)
@@ -174,7 +193,10 @@ class VigieFaustApp:
         self.settings = settings
         self.partitions = partitions
         self.names = TopicNames(settings.prefix)
-        self.pipeline = pipeline or ScoringPipeline(alerting=NoisyOrAlerting(threshold=settings.threshold))
+        if pipeline is None:
+            alerting = NoisyOrAlerting(threshold=settings.threshold) if settings.threshold is not None else None
+            pipeline = ScoringPipeline(alerting=alerting)
+        self.pipeline = pipeline
         self.sink = sink
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
@@ -187,10 +209,15 @@ class VigieFaustApp:
             topic_allow_declare=True,
             web_enabled=False,
             producer_max_request_size=LARGE_MESSAGE_BYTES,
+            producer_max_batch_size=1024 * 1024,
+            producer_linger=0.005,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=settings.commit_interval_s,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
             stream_recovery_delay=0.1,
             stream_ack_exceptions=False,
+            stream_wait_empty=False,  # unacknowledged fusion messages are replayed from the checkpoint
             processing_guarantee="at_least_once",
             **settings.extra_faust,
         )
@@ -198,27 +225,39 @@ class VigieFaustApp:
 
         self.ens_links = self._table("ens-links")
         self.states = {d.name: self._table(f"state-{d.name}") for d in self.pipeline.detectors}
-        self.pending = self._table("pending")
-        self.queues = self._table("queues")
+        self.checkpoints = self._table("fusion")
 
         self.ingest = IngestStage(
             self.names, self.pipeline.detectors, TableStore(self.ens_links), owned=self._owned(self.names.ens)
         )
         self.score = ScoreStage(self.names, self.pipeline.detectors, {n: TableStore(t) for n, t in self.states.items()})
         self.fuse = FuseStage(
-            self.names,
-            self.pipeline.alerting,
-            TableStore(self.pending),
-            TableStore(self.queues),
-            retention_s=settings.pending_retention_s,
-            owned=self._owned(self.names.unit_scores),
+            self.names, self.pipeline, TableStore(self.checkpoints), gather_timeout_s=settings.gather_timeout_s
         )
+        self.fusion_partition = (murmur2(FUSION_KEY) & 0x7FFFFFFF) % partitions
         self.batches = 0
+        self.checkpoints_taken = 0
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         self._agents()
+
+    def stats(self) -> str:
+        """Counters worth a log line: batches, replays absorbed, duplicates ignored."""
+        return (
+            f"{self.batches} batches; {self.fuse.completed} events fused; {self.checkpoints_taken} fusion "
+            f"checkpoint(s); {self.score.replayed_units} replayed unit(s) scored without learning; "
+            f"{self.score.feedback_units} feedback unit(s) learned; {self.fuse.skipped} fusion message(s) already in "
+            f"the restored checkpoint; {self.fuse.duplicates} duplicate(s) ignored"
+        )
+
+    async def _on_assigned(self, sender: Any, assigned: Any = (), **kwargs: Any) -> None:
+        """After a rebalance: live operator states may be stale; fusion too if it moved away."""
+        self.score.invalidate()
+        if not any(tp.topic == self.names.fusion and tp.partition == self.fusion_partition for tp in assigned):
+            self.fuse.invalidate()
 
     def _outputs(self) -> list[str]:
         n = self.names
-        return [n.units, n.unit_scores, n.scores, n.alerts, n.dead_letter]
+        return [n.units, n.fusion, n.scores, n.alerts, n.dead_letter]
 
     def _raw_topic(self, name: str) -> Any:
         return self.app.topic(
@@ -269,19 +308,35 @@ class VigieFaustApp:
                 await self._run("score", self.score.process, events)
 
         async def fuse(stream: Any) -> None:
-            async for events in stream.take_events(size, within=within):
+            # Acknowledged only once a checkpoint covers them: a restart resumes from there.
+            unacked: list[Any] = []
+            last = time.monotonic()
+            async for events in stream.noack_take(size, within=within):
                 await self._run("fuse", self.fuse.process, events)
+                unacked.extend(events)
+                if time.monotonic() - last >= self.settings.fusion_checkpoint_s or len(unacked) >= 50_000:
+                    began = time.perf_counter()
+                    written = self.fuse.checkpoint()
+                    self.checkpoints_taken += 1
+                    for event in unacked:
+                        await stream.ack(event)
+                    log.debug("fusion checkpoint %d: %d bytes in %.0f ms, %d messages acknowledged",
+                              self.fuse.seq, written, 1000 * (time.perf_counter() - began), len(unacked))
+                    unacked.clear()
+                    last = time.monotonic()
 
         self.app.agent(inputs, name="vigie-ingest")(ingest)
         self.app.agent(self.topics[names.units], name="vigie-score")(score)
-        self.app.agent(self.topics[names.unit_scores], name="vigie-fuse")(fuse)
+        self.app.agent(self.topics[names.fusion], name="vigie-fuse")(fuse)
 
     async def _run(self, stage: str, process: Callable[[list[InMessage]], StageOutput], events: list[Any]) -> None:
         batch = [
             InMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
         ]
+        began = time.perf_counter()
         output = process(batch)
+        computed = time.perf_counter()
         try:
             for message in output.messages:
                 await self.topics[message.topic].send(
@@ -293,6 +348,11 @@ class VigieFaustApp:
         except Exception as exc:
             _fail_stop(f"{stage}: producing or writing to the sink", exc)
         self.batches += 1
+        log.debug(
+            "%s: %d in, %d out, %d records; %.1f ms computing, %.1f ms producing and sinking",
+            stage, len(batch), len(output.messages), len(output.records),
+            1000 * (computed - began), 1000 * (time.perf_counter() - computed),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,12 +401,14 @@ def run_worker(settings: WorkerSettings) -> None:
     sink = open_sink(settings.sink)
     try:
         vigie_app = VigieFaustApp(settings, partitions, sink=sink)
-        worker = faust.Worker(vigie_app.app, loglevel=settings.log_level, quiet=True)
+        worker = _Worker(vigie_app.app, loglevel=settings.log_level, quiet=True)
         try:
             worker.execute_from_commandline()
         except SystemExit as done:
             if done.code not in (0, None):
                 raise
+        finally:
+            log.info("stopped: %s", vigie_app.stats())
     finally:
         if sink is not None:
             sink.close()
@@ -375,8 +437,18 @@ def worker_command(
     create: Annotated[bool, typer.Option("--create-topics/--no-create-topics", help="Create missing topics.")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Messages per batch (stream.take_events).")] = 500,
     batch_within: Annotated[float, typer.Option(min=0.001, help="Seconds to wait for a batch to fill.")] = 0.25,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fused risk that raises an alert.")] = 0.9,
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Use noisy-OR alerting at this fused risk (default: the learned fusion)."),
+    ] = None,
+    fusion_checkpoint: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between checkpoints of the fusion state (and its commits).")
+    ] = 5.0,
     data_dir: Annotated[Path, typer.Option(help="Faust's local data directory.")] = Path("vigie-data/faust"),
+    session_timeout: Annotated[
+        float, typer.Option(min=6.0, help="Seconds before a silent worker's partitions are reassigned.")
+    ] = 30.0,
+    commit_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between offset commits.")] = 1.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a Faust worker: input topics in, scores, alerts and dead letters out."""
@@ -391,7 +463,10 @@ def worker_command(
         batch_within_s=batch_within,
         sink=sink,
         threshold=threshold,
+        fusion_checkpoint_s=fusion_checkpoint,
         data_dir=data_dir,
+        session_timeout_s=session_timeout,
+        commit_interval_s=commit_interval,
         log_level=log_level,
     )
     run_worker(settings)

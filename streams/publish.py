@@ -5,7 +5,7 @@ Every record is validated with the same codec the workers use
 sent to ``declarations`` is rejected). A rejected record is never sent; its rejection names
 the line, the field and the reason::
 
-    events.jsonl:17: rejected at goods_items.0.net_mass_kg: Input should be greater than 0 (got -5)
+    events.jsonl:17: rejected: goods_items.0.net_mass_kg: Input should be greater than 0 (got -5)
 
 Accepted records are sent unchanged (the bytes the integrator wrote), keyed as
 :mod:`vigie.streams.topics` documents, by an idempotent producer (``enable.idempotence``:
@@ -77,8 +77,9 @@ class Rejection:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         if self.delivery:
             return f"{where}: not delivered: {self.reason}"
-        at = f" at {self.field}" if self.field else ""
-        return f"{where}: rejected{at}: {self.reason}"
+        if self.field and not self.reason.startswith(self.field):
+            return f"{where}: rejected at {self.field}: {self.reason}"
+        return f"{where}: rejected: {self.reason}"  # the codec's reasons start with the field
 
 
 @dataclass

@@ -19,9 +19,11 @@ kind               message key                 why this key
 ``scores``         ``subject_event_id``        all the scores of one event, consecutive
 ``alerts``         ``office``                  an office's queue in order (ranks are per office)
 ``dead-letter``    ``dead_letter_id``          value = the original bytes, reason in headers
-``units``          ``detector/state key``      internal: operator state lives in one partition
-``unit-scores``    fusion key (office)         internal: one event's scores meet, with the
-                                               office's alert queue, in one partition
+``units``          ``detector/state key``      internal: each detector state key is scored in
+                                               one partition (where its state lives)
+``fusion``         ``fusion`` (constant)       internal: every event and its unit scores meet
+                                               the pipeline's global state (fusion, outcome
+                                               join) in one partition
 =================  ==========================  ===================================================
 
 Input keys are hashed with murmur2, as the Java client and aiokafka do
@@ -62,7 +64,7 @@ DEFAULT_PREFIX = "vigie."
 INPUT_KINDS: dict[str, str] = {"ens": "ens", "declarations": "declaration", "excise": "excise", "outcomes": "outcome"}
 """Input topic kind -> the ``event_type`` it carries."""
 OUTPUT_KINDS: tuple[str, ...] = ("scores", "alerts", "dead-letter")
-INTERNAL_KINDS: tuple[str, ...] = ("units", "unit-scores")
+INTERNAL_KINDS: tuple[str, ...] = ("units", "fusion")
 
 LARGE_MESSAGE_BYTES = 8 * 1024 * 1024
 """``max.message.bytes`` of the input, dead-letter and internal topics.
@@ -76,7 +78,7 @@ _TOPIC_CONFIG: dict[str, dict[str, str]] = {
     **{kind: {"max.message.bytes": str(LARGE_MESSAGE_BYTES)} for kind in INPUT_KINDS},
     "dead-letter": {"max.message.bytes": str(LARGE_MESSAGE_BYTES)},
     "units": {"max.message.bytes": str(LARGE_MESSAGE_BYTES)},
-    "unit-scores": {"max.message.bytes": str(LARGE_MESSAGE_BYTES)},
+    "fusion": {"max.message.bytes": str(LARGE_MESSAGE_BYTES)},
 }
 
 
@@ -146,8 +148,8 @@ class TopicNames:
         return self.name("units")
 
     @property
-    def unit_scores(self) -> str:
-        return self.name("unit-scores")
+    def fusion(self) -> str:
+        return self.name("fusion")
 
 
 def resolve_input_kind(topic: str) -> str:

@@ -1,0 +1,728 @@
+"""`vigie evaluate`: prequential evaluation of the engine on a generated stream.
+
+**Protocol.** Events are processed in stream order; each subject (ENS, declaration, excise
+record) is scored *before* anything is learned from it (score first, learn after). Labels
+are revealed the way real controls reveal them:
+
+* every alert the engine raises becomes a control: a :class:`ControlOutcome` for its subject
+  is fed back into the stream some hours later (an ENS is controlled at arrival, after its
+  ETA), positive with probability ``detection_probability`` (0.85, as the generator's
+  officers) when the ground truth says the subject is fraudulent, recovering the revenue at
+  risk;
+* the generator's own outcomes are the *legacy* targeting's: by default only its random
+  controls (``selection="random"``, 0.75 % of declarations and excise records) are kept, as
+  the administration's unbiased audit sample; its rule-based ones are dropped, since the
+  engine replaces those rules (``--legacy-outcomes none|random|all``).
+
+**Metrics.** Each subject keeps the scores it got when it was processed. Rankings are
+judged at a fixed share of the flow, as a control budget is: at the top 1, 2, 5 and 10 %
+of the declarations and excise records (the controllable records that carry revenue),
+ranked by the fused probability, by each detector's highest item score, and by the
+label-free noisy-OR of the detectors:
+
+* **precision**: share of the ranked records that are fraudulent;
+* **recall**: share of the fraudulent consignments with at least one record in the top;
+* **revenue**: share of the revenue at risk (counted once per consignment) so covered.
+
+ENS are ranked apart (pre-arrival, same metrics). The **lead time** of an ENS-borne fraud
+(a fraudulent consignment whose ENS was filed) is its ETA minus the time of the first alert
+on any of its records; its median is over the ENS-borne frauds that got an alert.
+Alerts are also judged as raised: hit rate per selection (exploitation, exploration),
+alert rate per office, revenue recovered.
+
+:class:`PrequentialEvaluator` is the engine-agnostic core; ``vigie replay`` uses it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import importlib
+import importlib.util
+import math
+import platform
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vigie.operators import ScoringPipeline
+from vigie.operators.base import Operator
+from vigie.operators.fusion import LearnedFusion
+from vigie.operators.pipeline import default_detectors
+from vigie.schemas import Alert, ControlOutcome, EntrySummaryDeclaration, InfringementType
+from vigie.schemas.generator import GeneratorConfig, GroundTruth, generate
+
+TOP_SHARES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
+"""Shares of the flow at which rankings are judged."""
+RANKED_TYPES = ("declaration", "excise")
+"""Record types in the main ranking (the ones a control recovers revenue on)."""
+
+DETECTOR_CLASSES: dict[str, tuple[str, str]] = {
+    "undervaluation": ("vigie.operators.undervaluation", "UndervaluationDetector"),
+    "atypical_flow": ("vigie.operators.atypical", "AtypicalFlowDetector"),
+    "operator_behaviour": ("vigie.operators.behaviour", "OperatorBehaviourDetector"),
+    "excise": ("vigie.operators.excise", "ExciseDetector"),
+    "ens_pre_arrival": ("vigie.operators.ens_risk", "EnsPreArrivalDetector"),
+}
+"""Every detector the engine knows, by name: (module, class)."""
+
+_INFRINGEMENT: dict[str, InfringementType] = {
+    "undervaluation": InfringementType.UNDERVALUATION,
+    "behaviour_change": InfringementType.UNDERVALUATION,
+    "misclassification": InfringementType.MISCLASSIFICATION,
+    "origin_transshipment": InfringementType.FALSE_ORIGIN,
+    "splitting": InfringementType.SPLITTING,
+    "vague_description": InfringementType.FALSE_DESCRIPTION,
+    "cover_load_smuggling": InfringementType.SMUGGLING,
+    "excise_diversion": InfringementType.EXCISE_DIVERSION,
+    "excise_shortage": InfringementType.EXCISE_SHORTAGE,
+}
+
+
+def build_detectors(names: str) -> list[Operator[Any, Any]]:
+    """Detectors from a comma list of names, ``default`` (what the engine runs) or ``all`` (every importable one)."""
+    if names == "default":
+        return default_detectors()
+    wanted = list(DETECTOR_CLASSES) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    detectors: list[Operator[Any, Any]] = []
+    for name in wanted:
+        if name not in DETECTOR_CLASSES:
+            raise typer.BadParameter(f"unknown detector {name!r}: choose among {', '.join(DETECTOR_CLASSES)}")
+        module_name, class_name = DETECTOR_CLASSES[name]
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:
+            if names == "all":
+                continue  # not there (yet): 'all' means every detector that loads
+            raise
+        detectors.append(getattr(module, class_name)())
+    return detectors
+
+
+# --- ground truth, engine-agnostic -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """What is wrong with one record, for evaluation only (never shown to the engine)."""
+
+    revenue_eur: float
+    consignment: str
+    """Records of the same consignment share the revenue; totals count it once."""
+    patterns: tuple[str, ...] = ()
+    item_number: int | None = None
+    duty_eur: float = 0.0
+
+    @classmethod
+    def of(cls, truth: GroundTruth) -> Truth:
+        duty = truth.details.get("duty_evaded_eur", 0.0)
+        return cls(
+            revenue_eur=truth.revenue_at_risk_eur,
+            consignment=str(truth.details.get("consignment_id", truth.event_id)),
+            patterns=truth.patterns,
+            item_number=truth.item_numbers[0] if truth.item_numbers else None,
+            duty_eur=min(float(duty), truth.revenue_at_risk_eur) if isinstance(duty, int | float) else 0.0,
+        )
+
+
+@dataclass(slots=True)
+class Record:
+    """One scored subject, as it was scored (prequential)."""
+
+    event_id: str
+    subject_type: str
+    order: int
+    """Processing position (ENS filed weeks ahead come late: time is not monotone)."""
+    when: float
+    """Watermark (latest event time seen, epoch s) when it was scored."""
+    fused: float
+    detectors: dict[str, float]
+    truth: Truth | None
+    office: str
+
+
+@dataclass(slots=True)
+class AlertRecord:
+    alert: Alert
+    order: int
+    truth: Truth | None
+
+
+def _unit_draw(*parts: str) -> float:
+    digest = hashlib.blake2b(":".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+class PrequentialEvaluator:
+    """Feeds a stream through a pipeline, turns its alerts into controls, and keeps what was scored.
+
+    ``legacy``: which outcomes already in the stream to keep: ``none``, ``random`` (their
+    ``selection`` is ``random``) or ``all``. Outcomes of the engine's own alerts are
+    generated from the truth: positive with probability ``detection_probability`` (a
+    seeded draw per alert), ``delay_hours`` (uniform, seeded) after the later of the alert
+    and the ETA.
+    """
+
+    def __init__(
+        self,
+        pipeline: ScoringPipeline,
+        legacy: str = "random",
+        detection_probability: float = 0.85,
+        delay_hours: tuple[float, float] = (1.0, 8.0),
+        seed: int = 0,
+    ) -> None:
+        if legacy not in ("none", "random", "all"):
+            raise ValueError("legacy must be none, random or all")
+        self.pipeline = pipeline
+        self.legacy = legacy
+        self.detection_probability = detection_probability
+        self.delay_hours = delay_hours
+        self.seed = seed
+        self.records: list[Record] = []
+        self.alerts: list[AlertRecord] = []
+        self.truths: dict[str, Truth] = {}
+        self.ens_eta: dict[str, datetime] = {}
+        """Consignment id -> ETA of its ENS, for ENS-borne frauds."""
+        self.outcomes_fed = Counter[str]()
+        self.legacy_dropped = 0
+        self.events = 0
+        self._pending: list[tuple[float, int, ControlOutcome]] = []
+        self._seq = 0
+        self._watermark = 0.0
+        self.detector_names = [d.name for d in pipeline.detectors]
+
+    def feed(self, event: Any, truth: Truth | None) -> None:
+        """Process one stream event (and the engine's controls that are due before it)."""
+        when = event.event_time.timestamp()
+        self._watermark = max(self._watermark, when)
+        self._release(self._watermark)
+        if isinstance(event, ControlOutcome) and not self._keep_legacy(event):
+            self.legacy_dropped += 1
+            return
+        if truth is not None:
+            self.truths[event.event_id] = truth
+            if isinstance(event, EntrySummaryDeclaration):
+                self.ens_eta[truth.consignment] = event.eta
+        self._process(event, truth)
+        if isinstance(event, ControlOutcome):
+            self.outcomes_fed["legacy"] += 1
+
+    def finish(self) -> None:
+        """Feed the controls still pending (they can only teach, nothing is scored after them)."""
+        self._release(math.inf)
+
+    def _keep_legacy(self, outcome: ControlOutcome) -> bool:
+        return self.legacy == "all" or (self.legacy == "random" and outcome.selection == "random")
+
+    def _release(self, until: float) -> None:
+        while self._pending and self._pending[0][0] <= until:
+            _, _, outcome = heapq.heappop(self._pending)
+            self.outcomes_fed["engine"] += 1
+            self._process(outcome, None)
+
+    def _process(self, event: Any, truth: Truth | None) -> None:
+        self.events += 1
+        result = self.pipeline.process(event)
+        if not isinstance(event, ControlOutcome):
+            # Every controllable record is ranked, scored or not (unscored ones rank last).
+            per: dict[str, float] = {}
+            for s in result.scores:
+                if s.score > per.get(s.detector, -1.0):
+                    per[s.detector] = s.score
+            fused = result.fused_risk if result.fused_risk is not None else _noisy_or(per)
+            office = result.scores[0].office if result.scores else _office(event)
+            record = Record(event.event_id, event.event_type, self.events, self._watermark, fused, per, truth, office)
+            self.records.append(record)
+        if result.alert is not None:
+            self.alerts.append(AlertRecord(result.alert, self.events, truth))
+            self._control(result.alert, truth)
+
+    def _control(self, alert: Alert, truth: Truth | None) -> None:
+        """The control an alert triggers, reported some hours after the goods are there."""
+        start = alert.event_time
+        if alert.eta is not None and alert.eta > start:
+            start = alert.eta
+        low, high = self.delay_hours
+        delay = low + (high - low) * _unit_draw(str(self.seed), "delay", alert.alert_id)
+        at = start + timedelta(hours=delay)
+        positive = (
+            truth is not None and _unit_draw(str(self.seed), "found", alert.alert_id) < self.detection_probability
+        )
+        infringement = None
+        duty = tax = 0.0
+        item = None
+        if positive:
+            assert truth is not None
+            main = next(
+                (p for p in truth.patterns if p != "vague_description"), truth.patterns[0] if truth.patterns else ""
+            )
+            infringement = _INFRINGEMENT.get(main, InfringementType.OTHER)
+            duty = truth.duty_eur
+            tax = max(0.0, truth.revenue_eur - duty)
+            item = truth.item_number
+        digest = hashlib.blake2b(f"eval:{alert.alert_id}".encode(), digest_size=12).hexdigest()
+        outcome = ControlOutcome.model_construct(
+            event_type="outcome",
+            event_id=f"eval-{digest}",
+            schema_version="1.0",
+            event_time=at,
+            source_system="VIGIE-EVALUATE",
+            target_type=alert.subject_type,
+            target_reference=alert.subject_reference,
+            target_event_id=alert.subject_event_id,
+            item_number=item,
+            controlled=True,
+            positive=positive,
+            infringement_type=infringement,
+            duty_recovered_eur=round(duty, 2),
+            tax_recovered_eur=round(tax, 2),
+            seizure=False,
+            officer_id="VIGIE-EVALUATE",
+            office=alert.office,
+            selection="engine_alert",
+            alert_id=alert.alert_id,
+        )
+        self._seq += 1
+        heapq.heappush(self._pending, (at.timestamp(), self._seq, outcome))
+
+    # --- metrics ---------------------------------------------------------------------------------
+    def report(self, since_order: int = 0) -> EvaluationReport:
+        """Metrics over the records scored at or after processing position ``since_order``."""
+        records = [r for r in self.records if r.order >= since_order]
+        main = [r for r in records if r.subject_type in RANKED_TYPES]
+        ens = [r for r in records if r.subject_type == "ens"]
+        rankers: dict[str, Callable[[Record], float]] = {"fused": lambda r: r.fused}
+        rankers["noisy-OR (no labels)"] = lambda r: _noisy_or(r.detectors)
+        for name in self.detector_names:
+            rankers[name] = lambda r, name=name: r.detectors.get(name, 0.0)
+        report = EvaluationReport(
+            n_records=len(main),
+            n_fraud_records=sum(r.truth is not None for r in main),
+            n_ens=len(ens),
+            n_fraud_ens=sum(r.truth is not None for r in ens),
+        )
+        for name, key in rankers.items():
+            report.ranking[name] = _at_top(main, key)
+            if ens:
+                report.ens_ranking[name] = _at_top(ens, key)
+        alerts = [a for a in self.alerts if a.order >= since_order]
+        report.alerts = _alert_stats(alerts, records, self.truths)
+        report.lead_times_h = self._lead_times(alerts)
+        report.n_ens_borne_frauds = len({t.consignment for t in self.truths.values() if t.consignment in self.ens_eta})
+        return report
+
+    def _lead_times(self, alerts: Sequence[AlertRecord]) -> list[float]:
+        first: dict[str, datetime] = {}
+        for a in alerts:
+            if a.truth is None or a.truth.consignment not in self.ens_eta:
+                continue
+            seen = first.get(a.truth.consignment)
+            if seen is None or a.alert.event_time < seen:
+                first[a.truth.consignment] = a.alert.event_time
+        return [(self.ens_eta[c] - t).total_seconds() / 3600.0 for c, t in first.items()]
+
+    def curves(self, points: int = 24) -> dict[str, list[float]]:
+        """Cumulative fused precision at 5 % and revenue at 10 %, and the alerts' hit rate, over time."""
+        main_all = [r for r in self.records if r.subject_type in RANKED_TYPES]
+        if not main_all:
+            return {}
+        # Sea ENS are filed weeks before the stream's arrivals: time starts at the first declaration.
+        start, end = main_all[0].when, max(r.when for r in self.records)
+        out: dict[str, list[float]] = defaultdict(list)
+        best = self._best_detector(main_all)
+        edges = np.linspace(start, end, points + 1)[1:]
+        a_idx = 0
+        alerts = sorted(self.alerts, key=lambda a: a.order)
+        hits = total = 0
+        order_at = [r.order for r in self.records]
+        when_at = [r.when for r in self.records]
+        for edge in edges:
+            main = [r for r in main_all if r.when <= edge]
+            if not main:
+                continue
+            out["hours"].append((edge - start) / 3600.0)
+            fused = _at_top(main, lambda r: r.fused)
+            out["precision_5"].append(fused[0.05].precision)
+            out["revenue_10"].append(fused[0.10].revenue)
+            noisy = _at_top(main, lambda r: _noisy_or(r.detectors))
+            out["noisy_revenue_10"].append(noisy[0.10].revenue)
+            if best is not None:
+                out["best_revenue_10"].append(_at_top(main, lambda r: r.detectors.get(best, 0.0))[0.10].revenue)
+            limit = _order_before(order_at, when_at, edge)
+            while a_idx < len(alerts) and alerts[a_idx].order <= limit:
+                hits += alerts[a_idx].truth is not None
+                total += 1
+                a_idx += 1
+            out["alert_hit_rate"].append(hits / total if total else 0.0)
+        if best is not None:
+            out["best_detector"] = [float(self.detector_names.index(best))]
+        return dict(out)
+
+    def _best_detector(self, main: list[Record]) -> str | None:
+        best, value = None, -1.0
+        for name in self.detector_names:
+            revenue = _at_top(main, lambda r, name=name: r.detectors.get(name, 0.0))[0.10].revenue
+            if revenue > value:
+                best, value = name, revenue
+        return best
+
+
+def _office(event: Any) -> str:
+    for name in ("customs_office", "first_office_of_entry", "office"):
+        value = getattr(event, name, None)
+        if value:
+            return str(value)
+    return "unknown"
+
+
+def _order_before(orders: list[int], whens: list[float], edge: float) -> int:
+    last = 0
+    for order, when in zip(orders, whens, strict=True):
+        if when <= edge:
+            last = order
+    return last
+
+
+def _noisy_or(scores: dict[str, float]) -> float:
+    clean = 1.0
+    for s in scores.values():
+        clean *= 1.0 - s
+    return 1.0 - clean
+
+
+@dataclass(slots=True)
+class AtTop:
+    """Quality of the top ``share`` of a ranking."""
+
+    share: float
+    n: int
+    precision: float
+    recall: float
+    revenue: float
+
+
+def _at_top(records: Sequence[Record], key: Callable[[Record], float]) -> dict[float, AtTop]:
+    """Precision, recall and revenue at each of :data:`TOP_SHARES` (ties broken by a hash of the id)."""
+    n = len(records)
+    out: dict[float, AtTop] = {}
+    if n == 0:
+        return {s: AtTop(s, 0, 0.0, 0.0, 0.0) for s in TOP_SHARES}
+    scores = np.fromiter((key(r) for r in records), dtype=np.float64, count=n)
+    tie = np.fromiter((_unit_draw("tie", r.event_id) for r in records), dtype=np.float64, count=n)
+    order = np.lexsort((tie, -scores))
+    revenue_of: dict[str, float] = {}
+    for r in records:
+        if r.truth is not None:
+            revenue_of[r.truth.consignment] = max(revenue_of.get(r.truth.consignment, 0.0), r.truth.revenue_eur)
+    total_revenue = sum(revenue_of.values())
+    for share in TOP_SHARES:
+        k = max(1, math.ceil(share * n))
+        top = [records[i] for i in order[:k]]
+        frauds = [r for r in top if r.truth is not None]
+        hit = {r.truth.consignment for r in frauds if r.truth is not None}
+        out[share] = AtTop(
+            share=share,
+            n=k,
+            precision=len(frauds) / k,
+            recall=len(hit) / len(revenue_of) if revenue_of else 0.0,
+            revenue=sum(revenue_of[c] for c in hit) / total_revenue if total_revenue > 0 else 0.0,
+        )
+    return out
+
+
+def _alert_stats(alerts: Sequence[AlertRecord], records: Sequence[Record], truths: dict[str, Truth]) -> dict[str, Any]:
+    by_selection: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    recovered: dict[str, float] = {}
+    for a in alerts:
+        hit = a.truth is not None
+        by_selection[a.alert.selection][0] += 1
+        by_selection[a.alert.selection][1] += hit
+        by_type[a.alert.subject_type][0] += 1
+        by_type[a.alert.subject_type][1] += hit
+        if a.truth is not None:
+            recovered[a.truth.consignment] = max(recovered.get(a.truth.consignment, 0.0), a.truth.revenue_eur)
+    total: dict[str, float] = {}
+    for t in truths.values():
+        total[t.consignment] = max(total.get(t.consignment, 0.0), t.revenue_eur)
+    flow = Counter(f"{r.office}|{r.subject_type}" for r in records)
+    raised = Counter(f"{a.alert.office}|{a.alert.subject_type}" for a in alerts)
+    rates = [raised[k] / n for k, n in flow.items() if n >= 500]
+    return {
+        "n": len(alerts),
+        "by_selection": {k: tuple(v) for k, v in by_selection.items()},
+        "by_type": {k: tuple(v) for k, v in by_type.items()},
+        "revenue_share": sum(recovered.values()) / sum(total.values()) if total else 0.0,
+        "office_rate_median": statistics.median(rates) if rates else 0.0,
+        "office_rate_range": (min(rates), max(rates)) if rates else (0.0, 0.0),
+        "offices_judged": len(rates),
+        "alert_share": len(alerts) / len(records) if records else 0.0,
+    }
+
+
+@dataclass
+class EvaluationReport:
+    """Everything `vigie evaluate` prints."""
+
+    n_records: int
+    n_fraud_records: int
+    n_ens: int
+    n_fraud_ens: int
+    ranking: dict[str, dict[float, AtTop]] = field(default_factory=dict)
+    ens_ranking: dict[str, dict[float, AtTop]] = field(default_factory=dict)
+    alerts: dict[str, Any] = field(default_factory=dict)
+    lead_times_h: list[float] = field(default_factory=list)
+    n_ens_borne_frauds: int = 0
+
+    @property
+    def base_rate(self) -> float:
+        return self.n_fraud_records / self.n_records if self.n_records else 0.0
+
+    @property
+    def median_lead_h(self) -> float | None:
+        return statistics.median(self.lead_times_h) if self.lead_times_h else None
+
+    def to_dict(self) -> dict[str, Any]:
+        def table(r: dict[str, dict[float, AtTop]]) -> dict[str, Any]:
+            return {n: {f"{int(s * 100)}%": vars_of(a) for s, a in v.items()} for n, v in r.items()}
+
+        return {
+            "records": self.n_records,
+            "fraud_records": self.n_fraud_records,
+            "base_rate": self.base_rate,
+            "ens": self.n_ens,
+            "fraud_ens": self.n_fraud_ens,
+            "ranking": table(self.ranking),
+            "ens_ranking": table(self.ens_ranking),
+            "alerts": self.alerts,
+            "median_lead_time_h": self.median_lead_h,
+            "ens_borne_frauds": self.n_ens_borne_frauds,
+            "ens_borne_frauds_alerted": len(self.lead_times_h),
+            "ens_borne_alerted_2h_before": sum(h >= 2.0 for h in self.lead_times_h),
+        }
+
+
+def vars_of(a: AtTop) -> dict[str, float]:
+    return {"n": a.n, "precision": a.precision, "recall": a.recall, "revenue": a.revenue}
+
+
+# --- printing and plotting -------------------------------------------------------------------------
+def ranking_table(title: str, ranking: dict[str, dict[float, AtTop]]) -> Table:
+    table = Table(title=title)
+    table.add_column("ranked by")
+    for share in TOP_SHARES:
+        label = f"{share * 100:g}%"
+        table.add_column(f"P@{label}", justify="right")
+        table.add_column(f"R@{label}", justify="right")
+        table.add_column(f"Rev@{label}", justify="right")
+    for name, at in ranking.items():
+        row = [name]
+        for share in TOP_SHARES:
+            a = at[share]
+            row += [f"{a.precision:.3f}", f"{a.recall:.3f}", f"{a.revenue:.3f}"]
+        table.add_row(*row)
+    return table
+
+
+def print_report(console: Console, report: EvaluationReport, title: str = "") -> None:
+    console.print(
+        f"{title}{report.n_records:,} declarations and excise records, {report.n_fraud_records:,} fraudulent "
+        f"(base rate {report.base_rate:.3%}); {report.n_ens:,} ENS, {report.n_fraud_ens:,} fraudulent"
+    )
+    console.print(
+        ranking_table("Declarations and excise records: precision, recall, revenue at the top", report.ranking)
+    )
+    if report.ens_ranking:
+        console.print(ranking_table("ENS at filing (pre-arrival)", report.ens_ranking))
+    a = report.alerts
+    table = Table(title="Alerts as raised (each one became a control)", show_header=False)
+    table.add_row("alerts", f"{a.get('n', 0):,} ({a.get('alert_share', 0):.2%} of scored subjects)")
+    for selection, (n, hits) in sorted(a.get("by_selection", {}).items()):
+        table.add_row(f"  {selection}", f"{n:,}, hit rate {hits / n if n else 0:.1%}")
+    for subject_type, (n, hits) in sorted(a.get("by_type", {}).items()):
+        table.add_row(f"  on {subject_type}", f"{n:,}, hit rate {hits / n if n else 0:.1%}")
+    low, high = a.get("office_rate_range", (0.0, 0.0))
+    table.add_row(
+        "alert rate per office",
+        f"median {a.get('office_rate_median', 0):.2%} (range {low:.2%}-{high:.2%} over {a.get('offices_judged', 0)} "
+        "office flows of 500+ subjects)",
+    )
+    table.add_row("revenue of frauds alerted", f"{a.get('revenue_share', 0):.1%} of all revenue at risk")
+    median = report.median_lead_h
+    table.add_row(
+        "lead time, ENS-borne frauds",
+        (f"median {median:.1f} h before arrival" if median is not None else "no ENS-borne fraud alerted")
+        + f" ({len(report.lead_times_h):,} of {report.n_ens_borne_frauds:,} alerted, "
+        f"{sum(h >= 2 for h in report.lead_times_h):,} at least 2 h ahead)",
+    )
+    console.print(table)
+
+
+def save_png(path: Path, curves: dict[str, list[float]], detector_names: Sequence[str], title: str) -> None:
+    """Precision and revenue curves over the stream, as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    hours = curves.get("hours", [])
+    top.plot(hours, curves.get("precision_5", []), label="fused: precision at top 5 %")
+    top.plot(hours, curves.get("alert_hit_rate", []), label="alerts raised: hit rate (cumulative)")
+    top.set_ylabel("precision")
+    top.set_ylim(0, 1)
+    top.legend(loc="lower right")
+    top.grid(alpha=0.3)
+    bottom.plot(hours, curves.get("revenue_10", []), label="fused")
+    bottom.plot(hours, curves.get("noisy_revenue_10", []), label="noisy-OR, no labels", linestyle="--")
+    if "best_revenue_10" in curves and "best_detector" in curves:
+        name = detector_names[int(curves["best_detector"][0])]
+        bottom.plot(hours, curves["best_revenue_10"], label=f"best single detector ({name})", linestyle=":")
+    bottom.set_ylabel("revenue share at top 10 %")
+    bottom.set_xlabel("hours of stream (cumulative, prequential)")
+    bottom.set_ylim(0, 1)
+    bottom.legend(loc="lower right")
+    bottom.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def record_results(command: str, report: EvaluationReport, late: EvaluationReport | None, notes: list[str]) -> None:
+    """Write the "evaluate" section of bench/RESULTS.md (via bench/results.py)."""
+    results_py = Path(__file__).resolve().parents[1] / "bench" / "results.py"
+    spec = importlib.util.spec_from_file_location("vigie_bench_results", results_py)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(results_py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows: list[tuple[str, ...]] = [("goal", "target", "whole run", "second half")]
+    both = [r for r in (report, late) if r is not None]
+
+    def each(cell: Callable[[EvaluationReport], str]) -> tuple[str, str]:
+        cells = [cell(r) for r in both]
+        return cells[0], cells[1] if len(cells) > 1 else "-"
+
+    def ratio(r: EvaluationReport) -> str:
+        precision = r.ranking["fused"][0.05].precision
+        return f"{precision:.3f} / {r.base_rate:.3f} = {precision / max(r.base_rate, 1e-9):.1f}x"
+
+    def lead(r: EvaluationReport) -> str:
+        return f"{r.median_lead_h:.1f} h" if r.median_lead_h is not None else "-"
+
+    rows.append(("revenue at top 10 %", ">= 0.90", *each(lambda r: f"{r.ranking['fused'][0.10].revenue:.3f}")))
+    rows.append(("precision at top 5 % / base rate", ">= 5x", *each(ratio)))
+    rows.append(("median lead time, ENS-borne frauds", ">= 2 h", *each(lead)))
+    for name in report.ranking:
+
+        def figures(r: EvaluationReport, name: str = name) -> str:
+            at = r.ranking[name]
+            precision = " ".join(f"{at[s].precision:.2f}" for s in TOP_SHARES)
+            return precision + " / " + " ".join(f"{at[s].revenue:.2f}" for s in TOP_SHARES)
+
+        rows.append((f"{name}: P@1,2,5,10 % / Rev@1,2,5,10 %", "", *each(figures)))
+    module.record("evaluate", command, rows, notes)
+
+
+# --- the command -----------------------------------------------------------------------------------
+def run_generated(
+    config: GeneratorConfig,
+    pipeline: ScoringPipeline,
+    legacy: str = "random",
+    seed: int = 0,
+    on_event: Callable[[int], None] | None = None,
+) -> PrequentialEvaluator:
+    """Evaluate ``pipeline`` on the stream ``config`` generates (see the module docstring)."""
+    evaluator = PrequentialEvaluator(pipeline, legacy=legacy, seed=seed)
+    for i, (event, truth) in enumerate(generate(config)):
+        evaluator.feed(event, Truth.of(truth) if truth is not None else None)
+        if on_event is not None and i % 5000 == 0:
+            on_event(i)
+    evaluator.finish()
+    return evaluator
+
+
+def evaluate_command(
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+    duration_hours: Annotated[float, typer.Option(help="Hours of arrivals to generate.")] = 24.0,
+    rate: Annotated[float, typer.Option(help="Consignments arriving per hour.")] = 1500.0,
+    fraud_share: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of fraudulent consignments.")] = 0.04,
+    capacity: Annotated[
+        float, typer.Option(min=0.0001, max=0.5, help="Control capacity: share of each office's flow alerted.")
+    ] = 0.01,
+    explore_share: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of the alert budget spent exploring.")
+    ] = 0.1,
+    legacy_outcomes: Annotated[
+        str, typer.Option(help="Generator outcomes to keep: none, random (audit sample) or all.")
+    ] = "random",
+    detectors: Annotated[
+        str, typer.Option(help="'all' (every detector available), 'default' (the engine's) or a comma list.")
+    ] = "all",
+    png: Annotated[Path, typer.Option(help="Where to save the precision/revenue curves.")] = Path("evaluate.png"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON.")] = None,
+    record: Annotated[bool, typer.Option(help="Record the figures in bench/RESULTS.md (section 'evaluate').")] = False,
+) -> None:
+    """Replay a generated stream prequentially and report precision, recall and revenue at the top 1-10 %."""
+    import orjson
+
+    console = Console() if sys.stdout.isatty() else Console(width=170)
+    if legacy_outcomes not in ("none", "random", "all"):
+        raise typer.BadParameter("--legacy-outcomes must be none, random or all")
+    config = GeneratorConfig(seed=seed, duration_hours=duration_hours, rate_per_hour=rate, fraud_share=fraud_share)
+    pipeline = ScoringPipeline(
+        build_detectors(detectors), LearnedFusion(capacity=capacity, explore_share=explore_share)
+    )
+    names = ", ".join(d.name for d in pipeline.detectors)
+    console.print(f"evaluating ({names}) on {duration_hours:g} h at {rate:g} consignments/h (seed {seed}) ...")
+    started = time.perf_counter()
+    with console.status("scoring") as status:
+        evaluator = run_generated(config, pipeline, legacy_outcomes, seed,
+                                  lambda i: status.update(f"scoring: {i:,} events"))  # fmt: skip
+    elapsed = time.perf_counter() - started
+    report = evaluator.report()
+    half = evaluator.records[len(evaluator.records) // 2].order if evaluator.records else 0
+    late = evaluator.report(since_order=half)
+    print_report(console, report)
+    console.print()
+    print_report(console, late, title="Second half of the stream only: ")
+    fed = evaluator.outcomes_fed
+    console.print(
+        f"{evaluator.events:,} events in {elapsed:.0f} s; outcomes learned from: {fed['engine']:,} engine controls, "
+        f"{fed['legacy']:,} legacy ({legacy_outcomes}), {evaluator.legacy_dropped:,} legacy outcomes withheld"
+    )
+    save_png(png, evaluator.curves(), [d.name for d in pipeline.detectors],
+             f"Vigie prequential evaluation, seed {seed}, {duration_hours:g} h, capacity {capacity:.1%}")  # fmt: skip
+    console.print(f"curves saved to {png}")
+    if json_out is not None:
+        json_out.write_bytes(orjson.dumps({"whole": report.to_dict(), "second_half": late.to_dict()},
+                                          option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))  # fmt: skip
+    if record:
+        command = (
+            f"vigie evaluate --seed {seed} --duration-hours {duration_hours:g} --rate {rate:g} "
+            f"--fraud-share {fraud_share:g} --capacity {capacity:g} --explore-share {explore_share:g} "
+            f"--legacy-outcomes {legacy_outcomes} --detectors {detectors}"
+        )
+        notes = [
+            f"Detectors: {names}; learned fusion (River StandardScaler + LogisticRegression), capacity {capacity:.1%} "
+            f"of each office's flow, {explore_share:.0%} of it exploring.",
+            f"{evaluator.events:,} events, {report.n_records:,} declarations and excise records (base rate "
+            f"{report.base_rate:.2%}), {report.n_ens:,} ENS; labels: {fed['engine']:,} controls of the engine's alerts "
+            f"+ {fed['legacy']:,} legacy ({legacy_outcomes}).",
+            "Top-k metrics rank every declaration and excise record by the score it got when processed "
+            "(prequential); recall and revenue count each fraudulent consignment once.",
+            f"{datetime.now(UTC):%Y-%m-%d}, {elapsed:.0f} s, Python {platform.python_version()}, one process.",
+        ]
+        record_results(command, report, late, notes)
+        console.print("recorded in bench/RESULTS.md (section 'evaluate')")

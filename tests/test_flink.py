@@ -1,0 +1,535 @@
+"""The PyFlink job (:mod:`vigie.streams.flink_job`): same scores as in process, exactly once, deadline timers.
+
+The integration tests run the job on a local MiniCluster (Java 17, the Flink Kafka connector
+jar from ``deploy/jars/flink``) against the session's real Kafka broker. Flink takes tens of
+seconds to start, so each integration test is one job run (or one run and one restore)
+with many assertions. Equivalence with the in-process runner is checked on one input
+partition with parallelism 1: that is the setting where both see the events in one order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from tests.factories import excise
+from vigie.operators.excise import ExciseDetector, ExciseRecord, ExciseState
+from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, dead_letter, decode_event, encode_event
+from vigie.schemas.generator import GeneratorConfig, generate
+from vigie.sinks.base import SinkMetrics
+from vigie.sinks.chdb_sink import ChdbSink
+from vigie.streams.flink_cli import SinkLoader, flink_app
+from vigie.streams.flink_job import (
+    ExciseDeadlines,
+    FlinkJobSettings,
+    PipelineCore,
+    build_job,
+    dead_letter_row,
+    flink_configuration,
+    latest_checkpoint,
+    make_detectors,
+    make_pipeline,
+    runtime_fed,
+)
+from vigie.streams.kafka_dev import KafkaBroker
+from vigie.streams.runner import InProcessRunner
+
+DETECTORS = ("undervaluation", "ens_pre_arrival", "excise")
+"""Keyed detectors (undervaluation, excise) and a runtime-fed one (ENS pre-arrival: ENS link, feedback)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Without a cluster
+# --------------------------------------------------------------------------------------------
+
+
+class MemorySink:
+    """A :class:`~vigie.sinks.base.Sink` keeping records in a list (for the in-process runner)."""
+
+    def __init__(self) -> None:
+        self.records: list[BaseModel] = []
+        self.metrics = SinkMetrics()
+
+    def write(self, records: Any) -> None:
+        self.records.extend(records)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("fusion", ["noisy-or", "learned"])
+def test_stand_in_pipeline_gives_the_in_process_results_whatever_order_unit_scores_arrive(fusion: str) -> None:
+    """The pipeline stage's logic: keyed units scored on their own (state through to_bytes/from_bytes),
+    gathered back in any order, then fused by the pipeline with stand-ins: identical results."""
+    import random
+
+    settings = FlinkJobSettings(detectors=DETECTORS, fusion=fusion)  # type: ignore[arg-type]
+    events = [e for e, _ in generate(GeneratorConfig(seed=2, duration_hours=0.4))]
+    reference = make_pipeline(settings)
+    expected = [reference.process(e) for e in events]
+
+    keyed = [d for d in make_detectors(DETECTORS) if not runtime_fed(d)]
+    assert {d.name for d in keyed} == {"undervaluation", "excise"}
+    states: dict[str, bytes] = {}
+    gathered: list[list[tuple[str, int, RiskScore | None]]] = []
+    for event in events:
+        results = []
+        for detector in keyed:
+            for index, (key, unit) in enumerate(detector.units(event)):
+                route = f"{detector.name}/{key}"
+                raw = states.get(route)
+                state = detector.new_state() if raw is None else detector.state_type.from_bytes(raw)
+                score = detector.score_one(unit, state)
+                detector.learn_one(unit, state)
+                states[route] = state.to_bytes()
+                results.append((detector.name, index, score))
+        random.Random(len(gathered)).shuffle(results)  # as if scored by several subtasks
+        gathered.append(results)
+
+    core = PipelineCore(settings)
+    for event, results, want in zip(events, gathered, expected, strict=True):
+        by_detector: dict[str, dict[int, RiskScore | None]] = {}
+        for name, index, score in results:
+            by_detector.setdefault(name, {})[index] = score
+        scores = {n: [s for _, s in sorted(b.items()) if s is not None] for n, b in by_detector.items()}
+        got = core.process(event, scores)
+        assert [encode_event(s) for s in got.scores] == [encode_event(s) for s in want.scores]
+        assert (encode_event(got.alert) if got.alert else None) == (encode_event(want.alert) if want.alert else None)
+    assert sum(len(r.scores) for r in expected) > len(events)  # the comparison covered real scores
+    assert sum(r.alert is not None for r in expected) > 0
+    # A deadline score (no event of its own) is fused with its office's queue by the same fusion.
+    gap = RiskScore.model_construct(**{**expected[-1].scores[0].__dict__, "subject_type": "excise",
+                                       "score": 0.99, "office": "unknown"})  # fmt: skip
+    alert = core.expired([gap])
+    assert alert is None or (alert.subject_type == "excise" and alert.office == "unknown")
+    if fusion == "noisy-or":
+        assert alert is not None and alert.fused_risk >= 0.99
+
+
+def test_excise_deadline_rule_reports_an_open_e_ad_at_its_deadline_once() -> None:
+    detector = ExciseDetector()
+    rule = ExciseDeadlines(detector)
+    open_ead = excise(event_id="ead-open", arc="26FRA1B2C3D4E5F6G7H81")
+    received = excise(event_id="ead-received", arc="26FRA1B2C3D4E5F6G7H82")
+    receipt = excise(
+        event_id="receipt", record_type="report_of_receipt", arc="26FRA1B2C3D4E5F6G7H82",
+        event_time=(received.event_time + timedelta(days=2)).isoformat(), received_quantity=1000.0,
+    )  # fmt: skip
+    state = ExciseState()
+    key = f"ledger:{open_ead.consignor_excise_number}"
+    deadlines: list[float] = []
+    for event in (open_ead, received, receipt):
+        for unit_key, unit in detector.units(event):
+            if unit_key == key:
+                detector.score_one(unit, state)
+                detector.learn_one(unit, state)
+                deadlines += rule.deadlines(key, unit, state)
+    due = open_ead.event_time.timestamp() + detector.receipt_deadline_s
+    assert deadlines == [due, due]  # one per e-AD; the receipt asks for nothing
+    just_before = open_ead.event_time + timedelta(seconds=detector.receipt_deadline_s - 1)
+    assert rule.expire(key, state, just_before) == []
+    at_deadline = open_ead.event_time + timedelta(seconds=detector.receipt_deadline_s + 0.001)
+    (score,) = rule.expire(key, state, at_deadline)
+    assert score.subject_event_id == "ead-open" and score.subject_type == "excise" and score.score > 0.9
+    assert "no report of receipt or export" in score.reason
+    # The id is the one the detector gives when a later record of the consignor reveals the gap.
+    later = excise(event_id="later", arc="26FRA1B2C3D4E5F6G7H83",
+                   event_time=(at_deadline + timedelta(hours=1)).isoformat())  # fmt: skip
+    fresh = ExciseState()
+    for event in (open_ead, received, receipt):
+        for unit_key, unit in detector.units(event):
+            if unit_key == key:
+                detector.learn_one(unit, fresh)
+    revealed = detector.score_one(ExciseRecord("ledger", later), fresh)
+    assert revealed is not None and revealed.score_id == score.score_id
+    assert rule.expire(key, state, at_deadline + timedelta(days=30)) == []  # reported once
+
+
+def test_dead_letter_record_keeps_the_original_bytes_and_says_why() -> None:
+    raw = b'{"event_type": "declaration", "event_id": "x"'
+    try:
+        decode_event(raw)
+    except EventRejected as rejected:
+        row = dead_letter_row(raw, "vigie.declarations", 2, 41, rejected)
+    expected = dead_letter(raw, "kafka:vigie.declarations:2:41", EventRejected("x"))
+    assert row[0] == expected.dead_letter_id.encode()  # same id as the Faust workers and the file runner
+    assert row[1] == raw
+    headers = row[2]
+    assert headers["vigie.source"] == b"kafka:vigie.declarations:2:41"
+    assert b"EOF" in headers["vigie.reason"] and headers["vigie.raw-size"] == str(len(raw)).encode()
+
+
+def test_latest_checkpoint_picks_the_newest_complete_one(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    for job, n, complete in (("a" * 32, 3, True), ("a" * 32, 4, False), ("b" * 32, 2, True)):
+        chk = tmp_path / job / f"chk-{n}"
+        chk.mkdir(parents=True)
+        if complete:
+            (chk / "_metadata").write_bytes(b"x")
+        time.sleep(0.01)
+    assert latest_checkpoint(tmp_path) == tmp_path / ("b" * 32) / "chk-2"  # newest complete, across jobs
+    assert latest_checkpoint(tmp_path / ("a" * 32)) == tmp_path / ("a" * 32) / "chk-3"
+    assert latest_checkpoint(tmp_path / ("a" * 32) / "chk-4") is None
+
+
+def test_flink_configuration_binds_loopback_and_retains_checkpoints(tmp_path: Path) -> None:
+    conf = flink_configuration(FlinkJobSettings(checkpoint_dir=tmp_path / "chk", from_checkpoint=tmp_path / "chk-7"))
+    assert conf["jobmanager.bind-host"] == conf["taskmanager.bind-host"] == conf["rest.bind-address"] == "127.0.0.1"
+    assert conf["execution.checkpointing.externalized-checkpoint-retention"] == "RETAIN_ON_CANCELLATION"
+    assert conf["execution.checkpointing.dir"] == (tmp_path / "chk").resolve().as_uri()
+    assert conf["execution.state-recovery.path"].endswith("/chk-7")
+    assert conf["python.execution-mode"] == "thread"
+    assert "flink-sql-connector-kafka" in conf["pipeline.jars"]
+    off = flink_configuration(FlinkJobSettings(checkpoint_interval_ms=0))
+    assert "execution.checkpointing.interval" not in off
+
+
+# --------------------------------------------------------------------------------------------
+# On the MiniCluster, against real Kafka
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def flink_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Flink's log directory and the JVM heap for this test process, set before the gateway JVM starts
+    (it starts once per process and keeps them)."""
+    if os.environ.get("VIGIE_SKIP_FLINK_TESTS") == "1":
+        pytest.skip("VIGIE_SKIP_FLINK_TESTS=1")
+    log_dir = tmp_path_factory.mktemp("flink-log")
+    saved = {name: os.environ.get(name) for name in ("FLINK_LOG_DIR", "JVM_ARGS")}
+    os.environ["FLINK_LOG_DIR"] = str(log_dir)
+    os.environ.setdefault("JVM_ARGS", "-Xmx1g")
+    try:
+        yield Path(os.environ["FLINK_LOG_DIR"])
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _topics(broker: KafkaBroker, prefix: str, inputs: list[str]) -> list[str]:
+    names = [*inputs, *(prefix + kind for kind in ("scores", "alerts", "dead-letter"))]
+    broker.create_topics(names, partitions=1, config={"max.message.bytes": 8 * 1024 * 1024})
+    return names
+
+
+def _read(bootstrap: str, topics: list[str], *, until: Any = None, idle_s: float = 3.0, timeout_s: float = 120.0,
+          isolation: str = "read_committed") -> dict[str, list[Any]]:  # fmt: skip
+    """Messages per topic, read from the start until ``until(found)`` holds (or ``idle_s`` without news)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "isolation.level": isolation})  # fmt: skip
+    found: dict[str, list[Any]] = {t: [] for t in topics}
+    consumer.subscribe(topics)
+    deadline = time.monotonic() + timeout_s
+    last_news = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                if until is None and time.monotonic() - last_news > idle_s:
+                    break
+                if until is not None and until(found):
+                    break
+                continue
+            found[message.topic()].append(message)
+            last_news = time.monotonic()
+    finally:
+        consumer.close()
+    return found
+
+
+def _publish(bootstrap: str, records: list[tuple[str, bytes | None, bytes]], pause_every: int = 0,
+             pause_s: float = 0.0) -> None:  # fmt: skip
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for n, (topic, key, value) in enumerate(records, start=1):
+        producer.produce(topic, key=key, value=value)
+        if pause_every and n % pause_every == 0:
+            producer.flush()
+            time.sleep(pause_s)
+    assert producer.flush(30) == 0
+
+
+def _timer_events(last: Any) -> list[Any]:
+    """e-AD A never received, e-AD B received two days later, then a clock record from a third
+    consignor 8 days on: the event time passes A's deadline with nothing more from A's consignor."""
+    t = last.event_time
+    a = excise(event_id="timer-ead-a", arc="26FRT0000000000000A11", consignor_excise_number="FRTIMERA00001",
+               event_time=(t + timedelta(hours=1)).isoformat())  # fmt: skip
+    b = excise(event_id="timer-ead-b", arc="26FRT0000000000000B11", consignor_excise_number="FRTIMERB00001",
+               event_time=(t + timedelta(hours=1)).isoformat())  # fmt: skip
+    b_receipt = excise(event_id="timer-receipt-b", record_type="report_of_receipt", arc=b.arc,
+                       consignor_excise_number=b.consignor_excise_number, received_quantity=1000.0,
+                       event_time=(t + timedelta(days=2)).isoformat())  # fmt: skip
+    clock = excise(event_id="timer-clock", record_type="release_for_consumption", arc=None,
+                   consignor_excise_number="FRTIMERC00001", event_time=(t + timedelta(days=8)).isoformat())  # fmt: skip
+    return [a, b, b_receipt, clock]
+
+
+@pytest.mark.integration
+def test_flink_job_scores_like_the_in_process_runner(
+    kafka_broker: KafkaBroker, flink_log_dir: Path, tmp_path: Path
+) -> None:
+    """One bounded run on one input partition: scores and alerts event by event as the in-process
+    runner, dead letters with reason and bytes, injected frauds alerted, a deadline gap alerted."""
+    pairs = list(generate(GeneratorConfig(seed=11, duration_hours=1.5)))
+    events = [e for e, _ in pairs]
+    truth = {t.event_id: t for _, t in pairs if t is not None}
+    timer_events = _timer_events(max(events, key=lambda e: e.event_time))
+    lines = [encode_event(e) for e in [*events, *timer_events]]
+    bad = {
+        7: b'{"event_type": "declaration", "event_id": "cut',
+        40: b"\x89PNG\r\n\x1a\n\xff binary",
+        300: lines[2].replace(b'"schema_version":"1.0"', b'"schema_version":"9.0"'),
+    }
+    for position in sorted(bad):
+        lines.insert(position, bad[position])
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    topic = prefix + "events"
+    created = _topics(kafka_broker, prefix, [topic])
+    try:
+        _publish(kafka_broker.bootstrap_servers, [(topic, None, line) for line in lines])
+        settings = FlinkJobSettings(
+            bootstrap=kafka_broker.bootstrap_servers, prefix=prefix, input_topic=topic, bounded=True,
+            checkpoint_interval_ms=2000, checkpoint_dir=tmp_path / "chk", detectors=DETECTORS, snapshot_every=700,
+            group_id=f"vigie-flink-{prefix}", transactional_id_prefix=f"vigie-flink-{prefix}",
+        )  # fmt: skip
+        build_job(settings).execute()
+        out = _read(kafka_broker.bootstrap_servers, [prefix + "scores", prefix + "alerts", prefix + "dead-letter"])
+        # `--sink chdb:PATH`: the committed outputs and the valid input events, into embedded ClickHouse.
+        store = ChdbSink(tmp_path / "clickhouse")
+        loader = SinkLoader(settings, store, drain_quiet_s=2.0)
+        loader.stop()  # the job has ended: load everything there is, then return
+        loader.run()
+        stored = store.query(
+            "SELECT (SELECT count() FROM vigie.scores FINAL) AS scores, (SELECT count() FROM vigie.alerts FINAL) AS"
+            " alerts, (SELECT count() FROM vigie.dead_letters FINAL) AS letters, (SELECT count() FROM"
+            " vigie.declarations FINAL) AS declarations"
+        )[0]
+        store.close()
+    finally:
+        kafka_broker.delete_topics(created)
+    assert loader.error is None
+    assert stored == {
+        "scores": len(out[prefix + "scores"]),
+        "alerts": len(out[prefix + "alerts"]),
+        "letters": len(bad),
+        "declarations": sum(1 for e in events if e.event_type == "declaration"),
+    }
+
+    # The in-process runner on the same lines, in the same order.
+    sink = MemorySink()
+    pipeline = make_pipeline(settings)
+    InProcessRunner(pipeline, sink).run("file", lines)
+    want_scores = [encode_event(r) for r in sink.records if isinstance(r, RiskScore)]
+    want_alerts = [encode_event(r) for r in sink.records if isinstance(r, Alert)]
+    want_letters = [r for r in sink.records if isinstance(r, DeadLetter)]
+
+    score_messages = out[prefix + "scores"]
+    got_scores = [m.value() for m in score_messages]
+    in_process_ids = {json.loads(s)["score_id"] for s in want_scores}
+    deadline_scores = [json.loads(s) for s in got_scores if json.loads(s)["score_id"] not in in_process_ids]
+    # Event by event, every score the in-process runner gave, in its order, and nothing else but deadlines.
+    assert [s for s in got_scores if json.loads(s)["score_id"] in in_process_ids] == want_scores
+    assert len(want_scores) > 2 * len(events)  # three detectors, several items: real scores were compared
+    for message in score_messages:  # keyed by subject, id in a header
+        body = json.loads(message.value())
+        assert message.key() == body["subject_event_id"].encode()
+        assert dict(message.headers())["vigie.id"] == body["score_id"].encode()
+    scored = Counter(json.loads(s)["subject_event_id"] for s in want_scores)
+    assert len(scored) > 0.9 * sum(1 for e in events if e.event_type in ("ens", "declaration"))
+
+    # Deadlines: every e-AD still open in the in-process ledger whose deadline the stream's time passed,
+    # and only those; e-AD A among them, B (received) not.
+    detector = next(d for d in pipeline.detectors if d.name == "excise")
+    clock_ms = int(timer_events[-1].event_time.timestamp() * 1000)
+    watermark_ms = clock_ms - int(settings.out_of_orderness_s * 1000) - 1
+    overdue = {
+        entry["id"]
+        for key, state in pipeline.stores["excise"].items()
+        if key.startswith("ledger:")
+        for entry in state.open.values()  # type: ignore[attr-defined]
+        if int((entry["t"] + detector.receipt_deadline_s) * 1000) + 1 <= watermark_ms
+    }
+    assert {s["subject_event_id"] for s in deadline_scores} == overdue
+    assert "timer-ead-a" in overdue and "timer-ead-b" not in overdue
+    (gap,) = [s for s in deadline_scores if s["subject_event_id"] == "timer-ead-a"]
+    due = timer_events[0].event_time + timedelta(seconds=detector.receipt_deadline_s)
+    assert gap["detector"] == "excise" and gap["score"] > 0.9 and "no report of receipt" in gap["reason"]
+    assert abs(RiskScore.model_validate(gap).event_time - due) < timedelta(seconds=1)  # at the deadline itself
+
+    got_alerts = [m.value() for m in out[prefix + "alerts"]]
+    deadline_subjects = {s["subject_event_id"] for s in deadline_scores}
+    assert [a for a in got_alerts if json.loads(a)["subject_event_id"] not in deadline_subjects] == want_alerts
+    gap_alerts = [json.loads(a) for a in got_alerts if json.loads(a)["subject_event_id"] == "timer-ead-a"]
+    assert len(gap_alerts) == 1 and gap_alerts[0]["subject_type"] == "excise"
+
+    # Injected frauds are alerted well above their base rate.
+    declarations = [e for e in events if e.event_type == "declaration"]
+    base_rate = sum(e.event_id in truth for e in declarations) / len(declarations)
+    alerted = [json.loads(a)["subject_event_id"] for a in want_alerts]
+    hits = sum(a in truth for a in alerted)
+    assert hits >= 3 and hits / len(alerted) >= 3 * base_rate, (hits, len(alerted), base_rate)
+
+    letters = out[prefix + "dead-letter"]
+    assert len(letters) == len(bad) == len(want_letters)
+    by_offset = {int(dict(m.headers())["vigie.offset"]): m for m in letters}
+    assert sorted(by_offset) == sorted(bad)  # the input offsets of the bad lines
+    for position, raw in bad.items():
+        message = by_offset[position]
+        headers = dict(message.headers())
+        assert message.value() == raw
+        letter_id = dead_letter(raw, f"kafka:{topic}:0:{position}", EventRejected("")).dead_letter_id
+        assert message.key() == letter_id.encode()
+        assert headers["vigie.reason"]
+    assert b"EOF" in dict(by_offset[7].headers())["vigie.reason"]
+    assert b"UTF-8" in dict(by_offset[40].headers())["vigie.reason"]
+    assert dict(by_offset[300].headers())["vigie.field"] == b"schema_version"
+
+
+@pytest.mark.integration
+def test_flink_job_resumes_from_its_last_checkpoint_exactly_once(
+    kafka_broker: KafkaBroker, flink_log_dir: Path, tmp_path: Path
+) -> None:
+    """The job is cancelled while events are still coming in, then restored from its last retained
+    checkpoint: the committed outputs hold every score and alert once, in the in-process runner's
+    order and with its values (keyed states, the pipeline stage's snapshot + log and the events in
+    flight were all restored)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    events = [e for e, _ in generate(GeneratorConfig(seed=5, duration_hours=1.5))]
+    lines = [encode_event(e) for e in events]
+    lines.insert(len(lines) // 2, b'{"truncated": ')
+    lines.insert(len(lines) // 2 + 7, b"")  # an empty message
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    topic = prefix + "events"
+    created = _topics(kafka_broker, prefix, [topic])
+    bootstrap = kafka_broker.bootstrap_servers
+    settings = FlinkJobSettings(
+        bootstrap=bootstrap, prefix=prefix, input_topic=topic, checkpoint_interval_ms=1000,
+        checkpoint_dir=tmp_path / "chk", detectors=DETECTORS, snapshot_every=300, group_id=f"vigie-flink-{prefix}",
+        transactional_id_prefix=f"vigie-flink-{prefix}",
+    )  # fmt: skip
+    outputs = [prefix + "scores", prefix + "alerts", prefix + "dead-letter"]
+
+    sink = MemorySink()
+    InProcessRunner(make_pipeline(settings), sink).run("file", lines)
+    want_scores = [encode_event(r) for r in sink.records if isinstance(r, RiskScore)]
+    want_alerts = [encode_event(r) for r in sink.records if isinstance(r, Alert)]
+
+    def complete(found: dict[str, list[Any]]) -> bool:
+        return len(found[prefix + "scores"]) >= len(want_scores) and len(found[prefix + "alerts"]) >= len(want_alerts)
+
+    try:
+        first = len(lines) // 3
+        _publish(bootstrap, [(topic, None, line) for line in lines[:first]])
+        client = build_job(settings).submit()
+        publisher = threading.Thread(
+            target=_publish, args=(bootstrap, [(topic, None, line) for line in lines[first:]], 100, 1.0)
+        )
+        publisher.start()
+        committed = 0
+        group = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.group_id})
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # mid-stream: checkpoints done, part of the input committed
+            chk = latest_checkpoint(settings.checkpoint_dir)
+            (position,) = group.committed([TopicPartition(topic, 0)], timeout=10)
+            committed = max(position.offset, 0)
+            if chk is not None and int(chk.name.split("-")[1]) >= 3 and committed >= first // 2:
+                break
+            time.sleep(0.5)
+        client.cancel().result()
+        group.close()
+        publisher.join()
+        assert 0 < committed < len(lines), committed  # cancelled with input left to score
+
+        restore = latest_checkpoint(settings.checkpoint_dir)
+        assert restore is not None
+        client = build_job(dataclasses.replace(settings, from_checkpoint=restore)).submit()
+        _read(bootstrap, outputs, until=complete, timeout_s=240)
+        time.sleep(3)  # a few more checkpoints: a duplicate would be committed by now
+        out = _read(bootstrap, outputs, idle_s=3)
+        client.cancel().result()
+    finally:
+        kafka_broker.delete_topics(created)
+
+    got_scores = [m.value() for m in out[prefix + "scores"]]
+    ids = Counter(json.loads(s)["score_id"] for s in got_scores)
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]  # none twice
+    assert got_scores == want_scores  # none missing, same values, same order
+    assert [m.value() for m in out[prefix + "alerts"]] == want_alerts
+    assert len(want_alerts) >= 5
+    letters = out[prefix + "dead-letter"]
+    assert sorted(m.value() for m in letters) == [b"", b'{"truncated": ']
+    # The pipeline stage came back from its snapshot plus the log of what it processed after it.
+    python_log = (flink_log_dir / "vigie-flink-python.log").read_text()
+    pattern = rf"\(group {re.escape(settings.group_id)}\) restored: snapshot loaded, (\d+) event"
+    restored = re.search(pattern, python_log)
+    assert restored is not None and int(restored.group(1)) > 0, python_log[-2000:]
+
+
+def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parse function on the four-topic layout (called directly, no cluster)."""
+    from pyflink.common import Row
+
+    from tests.factories import declaration, ens
+    from vigie.streams import flink_job
+    from vigie.streams.flink_job import ParseAndSplit
+
+    monkeypatch.setattr(flink_job, "worker_logging", lambda: None)  # this process's logging is not a worker's
+
+    parse = ParseAndSplit(FlinkJobSettings(prefix="p.", detectors=DETECTORS))
+    parse.open(None)  # type: ignore[arg-type]
+    decl = declaration()
+    out = list(parse.process_element(Row(encode_event(decl), "p.declarations", 0, 12), None))  # type: ignore[arg-type]
+    units = [o for o in out if o[0] == "u"]
+    # Keyed detectors only (the ENS pre-arrival detector runs in the pipeline stage), each unit on its state key.
+    assert [(u[1], u[4], u[5]) for u in units] == [
+        ("undervaluation/CN:61", "undervaluation", 0),
+        (f"excise/ens:{decl.ens_reference}", "excise", 0),
+    ]
+    assert units[0][2] == int(decl.event_time.timestamp() * 1000) and units[0][3] == "p.declarations:0:12"
+    assert out[-1] == ("e", "event/p.declarations:0:12", units[0][2], "p.declarations:0:12", encode_event(decl), 2)
+    wrong = list(parse.process_element(Row(encode_event(ens()), "p.declarations", 0, 13), None))  # type: ignore[arg-type]
+    (letter,) = [o[1] for o in wrong]
+    assert b"does not belong on topic" in letter[2]["vigie.reason"] and letter[1] == encode_event(ens())
+
+
+def test_cli_rejects_bad_options_and_finds_checkpoints(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    cli = CliRunner()
+    result = cli.invoke(flink_app, ["run", "--fusion", "bayes"])
+    assert result.exit_code == 2 and "noisy-or" in result.output
+    result = cli.invoke(flink_app, ["run", "--from-checkpoint", "latest", "--checkpoint-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no complete checkpoint" in result.output
+    assert cli.invoke(flink_app, ["checkpoints", str(tmp_path)]).exit_code == 1
+    chk = tmp_path / ("c" * 32) / "chk-12"
+    chk.mkdir(parents=True)
+    (chk / "_metadata").write_bytes(b"x")
+    result = cli.invoke(flink_app, ["checkpoints", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.strip() == str(chk)

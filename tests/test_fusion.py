@@ -1,0 +1,200 @@
+"""Learned fusion, alert budget, label join and whole-pipeline checkpoints."""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.factories import T0
+from vigie.models.feedback import LabelJoin
+from vigie.operators import NoisyOrAlerting, OfficeQueueState, ScoringPipeline, UndervaluationDetector
+from vigie.operators.ens_risk import EnsPreArrivalDetector
+from vigie.operators.fusion import LearnedFusion, RiskWindow, Subject
+from vigie.schemas import ControlOutcome, RiskScore
+from vigie.schemas.generator import GeneratorConfig, generate
+
+
+def _pipeline(**kwargs: Any) -> ScoringPipeline:
+    """The detectors under test: undervaluation and the ENS pre-arrival detector."""
+    return ScoringPipeline([UndervaluationDetector(), EnsPreArrivalDetector()], **kwargs)
+
+
+DETECTORS = ("undervaluation", "ens_pre_arrival")
+
+
+def _score(detector: str, score: float, event_id: str = "d1", item: int = 1, stake: float = 100.0) -> RiskScore:
+    return RiskScore(
+        score_id=f"{detector}-{event_id}-{item}",
+        detector=detector,
+        subject_event_id=event_id,
+        subject_type="declaration",
+        subject_reference="26FR0002300000001A",
+        item_number=item,
+        event_time=T0,
+        office="FR002300",
+        score=score,
+        eur_at_stake=stake,
+        reason=f"{detector} says {score}",
+    )
+
+
+def _subject(event_id: str = "d1") -> Subject:
+    return Subject(event_id, "declaration", "26FR0002300000001A", "FR002300", T0, eta=T0 + timedelta(hours=5))
+
+
+def _fusion(**kwargs: Any) -> LearnedFusion:
+    fusion = LearnedFusion(**kwargs)
+    fusion.bind(DETECTORS)
+    return fusion
+
+
+def test_risk_window_is_a_streaming_quantile() -> None:
+    window = RiskWindow(200)
+    for i in range(1000):
+        window.add((i % 200) / 200)
+    assert len(window) == 200
+    assert window.threshold(0.05) == pytest.approx(0.945)
+    assert RiskWindow.from_list(200, window.to_list()).sorted == window.sorted
+
+
+def test_fusion_starts_as_the_noisy_or_prior() -> None:
+    fusion = _fusion()
+    scores = [_score("undervaluation", 0.9), _score("ens_pre_arrival", 0.3)]
+    decision = fusion.decide(scores, _subject(), OfficeQueueState())
+    assert decision.probability == pytest.approx(1 - 0.1 * 0.7, abs=1e-4)
+    # Before any office window fills, p >= 0.5 alerts, and the alert says why and how much.
+    alert = decision.alert
+    assert alert is not None and alert.selection == "exploitation"
+    assert alert.reasons[0] == "undervaluation says 0.9"
+    assert sum(alert.contributions.values()) == pytest.approx(alert.fused_risk, abs=1e-5)
+    assert alert.contributions["undervaluation"] > alert.contributions["ens_pre_arrival"]
+    assert alert.eur_at_stake == 100.0 and alert.lead_time_hours == 5.0
+
+
+def test_outcomes_move_the_model() -> None:
+    fusion = _fusion(learning_rate=0.05)
+    queue = OfficeQueueState()
+    ens_heavy = [_score("undervaluation", 0.05), _score("ens_pre_arrival", 0.4)]
+    before = fusion.decide(ens_heavy, _subject("a"), queue)
+    for i in range(300):
+        # Items that only the ENS detector finds suspicious keep turning out positive.
+        decision = fusion.decide(ens_heavy, _subject(f"e{i}"), queue)
+        fusion.learn(decision.features, True, "exploitation")
+        quiet = fusion.decide(
+            [_score("undervaluation", 0.05), _score("ens_pre_arrival", 0.05)], _subject(f"q{i}"), queue
+        )
+        fusion.learn(quiet.features, False, "random")
+    after = fusion.decide(ens_heavy, _subject("b"), queue)
+    assert fusion.labels == 600 and fusion.positives == 300
+    assert after.probability > before.probability + 0.2
+
+
+@cache
+def _stream() -> tuple[tuple[Any, Any], ...]:
+    return tuple(generate(GeneratorConfig(seed=13, duration_hours=4, rate_per_hour=1000, fraud_share=0.06)))
+
+
+def _run(pipeline: ScoringPipeline, pairs: Any) -> list[tuple[Any, ...]]:
+    out = []
+    for event, _ in pairs:
+        r = pipeline.process(event)
+        alert = r.alert.model_dump() if r.alert is not None else None
+        out.append((event.event_id, [s.model_dump() for s in r.scores], r.fused_risk, alert))
+    return out
+
+
+def _budgeted() -> ScoringPipeline:
+    return _pipeline(alerting=LearnedFusion(capacity=0.03, explore_share=0.3, window=300, min_fill=60))
+
+
+def test_alert_budget_per_office_and_exploration_share() -> None:
+    pipeline = _budgeted()
+    results = _run(pipeline, _stream())
+    fusion = pipeline.alerting
+    assert isinstance(fusion, LearnedFusion)
+    big = {k: v for k, v in fusion.counts.items() if v[0] >= 600}
+    assert len(big) >= 3
+    for key, (flow, exploit, explore) in big.items():
+        assert 0.015 < (exploit + explore) / flow < 0.06, key  # capacity: 3 % of the office's flow
+    alerts = [a for *_, a in results if a is not None]
+    selections = Counter(a["selection"] for a in alerts)
+    assert 0.1 < selections["exploration"] / len(alerts) < 0.5
+    explored = [a for a in alerts if a["selection"] == "exploration"]
+    assert all(a["reasons"][0].startswith("Exploration pick") for a in explored)
+    # Seeded, not random: a second engine makes exactly the same picks.
+    part = _stream()[:4000]
+    again = _run(_budgeted(), part)
+    assert [a for *_, a in again if a is not None] == [a for *_, a in results[: len(part)] if a is not None]
+
+
+def test_restart_continues_learning_where_it_stopped() -> None:
+    """Half the stream, checkpoint through JSON, restore into a fresh pipeline, the rest == never stopped."""
+    pairs = _stream()
+    half = len(pairs) // 2
+    uninterrupted = _pipeline()
+    reference = _run(uninterrupted, pairs)
+
+    first = _pipeline()
+    _run(first, pairs[:half])
+    checkpoint = orjson.loads(orjson.dumps(first.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+    assert isinstance(checkpoint["fusion"]["classifier"], str)  # River model as base64 pickle text
+    restored = _pipeline()
+    restored.load_state_dict(checkpoint)
+    assert _run(restored, pairs[half:]) == reference[half:]
+    assert isinstance(restored.alerting, LearnedFusion) and isinstance(uninterrupted.alerting, LearnedFusion)
+    assert restored.alerting.labels == uninterrupted.alerting.labels > 0  # it kept learning from outcomes
+    assert restored.alerting.classifier.weights == uninterrupted.alerting.classifier.weights
+    assert orjson.dumps(restored.state_dict()) == orjson.dumps(uninterrupted.state_dict())
+
+
+def test_checkpoint_refuses_another_fusion() -> None:
+    state = _pipeline().state_dict()
+    with pytest.raises(ValueError, match="fusion"):
+        _pipeline(alerting=NoisyOrAlerting()).load_state_dict(state)
+
+
+def test_noisy_or_baseline_still_alerts_on_declarations_only() -> None:
+    pipeline = _pipeline(alerting=NoisyOrAlerting(threshold=0.5))
+    alerts = [a for *_, a in _run(pipeline, _stream()[:5000]) if a is not None]
+    assert alerts and {a["subject_type"] for a in alerts} == {"declaration"}
+
+
+def _outcome(target: str, reference: str, n: int = 0) -> ControlOutcome:
+    return ControlOutcome(
+        event_id=f"o{n}", event_time=T0, source_system="t", target_type="declaration", target_reference=reference,
+        target_event_id=target, controlled=True, positive=False, officer_id="x", office="FR002300",
+    )  # fmt: skip
+
+
+def test_label_join_is_bounded_and_joins_once() -> None:
+    join = LabelJoin(horizon_days=1, max_pending=3)
+    for i in range(5):
+        join.remember(f"e{i}", "declaration", f"26FR000000000000{i:02d}", 1000.0 + i, array("d", [i, 2.0]), {"d": [i]})
+    assert sorted(join.by_id) == ["e2", "e3", "e4"]  # at most 3 wait; the earliest to expire went first
+    restored = LabelJoin.from_dict(orjson.loads(orjson.dumps(join.to_dict())))
+    entry = restored.take(_outcome("e3", "26FR00000000000003"))
+    assert entry is not None and list(entry.features) == [3.0, 2.0] and entry.contexts == {"d": [3]}
+    assert restored.take(_outcome("e3", "26FR00000000000003")) is None  # a second outcome teaches nothing
+    by_reference = restored.take(_outcome("unknown", "26FR00000000000004"))
+    assert by_reference is not None and by_reference.event_id == "e4"
+    assert restored.evict(1002.5) == 1 and len(restored) == 0
+
+
+def test_pipeline_memory_is_bounded_by_time() -> None:
+    pipeline = _pipeline()
+    pairs = _stream()
+    _run(pipeline, pairs[: len(pairs) // 2])
+    assert len(pipeline.labels) > 1000
+    # Nothing waits beyond its expiry: 3 days after scoring, or 2 days after an ENS's arrival.
+    now = pipeline.watermark.timestamp()
+    assert all(e.expires >= now for e in pipeline.labels.by_id.values())
+    pipeline.labels.evict(now + 40 * 86_400)
+    assert len(pipeline.labels) == 0
+    pipeline.ens.evict_before(pipeline.watermark + timedelta(days=60))
+    assert not pipeline.ens.arrivals
