@@ -71,6 +71,7 @@ from aiokafka.partitioner import murmur2
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
 from vigie.sinks.base import Sink
+from vigie.sinks.open import open_sink
 
 from .faust_stages import FUSION_KEY, FuseStage, IngestStage, InMessage, KeyValueStore, ScoreStage, StageOutput
 from .topics import DEFAULT_PREFIX, LARGE_MESSAGE_BYTES, TopicNames, create_topics, describe_partitions
@@ -383,16 +384,6 @@ def prepare_topics(settings: WorkerSettings) -> int:
     if settings.partitions and settings.partitions != partitions:
         log.warning("topics have %d partitions (not %d): using %d", partitions, settings.partitions, partitions)
     return partitions
-
-
-def open_sink(spec: str) -> Sink | None:
-    """``none`` -> None; ``chdb:PATH`` (or a bare path) -> a :class:`~vigie.sinks.chdb_sink.ChdbSink`."""
-    if spec in ("", "none"):
-        return None
-    path = spec.removeprefix("chdb:")
-    from vigie.sinks.chdb_sink import ChdbSink
-
-    return ChdbSink(Path(path))
 
 
 def run_worker(settings: WorkerSettings) -> None:

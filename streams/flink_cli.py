@@ -26,6 +26,7 @@ import typer
 from pydantic import BaseModel
 
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_event
+from vigie.sinks.open import open_sink
 
 from .flink_job import FlinkJobSettings, build_job, latest_checkpoint
 from .topics import DEFAULT_PREFIX
@@ -154,16 +155,6 @@ class SinkLoader:
             log.exception("loading the sink failed")
         finally:
             consumer.close()
-
-
-def open_sink(spec: str) -> Any | None:
-    """``none`` -> None; ``chdb:PATH`` (or a bare path) -> an embedded ClickHouse sink."""
-    if spec.strip().lower() == "none":
-        return None
-    from vigie.sinks.chdb_sink import ChdbSink
-
-    path = spec.split(":", 1)[1] if spec.startswith("chdb:") else spec
-    return ChdbSink(Path(path))
 
 
 def resolve_checkpoint(spec: str | None, checkpoint_dir: Path) -> Path | None:

@@ -451,3 +451,17 @@ def test_a_server_that_cannot_start_says_why(tmp_path: Any) -> None:
     with pytest.raises(ClickHouseServerError, match="exited with code 1"):
         server.start()
     assert not server.is_running()
+
+
+@integration
+def test_open_sink_reaches_a_server_by_url(clickhouse_server: ClickHouseServer, clickhouse_database: str) -> None:
+    from vigie.sinks.open import open_sink
+
+    sink = open_sink(f"clickhouse://{clickhouse_server.host}:{clickhouse_server.tcp_port}/{clickhouse_database}")
+    assert isinstance(sink, NativeSink) and sink.database == clickhouse_database
+    try:
+        sink.write([factories.outcome()])
+        sink.flush()
+        assert sink.query(f"SELECT count() AS n FROM {clickhouse_database}.outcomes FINAL")[0]["n"] == 1
+    finally:
+        sink.close()

@@ -546,3 +546,12 @@ def test_failed_flush_keeps_rows_until_the_buffer_is_full() -> None:
     assert [r["score_id"] for r in sink.stored["scores"]] == ["a", "b", "c", "d", "e"]
     with pytest.raises(RuntimeError):
         sink.write([make_score("f")])
+
+
+def test_open_sink_names_the_embedded_store(tmp_path: Path) -> None:
+    from vigie.sinks.open import open_sink
+
+    assert open_sink(" none ") is None
+    sink = open_sink(f"chdb:{tmp_path / 'store'}")
+    assert isinstance(sink, ChdbSink)
+    sink.close()
