@@ -697,10 +697,10 @@ class ScoresFromKafka(Operator[Any, OperatorState]):
         return self.detector.units(event)
 
     def score_one(self, unit: Any, state: OperatorState) -> RiskScore | None:
-        raise NotImplementedError("units are scored by the score stage")
+        raise RuntimeError("units are scored by the score stage, never by a stand-in")
 
     def learn_one(self, unit: Any, state: OperatorState) -> None:
-        raise NotImplementedError("units are learned by the score stage")
+        raise RuntimeError("units are learned by the score stage, never by a stand-in")
 
     def process(self, event: Any, store: Any) -> list[RiskScore]:
         if isinstance(event, LabelledOutcome):

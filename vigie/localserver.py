@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
@@ -92,7 +93,7 @@ def _stop_at_exit(ref: weakref.ReferenceType[LocalServer]) -> None:
         server.stop(timeout=10)
 
 
-class LocalServer:
+class LocalServer(ABC):
     """A server run as a child process, with a data directory of its own.
 
     Subclasses implement :meth:`start` (spawn ``self._proc`` and wait until it answers).
@@ -109,14 +110,15 @@ class LocalServer:
         if stop_at_exit:
             atexit.register(_stop_at_exit, weakref.ref(self))
 
+    @abstractmethod
     def start(self) -> Self:
-        raise NotImplementedError
+        """Spawn the process (``self._proc``) and return once it answers."""
 
     def is_running(self) -> bool:
         """True while the process is alive (it may not answer yet, or any more)."""
         return self._proc is not None and self._proc.poll() is None
 
-    def _forget_clients(self) -> None:
+    def _forget_clients(self) -> None:  # noqa: B027 - an optional hook: most servers cache no client
         """Drop cached clients of the process being stopped (a hook for subclasses)."""
 
     def stop(self, timeout: float = 20.0) -> None:
