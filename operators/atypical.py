@@ -56,7 +56,7 @@ import numpy as np
 from vigie.schemas import ImportDeclaration, RiskScore
 
 from ._hst import HalfSpaceTrees
-from .base import Operator, OperatorState, score_id
+from .base import Operator, OperatorState
 from .undervaluation import UnitValueWindow
 
 FEATURES: tuple[str, ...] = (
@@ -521,9 +521,7 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         return f"transport by {mode} ({100.0 * mode_share:.0f}% of the chapter's recent items)"
 
     def _score(self, unit: ItemFlow, score: float, reason: str, fields: dict[str, float | str | None]) -> RiskScore:
-        return RiskScore.model_construct(
-            score_id=score_id(self.name, unit.event_id, unit.item_number),
-            detector=self.name,
+        return self.risk_score(
             subject_event_id=unit.event_id,
             subject_type="declaration",
             subject_reference=unit.mrn,
@@ -537,6 +535,5 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
             eur_at_stake=0.0,
             reason=reason,
             reason_fields=fields,
-            event_type="risk_score",
         )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, MutableMapping
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import orjson
@@ -75,6 +76,49 @@ class Operator(ABC, Generic[UnitT, StateT]):
     @abstractmethod
     def learn_one(self, unit: UnitT, state: StateT) -> None:
         """Update the state with one unit."""
+
+    def risk_score(
+        self,
+        *,
+        subject_event_id: str,
+        subject_type: str,
+        subject_reference: str,
+        item_number: int | None,
+        event_time: datetime,
+        office: str,
+        operator_eori: str | None,
+        cn_code: str | None,
+        origin_country: str | None,
+        score: float,
+        eur_at_stake: float,
+        reason: str,
+        reason_fields: dict[str, float | str | None],
+        id_key: str | None = None,
+    ) -> RiskScore:
+        """One score of this detector, with its deterministic id and EUR rounded to the cent.
+
+        Built without validation (it runs for every item); the shared contract test validates
+        every detector's scores. ``id_key`` names the subject in the id when it differs from
+        ``subject_event_id``.
+        """
+        return RiskScore.model_construct(
+            score_id=score_id(self.name, id_key or subject_event_id, item_number),
+            detector=self.name,
+            subject_event_id=subject_event_id,
+            subject_type=subject_type,
+            subject_reference=subject_reference,
+            item_number=item_number,
+            event_time=event_time,
+            office=office,
+            operator_eori=operator_eori,
+            cn_code=cn_code,
+            origin_country=origin_country,
+            score=score,
+            eur_at_stake=round(eur_at_stake, 2),
+            reason=reason,
+            reason_fields=reason_fields,
+            event_type="risk_score",
+        )
 
     def process(self, event: Any, store: MutableMapping[str, StateT]) -> list[RiskScore]:
         """Score then learn every unit of ``event`` against a keyed ``store``.

@@ -87,7 +87,7 @@ from typing import Any, ClassVar, Self
 
 from vigie.schemas import ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState, score_id
+from .base import Operator, OperatorState
 
 SIGNALS: tuple[str, ...] = ("unit_value", "origin", "chapter", "volume")
 """Signals monitored per importer, in the order they are reported."""
@@ -757,9 +757,7 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         fields["declaration_value_eur"] = round(total, 2)
         fields["eur_at_stake"] = round(at_stake, 2)
         main = max(unit.items, key=lambda i: i.customs_value_eur)
-        return RiskScore.model_construct(
-            score_id=score_id(self.name, unit.event_id, None),
-            detector=self.name,
+        return self.risk_score(
             subject_event_id=unit.event_id,
             subject_type="declaration",
             subject_reference=unit.mrn,
@@ -770,10 +768,9 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
             cn_code=main.cn_code,
             origin_country=main.origin,
             score=min(1.0, max(0.0, score)),
-            eur_at_stake=round(at_stake, 2),
+            eur_at_stake=at_stake,
             reason=" ".join(sentences),
             reason_fields=fields,
-            event_type="risk_score",
         )
 
     def _change_details(

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Self
 from vigie.models.feedback import LabelledOutcome
 from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState, score_id
+from .base import Operator, OperatorState
 from .ens_link import EnsSummary, LinkedDeclaration
 from .undervaluation import UnitValueWindow
 
@@ -608,9 +608,7 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
         reason: str,
         fields: dict[str, float | str | None],
     ) -> RiskScore:
-        return RiskScore.model_construct(
-            score_id=score_id(self.name, event_id, item_number),
-            detector=self.name,
+        return self.risk_score(
             subject_event_id=event_id,
             subject_type=subject_type,
             subject_reference=reference,
@@ -621,10 +619,9 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
             cn_code=cn_code,
             origin_country=origin,
             score=score,
-            eur_at_stake=round(stake, 2),
+            eur_at_stake=stake,
             reason=reason,
             reason_fields=fields,
-            event_type="risk_score",
         )
 
     # --- learning ----------------------------------------------------------------------------

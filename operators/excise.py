@@ -75,7 +75,7 @@ from typing import Any, ClassVar, Self
 
 from vigie.schemas import EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState, score_id
+from .base import Operator, OperatorState
 
 
 # --- reference tables ------------------------------------------------------------------------------
@@ -1133,9 +1133,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         fields = dict(assessment.fields)
         fields["findings"] = ",".join(dict.fromkeys(assessment.codes)) or None
         fields["excise_gap_eur"] = round(gap, 2)
-        return RiskScore.model_construct(
-            score_id=score_id(self.name, id_key, item_number),
-            detector=self.name,
+        return self.risk_score(
             subject_event_id=subject_id,
             subject_type=subject_type,
             subject_reference=reference,
@@ -1146,8 +1144,8 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             cn_code=cn,
             origin_country=origin,
             score=score,
-            eur_at_stake=round(at_stake, 2),
+            eur_at_stake=at_stake,
             reason=reason,
             reason_fields=fields,
-            event_type="risk_score",
+            id_key=id_key,
         )

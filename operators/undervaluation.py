@@ -24,7 +24,7 @@ import numpy as np
 from vigie.schemas import ImportDeclaration, RiskScore
 
 from ._robust import median_mad
-from .base import Operator, OperatorState, score_id
+from .base import Operator, OperatorState
 
 LEVELS: tuple[tuple[str, int], ...] = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("chapter", 2))
 """Back-off hierarchy: level name and how many leading digits of the CN code it keeps."""
@@ -265,9 +265,7 @@ class UndervaluationDetector(Operator[ItemUnitValue, UnitValueState]):
     def _score(
         self, unit: ItemUnitValue, score: float, at_stake: float, reason: str, fields: dict[str, float | str | None]
     ) -> RiskScore:
-        return RiskScore.model_construct(
-            score_id=score_id(self.name, unit.event_id, unit.item_number),
-            detector=self.name,
+        return self.risk_score(
             subject_event_id=unit.event_id,
             subject_type="declaration",
             subject_reference=unit.mrn,
@@ -278,8 +276,7 @@ class UndervaluationDetector(Operator[ItemUnitValue, UnitValueState]):
             cn_code=unit.cn_code,
             origin_country=unit.origin_country,
             score=score,
-            eur_at_stake=round(at_stake, 2),
+            eur_at_stake=at_stake,
             reason=reason,
             reason_fields=fields,
-            event_type="risk_score",
         )
