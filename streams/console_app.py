@@ -616,6 +616,7 @@ class AlertWatcher:
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread, or a caller of poll_once
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._known: set[str] = set()
         if audit is not None:
@@ -695,20 +696,26 @@ class AlertWatcher:
         self._thread = threading.Thread(target=self._run, name="vigie-alert-watcher", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+    def nudge(self) -> None:
+        """Poll now rather than at the next tick: the in-process engine just stored an alert."""
+        self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 self.poll_once()
             except Exception:
                 self.errors += 1
                 log.exception("alert watcher poll failed; retrying")
-            self._stop.wait(self.poll_s)
+            self._wake.wait(self.poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,6 +744,8 @@ class LiveReplay:
         self.dead_letters = 0
         self.finished = threading.Event()
         """Set once the file is scored and flushed to the store (the inbox is still served)."""
+        self.on_alert: Callable[[], None] | None = None
+        """Called after an alert is flushed to the store (the console wakes its watcher)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inbox_lines = 0
@@ -758,7 +767,14 @@ class LiveReplay:
                 self._replay(self.path)
                 self.store.flush()
             self.finished.set()
-            while not self._stop.wait(0.2):
+            while not self._stop.is_set():
+                try:  # block on the inbox, so a line handed over is scored at once
+                    raw = self.inbox.get(timeout=0.2)
+                except queue.Empty:
+                    self.store.flush_if_due()
+                    continue
+                self._inbox_lines += 1
+                self.process(raw, f"console-outbox:{self._inbox_lines}")
                 self._drain_inbox()
                 self.store.flush_if_due()
             self._drain_inbox()
@@ -809,6 +825,11 @@ class LiveReplay:
             self.alerts += 1
             records.append(result.alert)
         self.store.write(records)
+        if result.alert is not None:
+            # An officer waits for this one: store it now (alerts are ~1 % of events) and wake the watcher.
+            self.store.flush()
+            if self.on_alert is not None:
+                self.on_alert()
 
 
 # --------------------------------------------------------------------------------------------
@@ -954,6 +975,9 @@ class ConsoleServices:
                 outcomes = EmbeddedOutcomes(
                     store, state / "outbox" / "outcomes.jsonl", replay.inbox if replay is not None else None
                 )
+        watcher = AlertWatcher(queries, audit, settings.poll_s)
+        if replay is not None:
+            replay.on_alert = watcher.nudge
         return cls(
             settings=settings,
             store=store,
@@ -961,7 +985,7 @@ class ConsoleServices:
             accounts=accounts or AccountStore(state / "accounts.json"),
             audit=audit,
             outcomes=outcomes,
-            watcher=AlertWatcher(queries, audit, settings.poll_s),
+            watcher=watcher,
             replay=replay,
             owns_store=owns_store,
         )

@@ -11,10 +11,11 @@ from pathlib import Path
 import orjson
 
 from tests import factories
-from tests.test_console_world import TestClient, open_console
-from vigie.schemas import decode_event
+from tests.test_console_world import EORI_X, OFFICE_A, TestClient, declaration_for, open_console
+from vigie.operators.pipeline import PipelineResult
+from vigie.schemas import ImportDeclaration, decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, write_stream
-from vigie.streams.console_app import create_app
+from vigie.streams.console_app import ConsoleServices, create_app
 
 
 def _wait(condition: object, what: str, limit_s: float = 120.0) -> None:
@@ -58,3 +59,35 @@ def test_replayed_alerts_are_stored_audited_and_outcomes_reach_the_pipeline(tmp_
         assert replay.dead_letters == 0
         outbox = services.settings.resolved_state_dir / "outbox" / "outcomes.jsonl"
         assert [decode_event(line).event_id for line in outbox.read_bytes().splitlines()] == [outcome["event_id"]]
+
+
+class _AlertingPipeline:
+    """Raises one alert for every declaration it sees (the watcher's wake-up is under test, not scoring)."""
+
+    def process(self, event: object) -> PipelineResult:
+        from tests.test_console_world import alert_for
+
+        assert isinstance(event, ImportDeclaration)
+        return PipelineResult(event, alert=alert_for(event, risk=0.9))
+
+
+def test_an_alert_from_the_embedded_engine_wakes_the_watcher_without_waiting_for_its_poll(tmp_path: Path) -> None:
+    with open_console(tmp_path, poll_s=60.0) as (base, _):
+        # Same store and settings, with an engine that alerts; the watcher polls only once a minute.
+        services = ConsoleServices.create(
+            base.settings, base.store, accounts=base.accounts, replay_pipeline=_AlertingPipeline(), owns_store=False
+        )
+        services.start()
+        try:
+            _wait(lambda: services.watcher._thread is not None, "the watcher to start")
+            first = services.watcher.position()
+            declaration = declaration_for(OFFICE_A, EORI_X, 77, hours=1.0)
+            services.replay.inbox.put(encode_event(declaration))  # type: ignore[union-attr]
+            # Well under the 60 s poll: only the engine's nudge after flushing can bring it this soon.
+            _wait(lambda: services.watcher.position() > first, "the alert on the feed", limit_s=20.0)
+            fresh, _ = services.watcher.since(first)
+            assert [a["subject_event_id"] for a in fresh] == [declaration.event_id]
+            stored = services.store.query("SELECT count() AS n FROM vigie.alerts FINAL")[0]["n"]
+            assert stored == 1  # flushed at once, not after the sink's delay
+        finally:
+            services.close()
