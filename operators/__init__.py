@@ -3,7 +3,7 @@
 from .base import Operator, OperatorState, score_id
 from .ens_link import ArrivalInfo, EnsLinkState
 from .fusion import NoisyOrAlerting, OfficeQueueState
-from .pipeline import PipelineResult, ScoringPipeline, default_detectors
+from .pipeline import PipelineResult, ScoringPipeline, all_detectors, default_detectors
 from .undervaluation import ItemUnitValue, UndervaluationDetector, UnitValueState
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ScoringPipeline",
     "UndervaluationDetector",
     "UnitValueState",
+    "all_detectors",
     "default_detectors",
     "score_id",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, MutableMapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import orjson
@@ -39,6 +39,11 @@ class OperatorState(ABC):
     @abstractmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Rebuild a state saved with :meth:`to_dict`."""
+
+    def last_activity(self) -> float | None:
+        """Event time (epoch s) this key last learned something; None: the key never idles out
+        (its key space is bounded by design, e.g. CN chapters)."""
+        return None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -61,6 +66,8 @@ class Operator(ABC, Generic[UnitT, StateT]):
 
     name: ClassVar[str]
     state_type: ClassVar[type[OperatorState]]
+    idle_retention: timedelta | None = None
+    """Keys idle (no event) for longer are forgotten by :meth:`evict_idle`; None: never."""
 
     @abstractmethod
     def units(self, event: Any) -> Iterable[tuple[str, UnitT]]:
@@ -119,6 +126,17 @@ class Operator(ABC, Generic[UnitT, StateT]):
             reason_fields=reason_fields,
             event_type="risk_score",
         )
+
+    def evict_idle(self, store: MutableMapping[str, StateT], now: datetime) -> int:
+        """Forget the keys of ``store`` idle for longer than :attr:`idle_retention` at event time
+        ``now``; returns how many. A forgotten key starts again from a new state, like a key never seen."""
+        if self.idle_retention is None:
+            return 0
+        horizon = now.timestamp() - self.idle_retention.total_seconds()
+        idle = [key for key, state in store.items() if (last := state.last_activity()) is not None and last < horizon]
+        for key in idle:
+            del store[key]
+        return len(idle)
 
     def process(self, event: Any, store: MutableMapping[str, StateT]) -> list[RiskScore]:
         """Score then learn every unit of ``event`` against a keyed ``store``.

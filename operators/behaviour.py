@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
 
 from vigie.schemas import ImportDeclaration, RiskScore
@@ -399,6 +399,9 @@ class BehaviourState(OperatorState):
         # Features of the unit just scored, reused by learn_one (a cache, not state: never saved).
         self.memo: tuple[str, int, Features] | None = None
 
+    def last_activity(self) -> float | None:
+        return self.last_seen
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "seen": self.seen,
@@ -502,7 +505,10 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         count_cap: float = 2000.0,
         signal_weights: dict[str, float] | None = None,
         min_score: float = 0.05,
+        idle_days: float = 365.0,
     ) -> None:
+        # An importer silent for a year has no usable baseline left: it starts again as a new one.
+        self.idle_retention = timedelta(days=idle_days)
         self.window = window
         self.min_history = min_history
         self.familiar_share = familiar_share

@@ -70,7 +70,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
 
 from vigie.schemas import EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
@@ -316,6 +316,8 @@ class EnsMass:
     event_time: datetime
     gross_kg: float
     n_items: int
+    eta: datetime | None = None
+    """Arrival: the declaration quoting the ENS comes after it, so the key lives on until then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +407,9 @@ class ExciseState(OperatorState):
     def touch(self, when: float) -> None:
         self.last_seen = max(self.last_seen, when)
 
+    def last_activity(self) -> float | None:
+        return self.last_seen
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ens": self.ens,
@@ -469,6 +474,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         max_lines: int = 64,
         max_movements: int = 64,
         max_open: int = 256,
+        idle_margin_days: float = 30.0,
     ) -> None:
         self.scale_eur = scale_eur
         self.floor = floor
@@ -478,6 +484,8 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         self.mass_conversion_tolerance = mass_conversion_tolerance
         self.strength_tolerance = strength_tolerance
         self.receipt_deadline_s = receipt_deadline_hours * 3600.0
+        # An import's records arrive within days; a month past the receipt deadline loses nothing.
+        self.idle_retention = timedelta(hours=receipt_deadline_hours, days=idle_margin_days)
         self.min_cover_mass_kg = min_cover_mass_kg
         self.cover_slack_kg = cover_slack_kg
         self.max_lines = max_lines
@@ -547,7 +555,9 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             if gross >= self.min_cover_mass_kg:
                 yield (
                     f"ens:{event.ens_reference}",
-                    EnsMass(event.event_id, event.ens_reference, event.event_time, gross, len(event.goods_items)),
+                    EnsMass(
+                        event.event_id, event.ens_reference, event.event_time, gross, len(event.goods_items), event.eta
+                    ),
                 )
 
     @staticmethod
@@ -583,7 +593,8 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         elif isinstance(unit, EnsMass):
             state.ens = {"id": unit.event_id, "t": unit.event_time.timestamp(), "gross": unit.gross_kg,
                          "n": unit.n_items}  # fmt: skip
-            state.touch(unit.event_time.timestamp())
+            # An ENS is filed up to weeks before arrival; its declaration comes after: idle from its ETA.
+            state.touch(max(unit.event_time, unit.eta or unit.event_time).timestamp())
         else:
             state.touch(unit.event_time.timestamp())
 
@@ -933,6 +944,47 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             ),
             assessment=assessment,
         )
+
+    # --- deadline timers (for runtimes with timers, e.g. Flink) -------------------------------------------
+    def deadlines(self, key: str, unit: ExciseUnit, state: ExciseState) -> list[float]:
+        """Epoch seconds at which ``key`` must be checked again after ``unit`` was learned: the
+        receipt deadline of an e-AD just opened in a consignor's ledger (it is overdue strictly
+        after: wake a moment later); nothing for other units."""
+        if not key.startswith("ledger:") or not isinstance(unit, ExciseRecord) or unit.role != "ledger":
+            return []
+        event = unit.event
+        if event.record_type != "e_ad" or event.arc is None or event.arc not in state.open:
+            return []
+        return [state.open[event.arc]["t"] + self.receipt_deadline_s]
+
+    def expire(self, key: str, state: ExciseState, now: datetime) -> list[RiskScore]:
+        """Scores of every e-AD of a ledger key overdue at ``now`` with no receipt or export, each
+        reported once (removed from the ledger). Same score and id as when a later record of the
+        consignor reveals the gap, so a gap found both ways is one record downstream.
+
+        Without timers (the in-process runner) the detector notices an overdue e-AD only when a
+        later record of the same consignor arrives.
+        """
+        if not key.startswith("ledger:") or not state.open:
+            return []
+        # A probe record "at now" from the key's consignor: it closes nothing (no ARC) and is no
+        # e-AD, so the overdue test and its text apply unchanged.
+        probe = ExciseMovement.model_construct(
+            event_id=f"timer:{key}",
+            event_time=now,
+            record_type="report_of_receipt",
+            arc=None,
+            consignor_excise_number=key.split(":", 1)[1],
+            operator_eori=None,
+        )
+        unit = ExciseRecord("ledger", probe)
+        scores: list[RiskScore] = []
+        while (found := self._overdue(probe, state)) is not None:
+            score = self._score_overdue(unit, state)
+            del state.open[found[0]]
+            if score is not None:
+                scores.append(score)
+        return scores
 
     def _learn_ledger(self, unit: ExciseRecord, state: ExciseState) -> None:
         record = unit.event

@@ -61,6 +61,19 @@ def default_detectors() -> list[Operator[Any, Any]]:
     return [UndervaluationDetector()]
 
 
+def all_detectors() -> list[Operator[Any, Any]]:
+    """One of every detector the engine has, with its default settings."""
+    from .atypical import AtypicalFlowDetector
+    from .behaviour import OperatorBehaviourDetector
+    from .ens_risk import EnsPreArrivalDetector
+    from .excise import ExciseDetector
+
+    return [
+        UndervaluationDetector(), AtypicalFlowDetector(), OperatorBehaviourDetector(), ExciseDetector(),
+        EnsPreArrivalDetector(),
+    ]  # fmt: skip
+
+
 def _consumes(detector: Operator[Any, Any], what: str) -> bool:
     return what in getattr(detector, "consumes", ())
 

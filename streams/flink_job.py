@@ -51,9 +51,9 @@ above 1, the pipeline stage takes events in the order their envelopes arrive.
 
 Deadline timers: a detector can expose ``deadlines(key, unit, state)`` (epoch seconds to be
 woken at, after ``learn_one``) and ``expire(key, state, now)`` (scores of what fell due,
-updating the state). :class:`ExciseDeadlines` adapts the excise detector's ledger of open
-e-ADs: an e-AD with no report of receipt or export by its deadline gets its gap score when
-the event-time watermark passes the deadline, even if the consignor sends nothing more.
+updating the state). The excise detector has them for its ledgers of open e-ADs: an e-AD
+with no report of receipt or export by its deadline gets its gap score when the event-time
+watermark passes the deadline, even if the consignor sends nothing more.
 Watermarks follow the events' ``event_time`` minus ``out_of_orderness_s``; at the end of a
 bounded input only deadlines the stream's time has passed fire (the rest stay open).
 
@@ -126,7 +126,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DETECTOR_CLASSES",
-    "ExciseDeadlines",
     "FlinkJob",
     "FlinkJobSettings",
     "GatheredScores",
@@ -337,66 +336,10 @@ class DeadlineRule(Protocol):
         ...
 
 
-class ExciseDeadlines:
-    """Deadline timers for the excise detector's ledger of open e-ADs (``ledger:<consignor>`` keys).
-
-    An e-AD opens an entry in its consignor's ledger; a report of receipt or an export closes
-    it. The detector itself notices an overdue e-AD only when a later record of the same
-    consignor arrives (its contract has no timers); this rule asks to be woken at the e-AD's
-    deadline (dispatch time + ``receipt_deadline_hours``, plus 1 ms since the detector's test
-    is "strictly after") and then scores every e-AD of the key that is overdue, with the
-    detector's own overdue scoring (same score id as the in-process finding, so a gap found
-    both ways is one record downstream).
-
-    Adapter note: it uses ``ExciseDetector._overdue`` and ``_score_overdue`` with a probe record
-    at the deadline; a public ``deadlines``/``expire`` on the detector would replace it.
-    """
-
-    def __init__(self, detector: Any) -> None:
-        self.detector = detector
-
-    def deadlines(self, key: str, unit: Any, state: Any) -> list[float]:
-        event = getattr(unit, "event", None)
-        if not key.startswith("ledger:") or getattr(unit, "role", None) != "ledger" or event is None:
-            return []
-        if event.record_type != "e_ad" or event.arc not in state.open:
-            return []
-        return [state.open[event.arc]["t"] + self.detector.receipt_deadline_s]
-
-    def expire(self, key: str, state: Any, now: datetime) -> list[RiskScore]:
-        if not key.startswith("ledger:") or not state.open:
-            return []
-        from vigie.operators.excise import ExciseRecord
-        from vigie.schemas import ExciseMovement
-
-        # A probe record "at the deadline" from the key's consignor: it closes nothing (no ARC)
-        # and is no e-AD, so the detector's overdue test and text apply unchanged.
-        probe = ExciseMovement.model_construct(
-            event_id=f"timer:{key}",
-            event_time=now,
-            record_type="report_of_receipt",
-            arc=None,
-            consignor_excise_number=key.split(":", 1)[1],
-            operator_eori=None,
-        )
-        unit = ExciseRecord("ledger", probe)
-        scores: list[RiskScore] = []
-        while True:
-            found = self.detector._overdue(probe, state)
-            if found is None:
-                return scores
-            score = self.detector._score_overdue(unit, state)
-            del state.open[found[0]]
-            if score is not None:
-                scores.append(score)
-
-
 def deadline_rule(detector: Any) -> DeadlineRule | None:
-    """The detector's own ``deadlines``/``expire`` if it has them, else a known adapter, else None."""
+    """The detector itself when it has ``deadlines``/``expire`` (e.g. excise), else None."""
     if callable(getattr(detector, "deadlines", None)) and callable(getattr(detector, "expire", None)):
         return detector  # type: ignore[no-any-return]
-    if getattr(detector, "name", None) == "excise" and hasattr(detector, "_overdue"):
-        return ExciseDeadlines(detector)
     return None
 
 

@@ -33,11 +33,11 @@ from vigie.sinks.base import SinkMetrics
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.streams.flink_cli import SinkLoader, flink_app
 from vigie.streams.flink_job import (
-    ExciseDeadlines,
     FlinkJobSettings,
     PipelineCore,
     build_job,
     dead_letter_row,
+    deadline_rule,
     flink_configuration,
     latest_checkpoint,
     make_detectors,
@@ -127,7 +127,8 @@ def test_stand_in_pipeline_gives_the_in_process_results_whatever_order_unit_scor
 
 def test_excise_deadline_rule_reports_an_open_e_ad_at_its_deadline_once() -> None:
     detector = ExciseDetector()
-    rule = ExciseDeadlines(detector)
+    rule = deadline_rule(detector)
+    assert rule is detector  # the detector's own public deadlines/expire
     open_ead = excise(event_id="ead-open", arc="26FRA1B2C3D4E5F6G7H81")
     received = excise(event_id="ead-received", arc="26FRA1B2C3D4E5F6G7H82")
     receipt = excise(

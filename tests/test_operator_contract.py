@@ -4,19 +4,21 @@ For each detector: scores are deterministic; score_one never mutates state; stat
 serialisation round-trip mid-stream (the restored operator gives the same scores as the one
 that never stopped); scores are valid RiskScores in [0, 1] with deterministic ids; and a
 runtime that partitions state by key (as Faust tables and Flink keyed state do) gets the
-same scores as the in-process dict.
+same scores as the in-process dict; idle keys are forgotten only past the detector's
+retention.
 """
 
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from collections.abc import MutableMapping
 from functools import cache
 from typing import Any
 
 import pytest
 
-from vigie.operators import Operator, OperatorState, default_detectors
+from vigie.operators import Operator, OperatorState, all_detectors
 from vigie.schemas import RiskScore
 from vigie.schemas.generator import GeneratorConfig, generate
 
@@ -28,7 +30,7 @@ def _events() -> tuple[Any, ...]:
 
 
 def _detectors() -> list[Operator[Any, Any]]:
-    return default_detectors()
+    return all_detectors()
 
 
 def _run(detector: Operator[Any, Any], events: Any, store: MutableMapping[str, Any]) -> list[dict[str, Any]]:
@@ -117,3 +119,19 @@ def test_state_survives_round_trip(detector: Operator[Any, Any]) -> None:
 def test_partitioned_state_gives_same_scores(detector: Operator[Any, Any]) -> None:
     events = _events()
     assert _run(detector, events, PartitionedStore(4, detector.state_type)) == _run(detector, events, {})
+
+
+def test_only_keys_idle_past_the_retention_are_evicted(detector: Operator[Any, Any]) -> None:
+    events = _events()
+    store: dict[str, Any] = {}
+    _run(detector, events, store)
+    keys = len(store)
+    end = max(e.event_time for e in events)
+    assert detector.evict_idle(store, end) == 0 and len(store) == keys  # every key is fresh at the stream's end
+    later = end + (detector.idle_retention or timedelta(days=3650)) + timedelta(days=1)
+    idling = sum(1 for s in store.values() if s.last_activity() is not None)
+    assert detector.evict_idle(store, later) == idling
+    assert len(store) == keys - idling
+    if detector.idle_retention is not None:
+        # Keys per importer or consignor would grow with the population: they must idle out.
+        assert idling > 0 and len(store) < keys
