@@ -15,6 +15,7 @@ restored state gives exactly the scores the original would have given.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, MutableMapping
@@ -26,6 +27,8 @@ import orjson
 from vigie.schemas import RiskScore
 
 _SCORE_NAMESPACE = uuid.UUID("6f1c1d0e-5b0a-4e55-9d7c-0b7e3a9c2f10")
+_NAMESPACE_BYTES = _SCORE_NAMESPACE.bytes
+_SCORE_FIELDS = frozenset(RiskScore.model_fields)
 
 
 class OperatorState(ABC):
@@ -108,24 +111,31 @@ class Operator(ABC, Generic[UnitT, StateT]):
         every detector's scores. ``id_key`` names the subject in the id when it differs from
         ``subject_event_id``.
         """
-        return RiskScore.model_construct(
-            score_id=score_id(self.name, id_key or subject_event_id, item_number),
-            detector=self.name,
-            subject_event_id=subject_event_id,
-            subject_type=subject_type,
-            subject_reference=subject_reference,
-            item_number=item_number,
-            event_time=event_time,
-            office=office,
-            operator_eori=operator_eori,
-            cn_code=cn_code,
-            origin_country=origin_country,
-            score=score,
-            eur_at_stake=round(eur_at_stake, 2),
-            reason=reason,
-            reason_fields=reason_fields,
-            event_type="risk_score",
-        )
+        values = {  # in the model's field order, so dumps are byte-identical to a validated score's
+            "event_type": "risk_score",
+            "score_id": score_id(self.name, id_key or subject_event_id, item_number),
+            "detector": self.name,
+            "subject_event_id": subject_event_id,
+            "subject_type": subject_type,
+            "subject_reference": subject_reference,
+            "item_number": item_number,
+            "event_time": event_time,
+            "office": office,
+            "operator_eori": operator_eori,
+            "cn_code": cn_code,
+            "origin_country": origin_country,
+            "score": score,
+            "eur_at_stake": round(eur_at_stake, 2),
+            "reason": reason,
+            "reason_fields": reason_fields,
+        }
+        # What RiskScore.model_construct does, without its per-field loop (half the cost, on every item).
+        built = RiskScore.__new__(RiskScore)
+        object.__setattr__(built, "__dict__", values)
+        object.__setattr__(built, "__pydantic_fields_set__", set(_SCORE_FIELDS))
+        object.__setattr__(built, "__pydantic_extra__", None)
+        object.__setattr__(built, "__pydantic_private__", None)
+        return built
 
     def evict_idle(self, store: MutableMapping[str, StateT], now: datetime) -> int:
         """Forget the keys of ``store`` idle for longer than :attr:`idle_retention` at event time
@@ -159,5 +169,17 @@ class Operator(ABC, Generic[UnitT, StateT]):
 
 def score_id(detector: str, subject_event_id: str, item_number: int | None) -> str:
     """Deterministic id of a score: re-scoring the same event item gives the same id,
-    so sinks keyed on it stay idempotent across restarts and runtimes."""
-    return str(uuid.uuid5(_SCORE_NAMESPACE, f"{detector}/{subject_event_id}/{item_number or 0}"))
+    so sinks keyed on it stay idempotent across restarts and runtimes.
+
+    The text of ``uuid.uuid5(namespace, "detector/subject/item")``, computed without building
+    UUID objects (a quarter of the cost).
+
+    >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(_SCORE_NAMESPACE, "undervaluation/e1/2"))
+    True
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{detector}/{subject_event_id}/{item_number or 0}".encode())
+                       .digest()[:16])  # fmt: skip
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

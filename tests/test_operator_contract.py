@@ -11,8 +11,8 @@ retention.
 from __future__ import annotations
 
 import copy
-from datetime import timedelta
 from collections.abc import MutableMapping
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
@@ -83,9 +83,19 @@ def test_scores_are_valid(detector: Operator[Any, Any]) -> None:
     ids = [s["score_id"] for s in scores]
     assert len(ids) == len(set(ids))
     for s in scores:
-        RiskScore.model_validate(s)
+        assert RiskScore.model_validate(s).model_dump() == s  # built unvalidated, but exactly what validation gives
         assert s["detector"] == detector.name
         assert 0.0 <= s["score"] <= 1.0 and s["reason"]
+
+
+def test_built_scores_serialise_like_validated_ones(detector: Operator[Any, Any]) -> None:
+    store: dict[str, Any] = {}
+    built = [s for e in _events() for s in detector.process(e, store)]
+    assert built
+    for score in built[:500]:
+        validated = RiskScore.model_validate(score.model_dump())
+        assert validated == score and validated.model_dump_json() == score.model_dump_json()
+        assert validated.model_fields_set == score.model_fields_set
 
 
 def test_score_one_does_not_mutate(detector: Operator[Any, Any]) -> None:
