@@ -1,59 +1,79 @@
-"""Sink throughput: rows/s into embedded ClickHouse (chdb) and a ClickHouse 18.16 server, per batch size.
+"""Sink throughput: scored events/s into embedded ClickHouse (chdb) and a ClickHouse 18.16 server.
 
-Scores a seeded stream once, keeps the records in memory (events, scores, alerts), then
-writes them to each sink in ``write`` calls of 100 events' records, the sink flushing when its
-buffer reaches the batch size, with the indicator views and materialised views in place
-(``create_views``), as in production. For each (sink, batch size):
+Scores a seeded stream once (all five detectors by default, as ``vigie evaluate --detectors
+all``), keeps each event's records in memory (the event, its scores, its alert), then writes
+them to each sink in ``write`` calls of 100 events' records, the sink flushing when its buffer
+reaches the batch size, with the indicator views and materialised views in place
+(``create_views``), as in production. The sinks are columnar (see ``vigie.sinks.base``): rows
+become tuples at write time, whole columns are converted at flush (Arrow for chdb, epoch
+integers and lists for the native protocol).
+
+For each (sink, writer processes, batch size):
 
 * rows/s: table rows inserted per second of wall time (a declaration with three items is four
-  rows), and the same as scored events per second (each event with its scores and alert);
-* flush latency: the time one flush (one INSERT per table) takes, median and maximum, and the
-  rows it carries on average (a row waits in the buffer at most the time to fill a batch plus
-  one flush);
-* whether the sink keeps up with 50,000 scored events/s.
+  rows), and scored events per second (each event with its items, scores and alert);
+* CPU per event: the writers' CPU (threads included: chdb runs in-process) and, for the native
+  sink, the server's, in microseconds; the host's load makes wall time noisy, CPU is steadier;
+* flush latency: the time one flush (one INSERT per table) takes, median and maximum;
+* whether it keeps up with 50,000 scored events/s, and if not the cores that the measured CPU
+  per event needs at that rate (writers plus server).
+
+Writer processes: ``--processes 1,2`` also runs P processes side by side, each with its own
+sink and its own shard of the events (event i goes to writer i mod P, as Kafka partitions share
+a topic): how the native sink scales with runtime workers (one sink per worker, as the Faust and
+Flink runtimes do). chdb allows one process per data directory, so it runs with one writer only.
+The workers are forked before any chdb session opens.
 
 The native server is Debian's clickhouse-server 18.16, started on loopback ports for the run
 (skipped when it is not installed). Records in bench/RESULTS.md under "sink".
 
-Run: .venv/bin/python bench/sink.py [--hours 8] [--batches 1000,5000,20000]
+Run: .venv/bin/python bench/sink.py [--hours 8] [--batches 5000,20000,100000] [--processes 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import multiprocessing as mp
 import os
+import pickle
 import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pyarrow as pa
 from results import record
 
 from vigie.operators import ScoringPipeline
 from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.sinks.base import BufferedSink, BufferPolicy
-from vigie.sinks.chdb_sink import ChdbSink
+from vigie.sinks.chdb_sink import ArrowEncoder, ChdbSink
 from vigie.sinks.clickhouse_server import ClickHouseServer, server_installed
-from vigie.sinks.ddl import MODERN, TABLES, Table
-from vigie.sinks.native_sink import NativeSink, _row_encoder
+from vigie.sinks.ddl import MODERN, TABLES, ColumnBatch, Table
+from vigie.sinks.native_sink import NativeSink
 from vigie.sinks.views import create_views
+from vigie.streams.evaluate import build_detectors
 
 TARGET_EVENTS_PER_S = 50_000
 WRITE_EVENTS = 100
 """Events per write() call: small, so that the sink's batch size decides when it flushes."""
-MAX_DELAY_S = 30.0  # flush by size only: the figures are per batch size
+MAX_DELAY_S = 300.0  # flush by size only: the figures are per batch size
+
+Opener = Callable[[str, int], BufferedSink]
 
 
-def scored_stream(hours: float) -> tuple[list[list[Any]], int]:
-    """Per event, the records it sends to the sink; and the event count."""
-    pipeline = ScoringPipeline()
+def scored_stream(hours: float, detectors: str) -> list[list[Any]]:
+    """Per event, the records it sends to the sink."""
+    pipeline = ScoringPipeline(build_detectors(detectors))
     per_event: list[list[Any]] = []
     for event, _ in generate(GeneratorConfig(seed=7, duration_hours=hours)):
         result = pipeline.process(event)
@@ -61,21 +81,19 @@ def scored_stream(hours: float) -> tuple[list[list[Any]], int]:
         if result.alert is not None:
             records.append(result.alert)
         per_event.append(records)
-    return per_event, len(per_event)
+    return per_event
 
 
 class NullSink(BufferedSink):
-    """Rows extracted and encoded as for the native protocol, then dropped: the Python-side ceiling."""
+    """Rows buffered and each flush encoded as chdb's Arrow stream, then dropped: the cost of the
+    Python side of a sink in one process, an upper bound for any sink in that process."""
 
     def __init__(self, batch_size: int) -> None:
-        super().__init__(MODERN, BufferPolicy(batch_size=batch_size, max_delay_s=MAX_DELAY_S, max_buffer_rows=10**7))
-        self._encoders = {name: _row_encoder(table, MODERN) for name, table in TABLES.items()}
+        super().__init__(MODERN, _policy(batch_size))
+        self._encoders = {name: ArrowEncoder(table, MODERN) for name, table in TABLES.items()}
 
-    def _encode(self, table: str, rows: list[dict[str, Any]]) -> list[Any]:
-        return list(map(self._encoders[table], rows))
-
-    def _insert(self, table: Table, rows: list[Any]) -> None:
-        pass
+    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
+        self._encoders[table.name].encode(columns)
 
     def _disconnect(self) -> None:
         pass
@@ -84,142 +102,283 @@ class NullSink(BufferedSink):
         return []
 
 
-def measure(sink: BufferedSink, per_event: list[list[Any]]) -> dict[str, float]:
-    """Write everything, flush; wall time, rows and the duration of every flush."""
-    if not isinstance(sink, NullSink):
-        create_views(sink.query, sink.profile, getattr(sink, "database", "vigie"))
+def null_sink(name: str, batch: int) -> BufferedSink:
+    """A :class:`NullSink` (no database, ``name`` unused)."""
+    return NullSink(batch)
+
+
+def _policy(batch: int) -> BufferPolicy:
+    return BufferPolicy(batch_size=batch, max_delay_s=MAX_DELAY_S, max_buffer_rows=max(100_000, 4 * batch))
+
+
+@dataclass
+class Run:
+    """One writer's figures."""
+
+    seconds: float
+    cpu_seconds: float
+    rows: int
+    flushes: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """One (sink, processes, batch) measurement."""
+
+    label: str
+    processes: int
+    batch: int
+    events: int
+    seconds: float
+    rows: int
+    writer_cpu: float
+    server_cpu: float | None
+    flushes: list[float]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        """Writers' plus server's CPU per event, microseconds."""
+        return (self.writer_cpu + (self.server_cpu or 0.0)) / self.events * 1e6
+
+
+def write_all(sink: BufferedSink, per_event: list[list[Any]]) -> Run:
+    """Write everything in ``WRITE_EVENTS``-event calls, flush; wall, CPU, rows, flush durations."""
     flushes: list[float] = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(per_event), WRITE_EVENTS):
         batches = sink.metrics.batches
-        chunk = [r for records in per_event[i : i + WRITE_EVENTS] for r in records]
-        sink.write(chunk)
+        sink.write([r for records in per_event[i : i + WRITE_EVENTS] for r in records])
         if sink.metrics.batches != batches and sink.metrics.last_flush_seconds is not None:
             flushes.append(sink.metrics.last_flush_seconds)
     batches = sink.metrics.batches
     sink.flush()
     if sink.metrics.batches != batches and sink.metrics.last_flush_seconds is not None:
         flushes.append(sink.metrics.last_flush_seconds)
+    return Run(time.perf_counter() - started, time.process_time() - cpu, sink.metrics.total_rows_written, flushes)
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """User plus system CPU seconds of process ``pid`` (all its threads) so far."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_one(
+    label: str, opener: Opener, name: str, batch: int, per_event: list[list[Any]], pid: int | None
+) -> Result:
+    """One writer in this process."""
+    sink = opener(name, batch)
+    try:
+        if not isinstance(sink, NullSink):
+            create_views(sink.query, sink.profile, getattr(sink, "database", "vigie"))
+        server_before = process_cpu(pid)
+        run = write_all(sink, per_event)
+        server_after = process_cpu(pid)
+    finally:
+        sink.close()
+    server = None if server_before is None or server_after is None else server_after - server_before
+    return Result(label, 1, batch, len(per_event), run.seconds, run.rows, run.cpu_seconds, server, run.flushes)
+
+
+# Set before forking: the children inherit the shards and the opener without a pipe.
+_SHARED: dict[str, Any] = {}
+
+
+def _worker(shard: int, name: str, batch: int, start: Any, results: Any) -> None:
+    # Unpickled here so that the writer owns its records, as a runtime worker does: writing
+    # objects inherited from the parent would copy their pages on every reference count change.
+    per_event: list[list[Any]] = pickle.loads(_SHARED["shards"][shard])
+    gc.freeze()
+    opener: Opener = _SHARED["opener"]
+    sink = opener(name, batch)
+    try:
+        start.wait()
+        run = write_all(sink, per_event)
+    finally:
+        sink.close()
+    results.put((shard, run))
+
+
+def measure_many(
+    label: str, opener: Opener, name: str, batch: int, processes: int, per_event: list[list[Any]], pid: int | None
+) -> Result:
+    """``processes`` forked writers, each with its own sink and every ``processes``-th event."""
+    context = mp.get_context("fork")
+    shards = [pickle.dumps(per_event[k::processes], protocol=pickle.HIGHEST_PROTOCOL) for k in range(processes)]
+    _SHARED.update(shards=shards, opener=opener)
+    setup = opener(name, batch)  # tables and views exist before the writers race to create them
+    if not isinstance(setup, NullSink):
+        create_views(setup.query, setup.profile, getattr(setup, "database", "vigie"))
+    setup.close()
+    start = context.Barrier(processes + 1)
+    results = context.Queue()
+    workers = [context.Process(target=_worker, args=(k, name, batch, start, results)) for k in range(processes)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    started = time.perf_counter()
+    server_before = process_cpu(pid)
+    runs = [results.get(timeout=3600)[1] for _ in workers]
     seconds = time.perf_counter() - started
-    return {
-        "seconds": seconds,
-        "rows": float(sink.metrics.total_rows_written),
-        "flush_p50": statistics.median(flushes) if flushes else 0.0,
-        "flush_max": max(flushes, default=0.0),
-        "flushes": float(len(flushes)),
-    }
+    server_after = process_cpu(pid)
+    for worker in workers:
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"{label}: a writer exited with code {worker.exitcode}")
+    server = None if server_before is None or server_after is None else server_after - server_before
+    flushes = [f for run in runs for f in run.flushes]
+    writer_cpu = sum(run.cpu_seconds for run in runs)
+    rows = sum(run.rows for run in runs)
+    return Result(label, processes, batch, len(per_event), seconds, rows, writer_cpu, server, flushes)
+
+
+def warm_up() -> None:
+    """Load what the first flush would otherwise load (pyarrow's timestamp support imports pandas)."""
+    pa.array([datetime.now(UTC)], pa.timestamp("us", tz="UTC"))
+
+
+def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
+    header = (
+        "sink",
+        "writer processes",
+        "batch (rows)",
+        "rows/s",
+        "scored events/s",
+        "CPU us/event (writers + server)",
+        "flush p50",
+        "flush max",
+        f"keeps up with {TARGET_EVENTS_PER_S:,}/s",
+    )
+    rows: list[tuple[str, ...]] = [header]
+    for r in results:
+        cpu = f"{r.writer_cpu / r.events * 1e6:,.0f}"
+        if r.server_cpu is not None:
+            cpu += f" + {r.server_cpu / r.events * 1e6:,.0f}"
+        cores = TARGET_EVENTS_PER_S * r.cpu_us_per_event / 1e6
+        verdict = "yes" if r.events_per_s >= TARGET_EVENTS_PER_S else f"no: needs {cores:.1f} cores at this CPU cost"
+        rows.append(
+            (
+                r.label,
+                str(r.processes),
+                f"{r.batch:,}",
+                f"{r.rows / r.seconds:,.0f}",
+                f"{r.events_per_s:,.0f}",
+                cpu,
+                f"{statistics.median(r.flushes) * 1000:,.0f} ms" if r.flushes else "-",
+                f"{max(r.flushes) * 1000:,.0f} ms" if r.flushes else "-",
+                verdict,
+            )
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=8.0, help="hours of generated traffic (1,500 arrivals/h)")
-    parser.add_argument("--batches", default="1000,5000,20000", help="sink batch sizes (rows), comma-separated")
+    parser.add_argument("--batches", default="5000,20000,100000", help="sink batch sizes (rows), comma-separated")
+    parser.add_argument("--processes", default="1,2", help="writer processes for the sharded runs, comma-separated")
+    parser.add_argument("--detectors", default="all", help="detectors scoring the stream (as vigie evaluate)")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batches.split(",")]
+    process_counts = sorted({int(p) for p in args.processes.split(",")} - {1})
     load_before = os.getloadavg()[0]
 
     t = time.perf_counter()
-    per_event, n_events = scored_stream(args.hours)
-    n_records = sum(len(r) for r in per_event)
+    per_event = scored_stream(args.hours, args.detectors)
+    n_events, n_records = len(per_event), sum(len(r) for r in per_event)
     print(f"{n_events:,} events, {n_records:,} records scored in {time.perf_counter() - t:.1f} s")
+    # The stream held in memory is the bench's, not the sink's: keep the collector off it.
+    gc.freeze()
+    warm_up()
 
-    results: list[tuple[str, int, dict[str, float]]] = []
+    results: list[Result] = []
+
+    def report(result: Result) -> None:
+        results.append(result)
+        r = result
+        print(
+            f"{r.label:34s} x{r.processes} batch {r.batch:>7,}: {r.rows / r.seconds:>9,.0f} rows/s "
+            f"{r.events_per_s:>8,.0f} events/s, CPU {r.cpu_us_per_event:,.0f} us/event, "
+            f"flush p50 {statistics.median(r.flushes or [0]) * 1000:,.0f} ms"
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
-        openers: list[tuple[str, Callable[[str, int], BufferedSink]]] = [
-            ("no server (rows + encoding only)", lambda name, batch: NullSink(batch)),
-            (
-                "chdb (embedded 26.9)",
-                lambda name, batch: ChdbSink(
+        server: ClickHouseServer | None = None
+        sharded: list[tuple[str, Opener, int | None]] = [("no server (rows + Arrow encoding)", null_sink, None)]
+        if server_installed():
+            server = ClickHouseServer(Path(tmp) / "server").start()
+            host, port = server.host, server.tcp_port
+
+            def native(name: str, batch: int) -> BufferedSink:
+                return NativeSink(
+                    host,
+                    port,
+                    name,
+                    batch_size=batch,
+                    max_delay_s=MAX_DELAY_S,
+                    max_buffer_rows=max(100_000, 4 * batch),
+                )
+
+            sharded.append(("native, clickhouse-server 18.16", native, server.pid))
+        else:
+            print("clickhouse-server not installed: native sink skipped (deploy/clickhouse/install.sh)")
+        try:
+            # Forked writers first: no chdb session may be open in a process that forks.
+            for label, opener, pid in sharded:
+                for batch in batch_sizes:
+                    report(measure_one(label, opener, f"bench_{batch}_1", batch, per_event, pid))
+                for processes in process_counts:
+                    batch = max(batch_sizes)
+                    report(measure_many(label, opener, f"bench_{batch}_{processes}", batch, processes, per_event, pid))
+
+            def chdb(name: str, batch: int) -> BufferedSink:
+                return ChdbSink(
                     Path(tmp) / "chdb",
                     database=name,
                     batch_size=batch,
                     max_delay_s=MAX_DELAY_S,
                     max_buffer_rows=max(100_000, 4 * batch),
-                ),
-            ),
-        ]
-        server: ClickHouseServer | None = None
-        if server_installed():
-            server = ClickHouseServer(Path(tmp) / "server").start()
-            host, port = server.host, server.tcp_port
-            openers.append(
-                (
-                    "native, clickhouse-server 18.16",
-                    lambda name, batch: NativeSink(
-                        host,
-                        port,
-                        name,
-                        batch_size=batch,
-                        max_delay_s=MAX_DELAY_S,
-                        max_buffer_rows=max(100_000, 4 * batch),
-                    ),
                 )
-            )
-        else:
-            print("clickhouse-server not installed: native sink skipped (deploy/clickhouse/install.sh)")
-        try:
-            for label, opener in openers:
-                for batch in batch_sizes:
-                    sink = opener(f"bench_{batch}", batch)
-                    try:
-                        figures = measure(sink, per_event)
-                    finally:
-                        sink.close()
-                    results.append((label, batch, figures))
-                    rate = n_events / figures["seconds"]
-                    print(
-                        f"{label:32s} batch {batch:>6,}: {figures['rows'] / figures['seconds']:>9,.0f} rows/s "
-                        f"{rate:>9,.0f} scored events/s, flush p50 {figures['flush_p50'] * 1000:,.0f} ms "
-                        f"max {figures['flush_max'] * 1000:,.0f} ms"
-                    )
+
+            for batch in batch_sizes:
+                report(measure_one("chdb (embedded 26.9)", chdb, f"bench_{batch}", batch, per_event, None))
         finally:
             if server is not None:
                 server.close()
 
-    table: list[tuple[str, ...]] = [
-        (
-            "sink",
-            "batch (rows)",
-            "rows/s",
-            "scored events/s",
-            "rows per flush",
-            "flush p50",
-            "flush max",
-            f"keeps up with {TARGET_EVENTS_PER_S:,}/s",
-        )
-    ]
-    for label, batch, f in results:
-        rate = n_events / f["seconds"]
-        table.append(
-            (
-                label,
-                f"{batch:,}",
-                f"{f['rows'] / f['seconds']:,.0f}",
-                f"{rate:,.0f}",
-                f"{f['rows'] / max(f['flushes'], 1):,.0f}",
-                f"{f['flush_p50'] * 1000:,.0f} ms",
-                f"{f['flush_max'] * 1000:,.0f} ms",
-                "yes" if rate >= TARGET_EVENTS_PER_S else f"no ({TARGET_EVENTS_PER_S / rate:.1f} sinks needed)",
-            )
-        )
-    rows_per_event = results[0][2]["rows"] / n_events if results else 0.0
+    rows_per_event = results[0].rows / n_events if results else 0.0
+    sizes = ",".join(map(str, batch_sizes))
     record(
         "sink",
-        command=f".venv/bin/python bench/sink.py --hours {args.hours:g} --batches {args.batches}",
-        table=table,
+        command=(
+            f".venv/bin/python bench/sink.py --hours {args.hours:g} --batches {sizes} "
+            f"--processes {args.processes} --detectors {args.detectors}"
+        ),
+        table=table_rows(results),
         notes=[
             f"{n_events:,} scored events = {n_records:,} records = {rows_per_event:.2f} table rows per event "
-            f"(items, scores and alerts included); {datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, "
-            f"{platform.processor() or platform.machine()}.",
-            "100 events' records per write, flushes by size only; indicator and materialised views in place; "
-            "time includes encoding rows in Python (orjson for chdb, tuples for the native protocol).",
-            "A scored event is an inbound event with its scores and alert; rows/s counts every table row. "
-            "'no server': the same writes into a sink whose inserts do nothing, i.e. the cost of turning "
-            "records into rows in one Python process, an upper bound for any sink in that process.",
-            f"One Python process on a {os.cpu_count()}-core machine shared with other jobs (1-minute load "
-            f"average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end): figures are lower bounds. "
-            "'sinks needed': parallel writer processes (e.g. one per Kafka partition) to reach the target, "
-            "assuming the server keeps up, which one 2-core host does not show.",
+            f"(items, scores of the detectors '{args.detectors}' and alerts); {datetime.now(UTC):%Y-%m-%d}, "
+            f"Python {platform.python_version()}, {platform.processor() or platform.machine()}.",
+            "Columnar sinks: rows become tuples at write time, each flush converts whole columns (Arrow IPC "
+            "into chdb with FORMAT ArrowStream; lists and epoch integers into clickhouse-driver's columnar "
+            "insert). 100 events' records per write, flushes by size only; indicator and materialised views "
+            "in place. 'no server': the same sink encoding each flush as chdb's Arrow stream and dropping it.",
+            "CPU us/event: writer processes (chdb's own threads included) + the server process "
+            "(/proc/PID/stat), per scored event; a core of this machine gives 1,000,000 us/s, so "
+            f"'needs N cores' = {TARGET_EVENTS_PER_S:,} x CPU us/event / 1e6.",
+            "Writer processes > 1: each its own sink and every P-th event (as Kafka partitions), forked, its "
+            "shard unpickled in the child (records of its own, as a runtime worker has), started together; "
+            "events/s = all events / time until the last writer flushed. chdb: one process per data "
+            "directory, so one writer.",
+            f"{os.cpu_count()} cores shared with other jobs, the server included (1-minute load average "
+            f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end): wall-time rates are lower "
+            "bounds and vary between runs; CPU per event is the steadier figure.",
         ],
     )
 

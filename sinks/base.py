@@ -6,6 +6,16 @@ A sink turns records (inbound events, :class:`~vigie.schemas.RiskScore`,
 same record twice is harmless (the tables are ``ReplacingMergeTree`` on the record's id),
 so a flush that fails halfway can simply be retried.
 
+Columnar path
+-------------
+:meth:`BufferedSink.write` appends each record's rows as tuples of model values
+(:func:`~vigie.sinks.ddl.row_tuple_builders`: generated code, no per-row dict, no per-row
+encoding). A flush transposes each table's tuples into columns (``zip(*rows)``, in C) and
+hands them to :meth:`BufferedSink._insert`, which converts whole columns for its transport
+(Arrow arrays for chdb, epoch integers for the native protocol). ``write()`` is
+all-or-nothing: a record that cannot be stored (a type no table holds, a model missing a
+field) raises ``TypeError`` and none of that call's records stay buffered.
+
 Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
 
 * ``batch_size`` buffered rows, or ``max_delay_s`` since the first buffered row: flush. If
@@ -32,9 +42,17 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
-from .ddl import MODERN, TABLES, RowPlans, ServerProfile, Table
+from .ddl import MODERN, TABLES, ColumnBatch, ServerProfile, Table, columns_of, row_tuple_builders
 
-__all__ = ["BufferPolicy", "BufferedSink", "RowBuffer", "Sink", "SinkMetrics"]
+__all__ = [
+    "DEFAULT_BATCH_ROWS",
+    "DEFAULT_MAX_BUFFER_ROWS",
+    "BufferPolicy",
+    "BufferedSink",
+    "RowBuffer",
+    "Sink",
+    "SinkMetrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +71,20 @@ class SinkMetrics:
     buffered_rows: int = 0
     failed_flushes: int = 0
     last_error: str | None = None
+    oldest_buffered_at: float | None = None
+    """``time.monotonic()`` when the oldest row still buffered was written; None when empty."""
 
     @property
     def total_rows_written(self) -> int:
         """Rows inserted into all tables."""
         return sum(self.rows_written.values())
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest buffered row in seconds (0.0 when nothing is buffered): how far
+        the store is behind the stream."""
+        oldest = self.oldest_buffered_at
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
 
 @runtime_checkable
@@ -83,13 +110,22 @@ class Sink(Protocol):
         ...
 
 
+DEFAULT_BATCH_ROWS = 50_000
+"""Rows that trigger a flush. Every flush writes one part per table (and per materialised view)
+in ClickHouse, a fixed cost of tens of milliseconds of CPU: bench/sink.py measured 5,000-row
+batches at three to four times the CPU per event of 100,000-row ones. At low rates the
+``max_delay_s`` clock flushes first, so this only matters when the stream is fast."""
+DEFAULT_MAX_BUFFER_ROWS = 200_000
+"""Rows held while the store is unreachable before ``write()`` pushes back (four batches)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BufferPolicy:
     """When buffered rows are flushed."""
 
-    batch_size: int = 5_000
+    batch_size: int = DEFAULT_BATCH_ROWS
     max_delay_s: float = 1.0
-    max_buffer_rows: int = 100_000
+    max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -101,55 +137,82 @@ class BufferPolicy:
 
 
 class RowBuffer:
-    """Rows per table awaiting insertion, with the timing the flush policy needs. Not thread-safe."""
+    """Row tuples per table awaiting insertion, with the timing the flush policy needs. Not thread-safe.
+
+    :attr:`rows` holds one list per table of :data:`~vigie.sinks.ddl.TABLES`, appended to in
+    place by the tuple builders; call :meth:`recount` after appending.
+    """
 
     def __init__(self, policy: BufferPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
-        self._rows: dict[str, list[Any]] = {}
+        self.rows: dict[str, list[Any]] = {name: [] for name in TABLES}
         self.size = 0
-        self._first_at: float | None = None
+        self._since: dict[str, float] = {}  # table -> clock() when its oldest buffered row arrived
         self._retry_at = 0.0
 
     def add(self, table: str, rows: list[Any]) -> None:
-        """Append ``table``'s rows; the first row of an empty buffer starts the delay clock."""
-        if self._first_at is None:
-            self._first_at = self._clock()
-        bucket = self._rows.get(table)
-        if bucket is None:
-            self._rows[table] = rows
-        else:
-            bucket.extend(rows)
-        self.size += len(rows)
+        """Append ``table``'s rows; the first row of an empty table starts its delay clock."""
+        self.rows[table].extend(rows)
+        self.recount()
+
+    def recount(self) -> None:
+        """Update :attr:`size` and the tables' delay clocks after appending to :attr:`rows`."""
+        size = 0
+        now: float | None = None
+        for name, rows in self.rows.items():
+            if rows:
+                size += len(rows)
+                if name not in self._since:
+                    now = self._clock() if now is None else now
+                    self._since[name] = now
+        self.size = size
+
+    def truncate(self, lengths: dict[str, int]) -> None:
+        """Drop rows appended after ``lengths`` (a :meth:`lengths` snapshot): undo a failed write."""
+        for name, length in lengths.items():
+            del self.rows[name][length:]
+            if not self.rows[name]:
+                self._since.pop(name, None)
+        self.recount()
+
+    def lengths(self) -> dict[str, int]:
+        """Rows buffered per table, for :meth:`truncate`."""
+        return {name: len(rows) for name, rows in self.rows.items()}
+
+    @property
+    def oldest_at(self) -> float | None:
+        """``clock()`` when the oldest buffered row arrived; None when empty."""
+        return min(self._since.values(), default=None)
 
     def due(self) -> bool:
         """True when the policy asks for a flush (and no failed flush is backing off)."""
-        if self._first_at is None:
+        oldest = self.oldest_at
+        if oldest is None:
             return False
         now = self._clock()
         if now < self._retry_at:
             return False
-        return self.size >= self.policy.batch_size or now - self._first_at >= self.policy.max_delay_s
+        return self.size >= self.policy.batch_size or now - oldest >= self.policy.max_delay_s
 
     def over_limit(self) -> bool:
         """True above ``max_buffer_rows``: the writer must flush before going on."""
         return self.size > self.policy.max_buffer_rows
 
     def tables(self) -> list[str]:
-        """Tables with buffered rows, in insertion order."""
-        return list(self._rows)
+        """Tables with buffered rows, parents before their item tables (a reader never sees
+        items whose header is missing)."""
+        return [name for name, rows in self.rows.items() if rows]
 
     def peek(self, table: str) -> list[Any]:
         """The rows buffered for ``table`` (left in place until :meth:`discard`)."""
-        return self._rows.get(table, [])
+        return self.rows[table]
 
     def discard(self, table: str) -> None:
         """Forget ``table``'s rows once they are stored."""
-        rows = self._rows.pop(table, None)
-        if rows:
-            self.size -= len(rows)
-        if not self._rows:
-            self._first_at = None
+        self.size -= len(self.rows[table])
+        self.rows[table] = []
+        self._since.pop(table, None)
 
     def backoff(self) -> None:
         """After a failed flush: no automatic retry before ``max_delay_s``."""
@@ -157,7 +220,7 @@ class RowBuffer:
 
 
 class BufferedSink(ABC):
-    """A :class:`Sink` built on a connection that can insert a batch of rows into one table.
+    """A :class:`Sink` built on a connection that can insert a batch of columns into one table.
 
     Subclasses implement :meth:`_insert`, :meth:`query` and :meth:`_disconnect`. Writes and
     flushes hold one lock, so threads may share a sink (they take turns).
@@ -167,23 +230,19 @@ class BufferedSink(ABC):
         self.profile = profile
         self.policy = policy or BufferPolicy()
         self.metrics = SinkMetrics()
-        self._plans = RowPlans(profile)
+        self._builders = row_tuple_builders()
         self._buffer = RowBuffer(self.policy)
         self._lock = threading.RLock()
         self._closed = False
 
-    def _encode(self, table: str, rows: list[dict[str, Any]]) -> list[Any]:
-        """Turn rows into what the buffer keeps and :meth:`_insert` receives.
-
-        Runs at write time, while the rows are hot in the CPU cache: serialising them there
-        is several times faster than walking a large buffer of dicts at flush time.
-        The default keeps the dicts (a native-protocol client inserts them as they are).
-        """
-        return rows
-
     @abstractmethod
-    def _insert(self, table: Table, rows: list[Any]) -> None:
-        """Insert buffered ``rows`` (as returned by :meth:`_encode`) into ``table`` in one statement."""
+    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
+        """Insert ``rows`` rows of ``table`` in one statement.
+
+        ``columns`` holds one sequence per column of ``table.columns``, with the values as the
+        models hold them (see :func:`~vigie.sinks.ddl.row_tuple_builders`); the sink converts
+        them for its transport. Called again with the same columns when a flush is retried.
+        """
 
     @abstractmethod
     def _disconnect(self) -> None:
@@ -194,24 +253,39 @@ class BufferedSink(ABC):
         """Run ``sql`` and return its rows as dicts."""
 
     def write(self, records: Iterable[BaseModel]) -> None:
-        """Buffer the rows of ``records`` and apply the flush policy."""
+        """Buffer the rows of ``records`` and apply the flush policy.
+
+        Raises ``TypeError`` when a record cannot be stored; the call then buffers nothing.
+        """
         with self._lock:
             self._check_open()
-            rows_for = self._plans.rows_for
-            encode = self._encode
-            add = self._buffer.add
-            for record in records:
-                for table, rows in rows_for(record).items():
-                    add(table, encode(table, rows))
-            self.metrics.buffered_rows = self._buffer.size
-            if self._buffer.over_limit():
+            buffer = self._buffer
+            out = buffer.rows
+            builders = self._builders
+            before = buffer.lengths()
+            try:
+                for record in records:
+                    try:
+                        build = builders[type(record)]
+                    except KeyError:
+                        raise TypeError(f"no table stores {type(record).__name__}") from None
+                    try:
+                        build(record, out)
+                    except Exception as exc:
+                        raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
+            except BaseException:
+                buffer.truncate(before)  # all-or-nothing: no half-written record stays
+                raise
+            buffer.recount()
+            self._sync_buffer_metrics()
+            if buffer.over_limit():
                 self._flush_locked()  # back-pressure: let a failure reach the caller
-            elif self._buffer.due():
+            elif buffer.due():
                 try:
                     self._flush_locked()
                 except Exception:
                     # Rows stay buffered and are retried later; over_limit() ends the grace.
-                    log.warning("flush failed, %d rows kept for retry", self._buffer.size, exc_info=True)
+                    log.warning("flush failed, %d rows kept for retry", buffer.size, exc_info=True)
 
     def flush_if_due(self) -> None:
         """Flush if the policy says so; for runtimes' idle ticks. Raises like :meth:`flush`."""
@@ -234,13 +308,11 @@ class BufferedSink(ABC):
         if buffer.size == 0:
             return
         started = time.perf_counter()
-        # Parents before items: a reader never sees items whose header is missing.
-        pending = set(buffer.tables())
-        order = [name for name in TABLES if name in pending]
         try:
-            for name in order:
+            for name in buffer.tables():
                 rows = buffer.peek(name)
-                self._insert(TABLES[name], rows)
+                table = TABLES[name]
+                self._insert(table, columns_of(rows, table), len(rows))
                 self.metrics.rows_written[name] = self.metrics.rows_written.get(name, 0) + len(rows)
                 self.metrics.batches += 1
                 buffer.discard(name)
@@ -250,9 +322,13 @@ class BufferedSink(ABC):
             self.metrics.last_error = f"{type(exc).__name__}: {exc}"[:500]
             raise
         finally:
-            self.metrics.buffered_rows = buffer.size
+            self._sync_buffer_metrics()
         self.metrics.last_flush_seconds = time.perf_counter() - started
         self.metrics.last_flush_at = datetime.now(UTC)
+
+    def _sync_buffer_metrics(self) -> None:
+        self.metrics.buffered_rows = self._buffer.size
+        self.metrics.oldest_buffered_at = self._buffer.oldest_at
 
     def close(self) -> None:
         """Flush and disconnect. If the flush fails the connection is still released and

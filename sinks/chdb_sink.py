@@ -1,7 +1,11 @@
 """The embedded analytical store: ClickHouse in-process through chdb, data in a directory.
 
-Rows are inserted as ``INSERT INTO db.table (columns) FORMAT JSONEachRow`` with orjson
-encoding; :meth:`ChdbSink.query` reads back with the ``JSONEachRow`` output format.
+Inserts are columnar and binary: at each flush, every table's buffered columns become Arrow
+arrays (pyarrow converts whole Python lists in C: aware datetimes to UTC milliseconds,
+dicts to ``Map``, bytes to binary), one Arrow IPC stream per table, streamed into
+``INSERT INTO db.table (columns) FORMAT ArrowStream`` (chdb's ``send_insert``). No JSON
+is produced on the way in; :meth:`ChdbSink.query` reads back with the ``JSONEachRow``
+output format.
 
 One directory per process
 -------------------------
@@ -13,28 +17,41 @@ first path is closed. Closing and reopening on the same path (a restart) keeps t
 tables are created with ``IF NOT EXISTS``. A sink that is garbage-collected without
 ``close()`` still releases its session, but loses its unflushed rows: call ``close()``.
 
-Dead-letter bytes travel base64-encoded in the ephemeral ``raw_base64`` column and are
-stored decoded in ``raw``; see :mod:`vigie.sinks.ddl`.
+Dead-letter bytes travel as Arrow binary straight into ``raw`` (unchanged, non-UTF-8
+included); the ephemeral ``raw_base64`` column of :mod:`vigie.sinks.ddl` is left to text
+transports.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import chdb.session
 import orjson
+import pyarrow as pa
 
-from .base import BufferedSink, BufferPolicy
-from .ddl import DEFAULT_DATABASE, DEFAULT_TTL_DAYS, TABLES, Kind, ServerProfile, Table, render_ddl, validate_identifier
+from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferedSink, BufferPolicy
+from .ddl import (
+    DEFAULT_DATABASE,
+    DEFAULT_TTL_DAYS,
+    TABLES,
+    Column,
+    ColumnBatch,
+    Kind,
+    ServerProfile,
+    Table,
+    json_column,
+    render_ddl,
+    validate_identifier,
+)
 from .views import create_views
 
-__all__ = ["ChdbPathBusy", "ChdbSink"]
+__all__ = ["ArrowEncoder", "ChdbPathBusy", "ChdbSink"]
 
 # Session-level output settings for query(): plain JSON numbers for 64-bit integers, and
 # ISO-8601 UTC datetimes ("2026-01-02T03:04:05.678Z") that datetime.fromisoformat reads.
@@ -42,11 +59,11 @@ _SESSION_SETTINGS = (
     "SET output_format_json_quote_64bit_integers = 0",
     "SET date_time_output_format = 'iso'",
 )
-# orjson writes datetimes as RFC 3339 with an offset, which best_effort parses exactly.
 # chdb defaults to async inserts; synchronous ones mean flush() returns with rows in parts.
-_INSERT_SETTINGS = (
-    "SETTINGS date_time_input_format = 'best_effort', input_format_skip_unknown_fields = 0, async_insert = 0"
-)
+# optimize_on_insert = 0: no ReplacingMergeTree merge pass over each inserted block; copies of
+# a record inside one batch collapse at the next merge or under FINAL, like copies across batches.
+_INSERT_SETTINGS = "SETTINGS async_insert = 0, optimize_on_insert = 0"
+_INSERT_FORMAT = "ArrowStream"
 
 _registry_lock = threading.Lock()
 _open_sinks: dict[str, int] = {}
@@ -84,20 +101,80 @@ def _release(path: str, session: chdb.session.Session) -> None:
         _unregister(path)
 
 
-def _row_encoder(table: Table, profile: ServerProfile) -> Callable[[dict[str, Any]], bytes]:
-    """orjson for plain tables; bytes columns are renamed to their base64 transport column."""
-    dumps = orjson.dumps
-    renames = [(c.name, c.transport_name(profile)) for c in table.columns if c.kind is Kind.BYTES]
-    if not renames:
-        return dumps
-    b64 = base64.b64encode
+ArrowConverter = Callable[[Sequence[Any]], pa.Array]
 
-    def encode(row: dict[str, Any]) -> bytes:
-        for name, transport in renames:
-            row[transport] = b64(row.pop(name)).decode("ascii")
-        return dumps(row)
+_INT_TYPES = {
+    "UInt8": pa.uint8(),
+    "UInt16": pa.uint16(),
+    "UInt32": pa.uint32(),
+    "UInt64": pa.uint64(),
+    "Int64": pa.int64(),
+}
+_SCALAR_TYPES = {Kind.STRING: pa.string(), Kind.FLOAT: pa.float64(), Kind.BOOL: pa.bool_(), Kind.BYTES: pa.binary()}
 
-    return encode
+
+def _arrow_converter(col: Column, profile: ServerProfile) -> tuple[pa.DataType, ArrowConverter]:
+    """The Arrow type of ``col`` on ``profile`` and the function turning its values into an array.
+
+    Every conversion but JSON text runs inside pyarrow: datetimes of any offset to UTC
+    (milliseconds for ``DateTime64(3)``, seconds for ``DateTime``, sub-unit truncated), bools
+    to ``UInt8``, dicts to ``Map``.
+    """
+    kind = col.kind
+    if kind is Kind.DATETIME:
+        unit = pa.timestamp("ms" if profile.datetime64 else "s", tz="UTC")
+        micros = pa.timestamp("us", tz="UTC")
+        return unit, lambda values: pa.array(values, micros).cast(unit, safe=False)
+    if kind is Kind.JSON or (kind is Kind.MAP and not profile.map_type):
+        return pa.string(), lambda values: pa.array(json_column(values), pa.string())
+    if kind is Kind.MAP:
+        arrow: pa.DataType = pa.map_(pa.string(), pa.float64())
+    elif kind is Kind.ARRAY:
+        assert col.element is not None
+        element = _INT_TYPES["Int64"] if col.element is Kind.INT else _SCALAR_TYPES[col.element]
+        arrow = pa.list_(element)
+    elif kind is Kind.INT:
+        arrow = _INT_TYPES[col.int_type]
+    else:
+        arrow = _SCALAR_TYPES[kind]
+    return arrow, lambda values: pa.array(values, arrow)
+
+
+class ArrowEncoder:
+    """How one table's columns become an Arrow IPC stream for ``FORMAT ArrowStream``."""
+
+    def __init__(self, table: Table, profile: ServerProfile) -> None:
+        self.table = table
+        converters = [_arrow_converter(col, profile) for col in table.columns]
+        fields = [
+            pa.field(col.name, arrow, nullable=col.nullable)
+            for col, (arrow, _) in zip(table.columns, converters, strict=True)
+        ]
+        self.schema = pa.schema(fields)
+        self.converters = [convert for _, convert in converters]
+
+    def encode(self, columns: ColumnBatch) -> bytes:
+        """The Arrow IPC stream of one record batch holding ``columns``.
+
+        Raises ``ValueError`` naming the table and column when a value does not fit its column
+        (a record built without validation), NULL in a column that cannot hold it included.
+        """
+        arrays: list[pa.Array] = []
+        for col, convert, values in zip(self.table.columns, self.converters, columns, strict=True):
+            try:
+                array = convert(values)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"{self.table.name}.{col.name}: {exc}") from exc
+            if array.null_count and not col.nullable:
+                raise ValueError(
+                    f"{self.table.name}.{col.name}: {array.null_count} missing value(s), column is not Nullable"
+                )
+            arrays.append(array)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
 
 
 def _parse_rows(data: bytes) -> list[dict[str, Any]]:
@@ -126,10 +203,10 @@ class ChdbSink(BufferedSink):
         self,
         path: Path | str,
         database: str = DEFAULT_DATABASE,
-        batch_size: int = 5_000,
+        batch_size: int = DEFAULT_BATCH_ROWS,
         ttl_days: int | None = DEFAULT_TTL_DAYS,
         max_delay_s: float = 1.0,
-        max_buffer_rows: int = 100_000,
+        max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
     ) -> None:
         self.path = Path(path).resolve()
         self.database = validate_identifier(database)
@@ -155,22 +232,19 @@ class ChdbSink(BufferedSink):
         except BaseException:
             self._finalizer()
             raise
-        self._insert_sql: dict[str, bytes] = {
-            name: (
-                f"INSERT INTO {self.database}.{name} ({', '.join(table.insert_columns(self.profile))}) "
-                f"{_INSERT_SETTINGS} FORMAT JSONEachRow\n"
-            ).encode()
+        self._insert_sql: dict[str, str] = {
+            name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) {_INSERT_SETTINGS}"
             for name, table in TABLES.items()
         }
-        self._encoders = {name: _row_encoder(table, self.profile) for name, table in TABLES.items()}
+        self._arrow = {name: ArrowEncoder(table, self.profile) for name, table in TABLES.items()}
 
-    def _encode(self, table: str, rows: list[dict[str, Any]]) -> list[bytes]:
-        return list(map(self._encoders[table], rows))
-
-    def _insert(self, table: Table, rows: list[bytes]) -> None:
-        body = b"\n".join(rows)
-        # chdb takes the statement as bytes: no decode/encode round trip of the batch.
-        self._session.query(self._insert_sql[table.name] + body, "JSONEachRow")
+    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
+        stream = self._arrow[table.name].encode(columns)
+        with self._session.send_insert(self._insert_sql[table.name], _INSERT_FORMAT) as inserter:
+            inserter.append(stream)
+            written = inserter.finish().rows_written
+        if written < rows:  # the views' rows count too, so only fewer than sent is wrong
+            raise RuntimeError(f"chdb stored {written} of {rows} rows in {self.database}.{table.name}")
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         """Run ``sql``; rows as dicts in the JSONEachRow shape.

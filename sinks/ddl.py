@@ -30,29 +30,41 @@ there is a scheduled ``ALTER TABLE ... DROP PARTITION``.
 
 Rows
 ----
-:func:`rows_for` turns one record into its rows per table, with code generated once per
-model and profile (about 2 us for a score, 8 us for a three-item declaration). Datetimes
-are UTC ``datetime`` objects; ``DateTime64(3)`` keeps milliseconds, 18.16's ``DateTime``
-keeps seconds (the driver truncates).
+Two row shapes, both from code generated once per model:
+
+* :func:`row_tuple_builders` (what the sinks use): each record appends one tuple per row to
+  the list of its table, values in :attr:`Table.columns` order and exactly as the model holds
+  them (aware ``datetime`` in any offset, ``bool``, ``dict``, ``bytes``). A sink buffers these
+  tuples and converts whole *columns* at flush time (:func:`columns_of`), in bulk, for its
+  transport: Arrow arrays for chdb, epoch integers for the native protocol. No per-row
+  dict and no per-row encoding: bench/sink.py measures the whole path per scored event.
+* :func:`rows_for`: one dict per row, values already converted for a server profile
+  (datetimes in UTC, booleans 0/1, dicts as JSON text where the profile has no ``Map``), for
+  callers that want to read rows (tests, tools). About 2 us for a score, 8 us for a
+  three-item declaration.
+
+``DateTime64(3)`` keeps milliseconds, 18.16's ``DateTime`` keeps seconds (sub-unit
+precision is truncated).
 
 Dead-letter bytes
 -----------------
 ``dead_letters.raw`` is a ``String`` holding the original bytes unchanged (ClickHouse
-strings are byte strings): ``SELECT raw`` returns them, ``length(raw) = raw_size``. Text
-transports cannot carry arbitrary bytes, so on modern servers the table also has an
-``EPHEMERAL`` column ``raw_base64`` and ``raw`` defaults to ``base64Decode(raw_base64)``:
-JSON inserts send ``raw_base64``. A native-protocol client sends ``raw`` as bytes directly
-(the only way on 18.16). To read the bytes back through JSON, select
-``base64Encode(raw)`` (or ``hex(raw)``) and decode on the client.
+strings are byte strings): ``SELECT raw`` returns them, ``length(raw) = raw_size``. The
+sinks send ``raw`` as bytes directly (Arrow binary into chdb, the native protocol into a
+server, the only way on 18.16). Text transports cannot carry arbitrary bytes, so on modern
+servers the table also has an ``EPHEMERAL`` column ``raw_base64`` and ``raw`` defaults to
+``base64Decode(raw_base64)``: a JSON insert sends ``raw_base64``. To read the bytes back
+through JSON, select ``base64Encode(raw)`` (or ``hex(raw)``) and decode on the client.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -84,11 +96,17 @@ __all__ = [
     "MODERN",
     "TABLES",
     "Column",
+    "ColumnBatch",
     "Kind",
     "RowPlans",
     "ServerProfile",
     "Table",
+    "TupleBuilder",
+    "columns_of",
+    "json_column",
+    "json_text",
     "render_ddl",
+    "row_tuple_builders",
     "rows_for",
     "validate_identifier",
 ]
@@ -533,8 +551,17 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _to_json(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A dict as the JSON text stored in a ``String`` column: keys sorted, so equal dicts give equal text."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def json_column(values: Sequence[Any]) -> list[bytes | None]:
+    """A column of dicts as the JSON documents :func:`json_text` gives, as UTF-8 bytes (no
+    decode: both transports send bytes); None stays None."""
+    dumps = orjson.dumps
+    option = orjson.OPT_SORT_KEYS
+    return [None if value is None else dumps(value, option=option) for value in values]
 
 
 def _converter(col: Column, profile: ServerProfile) -> Convert | None:
@@ -544,7 +571,7 @@ def _converter(col: Column, profile: ServerProfile) -> Convert | None:
     if col.kind is Kind.BOOL:
         return int
     if col.kind is Kind.JSON or (col.kind is Kind.MAP and not profile.map_type):
-        return _to_json
+        return json_text
     return None
 
 
@@ -651,3 +678,100 @@ def rows_for(record: BaseModel, profile: ServerProfile = MODERN) -> dict[str, li
     See :meth:`RowPlans.rows_for`. Plans are cached per profile tier.
     """
     return _plans_for(profile.modern).rows_for(record)
+
+
+# --- row tuples (columnar sinks) -------------------------------------------------------
+
+TupleBuilder = Callable[[BaseModel, dict[str, list[tuple[Any, ...]]]], int]
+"""``build(record, out)``: append the record's rows to ``out[table]``; return how many."""
+
+ColumnBatch = list[tuple[Any, ...]]
+"""One tuple per column, in :attr:`Table.columns` order, each holding that column's values."""
+
+
+def _compile_tuples(table: Table, tables: dict[str, Table]) -> TupleBuilder:
+    """Generate the tuple builder of root ``table`` and its item tables.
+
+    Each row is one tuple display of dict look-ups in the models' ``__dict__`` (where
+    pydantic keeps validated values): no per-row dict, no per-value call. Inherited
+    columns of an item table are read once per record, not once per item.
+    """
+    if table.parent is not None:
+        raise TypeError(f"{table.name}: tuple builders start at a root table")
+    namespace: dict[str, Any] = {"_ABSENT": _ABSENT, "_dict_of": operator.attrgetter("__dict__")}
+    counter = iter(range(10**6))
+
+    def values_of(target: Table, source: str, indent: str, body: list[str]) -> list[str]:
+        """Value expressions of ``target``'s own columns read from ``source``; nested models
+        are bound to locals first (lines added to ``body``)."""
+        nested: dict[str, str] = {}
+        values: list[str] = []
+        for col in target.columns:
+            if col.inherited:
+                values.append(f"p_{col.name}")
+            elif len(col.path) == 1:
+                values.append(f"{source}[{col.path[0]!r}]")
+            elif len(col.path) == 2:
+                attr = col.path[0]
+                if attr not in nested:
+                    local = nested[attr] = f"n{next(counter)}"
+                    body.append(f"{indent}{local} = {source}[{attr!r}]")
+                    body.append(f"{indent}{local} = _ABSENT if {local} is None else {local}.__dict__")
+                values.append(f"{nested[attr]}[{col.path[1]!r}]")
+            else:
+                raise TypeError(f"{target.name}.{col.name}: models nested more than one level deep are not supported")
+        return values
+
+    lines = ["def build(record, out):", "    v = record.__dict__"]
+    own = values_of(table, "v", "    ", lines)
+    lines.append(f"    out[{table.name!r}].append(({', '.join(own)},))")
+    counted = ["1"]
+    for k, child in enumerate(t for t in tables.values() if t.parent == table.name):
+        if any(t.parent == child.name for t in tables.values()):
+            raise TypeError(f"{child.name}: item tables cannot have item tables of their own")
+        for col in child.columns:
+            if col.inherited:
+                lines.append(f"    p_{col.name} = {own[table.columns.index(table.column(col.name))]}")
+        body: list[str] = []
+        values = values_of(child, "w", "        ", body)
+        lines.append(f"    items{k} = v[{child.via!r}]")
+        if body:  # nested models in items need statements: a plain loop
+            lines.append(f"    add = out[{child.name!r}].append")
+            lines.append(f"    for item in items{k}:")
+            lines.append("        w = item.__dict__")
+            lines.extend(body)
+            lines.append(f"        add(({', '.join(values)},))")
+        else:  # one comprehension: no method call per item
+            rows = f"[({', '.join(values)},) for w in map(_dict_of, items{k})]"
+            lines.append(f"    out[{child.name!r}].extend({rows})")
+        counted.append(f"len(items{k})")
+    lines.append(f"    return {' + '.join(counted)}")
+    source_text = "\n".join(lines) + "\n"
+    exec(compile(source_text, f"<vigie.sinks.ddl tuples of {table.name}>", "exec"), namespace)
+    builder: TupleBuilder = namespace["build"]
+    builder.__doc__ = source_text  # the generated code, for debugging
+    return builder
+
+
+@lru_cache(maxsize=1)
+def row_tuple_builders() -> dict[type[BaseModel], TupleBuilder]:
+    """The tuple builder of every stored model (its root table and item tables).
+
+    >>> out = {name: [] for name in TABLES}
+    >>> builders = row_tuple_builders()
+    >>> builders[type(declaration)](declaration, out)  # doctest: +SKIP
+    4
+    >>> len(out["declarations"]), len(out["declaration_items"])  # doctest: +SKIP
+    (1, 3)
+    """
+    return {table.model: _compile_tuples(table, TABLES) for table in TABLES.values() if table.parent is None}
+
+
+def columns_of(rows: list[tuple[Any, ...]], table: Table) -> ColumnBatch:
+    """Transpose row tuples into one tuple of values per column (``zip(*rows)``, in C)."""
+    if not rows:
+        return [() for _ in table.columns]
+    columns = list(zip(*rows, strict=True))
+    if len(columns) != len(table.columns):
+        raise ValueError(f"{table.name}: rows have {len(columns)} values, the table {len(table.columns)} columns")
+    return columns

@@ -9,11 +9,12 @@ legacy subset, ClickHouse >= 22 the modern tables.
 Inserts
 -------
 One ``INSERT INTO db.table (columns) VALUES`` per table and flush, sent as native columnar
-blocks (``columnar=True``). Rows are turned into tuples at :meth:`~BufferedSink.write` time;
-datetimes become integers there, seconds since the epoch for ``DateTime`` or milliseconds for
-``DateTime64(3)``, so no time-zone conversion happens in the driver. Strings go as text,
-dead-letter ``raw`` bytes as bytes: the native protocol carries them unchanged, non-UTF-8
-included (no base64 column needed, unlike text transports).
+blocks (``columnar=True``): the buffered columns go to the driver as lists, converted per
+column, not per row. Datetime columns become integers in bulk (pyarrow: any offset to UTC,
+then seconds since the epoch for ``DateTime`` or milliseconds for ``DateTime64(3)``, floored),
+so no time-zone conversion happens in the driver; dicts become JSON text where the server has
+no ``Map``. Strings go as text, dead-letter ``raw`` bytes as bytes: the native protocol carries
+them unchanged, non-UTF-8 included (no base64 column needed, unlike text transports).
 
 Failures
 --------
@@ -28,9 +29,9 @@ waits ``max_delay_s`` before the next one.
 
 Metrics
 -------
-:attr:`NativeSink.metrics` is a :class:`NativeSinkMetrics`: the shared counters plus
-``retries`` and ``lag_seconds``, the age of the oldest buffered row (0 when the buffer is
-empty): how far the store is behind the stream.
+:attr:`NativeSink.metrics` is a :class:`NativeSinkMetrics`: the shared counters (rows,
+batches, ``lag_seconds``: the age of the oldest buffered row, 0 when the buffer is empty)
+plus ``retries``.
 
 Tested against ClickHouse 18.16.1 (``tests/test_native_sink.py``, a server started by
 :class:`~vigie.sinks.clickhouse_server.ClickHouseServer`). The modern DDL is tested on chdb;
@@ -40,18 +41,32 @@ a native connection to a modern server is not covered by the test suite.
 from __future__ import annotations
 
 import logging
-import operator
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from .base import BufferedSink, BufferPolicy, SinkMetrics
-from .ddl import DEFAULT_DATABASE, DEFAULT_TTL_DAYS, TABLES, Kind, ServerProfile, Table, render_ddl, validate_identifier
+from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferedSink, BufferPolicy, SinkMetrics
+from .ddl import (
+    DEFAULT_DATABASE,
+    DEFAULT_TTL_DAYS,
+    TABLES,
+    Column,
+    ColumnBatch,
+    Kind,
+    ServerProfile,
+    Table,
+    json_column,
+    render_ddl,
+    validate_identifier,
+)
 from .views import create_views
 
 __all__ = ["NativeSink", "NativeSinkMetrics"]
@@ -60,9 +75,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECOND = timedelta(seconds=1)
-_MILLISECOND = timedelta(milliseconds=1)
+_MICROS = pa.timestamp("us", tz="UTC")
 
 # Server error codes worth retrying after a pause: the same statement may succeed later.
 _RETRYABLE_SERVER_CODES = frozenset(
@@ -94,40 +107,74 @@ def _retryable(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class NativeSinkMetrics(SinkMetrics):
-    """:class:`~vigie.sinks.base.SinkMetrics` plus retries and the lag of the buffer."""
+    """:class:`~vigie.sinks.base.SinkMetrics` plus the retries."""
 
     retries: int = 0
     """Statements re-sent after a connection or transient server error."""
-    oldest_buffered_at: float | None = None
-    """``time.monotonic()`` when the oldest row still buffered was written; None when empty."""
-
-    @property
-    def lag_seconds(self) -> float:
-        """Age of the oldest buffered row in seconds (0.0 when nothing is buffered)."""
-        oldest = self.oldest_buffered_at
-        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
 
-def _row_encoder(table: Table, profile: ServerProfile) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """Row dict -> tuple in column order, datetimes as epoch integers in the column's unit."""
-    names = [c.name for c in table.columns]
-    getter = operator.itemgetter(*names)
-    datetimes = [c.name for c in table.columns if c.kind is Kind.DATETIME]
-    unit = _MILLISECOND if profile.datetime64 else _SECOND
-    epoch = _EPOCH
-    if len(names) == 1:  # itemgetter of one name returns the value, not a tuple
-        raise TypeError(f"{table.name}: a table needs at least two columns")
+ColumnConverter = Callable[[Sequence[Any]], list[Any]]
 
-    def encode(row: dict[str, Any]) -> tuple[Any, ...]:
-        for name in datetimes:
-            value = row[name]
-            if value is not None:
-                # Exact integer arithmetic; floor, as the server truncates sub-unit precision.
-                row[name] = (value - epoch) // unit
-        values: tuple[Any, ...] = getter(row)
-        return values
 
-    return encode
+def epoch_integers(values: Sequence[datetime | None], per_second: int, nullable: bool = True) -> list[int | None]:
+    """Aware datetimes (any offset) as integers since the epoch in UTC, ``per_second`` units
+    per second (1: seconds, 1000: milliseconds), floored; None stays None (``ValueError`` when
+    not ``nullable``).
+
+    Runs in pyarrow and numpy, not per value in Python.
+    """
+    micros = pa.array(values, _MICROS).cast(pa.int64())
+    if micros.null_count == 0:
+        ints: list[int | None] = np.floor_divide(micros.to_numpy(), 1_000_000 // per_second).tolist()
+        return ints
+    if not nullable:
+        raise ValueError(f"{micros.null_count} missing value(s) in a column that is not Nullable")
+    filled = micros.fill_null(0).to_numpy()
+    scaled = np.floor_divide(filled, 1_000_000 // per_second).tolist()
+    valid = micros.is_valid().to_pylist()
+    return [x if ok else None for x, ok in zip(scaled, valid, strict=True)]
+
+
+# What the driver raises when a value does not fit its column (not a connection problem).
+_DATA_ERRORS = (AttributeError, TypeError, ValueError, OverflowError, struct.error, ch_errors.TypeMismatchError)
+
+_PY_TYPES: dict[Kind, tuple[type, ...]] = {
+    Kind.STRING: (str,),
+    Kind.INT: (int,),
+    Kind.FLOAT: (float, int),
+    Kind.BOOL: (bool, int),
+    Kind.DATETIME: (datetime,),
+    Kind.ARRAY: (list, tuple),
+    Kind.JSON: (dict,),
+    Kind.MAP: (dict,),
+    Kind.BYTES: (bytes,),
+}
+
+
+def _first_misfit(table: Table, columns: ColumnBatch, profile: ServerProfile) -> str | None:
+    """``table.column: value ...`` for the first value its column cannot hold (None when all fit)."""
+    for col, values in zip(table.columns, columns, strict=True):
+        expected = _PY_TYPES[col.kind]
+        for value in values:
+            if value is None and col.nullable:
+                continue
+            if not isinstance(value, expected):
+                return f"{table.name}.{col.name}: {value!r} does not fit {col.clickhouse_type(profile)}"
+    return None
+
+
+def column_converter(col: Column, profile: ServerProfile) -> ColumnConverter:
+    """The function turning one column's model values into the list the driver sends.
+
+    Always a new list: the driver rewrites column lists in place (nullable columns, datetimes),
+    and a retried insert must start from the buffered values again.
+    """
+    if col.kind is Kind.DATETIME:
+        per_second = 1000 if profile.datetime64 else 1
+        return lambda values: epoch_integers(values, per_second, col.nullable)
+    if col.kind is Kind.JSON or (col.kind is Kind.MAP and not profile.map_type):
+        return json_column
+    return list
 
 
 class NativeSink(BufferedSink):
@@ -167,9 +214,9 @@ class NativeSink(BufferedSink):
         port: int = 9000,
         database: str = DEFAULT_DATABASE,
         *,
-        batch_size: int = 5_000,
+        batch_size: int = DEFAULT_BATCH_ROWS,
         max_delay_s: float = 1.0,
-        max_buffer_rows: int = 100_000,
+        max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         ttl_days: int | None = DEFAULT_TTL_DAYS,
         retries: int = 3,
         backoff: float = 0.1,
@@ -218,37 +265,35 @@ class NativeSink(BufferedSink):
             name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) VALUES"
             for name, table in TABLES.items()
         }
-        self._encoders = {name: _row_encoder(table, self.profile) for name, table in TABLES.items()}
+        self._converters = {
+            name: [column_converter(col, self.profile) for col in table.columns] for name, table in TABLES.items()
+        }
         create_views(self.query, self.profile, self.database)
-        # When each table's oldest buffered row was written (monotonic), for metrics.lag_seconds.
-        self._buffered_since: dict[str, float] = {}
 
     # -- BufferedSink hooks -----------------------------------------------------------------
 
-    def _encode(self, table: str, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        if table not in self._buffered_since:
-            now = time.monotonic()
-            self._buffered_since[table] = now
-            if self.metrics.oldest_buffered_at is None:
-                self.metrics.oldest_buffered_at = now
-        return list(map(self._encoders[table], rows))
-
-    def _insert(self, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
         sql = self._insert_sql[table.name]
+        converters = self._converters[table.name]
 
         def run() -> None:
             # Fresh lists on every attempt: the driver rewrites column lists in place.
-            columns = [list(column) for column in zip(*rows, strict=True)]
-            self._client.execute(sql, columns, columnar=True)
+            lists: list[list[Any]] = []
+            for col, convert, values in zip(table.columns, converters, columns, strict=True):
+                try:
+                    lists.append(convert(values))
+                except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                    raise ValueError(f"{table.name}.{col.name}: {exc}") from exc
+            try:
+                self._client.execute(sql, lists, columnar=True)
+            except _DATA_ERRORS as exc:
+                # The driver's messages do not say which column: find it (only on failure).
+                raise ValueError(f"{_first_misfit(table, columns, self.profile) or table.name}: {exc}") from exc
 
-        self._with_retries(run, f"INSERT INTO {self.database}.{table.name} ({len(rows)} rows)")
-        self._buffered_since.pop(table.name, None)
-        self.metrics.oldest_buffered_at = min(self._buffered_since.values(), default=None)
+        self._with_retries(run, f"INSERT INTO {self.database}.{table.name} ({rows} rows)")
 
     def _disconnect(self) -> None:
         self._client.disconnect()
-        self._buffered_since.clear()
-        self.metrics.oldest_buffered_at = None
 
     # -- queries ----------------------------------------------------------------------------
 

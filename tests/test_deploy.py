@@ -6,7 +6,9 @@ running the stack needs (services, ports, mounts, environment, cross-references)
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +236,221 @@ def test_k8s_images_and_wiring(manifests: list[dict[str, Any]]) -> None:
     worker = containers["vigie-worker"]["command"]
     assert worker[:3] == ["vigie", "faust", "worker"]
     assert worker[worker.index("--bootstrap") + 1] == "kafka:9092"
+
+
+# --- the vigie image (deploy/Dockerfile) ---------------------------------------------------------
+
+ROOT = DEPLOY.parent
+DOCKERFILE = DEPLOY / "Dockerfile"
+VIGIE_TAG = "vigie:0.1.0"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def _instructions(text: str) -> list[Instruction]:
+    """Dockerfile instructions: comments dropped, continuation lines joined."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        pending += " " + stripped[:-1] if stripped.endswith("\\") else " " + stripped
+        if not stripped.endswith("\\"):
+            keyword, _, args = pending.strip().partition(" ")
+            instructions.append(Instruction(keyword.upper(), " ".join(args.split())))
+            pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[Instruction]:
+    return _instructions(DOCKERFILE.read_text())
+
+
+def _stages(instructions: list[Instruction]) -> list[list[Instruction]]:
+    stages: list[list[Instruction]] = []
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append(instruction)
+    return stages
+
+
+def _arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
+    return dict(i.args.split("=", 1) for i in instructions if i.keyword == "ARG" and "=" in i.args)
+
+
+def _pin(name: str) -> str:
+    """The version constraints.txt pins ``name`` to."""
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.startswith(f"{name}=="):
+            return line.split("==", 1)[1].strip()
+    raise AssertionError(f"{name} is not pinned in constraints.txt")
+
+
+def test_image_is_flink_of_the_pinned_version(dockerfile: list[Instruction], manifests: list[dict[str, Any]]) -> None:
+    args = _arg_defaults(dockerfile)
+    flink_image = args["FLINK_IMAGE"]
+    version = re.fullmatch(r"flink:(\d+\.\d+\.\d+)-scala_2\.12-java17", flink_image)
+    assert version, flink_image
+    # PyFlink on the task managers must match the cluster: the pip pin and the image agree.
+    assert version.group(1) == _pin("apache-flink")
+    (flink,) = [m for m in manifests if m["kind"] == "FlinkDeployment"]
+    assert flink["spec"]["job"]["jarURI"] == f"local:///opt/flink/opt/flink-python-{version.group(1)}.jar"
+    assert args["PYTHON_VERSION"] == "3.11"
+    assert 'python_requires=">=3.11,<3.12"' in (ROOT / "setup.py").read_text()
+    final = _stages(dockerfile)[-1]
+    assert final[0].args == "${FLINK_IMAGE}"
+
+
+def test_image_runs_vigie_as_a_non_root_user_through_flinks_entrypoint(dockerfile: list[Instruction]) -> None:
+    final = _stages(dockerfile)[-1]
+    users = [i.args for i in final if i.keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), users
+    # Flink's entrypoint starts `jobmanager` / `taskmanager` and runs any other command as given.
+    (entrypoint,) = [i.args for i in final if i.keyword == "ENTRYPOINT"]
+    assert entrypoint == '["/docker-entrypoint.sh"]'
+    env = " ".join(i.args for i in final if i.keyword == "ENV")
+    path = re.search(r"PATH=(\S+)", env)
+    assert path and path.group(1).split(":")[0] == "/opt/vigie/.venv/bin" and path.group(1).endswith("$PATH")
+    # The venv is copied from the build stage, where `vigie` is installed into it and run once.
+    assert any(i.keyword == "COPY" and i.args.endswith("/opt/vigie /opt/vigie") for i in final)
+    build = "\n".join(i.args for i in _stages(dockerfile)[1] if i.keyword == "RUN")
+    assert "-m venv /opt/vigie/.venv" in build and ".venv/bin/vigie --help" in build
+    assert 'console_scripts": ["vigie=vigie.streams.cli:main"]' in (ROOT / "setup.py").read_text()
+    # Compose's Flink settings run Python UDFs with `python3`: a venv has one on PATH.
+    compose_text = (DEPLOY / "docker-compose.yml").read_text()
+    assert "python.executable: python3" in compose_text
+
+
+def test_image_installs_like_the_makefile(dockerfile: list[Instruction]) -> None:
+    runs = [i.args for i in dockerfile if i.keyword == "RUN"]
+    install = next(r for r in runs if "--no-build-isolation" in r)
+    assert "-c constraints.txt --no-build-isolation -e ." in install
+    assert "pip check" in install
+    makefile = (ROOT / "Makefile").read_text()
+    for spec in re.findall(r'"((?:pip|setuptools|cython)[<>=!][^"]*)"', makefile):
+        assert f'"{spec}"' in install, f"the Makefile's {spec} is not what the image installs"
+    # The build tools pinned in the Makefile are also in the image.
+    assert '"pip>=24"' in install and '"cython>=3.3,<3.4"' in install
+
+
+def test_image_copies_what_the_editable_install_and_the_job_need(dockerfile: list[Instruction]) -> None:
+    copied: list[str] = []
+    for instruction in dockerfile:
+        if instruction.keyword != "COPY" or "--from=" in instruction.args:
+            continue
+        *sources, _ = instruction.args.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+            copied.append(source.rstrip("/"))
+    setup = (ROOT / "setup.py").read_text()
+    subpackages = re.search(r"SUBPACKAGES = \(([^)]*)\)", setup)
+    assert subpackages
+    for name in [*re.findall(r'"(\w+)"', subpackages.group(1)), "vigie"]:
+        assert name in copied, f"{name}/ is part of the distribution but not copied"
+    for name in ("setup.py", "pyproject.toml", "constraints.txt", "deploy/pom.xml", "deploy/kafka/fetch-jars.sh"):
+        assert name in copied, name
+    # The Flink job reads its Kafka connector from deploy/jars/flink next to its sources.
+    from vigie.streams import flink_job
+
+    assert flink_job.FLINK_JARS_DIR.relative_to(flink_job.REPO_ROOT) == Path("deploy/jars/flink")
+    assert any(i.keyword == "RUN" and "fetch-jars.sh flink" in i.args for i in dockerfile)
+    # Nothing copied is excluded from the build context.
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for source in copied:
+        for pattern in ignored:
+            assert not fnmatch.fnmatch(source, pattern.removeprefix("**/")), f"{source} is excluded by {pattern}"
+
+
+def test_compose_and_k8s_use_the_image_tag_and_build_it(
+    compose: dict[str, Any], manifests: list[dict[str, Any]]
+) -> None:
+    version = re.search(r'version="([^"]+)"', (ROOT / "setup.py").read_text())
+    assert version and f"vigie:{version.group(1)}" == VIGIE_TAG
+    vigie_services = {name: s for name, s in compose["services"].items() if VIGIE_TAG in str(s.get("image"))}
+    assert {"jobmanager", "taskmanager", "flink-job", "vigie-worker"} <= set(vigie_services)
+    for name, service in vigie_services.items():
+        assert service["image"] == "${VIGIE_IMAGE:-vigie:0.1.0}", name
+        build = service["build"]
+        assert (DEPLOY / build["context"]).resolve() == ROOT, name
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE, name
+    images = [m["spec"]["image"] for m in manifests if m["kind"] == "FlinkDeployment"]
+    images += [c["image"] for _, spec in _pod_specs(manifests) for c in spec["containers"] if "vigie" in c["image"]]
+    assert images and set(images) == {VIGIE_TAG}
+
+
+def test_compose_volumes_are_writable_by_the_image_user(compose: dict[str, Any], dockerfile: list[Instruction]) -> None:
+    final = _stages(dockerfile)[-1]
+    user = [i.args for i in final if i.keyword == "USER"][-1]
+    owned = " ".join(i.args for i in final if i.keyword == "RUN" and f"chown {user}:{user}" in i.args)
+    for name, service in compose["services"].items():
+        if VIGIE_TAG not in str(service.get("image")):
+            continue
+        for volume in service.get("volumes", []):
+            target = volume.split(":")[1]
+            assert target in owned, f"{name}: {target} is not created for {user} in the image"
+
+
+def _cli_commands(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    commands: list[tuple[str, list[str]]] = []
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if isinstance(command, list) and command[:1] == ["vigie"]:
+            commands.append((f"compose {name}", command[1:]))
+    for workload, spec in _pod_specs(manifests):
+        for container in spec["containers"]:
+            command = container.get("command", [])
+            if command[:1] == ["vigie"]:
+                commands.append((f"k8s {workload['metadata']['name']}", command[1:]))
+    return commands
+
+
+def test_commands_name_real_cli_options(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> None:
+    """Every `vigie ...` command the deployment runs names a subcommand and options the CLI has."""
+    import typer.main
+
+    from vigie.streams.cli import app
+
+    root = typer.main.get_command(app)
+    commands = _cli_commands(compose, manifests)
+    assert len(commands) >= 4
+    for where, argv in commands:
+        command: Any = root
+        words = list(argv)
+        # Typer ships its own click: groups are recognised by their subcommands.
+        while hasattr(command, "commands") and words and words[0] in command.commands:
+            command = command.commands[words.pop(0)]
+        assert not hasattr(command, "commands"), f"{where}: {argv} names no command"
+        options = {opt for param in command.params for opt in param.opts}
+        assert "--help" not in words
+        for word in words:
+            if word.startswith("-"):
+                assert word in options, f"{where}: vigie {' '.join(argv[:2])} has no option {word}"
+
+
+def test_flink_operator_runs_a_module_with_a_main(manifests: list[dict[str, Any]]) -> None:
+    (flink,) = [m for m in manifests if m["kind"] == "FlinkDeployment"]
+    args = flink["spec"]["job"]["args"]
+    module = args[args.index("-pym") + 1]
+    assert module.startswith("vigie.streams.")
+    source = ROOT / "streams" / f"{module.rsplit('.', 1)[1]}.py"
+    assert source.is_file(), module
+    assert 'if __name__ == "__main__":' in source.read_text(), f"python -m {module} would do nothing"
+    import typer.main
+
+    from vigie.streams.flink_cli import flink_app
+
+    subcommand = args[args.index("-pym") + 2]
+    assert subcommand in getattr(typer.main.get_command(flink_app), "commands", {})

@@ -25,8 +25,18 @@ from tests import factories
 from vigie.schemas import Alert, DeadLetter, RiskScore
 from vigie.sinks.base import Sink
 from vigie.sinks.clickhouse_server import ClickHouseServer, ClickHouseServerError
-from vigie.sinks.ddl import LEGACY, MODERN, TABLES, Kind, RowPlans, Table, render_ddl
-from vigie.sinks.native_sink import NativeSink, _row_encoder
+from vigie.sinks.ddl import (
+    LEGACY,
+    MODERN,
+    TABLES,
+    Kind,
+    ServerProfile,
+    Table,
+    columns_of,
+    render_ddl,
+    row_tuple_builders,
+)
+from vigie.sinks.native_sink import NativeSink, column_converter, epoch_integers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -235,22 +245,41 @@ def test_only_the_legacy_render_runs_on_18_16(clickhouse_server: ClickHouseServe
         client.disconnect()
 
 
-def test_rows_are_encoded_for_the_server_profile() -> None:
-    """No server needed: datetimes become seconds (18.16) or milliseconds (DateTime64(3)), bytes stay bytes."""
+def _driver_columns(records: list[BaseModel], profile: ServerProfile) -> dict[str, dict[str, list[Any]]]:
+    """What the sink hands the driver for ``records``: per table, per column, the converted list."""
+    out = _buffered(records)
+    converted: dict[str, dict[str, list[Any]]] = {}
+    for name, rows in out.items():
+        table = TABLES[name]
+        if rows:
+            columns = columns_of(rows, table)
+            converted[name] = {
+                col.name: column_converter(col, profile)(values)
+                for col, values in zip(table.columns, columns, strict=True)
+            }
+    return converted
+
+
+def test_columns_are_converted_for_the_server_profile() -> None:
+    """No server needed: datetimes become seconds (18.16) or milliseconds (DateTime64(3)), floored and
+    in UTC whatever the offset; dicts become JSON text without Map; bytes stay bytes; NULL stays NULL."""
     with_ms = datetime(2026, 3, 2, 9, 0, 17, 589000, tzinfo=timezone(timedelta(hours=1)))
+    before_epoch = datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)
     for profile, expected in ((LEGACY, int(T0.timestamp())), (MODERN, int(T0.timestamp()) * 1000 + 589)):
-        table = TABLES["scores"]
-        (score_row,) = RowPlans(profile).rows_for(make_score(event_time=with_ms))["scores"]
-        row = _row_encoder(table, profile)(score_row)
-        values = dict(zip([c.name for c in table.columns], row, strict=True))
-        assert values["event_time"] == expected
-        assert values["score_id"] == "score-1"
-    (dead_row,) = RowPlans(MODERN).rows_for(make_dead_letter(NON_UTF8))["dead_letters"]
-    dead = _row_encoder(TABLES["dead_letters"], MODERN)(dead_row)
-    assert NON_UTF8 in dead
-    alerts = TABLES["alerts"]
-    row = RowPlans(LEGACY).rows_for(make_alert())["alerts"][0] | {"eta": None}
-    assert _row_encoder(alerts, LEGACY)(row)[alerts.columns.index(alerts.column("eta"))] is None  # NULL stays NULL
+        records: list[BaseModel] = [make_score(event_time=with_ms), make_score("s-2", event_time=before_epoch)]
+        scores = _driver_columns(records, profile)["scores"]
+        assert scores["event_time"] == [expected, -1 if profile is LEGACY else -500]  # floor, not truncation
+        assert scores["score_id"] == ["score-1", "s-2"]
+    dead = _driver_columns([make_dead_letter(NON_UTF8)], MODERN)["dead_letters"]
+    assert dead["raw"] == [NON_UTF8]
+    alert = make_alert()
+    no_eta = alert.model_copy(update={"alert_id": "alert-2", "eta": None})
+    for profile in (LEGACY, MODERN):
+        alerts = _driver_columns([alert, no_eta], profile)["alerts"]
+        assert alerts["eta"][1] is None and isinstance(alerts["eta"][0], int)  # NULL stays NULL
+        contributions = alerts["contributions"][0]
+        assert (orjson.loads(contributions) if profile is LEGACY else contributions) == alert.contributions
+    assert epoch_integers([], 1000) == []
 
 
 # --- round trips ----------------------------------------------------------------------
@@ -334,6 +363,30 @@ def test_metrics_and_lag(native_sink: NativeSink) -> None:
     assert native_sink.metrics.lag_seconds == 0.0 and native_sink.metrics.buffered_rows == 0
     assert native_sink.metrics.rows_written == {"scores": 10} and native_sink.metrics.batches == 1
     assert native_sink.metrics.last_flush_at is not None and native_sink.metrics.failed_flushes == 0
+
+
+@integration
+def test_a_value_that_does_not_fit_names_its_column(native_sink: NativeSink) -> None:
+    good = make_score("good")
+    wrong_type = good.model_copy(update={"score_id": "bad", "eur_at_stake": "a lot"})  # not validated
+    native_sink.write([good, wrong_type])
+    with pytest.raises(ValueError, match=r"scores\.eur_at_stake: 'a lot' does not fit Float64"):
+        native_sink.flush()
+    assert native_sink.metrics.buffered_rows == 2 and native_sink.metrics.failed_flushes == 1
+    missing = good.model_copy(update={"score_id": "missing", "event_time": None})
+    columns = columns_of(_buffered([missing])["scores"], TABLES["scores"])
+    with pytest.raises(ValueError, match=r"scores\.event_time: "):
+        native_sink._insert(TABLES["scores"], columns, 1)
+    assert _count(native_sink, "scores") == 0
+    with pytest.raises(ValueError):
+        native_sink.close()  # the rows cannot be stored: closing says so
+
+
+def _buffered(records: list[BaseModel]) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in TABLES}
+    for record in records:
+        row_tuple_builders()[type(record)](record, out)
+    return out
 
 
 # --- the server going away ------------------------------------------------------------

@@ -28,8 +28,22 @@ from vigie.schemas import (
     RiskScore,
 )
 from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink
-from vigie.sinks.chdb_sink import ChdbPathBusy, ChdbSink
-from vigie.sinks.ddl import LEGACY, MODERN, TABLES, Kind, RowPlans, ServerProfile, Table, render_ddl, rows_for
+from vigie.sinks.chdb_sink import ArrowEncoder, ChdbPathBusy, ChdbSink
+from vigie.sinks.ddl import (
+    LEGACY,
+    MODERN,
+    TABLES,
+    ColumnBatch,
+    Kind,
+    RowPlans,
+    ServerProfile,
+    Table,
+    columns_of,
+    json_text,
+    render_ddl,
+    row_tuple_builders,
+    rows_for,
+)
 
 # Millisecond precision and a non-UTC offset: what DateTime64(3, 'UTC') must give back.
 T0 = datetime(2026, 3, 14, 9, 26, 53, 589000, tzinfo=timezone(timedelta(hours=2)))
@@ -370,18 +384,73 @@ def test_rows_follow_the_profile() -> None:
         rows_for(Party(name="x", country="FR"))
 
 
-def test_rows_for_is_fast() -> None:
-    plans = RowPlans(MODERN)
-    records = [make_score(f"s-{i}") for i in range(2000)] + [make_outcome(f"o-{i}") for i in range(2000)]
-    best = min(_timed(plans, records) for _ in range(5))
-    assert best < 15e-6, f"{best * 1e6:.1f} us per record"
+def _tuples(records: list[BaseModel]) -> dict[str, list[dict[str, Any]]]:
+    """What the tuple builders buffer for ``records``, as dicts per table."""
+    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in TABLES}
+    builders = row_tuple_builders()
+    added = sum(builders[type(record)](record, out) for record in records)
+    assert added == sum(len(rows) for rows in out.values())
+    named = {}
+    for name, rows in out.items():
+        names = [col.name for col in TABLES[name].columns]
+        named[name] = [dict(zip(names, row, strict=True)) for row in rows]
+        if rows:  # the transposition the sinks flush
+            assert columns_of(rows, TABLES[name]) == [tuple(r[n] for r in named[name]) for n in names]
+    return named
 
 
-def _timed(plans: RowPlans, records: list[BaseModel]) -> float:
-    started = time.perf_counter()
-    for record in records:
-        plans.rows_for(record)
-    return (time.perf_counter() - started) / len(records)
+def test_row_tuples_hold_what_rows_for_converts() -> None:
+    """The columnar path (tuples of model values) and rows_for (converted dicts) agree on every column."""
+    buffered = _tuples(ALL_RECORDS)
+    for record in ALL_RECORDS:
+        for name, rows in rows_for(record).items():
+            for row in rows:
+                key = TABLES[name].order_by
+                (raw,) = [t for t in buffered[name] if all(t[k] == row[k] for k in key)]
+                for col in TABLES[name].columns:
+                    value, converted = raw[col.name], row[col.name]
+                    if col.kind is Kind.DATETIME:
+                        assert value == converted and value.utcoffset() == T0.utcoffset()  # as the model holds it
+                    elif col.kind is Kind.JSON:
+                        assert json_text(value) == converted
+                    else:
+                        assert value == converted, (name, col.name)
+    assert columns_of([], TABLES["scores"]) == [() for _ in TABLES["scores"].columns]
+
+
+def test_write_is_all_or_nothing() -> None:
+    sink = _FlakySink(BufferPolicy(batch_size=100, max_delay_s=3600, max_buffer_rows=1000))
+    sink.write([make_score("kept")])
+    with pytest.raises(TypeError, match="no table stores Party"):
+        sink.write([make_declaration(), Party(name="x", country="FR"), make_score("lost")])
+    broken = RiskScore.model_construct(score_id="broken")  # no validation: most fields missing
+    with pytest.raises(TypeError, match="cannot store this RiskScore"):
+        sink.write([make_ens(), broken])
+    assert sink.metrics.buffered_rows == 1
+    sink.flush()
+    assert set(sink.stored) == {"scores"} and [r["score_id"] for r in sink.stored["scores"]] == ["kept"]
+
+
+def test_a_value_that_does_not_fit_names_its_column(sink: ChdbSink) -> None:
+    good = make_score("good")
+    bad = good.model_copy(update={"score_id": "bad", "score": "high"})  # model_copy does not validate
+    sink.write([good, bad])
+    with pytest.raises(ValueError, match=r"scores\.score: "):
+        sink.flush()
+    assert sink.metrics.failed_flushes == 1 and sink.metrics.buffered_rows == 2  # kept, nothing lost
+    missing = good.model_copy(update={"score_id": "missing", "reason": None})
+    encoder = ArrowEncoder(TABLES["scores"], MODERN)
+    scores = columns_of(_rows(missing, "scores"), TABLES["scores"])
+    with pytest.raises(ValueError, match=r"scores\.reason: 1 missing value"):
+        encoder.encode(scores)
+    with pytest.raises(ValueError, match=r"scores\.score: "):
+        sink.close()  # the rows cannot be stored: closing says so (and logs what it drops)
+
+
+def _rows(record: BaseModel, table: str) -> list[tuple[Any, ...]]:
+    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in TABLES}
+    row_tuple_builders()[type(record)](record, out)
+    return out[table]
 
 
 # --- chdb round trips -------------------------------------------------------------------
@@ -467,16 +536,30 @@ def test_dead_letter_bytes_are_lossless(sink: ChdbSink) -> None:
     assert direct.encode("utf-8", "surrogateescape") == small
 
 
+def test_datetimes_land_in_utc_milliseconds(sink: ChdbSink) -> None:
+    # 09:26:53.589999 at +02:00: 07:26:53.589 UTC, the microseconds truncated, not rounded.
+    precise = T0.replace(microsecond=589999)
+    alert = make_alert().model_copy(update={"event_time": precise, "eta": None})
+    sink.write([alert])
+    sink.flush()
+    (row,) = sink.query("SELECT toString(event_time) AS at, eta FROM vigie.alerts FINAL")
+    assert row == {"at": "2026-03-14 07:26:53.589", "eta": None}
+
+
 # --- buffering ------------------------------------------------------------------------
 
 
 def test_flushes_at_batch_size(tmp_path: Path) -> None:
     with ChdbSink(tmp_path / "store", batch_size=5, max_delay_s=3600) as sink:
+        assert sink.metrics.lag_seconds == 0.0
         sink.write([make_score(f"s-{i}") for i in range(4)])
         assert sink.metrics.batches == 0 and sink.metrics.buffered_rows == 4
+        time.sleep(0.02)
+        assert sink.metrics.lag_seconds >= 0.02  # the oldest buffered row's age
         assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 0
         sink.write([make_score("s-4")])
         assert sink.metrics.batches == 1 and sink.metrics.buffered_rows == 0
+        assert sink.metrics.lag_seconds == 0.0
         assert sink.metrics.rows_written == {"scores": 5}
         assert sink.metrics.last_flush_at is not None
         assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 5
@@ -515,12 +598,16 @@ class _FlakySink(BufferedSink):
     def __init__(self, policy: BufferPolicy) -> None:
         super().__init__(MODERN, policy)
         self.down = False
-        self.stored: dict[str, list[Any]] = {}
+        self.stored: dict[str, list[dict[str, Any]]] = {}
 
-    def _insert(self, table: Table, rows: list[Any]) -> None:
+    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
         if self.down:
             raise ConnectionError("store unreachable")
-        self.stored.setdefault(table.name, []).extend(rows)
+        assert all(len(values) == rows for values in columns)
+        names = [col.name for col in table.columns]
+        self.stored.setdefault(table.name, []).extend(
+            dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)
+        )
 
     def _disconnect(self) -> None:
         pass
