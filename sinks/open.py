@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .base import Sink
 
@@ -13,8 +13,9 @@ def open_sink(spec: str) -> Sink | None:
 
     - ``none`` (or empty): no sink;
     - ``chdb:PATH`` or a bare path: embedded ClickHouse in that directory;
-    - ``clickhouse://HOST[:PORT][/DATABASE]``: a ClickHouse server over the native protocol
-      (port 9000 and database ``vigie`` by default).
+    - ``clickhouse://[USER[:PASSWORD]@]HOST[:PORT][/DATABASE]``: a ClickHouse server over the
+      native protocol (user ``default`` with no password, port 9000 and database ``vigie`` by
+      default; percent-encode special characters in the password).
 
     >>> open_sink("none") is None
     True
@@ -27,7 +28,13 @@ def open_sink(spec: str) -> Sink | None:
 
         url = urlsplit(spec)
         database = url.path.strip("/") or "vigie"
-        return NativeSink(url.hostname or "127.0.0.1", url.port or 9000, database)
+        return NativeSink(
+            url.hostname or "127.0.0.1",
+            url.port or 9000,
+            database,
+            user=unquote(url.username) if url.username else "default",
+            password=unquote(url.password) if url.password else "",
+        )
     from .chdb_sink import ChdbSink
 
     return ChdbSink(Path(spec.removeprefix("chdb:")))

@@ -190,7 +190,14 @@ def run_command(
         float, typer.Option(help="Seconds between checkpoints; 0 turns them off (sinks at least once).")
     ] = 10.0,
     parallelism: Annotated[int, typer.Option(min=1, help="Parallelism of the parse and score stages.")] = 1,
-    sink: Annotated[str, typer.Option(help="'none', or 'chdb:PATH' to load embedded ClickHouse.")] = "none",
+    sink: Annotated[
+        str,
+        typer.Option(
+            envvar="VIGIE_CLICKHOUSE_URL",
+            help="'none', 'chdb:PATH' (embedded ClickHouse) or 'clickhouse://USER:PASSWORD@HOST:PORT/DB', "
+            "loaded from the committed output topics.",
+        ),
+    ] = "none",
     bounded: Annotated[bool, typer.Option(help="Stop once the topics are drained (as they were at start).")] = False,
     detectors: Annotated[
         str, typer.Option(help="Comma-separated detector names; empty: the pipeline's defaults.")
@@ -201,6 +208,14 @@ def run_command(
     state_backend: Annotated[str, typer.Option(help="'hashmap' or 'rocksdb' (incremental checkpoints).")] = "hashmap",
     group_id: Annotated[str, typer.Option(help="Kafka consumer group of the job.")] = "vigie-flink",
     restart_attempts: Annotated[int, typer.Option(min=0, help="Restarts after a failure before giving up.")] = 3,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Submitted to a Flink cluster (PythonDriver, Kubernetes operator): keep the cluster's addresses, "
+            "slots and checkpoint storage instead of a local MiniCluster.",
+        ),
+    ] = False,
 ) -> None:
     """Run the scoring job: Kafka inputs -> keyed detectors -> pipeline -> Kafka scores/alerts (exactly once)."""
     if fusion not in ("noisy-or", "learned"):
@@ -225,6 +240,7 @@ def run_command(
         threshold=threshold,
         execution_mode=mode,  # type: ignore[arg-type]
         state_backend=state_backend,  # type: ignore[arg-type]
+        cluster=cluster,
     )
     store = open_sink(sink)
     loader: SinkLoader | None = None

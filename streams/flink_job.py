@@ -210,6 +210,10 @@ class FlinkJobSettings:
     """Where the Flink JVM writes its log (``$FLINK_LOG_DIR``); None: ``<checkpoint_dir>/../log``."""
     jars: tuple[Path, ...] = ()
     """Connector jars; empty: ``deploy/jars/flink`` (fetched with Maven when missing)."""
+    cluster: bool = False
+    """Submitted to a Flink cluster (PythonDriver, ``flink run``, the Kubernetes operator): the
+    cluster's own configuration keeps its addresses, slots, Python executable and checkpoint
+    storage; the job sets only job-level options. False: a local MiniCluster on loopback."""
     extra_config: tuple[tuple[str, str], ...] = ()
     """Further Flink configuration entries, applied last."""
 
@@ -740,6 +744,23 @@ def kafka_connector_jars(settings: FlinkJobSettings | None = None) -> list[Path]
     return jars
 
 
+_CLUSTER_OWNED = frozenset(
+    {
+        "python.executable",
+        "python.client.executable",
+        "jobmanager.rpc.address",
+        "taskmanager.host",
+        "rest.address",
+        "web.upload.dir",
+        "taskmanager.numberOfTaskSlots",
+        "execution.checkpointing.dir",
+        "state.backend.type",
+        "state.backend.incremental",
+    }
+)
+"""Options a cluster's own configuration sets, left alone with ``cluster=True``."""
+
+
 def flink_configuration(settings: FlinkJobSettings) -> dict[str, str]:
     """The Flink configuration of the job (also what a cluster deployment would set)."""
     conf: dict[str, str] = {
@@ -782,6 +803,11 @@ def flink_configuration(settings: FlinkJobSettings) -> dict[str, str]:
         )
     if settings.from_checkpoint is not None:
         conf["execution.state-recovery.path"] = Path(settings.from_checkpoint).resolve().as_uri()
+    if settings.cluster:
+        # The cluster decides where it listens, how many slots it has, which Python its workers
+        # run and where checkpoints go (e.g. s3:// in the FlinkDeployment): do not override them.
+        for key in [k for k in conf if k in _CLUSTER_OWNED or k.endswith((".bind-host", ".bind-address"))]:
+            del conf[key]
     if settings.execution_mode == "process":
         # Defaults (1,000 records, 1 s) measured ~1.2k events/s here; larger bundles amortise the RPC.
         conf["python.fn-execution.bundle.size"] = "5000"

@@ -534,3 +534,17 @@ def test_cli_rejects_bad_options_and_finds_checkpoints(tmp_path: Path) -> None:
     (chk / "_metadata").write_bytes(b"x")
     result = cli.invoke(flink_app, ["checkpoints", str(tmp_path)])
     assert result.exit_code == 0 and result.output.strip() == str(chk)
+
+
+def test_cluster_mode_leaves_the_cluster_its_own_configuration(tmp_path: Path) -> None:
+    local = flink_configuration(FlinkJobSettings(checkpoint_dir=tmp_path / "chk"))
+    cluster = flink_configuration(FlinkJobSettings(checkpoint_dir=tmp_path / "chk", cluster=True))
+    assert any("127.0.0.1" in value for value in local.values())  # a MiniCluster on loopback
+    assert not any("127.0.0.1" in value for value in cluster.values())
+    for owned in ("execution.checkpointing.dir", "taskmanager.numberOfTaskSlots", "python.executable",
+                  "state.backend.type"):  # fmt: skip
+        assert owned in local and owned not in cluster, owned
+    # Job-level options stay: exactly-once checkpoints, the connector jars, parallelism.
+    for kept in ("execution.checkpointing.mode", "execution.checkpointing.interval", "pipeline.jars",
+                 "parallelism.default", "python.execution-mode"):  # fmt: skip
+        assert cluster[kept] == local[kept], kept

@@ -510,7 +510,11 @@ def test_a_server_that_cannot_start_says_why(tmp_path: Any) -> None:
 def test_open_sink_reaches_a_server_by_url(clickhouse_server: ClickHouseServer, clickhouse_database: str) -> None:
     from vigie.sinks.open import open_sink
 
-    sink = open_sink(f"clickhouse://{clickhouse_server.host}:{clickhouse_server.tcp_port}/{clickhouse_database}")
+    address = f"{clickhouse_server.host}:{clickhouse_server.tcp_port}/{clickhouse_database}"
+    # The URL's credentials reach the server: a wrong user is refused, the right one connects.
+    with pytest.raises(Exception, match=r"(?i)auth|password|unknown user|nobody"):
+        open_sink(f"clickhouse://nobody:wr%40ng@{address}")
+    sink = open_sink(f"clickhouse://default:@{address}")
     assert isinstance(sink, NativeSink) and sink.database == clickhouse_database
     try:
         sink.write([factories.outcome()])
