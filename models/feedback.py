@@ -70,7 +70,7 @@ class PendingSubject:
 
     @property
     def features(self) -> array[float]:
-        """The fused model's input, in the fusion's feature order (empty without a learned fusion)."""
+        """The learned fusion's learning record (its model input, then the operator key); empty without one."""
         n = int.from_bytes(self.blob[:2], "little")
         out = array("d")
         out.frombytes(self.blob[2 : 2 + 8 * n])

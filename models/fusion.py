@@ -1,12 +1,15 @@
-"""The online model that fuses detector scores into a probability that a control is positive.
+"""The online models that fuse detector scores into a probability and a revenue at stake.
 
-A River pipeline in two parts, kept apart on purpose:
+A River pipeline in three parts, kept apart on purpose:
 
 * :func:`make_scaler`: ``preprocessing.StandardScaler`` learns the mean and variance of every
   feature from *every* scored subject (no label needed), so that the features keep the
   scale of the whole flow rather than of the few items that were controlled;
 * :func:`make_classifier`: ``linear_model.LogisticRegression`` learns only from control
-  outcomes (positive or negative), on the scaled features.
+  outcomes (positive or negative), on the scaled features;
+* :func:`make_regressor`: ``linear_model.LinearRegression`` learns only from positive
+  outcomes that report the EUR recovered: how far (in log10 EUR) the detectors' estimate of
+  the revenue at stake is from what controls actually recover.
 
 Both are plain River objects. They pickle, and :func:`dumps_model` / :func:`loads_model`
 carry them inside the JSON checkpoint as base64 text (a checkpoint is therefore code to the
@@ -46,6 +49,18 @@ def make_classifier(
         # River has no per-feature initial weight; its weight vector takes item assignment.
         model._weights[name] = value
     return model
+
+
+def make_regressor(learning_rate: float = 0.05, l2: float = 1e-4, clip_gradient: float = 5.0) -> Any:
+    """Linear regression by plain SGD, gradients clipped, starting at 0 everywhere (a correction that starts as none).
+
+    >>> model = make_regressor()
+    >>> model.predict_one({"x": 3.0})
+    0.0
+    """
+    return linear_model.LinearRegression(
+        optimizer=optim.SGD(learning_rate), l2=l2, intercept_lr=learning_rate, clip_gradient=clip_gradient
+    )
 
 
 def dumps_model(model: Any) -> str:

@@ -18,13 +18,13 @@ import hashlib
 import math
 import uuid
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self
 
-from vigie.models.fusion import dumps_model, loads_model, make_classifier, make_scaler
+from vigie.models.fusion import dumps_model, loads_model, make_classifier, make_regressor, make_scaler
 from vigie.schemas import Alert, RiskScore
 
 from .base import OperatorState
@@ -129,7 +129,10 @@ class NoisyOrAlerting:
 SUBJECT_TYPES: tuple[str, ...] = ("ens", "declaration", "excise")
 CONTEXT_FEATURES: tuple[str, ...] = (
     "prior_logit",
+    "operator_logit",
     "log_stake",
+    "log_declared",
+    "relief",
     "is_ens",
     "is_declaration",
     "is_excise",
@@ -138,14 +141,113 @@ CONTEXT_FEATURES: tuple[str, ...] = (
 )
 """Context features beside the detector scores (see :class:`LearnedFusion`)."""
 
+RELIEF_REGIMES: frozenset[str] = frozenset({"4200", "0700", "5100", "7100", "e_ad", "export"})
+"""Regimes under which taxes are suspended or exempted while the goods move: import VAT under
+procedures 4200 (onward supply), 0700 (entry into an excise warehouse), 5100 (inward
+processing), 7100 (customs warehousing); excise on an e-AD or an export under suspension.
+Diverted goods take the whole relieved tax with them, so the revenue at stake is larger."""
 
+_UNSCALED = ("prior_logit", "operator_logit")  # log-odds terms the model takes as they are, weight 1 to start
 _FLOOR_LOGIT = -6.9  # log-odds of 0.001: "this detector saw nothing" (and the clip of any score)
+_MAX_LOG_EUR = 9.0  # severity is clipped to 1e9 EUR
 
 
 def _clipped_logit(p: float) -> float:
     """Log-odds of ``p``, clipped to +-6.9 (probabilities 0.001 to 0.999)."""
     p = min(max(p, 0.001), 0.999)
     return math.log(p / (1 - p))
+
+
+_NO_OPERATOR = -1.0  # operator key of a subject without an EORI
+
+
+def operator_key(eori: str | None) -> float:
+    """A 52-bit hash of an EORI as a float (exact: floats hold integers up to 2**53); -1 for none."""
+    if not eori:
+        return _NO_OPERATOR
+    digest = hashlib.blake2b(eori.encode(), digest_size=8).digest()
+    return float(int.from_bytes(digest, "big") >> 12)
+
+
+def detectors_stake(scores: Sequence[RiskScore]) -> float:
+    """EUR the detectors put at stake on a subject if it is irregular.
+
+    Per goods item, the largest ``eur_at_stake`` any detector gave it (whatever its score:
+    how likely the item is irregular is the fused probability's business), summed over items.
+    """
+    per_item: dict[int, float] = {}
+    for s in scores:
+        item = s.item_number or 0
+        if s.eur_at_stake > per_item.get(item, 0.0):
+            per_item[item] = s.eur_at_stake
+    return sum(per_item.values())
+
+
+class OperatorRecord:
+    """Control outcomes per operator (EORI): its compliance history, bounded.
+
+    For each operator, decayed counts of controls and positive controls. :meth:`evidence` is
+    the log-odds ratio of its posterior hit rate (Beta prior of strength ``prior_strength``
+    centred on the hit rate of all controls) over that overall hit rate: 0 for an operator
+    never controlled; with an overall hit rate of 0.4 and the default strength 1, +1.1 after
+    one positive control out of one, +2.3 after three out of three, -1.0 after one negative.
+    Counts are halved when an operator's controls exceed ``cap`` (old history fades); at most
+    ``max_operators`` are kept, the least recently controlled forgotten first.
+    """
+
+    def __init__(self, prior_strength: float = 1.0, cap: float = 20.0, max_operators: int = 200_000) -> None:
+        self.prior_strength = prior_strength
+        self.cap = cap
+        self.max_operators = max_operators
+        self.counts: OrderedDict[int, list[float]] = OrderedDict()
+        """Operator key -> [controls, positive controls] (decayed)."""
+        self.controls = 0
+        self.positives = 0
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def hit_rate(self) -> float:
+        """Hit rate of all controls seen, with one pseudo-control of each outcome."""
+        return (self.positives + 1.0) / (self.controls + 2.0)
+
+    def evidence(self, key: float) -> float:
+        """Log-odds ratio of the operator's posterior hit rate over the overall one (0 if never controlled)."""
+        seen = self.counts.get(int(key)) if key >= 0 else None
+        if seen is None:
+            return 0.0
+        base = self.hit_rate()
+        posterior = (seen[1] + self.prior_strength * base) / (seen[0] + self.prior_strength)
+        return _clipped_logit(posterior) - _clipped_logit(base)
+
+    def add(self, key: float, positive: bool) -> None:
+        """Count one control of the operator ``key`` (and of the flow as a whole)."""
+        self.controls += 1
+        self.positives += int(positive)
+        if key < 0:
+            return
+        k = int(key)
+        seen = self.counts.pop(k, None) or [0.0, 0.0]
+        seen[0] += 1.0
+        seen[1] += float(positive)
+        if seen[0] > self.cap:
+            seen[0] /= 2.0
+            seen[1] /= 2.0
+        self.counts[k] = seen
+        while len(self.counts) > self.max_operators:
+            self.counts.popitem(last=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "controls": self.controls,
+            "positives": self.positives,
+            "counts": [[k, v[0], v[1]] for k, v in self.counts.items()],
+        }
+
+    def load(self, data: dict[str, Any]) -> None:
+        """Restore a :meth:`to_dict` snapshot."""
+        self.controls, self.positives = data["controls"], data["positives"]
+        self.counts = OrderedDict((int(k), [n, p]) for k, n, p in data["counts"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,19 +265,33 @@ class Subject:
     eta: datetime | None = None
     ens_risk: float | None = None
     """Fused risk of the ENS linked to a declaration, as it was when the ENS was filed."""
+    declared_eur: float | None = None
+    """What the subject puts in play, when the runtime knows it: the customs value of a
+    declaration's goods, the excise duty declared on an excise record."""
+    regime: str | None = None
+    """The procedure code of a declaration (``4000``, ``4200``...) or the type of an excise
+    record (``e_ad``, ``release_for_consumption``...), when the runtime knows it (see :data:`RELIEF_REGIMES`)."""
 
 
 @dataclass(slots=True)
 class FusionDecision:
-    """The fused probability of one subject, the features it came from, and the alert if any."""
+    """One subject's fused probability, expected recoverable EUR, learning record and alert if any."""
 
     probability: float
+    """Probability that a control of the subject is positive."""
     features: array[float]
+    """What :meth:`LearnedFusion.learn` needs when the outcome comes: the model input (in
+    :attr:`LearnedFusion.feature_names` order), then the subject's operator key (:func:`operator_key`)."""
     alert: Alert | None = None
+    expected_eur: float = 0.0
+    """``probability x eur_at_stake``: the revenue a control is expected to recover."""
+    eur_at_stake: float = 0.0
+    """Estimated revenue at stake if the subject is irregular (EUR)."""
+    event_id: str = ""
 
 
 class RiskWindow:
-    """The last ``size`` fused risks of one flow, kept sorted: a streaming quantile.
+    """The last ``size`` priorities of one flow, kept sorted: a streaming quantile.
 
     >>> window = RiskWindow(100)
     >>> for i in range(100):
@@ -219,33 +335,53 @@ class RiskWindow:
 
 
 class LearnedFusion:
-    """Fuses a subject's detector scores with an online logistic regression; spends the alert budget.
+    """Fuses a subject's detector scores into a probability and an expected recoverable revenue; spends the budget.
 
     **Features** (fixed order, :attr:`feature_names`): for each subject type and detector,
     the log-odds of the detector's highest score over the subject's items
     (``"declaration:undervaluation"``, clipped to +-6.9; -6.9 when it did not score), scaled
     by a running :class:`~river.preprocessing.StandardScaler` fed with every subject; then
-    :data:`CONTEXT_FEATURES`, scaled alike but for the first: ``prior_logit``, the log-odds
-    of the noisy-OR of the scores (the label-free prior), left unscaled; ``log10(1 + EUR at
-    stake)``; one-hot subject type; the log-odds of the fused risk of the linked ENS (0 when
-    none); ``log(1 + items)``.
+    :data:`CONTEXT_FEATURES`, scaled alike but for the first two, left as they are:
+    ``prior_logit``, the log-odds of the noisy-OR of the scores (the label-free prior);
+    ``operator_logit``, the evidence of the operator's control record
+    (:class:`OperatorRecord`, 0 for an operator never controlled); ``log10(1 + EUR at stake)``
+    (:func:`detectors_stake`); ``log10(1 + declared EUR)`` and whether the regime relieves
+    taxes (:data:`RELIEF_REGIMES`) when the runtime passes them in the :class:`Subject`;
+    one-hot subject type; the log-odds of the fused risk of the linked ENS (0 when none);
+    ``log(1 + items)``.
 
-    **Probability**: a River logistic regression that *starts as the prior* (weight 1 on
-    ``prior_logit``, 0 elsewhere, intercept 0) and moves with each control outcome. Labels
-    come mostly from the engine's own picks, so each is weighted by a capped inverse of how
-    likely the item was to be controlled (``label_weights``: exploitation picks 1,
-    exploration picks and random audits 5): the uncertain and random items, rare among
-    labels, keep the model honest about the whole flow. Weights on the detectors' scores, the
-    prior and the EUR at stake are kept non-negative (monotone constraints): among the few
-    items it controls, a detector's false alarms would otherwise teach the model to distrust
-    its high scores everywhere, and more evidence or more money at stake never lowers a risk.
+    **Probability** ``p``: a River logistic regression that *starts as the prior* (weight 1
+    on ``prior_logit`` and ``operator_logit``, 0 elsewhere, intercept 0) and moves with each
+    control outcome. Labels come mostly from the engine's own picks, so each is weighted by a
+    capped inverse of how likely the item was to be controlled (``label_weights``:
+    exploitation picks 1, exploration picks and random audits 5). Weights on the detectors'
+    scores, the prior, the operator record and the EUR at stake are kept non-negative
+    (monotone constraints): among the few items it controls, a detector's false alarms would
+    otherwise teach the model to distrust its high scores everywhere.
 
-    **Budget**: per office and subject type, a window of the last ``window`` fused risks
+    The learning rate is low (0.005) on purpose: the prior ranks the whole flow well, the
+    labels describe its top, and a fast learner forgets the former for the latter.
+
+    **Revenue**: ``eur_at_stake`` is what a positive control would recover, in log space
+    ``log10(1 + detectors' stake) + delta``: ``delta`` starts at 0 and a River linear
+    regression (:meth:`_severity_input`) learns it from the EUR that positive controls
+    recovered, when the runtime passes them to :meth:`learn`. ``expected_eur = p x
+    eur_at_stake`` is what a control is expected to recover. Declarations and excise records
+    are ranked as customs targeting ranks, by expected recoverable revenue, with the stake
+    tempered by ``stake_elasticity``: priority ``p x (1 + eur_at_stake) ** 0.5``, since the
+    detectors' EUR figures are rough (in the generated stream, the EUR controls recover
+    grows like the detectors' figure to the power 0.6) and a large figure should not outrank
+    much stronger evidence. Alerts, budget thresholds and queue ranks follow the priority
+    (with ``rank_by="probability"``, ``p``). ENS are ranked by ``p``: before arrival the
+    revenue at stake is a guess from the goods description, and pre-arrival targeting is
+    also about safety.
+
+    **Budget**: per office and subject type, a window of the last ``window`` priorities
     (:class:`RiskWindow`) gives the threshold that ``capacity x (1 - explore_share)`` of the
     flow exceeds: those are *exploitation* picks. The next ``capacity x (band - 1)`` of the
-    flow, just below the threshold, is where the model is least sure of its ranking: each is
-    an *exploration* pick with probability ``explore_share / (band - 1 + explore_share)``,
-    drawn from a hash of ``seed`` and the event id (deterministic in every runtime). About
+    flow, just below the threshold, is where the ranking is least sure: each is an
+    *exploration* pick with probability ``explore_share / (band - 1 + explore_share)``, drawn
+    from a hash of ``seed`` and the event id (deterministic in every runtime). About
     ``capacity`` of each office's flow is alerted. An office with fewer than ``min_fill``
     subjects borrows the window of all offices of its subject type; before that, ``p >= 0.5``
     alerts.
@@ -262,16 +398,21 @@ class LearnedFusion:
         band: float = 10.0,
         window: int = 1000,
         min_fill: int = 200,
-        learning_rate: float = 0.02,
+        learning_rate: float = 0.005,
         l2: float = 1e-4,
         label_weights: dict[str, float] | None = None,
         seed: int = 0,
         suspicion: float = 0.5,
+        rank_by: str = "expected_eur",
+        severity_rate: float = 0.05,
+        stake_elasticity: float = 0.5,
     ) -> None:
         if not 0 < capacity < 1:
             raise ValueError("capacity must be in (0, 1)")
         if not 0 <= explore_share < 1:
             raise ValueError("explore_share must be in [0, 1)")
+        if rank_by not in ("expected_eur", "probability"):
+            raise ValueError("rank_by must be 'expected_eur' or 'probability'")
         self.capacity = capacity
         self.explore_share = explore_share
         self.band = band
@@ -282,11 +423,16 @@ class LearnedFusion:
         self.label_weights = label_weights or {"exploitation": 1.0, "exploration": 5.0, "random": 5.0}
         self.seed = seed
         self.suspicion = suspicion
+        self.rank_by = rank_by
+        self.severity_rate = severity_rate
+        self.stake_elasticity = stake_elasticity
         self.explore_probability = explore_share / (band - 1.0 + explore_share) if explore_share > 0 else 0.0
         self.detectors: tuple[str, ...] = ()
         self.feature_names: tuple[str, ...] = ()
         self._index: dict[str, int] = {}
         self._monotone: tuple[str, ...] = ()
+        self.last_decision: FusionDecision | None = None
+        """The latest :meth:`decide` result (evaluation reads its expected EUR)."""
         self.reset()
 
     def bind(self, detectors: Sequence[str]) -> None:
@@ -294,15 +440,19 @@ class LearnedFusion:
         self.detectors = tuple(detectors)
         self.feature_names = tuple(f"{t}:{d}" for t in SUBJECT_TYPES for d in self.detectors) + CONTEXT_FEATURES
         self._index = {name: i for i, name in enumerate(self.feature_names)}
-        self._monotone = (*self.feature_names[: len(SUBJECT_TYPES) * len(self.detectors)], "prior_logit", "log_stake")
+        self._monotone = (*self.feature_names[: len(SUBJECT_TYPES) * len(self.detectors)], *_UNSCALED, "log_stake")
         self.reset()
 
     def reset(self) -> None:
         """Forget everything learned."""
         self.scaler = make_scaler()
-        self.classifier = make_classifier(self.learning_rate, self.l2, 0.0, {"prior_logit": 1.0})
+        self.classifier = make_classifier(self.learning_rate, self.l2, 0.0, dict.fromkeys(_UNSCALED, 1.0))
+        self.severity = make_regressor(self.severity_rate, self.l2)
+        self.operators = OperatorRecord()
         self.labels = 0
         self.positives = 0
+        self.recoveries = 0
+        """Positive outcomes that reported the EUR recovered (what the severity model learned from)."""
         self.windows: dict[str, RiskWindow] = {}
         self.type_windows: dict[str, RiskWindow] = {t: RiskWindow(self.window) for t in SUBJECT_TYPES}
         self.counts: dict[str, list[int]] = {}
@@ -310,17 +460,43 @@ class LearnedFusion:
 
     # --- model -------------------------------------------------------------------------------
     def _model_input(self, values: Sequence[float]) -> tuple[dict[str, float], dict[str, float]]:
-        """(raw features for the scaler, model input: scaled, with ``prior_logit`` left raw)."""
-        x = dict(zip(self.feature_names, values, strict=True))
+        """(raw features for the scaler, model input: scaled, with the :data:`_UNSCALED` terms left raw)."""
+        x = dict(zip(self.feature_names, values[: len(self.feature_names)], strict=True))
         z = self.scaler.transform_one(x)
-        z["prior_logit"] = x["prior_logit"]
+        for name in _UNSCALED:
+            z[name] = x[name]
         return x, z
 
-    def learn(self, features: array[float], positive: bool, selection: str = "") -> None:
-        """Learn one control outcome for a subject fused with ``features``, picked by ``selection``."""
-        if len(features) != len(self.feature_names):
+    def _severity_input(self, x: dict[str, float]) -> dict[str, float]:
+        """What the revenue model reads: EUR figures (log10, over 6: about 0-1.5), regime, type, which detectors fired.
+
+        Few, bounded inputs on purpose: it learns from positive controls only (hundreds a day).
+        """
+        stake, declared, relief = x["log_stake"] / 6.0, x["log_declared"] / 6.0, x["relief"]
+        out = {"log_stake": stake, "log_declared": declared, "relief": relief, "relief_declared": relief * declared,
+               "is_declaration": x["is_declaration"], "is_excise": x["is_excise"]}  # fmt: skip
+        suspicious = _clipped_logit(self.suspicion)
+        for d in self.detectors:  # only the subject's own type has scores: the others sit at the floor
+            fired = any(x[f"{t}:{d}"] >= suspicious for t in SUBJECT_TYPES)
+            out[f"fired:{d}"] = 1.0 if fired else 0.0
+        return out
+
+    def _log_stake(self, x: dict[str, float]) -> float:
+        """log10(1 + EUR at stake if irregular): the detectors' stake plus the learned correction."""
+        return min(max(x["log_stake"] + self.severity.predict_one(self._severity_input(x)), 0.0), _MAX_LOG_EUR)
+
+    def learn(
+        self, features: array[float], positive: bool, selection: str = "", recovered_eur: float | None = None
+    ) -> None:
+        """Learn one control outcome for a subject fused with ``features``, picked by ``selection``.
+
+        ``features`` is :attr:`FusionDecision.features`. ``recovered_eur`` (duty and taxes a
+        positive control recovered, when the runtime passes it) teaches the revenue model.
+        """
+        if len(features) != len(self.feature_names) + 1:
             return  # scored before this fusion was bound (or by another one): nothing to learn from
-        _, z = self._model_input(features)
+        self.operators.add(features[-1], positive)
+        x, z = self._model_input(features)
         self.classifier.learn_one(z, positive, w=self.label_weights.get(selection, 1.0))
         weights = self.classifier._weights  # River's weight vector takes item assignment
         for name in self._monotone:
@@ -328,49 +504,55 @@ class LearnedFusion:
                 weights[name] = 0.0
         self.labels += 1
         self.positives += int(positive)
+        if positive and recovered_eur is not None and recovered_eur > 0:
+            missed = math.log10(1.0 + recovered_eur) - x["log_stake"]  # what the detectors' stake misses
+            self.severity.learn_one(self._severity_input(x), missed)
+            self.recoveries += 1
 
     def _draw(self, event_id: str) -> float:
         digest = hashlib.blake2b(f"{self.seed}:{event_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2.0**64
+
+    def _features(self, scores: Sequence[RiskScore], subject: Subject, per_detector: dict[str, float]) -> array[float]:
+        clean = 1.0
+        for score in per_detector.values():
+            clean *= 1.0 - score
+        values = [_FLOOR_LOGIT] * (len(SUBJECT_TYPES) * len(self.detectors)) + [0.0] * len(CONTEXT_FEATURES)
+        for detector, score in per_detector.items():
+            i = self._index.get(f"{subject.subject_type}:{detector}")
+            if i is not None:
+                values[i] = _clipped_logit(score)
+        key = operator_key(subject.operator_eori)
+        base = len(SUBJECT_TYPES) * len(self.detectors)
+        values[base] = _clipped_logit(1.0 - clean)
+        values[base + 1] = self.operators.evidence(key)
+        values[base + 2] = math.log10(1.0 + detectors_stake(scores))
+        values[base + 3] = math.log10(1.0 + max(subject.declared_eur or 0.0, 0.0))
+        values[base + 4] = 1.0 if subject.regime in RELIEF_REGIMES else 0.0
+        if subject.subject_type in SUBJECT_TYPES:
+            values[base + 5 + SUBJECT_TYPES.index(subject.subject_type)] = 1.0
+        values[base + 8] = _clipped_logit(subject.ens_risk) if subject.ens_risk is not None else 0.0
+        values[base + 9] = math.log1p(len({s.item_number or 0 for s in scores}))
+        features = array("d", values)
+        features.append(key)
+        return features
 
     # --- deciding ----------------------------------------------------------------------------
     def decide(self, scores: Sequence[RiskScore], subject: Subject, queue: OfficeQueueState) -> FusionDecision:
         """Fuse ``scores`` (all about ``subject``), update the budget, and alert if selected."""
         per_detector: dict[str, float] = {}
         best: dict[str, RiskScore] = {}
-        stake_by_item: dict[int, float] = {}
-        items: set[int] = set()
         for s in scores:
             if s.score >= per_detector.get(s.detector, -1.0):
                 per_detector[s.detector] = s.score
                 best[s.detector] = s
-            item = s.item_number or 0
-            items.add(item)
-            if s.score >= self.suspicion:
-                stake_by_item[item] = max(stake_by_item.get(item, 0.0), s.eur_at_stake)
-        stake = sum(stake_by_item.values())
-        if stake <= 0 and scores:
-            stake = max(s.eur_at_stake * s.score for s in scores)
-        clean = 1.0
-        for score in per_detector.values():
-            clean *= 1.0 - score
-        prior = 1.0 - clean
-
-        values = [_FLOOR_LOGIT] * (len(SUBJECT_TYPES) * len(self.detectors)) + [0.0] * len(CONTEXT_FEATURES)
-        for detector, score in per_detector.items():
-            i = self._index.get(f"{subject.subject_type}:{detector}")
-            if i is not None:
-                values[i] = _clipped_logit(score)
-        base = len(SUBJECT_TYPES) * len(self.detectors)
-        values[base] = _clipped_logit(prior)
-        values[base + 1] = math.log10(1.0 + stake)
-        if subject.subject_type in SUBJECT_TYPES:
-            values[base + 2 + SUBJECT_TYPES.index(subject.subject_type)] = 1.0
-        values[base + 5] = _clipped_logit(subject.ens_risk) if subject.ens_risk is not None else 0.0
-        values[base + 6] = math.log1p(len(items))
-        features = array("d", values)
-        x, z = self._model_input(values)
+        features = self._features(scores, subject, per_detector)
+        x, z = self._model_input(features)
         p = round(self.classifier.predict_proba_one(z)[True], 6)
+        stake = round(10.0 ** self._log_stake(x) - 1.0, 2)
+        decision = FusionDecision(p, features, None, round(p * stake, 2), stake, subject.event_id)
+        priority = self.priority(decision, subject.subject_type)
+        self.last_decision = decision
 
         key = f"{subject.office}|{subject.subject_type}"
         local = self.windows.get(key)
@@ -385,34 +567,61 @@ class LearnedFusion:
         else:
             threshold = reference.threshold(self.capacity * (1.0 - self.explore_share))
             floor = reference.threshold(self.capacity * self.band)
-            if p > threshold:
+            if priority > threshold:
                 selection = "exploitation"
-            elif p > floor and self._draw(subject.event_id) < self.explore_probability:
+            elif priority > floor and self._draw(subject.event_id) < self.explore_probability:
                 selection = "exploration"
         if local is None:
             local = self.windows[key] = RiskWindow(self.window)
-        local.add(p)
+        local.add(priority)
         if subject.subject_type in self.type_windows:
-            self.type_windows[subject.subject_type].add(p)
+            self.type_windows[subject.subject_type].add(priority)
         counts = self.counts.setdefault(key, [0, 0, 0])
         counts[0] += 1
         self.scaler.learn_one(x)
         if selection is None:
-            return FusionDecision(p, features)
+            return decision
         counts[1 if selection == "exploitation" else 2] += 1
+        decision.alert = self._alert(scores, subject, queue, decision, per_detector, best, z, selection, threshold)
+        return decision
 
+    def _alert(
+        self,
+        scores: Sequence[RiskScore],
+        subject: Subject,
+        queue: OfficeQueueState,
+        decision: FusionDecision,
+        per_detector: dict[str, float],
+        best: dict[str, RiskScore],
+        z: dict[str, float],
+        selection: str,
+        threshold: float,
+    ) -> Alert:
+        p = decision.probability
         shares = self._shares(per_detector, subject.subject_type, z)
         contributions = {d: round(p * shares.get(d, 0.0), 6) for d in per_detector}
         ordered = sorted(per_detector, key=lambda d: (-shares.get(d, 0.0), -per_detector[d], d))
         reasons = [best[d].reason for d in ordered if per_detector[d] > 0][:5] or [scores[0].reason]
+        by_eur = self._by_eur(subject.subject_type)
         if selection == "exploration":
+            mine = f"fused risk {p:.3f}" + (f" with {decision.eur_at_stake:,.0f} EUR at stake" if by_eur else "")
+            limit = "" if by_eur else f" {threshold:.3f}"  # a threshold on p x EUR ** 0.5 would read as nothing
             reasons.insert(
                 0,
-                f"Exploration pick: fused risk {p:.3f} is just below the {subject.office} threshold {threshold:.3f}, "
-                "where the model is least sure; the control outcome keeps the model honest.",
+                f"Exploration pick: {mine} ranks just below the {subject.office} threshold{limit}, "
+                "where the ranking is least sure; the control outcome keeps the model honest.",
             )
+        evidence = z.get("operator_logit", 0.0)
+        if abs(evidence) >= 0.5:
+            record = "more" if evidence > 0 else "less"
+            reasons.append(f"Operator's control record: positive {record} often than usual (log-odds {evidence:+.1f})")
+        reasons.append(
+            f"Expected recoverable revenue: {p:.3f} x {decision.eur_at_stake:,.0f} EUR at stake = "
+            f"{decision.expected_eur:,.0f} EUR."
+        )
         lead = round((subject.eta - subject.event_time).total_seconds() / 3600.0, 2) if subject.eta else None
-        alert = Alert.model_construct(
+        priority = self.priority(decision, subject.subject_type)
+        return Alert.model_construct(
             event_type="alert",
             alert_id=str(uuid.uuid5(_ALERT_NAMESPACE, subject.event_id)),
             subject_event_id=subject.event_id,
@@ -423,15 +632,27 @@ class LearnedFusion:
             operator_eori=subject.operator_eori,
             transport_mode=subject.transport_mode,
             fused_risk=p,
-            rank=queue.push(subject.event_time.timestamp(), p),
+            rank=queue.push(subject.event_time.timestamp(), priority),
             selection=selection,
             contributions=contributions,
             reasons=reasons,
-            eur_at_stake=round(stake, 2),
+            eur_at_stake=decision.eur_at_stake,
             eta=subject.eta,
             lead_time_hours=lead,
         )
-        return FusionDecision(p, features, alert)
+
+    def _by_eur(self, subject_type: str) -> bool:
+        """Whether subjects of this type are ranked by expected EUR (ENS: always by probability)."""
+        return self.rank_by == "expected_eur" and subject_type != "ens"
+
+    def priority(self, decision: FusionDecision, subject_type: str) -> float:
+        """What ranks a subject: ``p x (1 + EUR at stake) ** stake_elasticity``, or ``p`` (see ``rank_by``).
+
+        The 1 EUR keeps subjects with nothing at stake in the order of their probability.
+        """
+        if self._by_eur(subject_type):
+            return decision.probability * (1.0 + decision.eur_at_stake) ** self.stake_elasticity
+        return decision.probability
 
     def _shares(self, per_detector: dict[str, float], subject_type: str, z: dict[str, float]) -> dict[str, float]:
         """Each detector's share of the fused probability (sums to 1 over detectors, or 0)."""
@@ -450,13 +671,16 @@ class LearnedFusion:
 
     # --- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything learned, JSON-able; the River scaler and classifier as base64 pickles."""
+        """Everything learned, JSON-able; the River scaler and models as base64 pickles."""
         return {
             "features": list(self.feature_names),
             "scaler": dumps_model(self.scaler),
             "classifier": dumps_model(self.classifier),
+            "severity": dumps_model(self.severity),
             "labels": self.labels,
             "positives": self.positives,
+            "recoveries": self.recoveries,
+            "operators": self.operators.to_dict(),
             "windows": {k: w.to_list() for k, w in self.windows.items()},
             "type_windows": {k: w.to_list() for k, w in self.type_windows.items()},
             "counts": {k: list(v) for k, v in self.counts.items()},
@@ -469,7 +693,9 @@ class LearnedFusion:
             )
         self.scaler = loads_model(data["scaler"])
         self.classifier = loads_model(data["classifier"])
-        self.labels, self.positives = data["labels"], data["positives"]
+        self.severity = loads_model(data["severity"])
+        self.labels, self.positives, self.recoveries = data["labels"], data["positives"], data["recoveries"]
+        self.operators.load(data["operators"])
         self.windows = {k: RiskWindow.from_list(self.window, v) for k, v in data["windows"].items()}
         self.type_windows = {k: RiskWindow.from_list(self.window, v) for k, v in data["type_windows"].items()}
         self.counts = {k: list(v) for k, v in data["counts"].items()}

@@ -14,11 +14,19 @@ are revealed the way real controls reveal them:
   the administration's unbiased audit sample; its rule-based ones are dropped, since the
   engine replaces those rules (``--legacy-outcomes none|random|all``).
 
-**Metrics.** Each subject keeps the scores it got when it was processed. Rankings are
-judged at a fixed share of the flow, as a control budget is: at the top 1, 2, 5 and 10 %
-of the declarations and excise records (the controllable records that carry revenue),
-ranked by the fused probability, by each detector's highest item score, and by the
-label-free noisy-OR of the detectors:
+**Metrics.** Each subject keeps the scores it got when it was processed. A score a
+detector emits later about an earlier subject (an e-AD found short when its import is
+reconciled, or overdue) is not the revealing event's: it is kept apart as a *later finding*
+of that subject and reported on its own (how many, and the share of revenue at risk they
+point at), outside the prequential rankings. Rankings are judged at a fixed share of the
+flow, as a control budget is: at the top 1, 2, 5 and 10 % of the declarations and excise
+records (the controllable records that carry revenue), ranked by
+
+* ``fused``: the engine's own priority, what its alerts and queues follow: with the
+  learned fusion, the expected recoverable revenue (fused probability x EUR at stake,
+  :meth:`~vigie.operators.fusion.LearnedFusion.priority`);
+* ``fused probability``: the fused probability alone;
+* each detector's highest item score, and the label-free noisy-OR of the detectors:
 
 * **precision**: share of the ranked records that are fraudulent;
 * **recall**: share of the fraudulent consignments with at least one record in the top;
@@ -145,9 +153,16 @@ class Record:
     when: float
     """Watermark (latest event time seen, epoch s) when it was scored."""
     fused: float
+    """Fused probability (the noisy-OR of the detectors without a learned fusion)."""
     detectors: dict[str, float]
     truth: Truth | None
     office: str
+    priority: float = -1.0
+    """What the engine ranks it by (expected recoverable EUR with the learned fusion); -1: ``fused``."""
+
+    @property
+    def rank_key(self) -> float:
+        return self.fused if self.priority < 0 else self.priority
 
 
 @dataclass(slots=True)
@@ -195,6 +210,8 @@ class PrequentialEvaluator:
         self.outcomes_fed = Counter[str]()
         self.legacy_dropped = 0
         self.events = 0
+        self.later: dict[str, dict[str, float]] = {}
+        """Subject event id -> detector -> highest score it gave the subject after processing it (later findings)."""
         self._pending: list[tuple[float, int, ControlOutcome]] = []
         self._seq = 0
         self._watermark = 0.0
@@ -232,19 +249,37 @@ class PrequentialEvaluator:
     def _process(self, event: Any, truth: Truth | None) -> None:
         self.events += 1
         result = self.pipeline.process(event)
+        per: dict[str, float] = {}
+        for s in result.scores:
+            if s.subject_event_id != event.event_id:
+                self._late_score(s.subject_event_id, s.detector, s.score)
+            elif s.score > per.get(s.detector, -1.0):
+                per[s.detector] = s.score
         if not isinstance(event, ControlOutcome):
             # Every controllable record is ranked, scored or not (unscored ones rank last).
-            per: dict[str, float] = {}
-            for s in result.scores:
-                if s.score > per.get(s.detector, -1.0):
-                    per[s.detector] = s.score
             fused = result.fused_risk if result.fused_risk is not None else _noisy_or(per)
             office = result.scores[0].office if result.scores else _office(event)
-            record = Record(event.event_id, event.event_type, self.events, self._watermark, fused, per, truth, office)
+            record = Record(event.event_id, event.event_type, self.events, self._watermark, fused, per, truth, office,
+                            self._priority(event, result.fused_risk))  # fmt: skip
             self.records.append(record)
         if result.alert is not None:
             self.alerts.append(AlertRecord(result.alert, self.events, truth))
             self._control(result.alert, truth)
+
+    def _priority(self, event: Any, fused_risk: float | None) -> float:
+        """The engine's priority for the subject it just fused (-1: none, rank by the fused probability)."""
+        fusion = self.pipeline.alerting
+        if fused_risk is None or not isinstance(fusion, LearnedFusion):
+            return -1.0
+        decision = fusion.last_decision
+        if decision is None or decision.event_id != event.event_id:
+            return -1.0
+        return fusion.priority(decision, event.event_type)
+
+    def _late_score(self, subject_id: str, detector: str, score: float) -> None:
+        """A detector's later word on an earlier subject (e.g. an e-AD found short): a later finding of that subject."""
+        found = self.later.setdefault(subject_id, {})
+        found[detector] = max(found.get(detector, 0.0), score)
 
     def _control(self, alert: Alert, truth: Truth | None) -> None:
         """The control an alert triggers, reported some hours after the goods are there."""
@@ -300,7 +335,9 @@ class PrequentialEvaluator:
         records = [r for r in self.records if r.order >= since_order]
         main = [r for r in records if r.subject_type in RANKED_TYPES]
         ens = [r for r in records if r.subject_type == "ens"]
-        rankers: dict[str, Callable[[Record], float]] = {"fused": lambda r: r.fused}
+        rankers: dict[str, Callable[[Record], float]] = {"fused": lambda r: r.rank_key}
+        if any(r.priority >= 0 for r in records):
+            rankers["fused probability"] = lambda r: r.fused
         rankers["noisy-OR (no labels)"] = lambda r: _noisy_or(r.detectors)
         for name in self.detector_names:
             rankers[name] = lambda r, name=name: r.detectors.get(name, 0.0)
@@ -318,7 +355,24 @@ class PrequentialEvaluator:
         report.alerts = _alert_stats(alerts, records, self.truths)
         report.lead_times_h = self._lead_times(alerts)
         report.n_ens_borne_frauds = len({t.consignment for t in self.truths.values() if t.consignment in self.ens_eta})
+        report.later = self._later_findings(main)
         return report
+
+    def _later_findings(self, main: Sequence[Record], suspicion: float = 0.5) -> dict[str, float]:
+        """Records a detector flagged (score >= ``suspicion``) only after they were processed; revenue concerned."""
+        flagged = [r for r in main if max(self.later.get(r.event_id, {}).values(), default=0.0) >= suspicion]
+        revenue_of: dict[str, float] = {}
+        for r in main:
+            if r.truth is not None:
+                revenue_of[r.truth.consignment] = max(revenue_of.get(r.truth.consignment, 0.0), r.truth.revenue_eur)
+        hit = {r.truth.consignment for r in flagged if r.truth is not None}
+        total = sum(revenue_of.values())
+        return {
+            "subjects": float(len([r for r in main if r.event_id in self.later])),
+            "flagged": float(len(flagged)),
+            "flagged_fraudulent": float(sum(r.truth is not None for r in flagged)),
+            "revenue_share": sum(revenue_of[c] for c in hit) / total if total > 0 else 0.0,
+        }
 
     def _lead_times(self, alerts: Sequence[AlertRecord]) -> list[float]:
         first: dict[str, datetime] = {}
@@ -350,7 +404,7 @@ class PrequentialEvaluator:
             if not main:
                 continue
             out["hours"].append((edge - start) / 3600.0)
-            fused = _at_top(main, lambda r: r.fused)
+            fused = _at_top(main, lambda r: r.rank_key)
             out["precision_5"].append(fused[0.05].precision)
             out["revenue_10"].append(fused[0.10].revenue)
             noisy = _at_top(main, lambda r: _noisy_or(r.detectors))
@@ -482,6 +536,8 @@ class EvaluationReport:
     alerts: dict[str, Any] = field(default_factory=dict)
     lead_times_h: list[float] = field(default_factory=list)
     n_ens_borne_frauds: int = 0
+    later: dict[str, float] = field(default_factory=dict)
+    """Later findings (see :meth:`PrequentialEvaluator._later_findings`)."""
 
     @property
     def base_rate(self) -> float:
@@ -508,6 +564,7 @@ class EvaluationReport:
             "ens_borne_frauds": self.n_ens_borne_frauds,
             "ens_borne_frauds_alerted": len(self.lead_times_h),
             "ens_borne_alerted_2h_before": sum(h >= 2.0 for h in self.lead_times_h),
+            "later_findings": self.later,
         }
 
 
@@ -564,6 +621,13 @@ def print_report(console: Console, report: EvaluationReport, title: str = "") ->
         + f" ({len(report.lead_times_h):,} of {report.n_ens_borne_frauds:,} alerted, "
         f"{sum(h >= 2 for h in report.lead_times_h):,} at least 2 h ahead)",
     )
+    later = report.later
+    if later:
+        table.add_row(
+            "later findings (not ranked)",
+            f"{later['flagged']:.0f} records flagged only after they were processed, {later['flagged_fraudulent']:.0f} "
+            f"fraudulent, {later['revenue_share']:.1%} of revenue at risk",
+        )
     console.print(table)
 
 
@@ -715,13 +779,19 @@ def evaluate_command(
             f"--legacy-outcomes {legacy_outcomes} --detectors {detectors}"
         )
         notes = [
-            f"Detectors: {names}; learned fusion (River StandardScaler + LogisticRegression), capacity {capacity:.1%} "
-            f"of each office's flow, {explore_share:.0%} of it exploring.",
+            f"Detectors: {names}; learned fusion (River StandardScaler + LogisticRegression starting as the noisy-OR "
+            f"prior, with each operator's control record), capacity {capacity:.1%} of each office's flow, "
+            f"{explore_share:.0%} of it exploring.",
+            "'fused' ranks declarations and excise records as the engine's alerts do, by expected recoverable revenue "
+            "(fused probability x (1 + EUR at stake) ** 0.5); 'fused probability' by the probability alone.",
             f"{evaluator.events:,} events, {report.n_records:,} declarations and excise records (base rate "
             f"{report.base_rate:.2%}), {report.n_ens:,} ENS; labels: {fed['engine']:,} controls of the engine's alerts "
             f"+ {fed['legacy']:,} legacy ({legacy_outcomes}).",
             "Top-k metrics rank every declaration and excise record by the score it got when processed "
             "(prequential); recall and revenue count each fraudulent consignment once.",
+            f"Later findings (a detector's score on a record after it was processed, e.g. an e-AD found short, kept "
+            f"out of the rankings): {report.later.get('flagged', 0):.0f} records, "
+            f"{report.later.get('revenue_share', 0):.1%} of revenue at risk.",
             f"{datetime.now(UTC):%Y-%m-%d}, {elapsed:.0f} s, Python {platform.python_version()}, one process.",
         ]
         record_results(command, report, late, notes)

@@ -11,11 +11,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.factories import T0
+from tests.factories import T0, excise
 from vigie.operators import ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
 from vigie.operators.fusion import LearnedFusion
-from vigie.schemas import ControlOutcome
+from vigie.operators.pipeline import PipelineResult
+from vigie.schemas import ControlOutcome, RiskScore
 from vigie.schemas.generator import GeneratorConfig
 from vigie.streams.evaluate import (
     TOP_SHARES,
@@ -77,7 +78,9 @@ def test_labels_come_only_from_controls() -> None:
 def test_report_ranks_fused_and_each_detector() -> None:
     evaluator = _evaluated()
     report = evaluator.report()
-    assert set(report.ranking) == {"fused", "noisy-OR (no labels)", "undervaluation", "ens_pre_arrival"}
+    assert set(report.ranking) == {
+        "fused", "fused probability", "noisy-OR (no labels)", "undervaluation", "ens_pre_arrival"
+    }  # fmt: skip
     assert all(set(r) == set(TOP_SHARES) for r in report.ranking.values())
     # Every declaration and excise record is ranked, scored or not.
     assert report.n_records == sum(r.subject_type in ("declaration", "excise") for r in evaluator.records)
@@ -86,6 +89,52 @@ def test_report_ranks_fused_and_each_detector() -> None:
     assert report.lead_times_h and report.median_lead_h is not None
     data = report.to_dict()
     assert data["ranking"]["fused"]["5%"]["precision"] == report.ranking["fused"][0.05].precision
+
+
+def test_fused_ranking_is_the_engines_priority() -> None:
+    """Declarations and excise records rank by expected recoverable EUR, as the engine's alerts; ENS by probability."""
+    evaluator = _evaluated()
+    fusion = evaluator.pipeline.alerting
+    assert isinstance(fusion, LearnedFusion)
+    fused = [r for r in evaluator.records if r.priority >= 0]
+    assert {r.subject_type for r in fused} == {"ens", "declaration"}
+    for r in fused:
+        if r.subject_type == "ens":
+            assert r.rank_key == r.fused
+        else:
+            assert r.rank_key >= r.fused  # p x (1 + EUR at stake)
+    assert any(r.rank_key > 100 * r.fused for r in fused)  # EUR at stake moves the ranking
+    report = evaluator.report()
+    assert report.ranking["fused"][0.10].revenue != report.ranking["fused probability"][0.10].revenue
+
+
+class _LateScores:
+    """A pipeline stand-in whose second event reveals something about the first (an overdue e-AD)."""
+
+    def __init__(self) -> None:
+        self.detectors: list[Any] = []
+        self.alerting = None
+
+    def process(self, event: Any) -> PipelineResult:
+        first = event.event_id == "exc-0001"
+        score = RiskScore(
+            score_id=f"s-{event.event_id}", detector="excise", subject_event_id="exc-0001", subject_type="excise",
+            subject_reference="26FRA1B2C3D4E5F6G7H81", event_time=T0, office="FR002300",
+            score=0.0 if first else 0.9, eur_at_stake=0.0, reason="overdue",
+        )  # fmt: skip
+        return PipelineResult(event, [score])
+
+
+def test_a_later_score_is_a_later_finding_of_its_subject() -> None:
+    """Not the revealing event's score, and not in the prequential rankings: reported apart."""
+    evaluator = PrequentialEvaluator(_LateScores())  # type: ignore[arg-type]
+    evaluator.feed(excise(), Truth(5000.0, "C1"))
+    evaluator.feed(excise(event_id="exc-0002", arc="26FRA1B2C3D4E5F6G7H82"), None)
+    first, second = evaluator.records
+    assert first.detectors == {"excise": 0.0} and second.detectors == {}
+    assert evaluator.later == {"exc-0001": {"excise": 0.9}}
+    later = evaluator.report().later
+    assert later["flagged"] == 1 and later["flagged_fraudulent"] == 1 and later["revenue_share"] == 1.0
 
 
 def test_build_detectors() -> None:

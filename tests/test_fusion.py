@@ -15,7 +15,14 @@ from tests.factories import T0
 from vigie.models.feedback import LabelJoin
 from vigie.operators import NoisyOrAlerting, OfficeQueueState, ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
-from vigie.operators.fusion import LearnedFusion, RiskWindow, Subject
+from vigie.operators.fusion import (
+    LearnedFusion,
+    OperatorRecord,
+    RiskWindow,
+    Subject,
+    detectors_stake,
+    operator_key,
+)
 from vigie.schemas import ControlOutcome, RiskScore
 from vigie.schemas.generator import GeneratorConfig, generate
 
@@ -44,8 +51,9 @@ def _score(detector: str, score: float, event_id: str = "d1", item: int = 1, sta
     )
 
 
-def _subject(event_id: str = "d1") -> Subject:
-    return Subject(event_id, "declaration", "26FR0002300000001A", "FR002300", T0, eta=T0 + timedelta(hours=5))
+def _subject(event_id: str = "d1", eori: str | None = None, **context: Any) -> Subject:
+    return Subject(event_id, "declaration", "26FR0002300000001A", "FR002300", T0, eori, eta=T0 + timedelta(hours=5),
+                   **context)  # fmt: skip
 
 
 def _fusion(**kwargs: Any) -> LearnedFusion:
@@ -75,6 +83,106 @@ def test_fusion_starts_as_the_noisy_or_prior() -> None:
     assert sum(alert.contributions.values()) == pytest.approx(alert.fused_risk, abs=1e-5)
     assert alert.contributions["undervaluation"] > alert.contributions["ens_pre_arrival"]
     assert alert.eur_at_stake == 100.0 and alert.lead_time_hours == 5.0
+    assert decision.expected_eur == pytest.approx(decision.probability * 100.0, abs=0.01)
+    assert alert.reasons[-1].startswith(f"Expected recoverable revenue: {decision.probability:.3f} x 100 EUR")
+
+
+def test_stake_is_each_items_largest_figure_summed() -> None:
+    scores = [_score("undervaluation", 0.1, item=1, stake=300.0), _score("ens_pre_arrival", 0.9, item=1, stake=50.0),
+              _score("undervaluation", 0.2, item=2, stake=20.0)]  # fmt: skip
+    assert detectors_stake(scores) == 320.0
+
+
+def test_priority_is_the_expected_recoverable_revenue() -> None:
+    fusion = _fusion()
+    queue = OfficeQueueState()
+    small = fusion.decide([_score("undervaluation", 0.9, "s", stake=100.0)], _subject("s"), queue)
+    big = fusion.decide([_score("undervaluation", 0.6, "b", stake=50_000.0)], _subject("b"), queue)
+    assert small.probability > big.probability
+    assert big.eur_at_stake == 50_000.0 and big.expected_eur == pytest.approx(big.probability * 50_000.0, abs=0.01)
+    assert fusion.priority(big, "declaration") > fusion.priority(small, "declaration")
+    assert fusion.priority(big, "ens") == big.probability  # ENS are ranked by probability
+    by_probability = _fusion(rank_by="probability")
+    assert by_probability.priority(big, "declaration") == big.probability
+    assert big.alert is not None and big.alert.fused_risk == big.probability and big.alert.eur_at_stake == 50_000.0
+    with pytest.raises(ValueError, match="rank_by"):
+        LearnedFusion(rank_by="luck")
+
+
+def test_budget_spends_on_expected_revenue() -> None:
+    """Same probability, different stakes: the exploitation picks are the ones with more EUR at stake."""
+    fusion = _fusion(window=200, min_fill=100, capacity=0.05, explore_share=0.0)
+    queue = OfficeQueueState()
+    picked = []
+    for i in range(600):
+        stake = 100_000.0 + i if i % 10 == 0 else 100.0 + i
+        decision = fusion.decide([_score("undervaluation", 0.3, f"e{i}", stake=stake)], _subject(f"e{i}"), queue)
+        if i >= 100 and decision.alert is not None:
+            picked.append(decision.eur_at_stake)
+    assert len(picked) > 10 and min(picked) >= 100_000.0
+
+
+def test_recovered_revenue_teaches_the_stake() -> None:
+    fusion = _fusion()
+    queue = OfficeQueueState()
+    scores = [_score("undervaluation", 0.7, stake=1_000.0)]
+    assert fusion.decide(scores, _subject("a"), queue).eur_at_stake == 1_000.0
+    for i in range(200):
+        fusion.learn(fusion.decide(scores, _subject(f"n{i}"), queue).features, True, "exploitation")
+    assert fusion.decide(scores, _subject("b"), queue).eur_at_stake == 1_000.0  # no EUR reported: nothing learned
+    for i in range(300):
+        decision = fusion.decide(scores, _subject(f"r{i}"), queue)
+        fusion.learn(decision.features, True, "exploitation", recovered_eur=100_000.0)
+    assert fusion.recoveries == 300
+    assert fusion.decide(scores, _subject("c"), queue).eur_at_stake > 20_000.0  # controls recover ~100x the estimate
+
+
+def test_subject_context_is_a_feature() -> None:
+    fusion = _fusion()
+    queue = OfficeQueueState()
+    scores = [_score("undervaluation", 0.2)]
+    relieved = fusion.decide(scores, _subject("r", declared_eur=99_999.0, regime="4200"), queue)
+    plain = fusion.decide(scores, _subject("p", regime="4000"), queue)
+    x = dict(zip(fusion.feature_names, relieved.features, strict=False))
+    assert x["log_declared"] == pytest.approx(5.0) and x["relief"] == 1.0
+    y = dict(zip(fusion.feature_names, plain.features, strict=False))
+    assert y["log_declared"] == 0.0 and y["relief"] == 0.0
+    assert len(relieved.features) == len(fusion.feature_names) + 1  # then the operator key
+
+
+def test_operator_record_weighs_an_operators_controls() -> None:
+    record = OperatorRecord(prior_strength=1.0, cap=4.0, max_operators=2)
+    a, b, c = operator_key("FR1"), operator_key("FR2"), operator_key("FR3")
+    assert operator_key(None) == -1.0 and a == operator_key("FR1") and a != b and a == int(a)
+    for _ in range(3):
+        record.add(b, False)
+    record.add(a, True)
+    assert record.evidence(c) == 0.0  # never controlled
+    assert record.evidence(a) > 0.5 > -0.5 > record.evidence(b)
+    once = record.evidence(a)
+    record.add(a, True)
+    assert record.evidence(a) > once  # more positives, more evidence
+    for _ in range(4):
+        record.add(a, True)
+    assert record.counts[int(a)][0] <= 4.0  # counts past the cap are halved: old history fades
+    record.add(c, True)  # a third operator: the least recently controlled one is forgotten
+    assert len(record) == 2 and record.evidence(b) == 0.0
+    restored = OperatorRecord()
+    restored.load(orjson.loads(orjson.dumps(record.to_dict())))
+    assert restored.evidence(a) == record.evidence(a) and restored.controls == record.controls == 10
+
+
+def test_an_operators_positive_controls_raise_its_next_subjects() -> None:
+    fusion = _fusion()
+    queue = OfficeQueueState()
+    quiet = [_score("undervaluation", 0.1), _score("ens_pre_arrival", 0.1)]
+    for i in range(3):
+        fusion.learn(fusion.decide(quiet, _subject(f"f{i}", "FR1"), queue).features, True, "exploitation")
+    for i in range(6):
+        fusion.learn(fusion.decide(quiet, _subject(f"o{i}", f"FRX{i}"), queue).features, False, "exploitation")
+    flagged = fusion.decide(quiet, _subject("next", "FR1"), queue)
+    other = fusion.decide(quiet, _subject("other", "FR2"), queue)
+    assert flagged.probability > 2 * other.probability
 
 
 def test_outcomes_move_the_model() -> None:
