@@ -58,6 +58,7 @@ from libc.string cimport memcpy, memset
 
 PADDING = 0.15
 """Share of a feature's range kept clear of a split at either end (River's constant)."""
+cdef double PADDING_C = PADDING
 
 
 cdef class HalfSpaceTrees:
@@ -94,6 +95,8 @@ cdef class HalfSpaceTrees:
     cdef double _size_limit
     cdef double _max_score
     cdef double _pow2[64]
+    cdef object _x_arr
+    cdef double* _x
 
     def __init__(
         self,
@@ -130,6 +133,9 @@ cdef class HalfSpaceTrees:
             self._pow2[d] = float(2 ** d)
         self._rng = random.Random(seed)
         self._feature_arr = None
+        self._x_arr = np.zeros(self.n_features, dtype=np.float64)
+        cdef double[::1] scratch = self._x_arr
+        self._x = &scratch[0]
 
     # ------------------------------------------------------------------ construction
 
@@ -163,9 +169,21 @@ cdef class HalfSpaceTrees:
         index = {name: i for i, name in enumerate(self.features)}
         feature = np.full((self.n_trees, self.n_nodes), -1, dtype=np.int32)
         threshold = np.zeros((self.n_trees, self.n_nodes), dtype=np.float64)
+        cdef Py_ssize_t n = len(present)
+        columns = np.array([index[name] for name in present], dtype=np.int32)
+        bounds = np.array([self.limits.get(name, (0.0, 1.0)) for name in present], dtype=np.float64)
+        lo = np.empty(n, dtype=np.float64)
+        hi = np.empty(n, dtype=np.float64)
+        cum = np.empty(n, dtype=np.float64)
+        cdef int32_t[::1] c = columns
+        cdef double[::1] l = lo, h = hi, w = cum
+        cdef int32_t[:, ::1] f = feature
+        cdef double[:, ::1] th = threshold
+        rand = self._rng.random
         for t in range(self.n_trees):
-            limits = {name: self.limits.get(name, (0.0, 1.0)) for name in present}
-            _grow(limits, self.height, self._rng, 0, index, feature[t], threshold[t])
+            lo[:] = bounds[:, 0]
+            hi[:] = bounds[:, 1]
+            _grow(self.height, rand, 0, n, &c[0], &l[0], &h[0], &w[0], &f[t, 0], &th[t, 0])
         zeros = np.zeros((self.n_trees, self.n_nodes), dtype=np.int64)
         self._bind(feature, threshold, zeros, zeros.copy())
 
@@ -246,6 +264,33 @@ cdef class HalfSpaceTrees:
             self._build(x)
         self._learn(&x[0])
         return score
+
+    cdef void _load(self, values) except *:
+        """Copy a sequence of floats (list or tuple, in feature order) into the scratch vector."""
+        cdef Py_ssize_t i, n = len(values)
+        self._check(n)
+        for i in range(n):
+            self._x[i] = values[i]
+
+    def score_values(self, values) -> float:
+        """:meth:`score_one` of a list or tuple of floats in feature order (no array to build).
+
+        >>> a, b = HalfSpaceTrees(["x", "y"], window_size=2, seed=1), HalfSpaceTrees(["x", "y"], window_size=2, seed=1)
+        >>> for point in ([0.1, 0.2], [0.3, 0.4], [0.2, 0.2]):
+        ...     a.learn_values(point)
+        ...     b.learn_one(np.array(point))
+        >>> a.score_values([0.9, 0.1]) == b.score_one(np.array([0.9, 0.1])) and a.to_dict() == b.to_dict()
+        True
+        """
+        self._load(values)
+        return self._score(self._x)
+
+    def learn_values(self, values) -> None:
+        """:meth:`learn_one` of a list or tuple of floats in feature order (no array to build)."""
+        self._load(values)
+        if self._feature_arr is None:
+            self._build(self._x_arr)
+        self._learn(self._x)
 
     def score_many(self, const double[:, ::1] X):
         """Scores of the rows of ``X`` against the current state, without learning them."""
@@ -398,24 +443,44 @@ def _restore(data: dict) -> HalfSpaceTrees:
     return HalfSpaceTrees.from_dict(data)
 
 
-def _grow(dict limits, int height, rng, Py_ssize_t node, dict index, int32_t[::1] feature, double[::1] threshold):
+cdef void _grow(
+    int height, object rand, Py_ssize_t node, Py_ssize_t n, const int32_t* columns, double* lo, double* hi,
+    double* cum, int32_t* feature, double* threshold,
+) except *:
     """Grow the subtree rooted at heap index ``node`` with River's ``make_padded_tree`` RNG calls.
 
-    ``limits`` maps each usable feature to its current ``(low, high)`` box side (narrowed
-    along the way down and restored on the way up, in the same order as River).
+    ``lo`` / ``hi``: the current box side of each usable feature (``columns[i]`` is its index
+    in the observation), narrowed on the way down and restored on the way up. Each branch
+    draws exactly as River's ``rng.choices(features, weights=widths)`` then
+    ``rng.uniform(a + 0.15 (b - a), b - 0.15 (b - a))`` do (CPython 3.11's code: cumulative
+    widths, ``bisect_right(cum, random() * total, 0, n - 1)``, ``a + (b - a) * random()``),
+    with the same double operations in the same order, so the trees are bit-identical.
     """
     if height == 0:
         return
-    on = rng.choices(population=list(limits.keys()), weights=[limits[i][1] - limits[i][0] for i in limits])[0]
-    a = limits[on][0]
-    b = limits[on][1]
-    at = rng.uniform(a + PADDING * (b - a), b - PADDING * (b - a))
-    feature[node] = index[on]
+    cdef Py_ssize_t i, lo_i, hi_i, mid
+    cdef double total, pick, a, b, low, high, at
+    cum[0] = hi[0] - lo[0]
+    for i in range(1, n):
+        cum[i] = cum[i - 1] + (hi[i] - lo[i])
+    total = cum[n - 1] + 0.0
+    pick = <double> rand() * total
+    lo_i, hi_i = 0, n - 1
+    while lo_i < hi_i:
+        mid = (lo_i + hi_i) >> 1
+        if pick < cum[mid]:
+            hi_i = mid
+        else:
+            lo_i = mid + 1
+    a, b = lo[lo_i], hi[lo_i]
+    low = a + PADDING_C * (b - a)
+    high = b - PADDING_C * (b - a)
+    at = low + (high - low) * <double> rand()
+    feature[node] = columns[lo_i]
     threshold[node] = at
-    tmp = limits[on]
-    limits[on] = (tmp[0], at)
-    _grow(limits, height - 1, rng, 2 * node + 1, index, feature, threshold)
-    limits[on] = tmp
-    limits[on] = (at, tmp[1])
-    _grow(limits, height - 1, rng, 2 * node + 2, index, feature, threshold)
-    limits[on] = tmp
+    hi[lo_i] = at
+    _grow(height - 1, rand, 2 * node + 1, n, columns, lo, hi, cum, feature, threshold)
+    hi[lo_i] = b
+    lo[lo_i] = at
+    _grow(height - 1, rand, 2 * node + 2, n, columns, lo, hi, cum, feature, threshold)
+    lo[lo_i] = a

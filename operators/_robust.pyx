@@ -1,13 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Robust location and scale of a small buffer: median and MAD, in C.
+"""Robust location and scale of a small buffer: median and MAD, in C; and the ring buffer they read.
 
 The undervaluation detector calls this for every goods item it scores, on ring buffers
 of at most a few hundred values, so an allocation-free quickselect beats numpy's
-per-call overhead by an order of magnitude.
+per-call overhead by an order of magnitude. :class:`UnitValueWindow` keeps those ring
+buffers in C too, so that adding a value and reading the median cost a method call each.
 """
 
 from libc.math cimport fabs
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memcpy, memmove
 
 
 cdef double _select(double* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
@@ -49,6 +51,21 @@ cdef double _median(double* a, Py_ssize_t n) noexcept nogil:
     return 0.5 * (lower + upper)
 
 
+cdef void _median_mad(const double* values, double* work, Py_ssize_t n, double* med, double* mad) noexcept nogil:
+    """Median and MAD of values[0:n] into ``med`` and ``mad``, using ``work`` (n doubles) as scratch."""
+    cdef Py_ssize_t i
+    memcpy(work, values, n * sizeof(double))
+    med[0] = _median(work, n)
+    for i in range(n):
+        work[i] = fabs(values[i] - med[0])
+    mad[0] = _median(work, n)
+
+
+cdef int _compare(const void* a, const void* b) noexcept nogil:
+    cdef double x = (<const double*> a)[0], y = (<const double*> b)[0]
+    return (x > y) - (x < y)
+
+
 def median_mad(double[::1] values, Py_ssize_t n):
     """Median and median absolute deviation of ``values[:n]``; ``values`` is not modified.
 
@@ -65,16 +82,224 @@ def median_mad(double[::1] values, Py_ssize_t n):
     cdef double* work = <double*> malloc(n * sizeof(double))
     if work == NULL:
         raise MemoryError()
-    cdef Py_ssize_t i
     cdef double med, mad
     try:
         with nogil:
-            for i in range(n):
-                work[i] = values[i]
-            med = _median(work, n)
-            for i in range(n):
-                work[i] = fabs(values[i] - med)
-            mad = _median(work, n)
+            _median_mad(&values[0], work, n, &med, &mad)
     finally:
         free(work)
     return med, mad
+
+
+cdef class UnitValueWindow:
+    """The last ``capacity`` values of one group (log unit values, ratios, scores), as a ring buffer.
+
+    ``seen`` counts every value ever added (the buffer holds the most recent ones, in buffer
+    order: insertion order until it is full, then rotated at ``pos``, the next slot written);
+    ``last_seen`` is the latest event time (epoch seconds) passed to :meth:`add`, for idle-key
+    eviction. The median and MAD are computed on demand and kept until the next :meth:`add`.
+
+    >>> window = UnitValueWindow(4)
+    >>> for value in (1.0, 2.0, 3.0, 4.0, 100.0):
+    ...     window.add(value, 10.0)
+    >>> window.size, window.seen, window.held(), window.median_mad()
+    (4, 5, [100.0, 2.0, 3.0, 4.0], (3.5, 1.0))
+    >>> UnitValueWindow.from_dict(window.to_dict(), 4).to_dict() == window.to_dict()
+    True
+    """
+
+    cdef double* _values
+    cdef double* _work
+    cdef readonly Py_ssize_t capacity
+    cdef readonly Py_ssize_t pos
+    cdef readonly long long seen
+    cdef readonly double last_seen
+    cdef double _median
+    cdef double _mad
+    cdef bint _fresh
+
+    def __cinit__(self, Py_ssize_t capacity):
+        if capacity < 1:
+            raise ValueError(f"a window holds at least one value (capacity {capacity})")
+        self._values = <double*> malloc(capacity * sizeof(double))
+        self._work = <double*> malloc(capacity * sizeof(double))
+        if self._values == NULL or self._work == NULL:
+            raise MemoryError()
+        self.capacity = capacity
+        self.pos = 0
+        self.seen = 0
+        self.last_seen = 0.0
+        self._fresh = False
+
+    def __dealloc__(self):
+        free(self._values)
+        free(self._work)
+
+    @property
+    def size(self) -> int:
+        """How many values the window holds now."""
+        return self.seen if self.seen < self.capacity else self.capacity
+
+    cdef void _loaded(self) noexcept:
+        """Hook run once :meth:`from_dict` has filled the buffer (subclasses derive their indexes)."""
+        pass
+
+    cpdef void add(self, double value, double when):
+        """Write ``value`` over the oldest held one (once full); ``when``: its event time, epoch s."""
+        self._values[self.pos] = value
+        self.pos += 1
+        if self.pos == self.capacity:
+            self.pos = 0
+        self.seen += 1
+        if when > self.last_seen:
+            self.last_seen = when
+        self._fresh = False
+
+    cpdef tuple median_mad(self):
+        """Median and MAD of the values held; ``(nan, nan)`` when empty."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        if n == 0:
+            return float("nan"), float("nan")
+        if not self._fresh:
+            _median_mad(self._values, self._work, n, &self._median, &self._mad)
+            self._fresh = True
+        return self._median, self._mad
+
+    cpdef double median(self):
+        """The median of the values held (nan when empty)."""
+        return self.median_mad()[0]
+
+    def held(self) -> list:
+        """The values held, in buffer order (as :meth:`to_dict` saves them)."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        return [self._values[i] for i in range(n)]
+
+    def sorted_values(self) -> list:
+        """The values held, smallest first."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        memcpy(self._work, self._values, n * sizeof(double))
+        qsort(self._work, n, sizeof(double), _compare)
+        return [self._work[i] for i in range(n)]
+
+    def to_dict(self) -> dict:
+        return {"values": self.held(), "pos": self.pos, "seen": self.seen, "last": self.last_seen}
+
+    @classmethod
+    def from_dict(cls, dict data, Py_ssize_t capacity) -> UnitValueWindow:
+        """Rebuild a window saved with :meth:`to_dict`, with room for ``capacity`` values."""
+        cdef UnitValueWindow window = cls(capacity)
+        held = data["values"]
+        if len(held) > capacity:
+            raise ValueError(f"{len(held)} values saved for a window of {capacity}")
+        for i, value in enumerate(held):
+            window._values[i] = value
+        window.pos, window.seen, window.last_seen = data["pos"], data["seen"], data["last"]
+        if not 0 <= window.pos < capacity:
+            raise ValueError(f"window position {window.pos} outside a window of {capacity}")
+        if len(held) != min(window.seen, capacity):
+            raise ValueError(f"{len(held)} values saved for a window of {capacity} that has seen {window.seen}")
+        window._loaded()
+        return window
+
+    def __reduce__(self):
+        return _restore_window, (type(self), self.to_dict(), self.capacity)
+
+
+cdef Py_ssize_t _bisect_left(const double* a, Py_ssize_t n, double x) noexcept nogil:
+    """First index i with a[i] >= x in sorted a[0:n] (Python's ``bisect_left``)."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef Py_ssize_t _bisect_right(const double* a, Py_ssize_t n, double x) noexcept nogil:
+    """First index i with a[i] > x in sorted a[0:n] (Python's ``bisect_right``)."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if x < a[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+cdef class RankedWindow(UnitValueWindow):
+    """A :class:`UnitValueWindow` that also keeps its values sorted, to read quantiles and ranks.
+
+    Saved and restored exactly like a :class:`UnitValueWindow` (the sorted copy is derived).
+
+    >>> window = RankedWindow(4)
+    >>> for value in (0.3, 0.1, 0.4, 0.2, 0.9):
+    ...     window.add(value, 0.0)
+    >>> window.sorted_values(), window.quantile(0.5), window.count_at_least(0.4), window.sum_above(0.3)
+    ([0.1, 0.2, 0.4, 0.9], 0.30000000000000004, 2, (2, 1.3))
+    """
+
+    cdef double* _sorted
+
+    def __cinit__(self, Py_ssize_t capacity):
+        self._sorted = <double*> malloc(capacity * sizeof(double))
+        if self._sorted == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self._sorted)
+
+    cdef void _loaded(self) noexcept:
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        memcpy(self._sorted, self._values, n * sizeof(double))
+        qsort(self._sorted, n, sizeof(double), _compare)
+
+    cpdef void add(self, double value, double when):
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        cdef Py_ssize_t at
+        if n == self.capacity:  # full: the value overwritten leaves the sorted copy
+            at = _bisect_left(self._sorted, n, self._values[self.pos])
+            n -= 1
+            memmove(&self._sorted[at], &self._sorted[at + 1], (n - at) * sizeof(double))
+        at = _bisect_right(self._sorted, n, value)
+        memmove(&self._sorted[at + 1], &self._sorted[at], (n - at) * sizeof(double))
+        self._sorted[at] = value
+        UnitValueWindow.add(self, value, when)
+
+    def sorted_values(self) -> list:
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        return [self._sorted[i] for i in range(n)]
+
+    cpdef double quantile(self, double q):
+        """The ``q`` quantile of the values held, interpolated linearly (numpy's default method);
+        the same double operations as ``low + (high - low) * (q * (n - 1) - int(q * (n - 1)))``."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        if n == 0:
+            raise ValueError("quantile of an empty window")
+        cdef double position = q * <double> (n - 1)
+        cdef Py_ssize_t low = <Py_ssize_t> position
+        cdef Py_ssize_t high = low + 1 if low + 1 < n - 1 else n - 1
+        return self._sorted[low] + (self._sorted[high] - self._sorted[low]) * (position - <double> low)
+
+    cpdef Py_ssize_t count_at_least(self, double x):
+        """How many values held are >= ``x``."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        return n - _bisect_left(self._sorted, n, x)
+
+    cpdef tuple sum_above(self, double x):
+        """(count, sum) of the values held that are > ``x``, summed smallest first."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        cdef Py_ssize_t i = _bisect_right(self._sorted, n, x)
+        cdef double total = 0.0
+        cdef Py_ssize_t count = n - i
+        while i < n:
+            total += self._sorted[i]
+            i += 1
+        return count, total
+
+
+def _restore_window(type cls, dict data, Py_ssize_t capacity) -> UnitValueWindow:
+    """Unpickling (and deepcopy) hook."""
+    return cls.from_dict(data, capacity)

@@ -44,19 +44,17 @@ novelty feature.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
-import numpy as np
-
 from vigie.schemas import ImportDeclaration, RiskScore
 
 from ._hst import HalfSpaceTrees
-from .base import Operator, OperatorState
+from ._robust import RankedWindow
+from .base import Operator, OperatorState, epoch_seconds
 from .undervaluation import UnitValueWindow
 
 FEATURES: tuple[str, ...] = (
@@ -70,6 +68,8 @@ FEATURES: tuple[str, ...] = (
     "transport_mode",
 )
 """The HST input, in this order."""
+_STANDOUT_FIELDS = tuple(f"{name}_standout" for name in FEATURES)
+assert FEATURES[-1] == "transport_mode"  # the one categorical feature: its standout is computed apart
 
 MODES: dict[str, float] = {"sea": 0.0, "air": 0.25, "road": 0.5, "rail": 0.75, "postal": 1.0}
 """Transport mode encoding: HST splits isolate categories as well as they isolate ranges."""
@@ -91,14 +91,6 @@ def _rarity_text(share: float, window: int) -> str:
     if share * window < 1.0:
         return f"more isolated than all of the last {window} items (tail estimate: 1 in {1.0 / share:,.0f})"
     return f"as isolated as about 1 in {1.0 / share:,.0f} recent items"
-
-
-def _quantile(ranked: list[float], q: float) -> float:
-    """The ``q`` quantile of sorted values, interpolated linearly (numpy's default method)."""
-    position = q * (len(ranked) - 1)
-    low = int(position)
-    high = min(low + 1, len(ranked) - 1)
-    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
 
 
 class AtypicalFlowState(OperatorState):
@@ -144,14 +136,14 @@ class AtypicalFlowState(OperatorState):
         self.mean = [0.0] * len(FEATURES)
         self.spread = [0.0] * len(FEATURES)
         self.mode_share: dict[str, float] = {}
-        self.calibration = UnitValueWindow(calibration_window)
+        self.calibration = RankedWindow(calibration_window)
 
     def group_median(self, name: str, min_size: int) -> float | None:
         """Median log10 value per kg of group ``name``, if it holds at least ``min_size`` values."""
         window = self.groups.get(name)
         if window is None or window.size < min_size:
             return None
-        return window.median_mad()[0]
+        return window.median()
 
     def add_to_group(self, name: str, value: float, when: float) -> None:
         window = self.groups.get(name)
@@ -177,14 +169,16 @@ class AtypicalFlowState(OperatorState):
     def update_stats(self, x: list[float], mode: str) -> None:
         """Fold one item's features into the chapter's exponentially weighted profile."""
         a = self.alpha if self.seen else 1.0  # the first item sets the mean; the spread starts at 0
+        mean, spread = self.mean, self.spread
         for i, value in enumerate(x):
-            deviation = abs(value - self.mean[i])
-            self.mean[i] += a * (value - self.mean[i])
+            m = mean[i]
+            mean[i] = m + a * (value - m)
             if self.seen:
-                self.spread[i] += a * (deviation - self.spread[i])
+                spread[i] += a * (abs(value - m) - spread[i])
+        shares = self.mode_share
         for name in MODES:
-            share = self.mode_share.get(name, 0.0)
-            self.mode_share[name] = share + a * ((1.0 if name == mode else 0.0) - share)
+            share = shares.get(name, 0.0)
+            shares[name] = share + a * ((1.0 if name == mode else 0.0) - share)
         self.seen += 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,7 +195,7 @@ class AtypicalFlowState(OperatorState):
             "mean": self.mean,
             "spread": self.spread,
             "mode_share": self.mode_share,
-            "calibration_window": self.calibration.values.shape[0],
+            "calibration_window": self.calibration.capacity,
             "calibration": self.calibration.to_dict(),
         }
 
@@ -222,13 +216,13 @@ class AtypicalFlowState(OperatorState):
         state.mean = list(data["mean"])
         state.spread = list(data["spread"])
         state.mode_share = dict(data["mode_share"])
-        state.calibration = UnitValueWindow.from_dict(data["calibration"], data["calibration_window"])
+        state.calibration = RankedWindow.from_dict(data["calibration"], data["calibration_window"])
         return state
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemFlow:
-    """One goods item seen by the atypical-flow detector."""
+    """One goods item seen by the atypical-flow detector (not frozen: frozen dataclasses build slower)."""
 
     event_id: str
     mrn: str
@@ -340,29 +334,23 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
     def units(self, event: Any) -> Iterable[tuple[str, ItemFlow]]:
         if not isinstance(event, ImportDeclaration):
             return
+        event_id, mrn, when, office, importer = (
+            event.event_id, event.mrn, event.event_time, event.customs_office, event.importer_eori
+        )  # fmt: skip
+        procedure, mode = event.procedure_code, str(event.transport_mode_at_border)
         for item in event.goods_items:
             unit = ItemFlow(
-                event_id=event.event_id,
-                mrn=event.mrn,
-                item_number=item.item_number,
-                event_time=event.event_time,
-                office=event.customs_office,
-                importer_eori=event.importer_eori,
-                cn_code=item.cn_code,
-                origin_country=item.origin_country,
-                dispatch_country=item.dispatch_country,
-                procedure_code=event.procedure_code,
-                transport_mode=str(event.transport_mode_at_border),
-                net_mass_kg=item.net_mass_kg,
-                customs_value_eur=item.customs_value_eur,
-            )
+                event_id, mrn, item.item_number, when, office, importer, item.cn_code, item.origin_country,
+                item.dispatch_country, procedure, mode, item.net_mass_kg, item.customs_value_eur,
+            )  # fmt: skip
             yield item.cn_code[:2], unit
 
     # ------------------------------------------------------------------ features
 
     def _reference(self, unit: ItemFlow, state: AtypicalFlowState) -> tuple[str, float] | None:
         """The group the value is compared with and its median log10 value per kg."""
-        for name in (f"{unit.cn4}:{unit.origin_country}", unit.cn4):
+        cn4 = unit.cn_code[:4]
+        for name in (f"{cn4}:{unit.origin_country}", cn4):
             median = state.group_median(name, self.min_group)
             if median is not None:
                 return name, median
@@ -370,15 +358,19 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
 
     def _features(self, unit: ItemFlow, state: AtypicalFlowState) -> list[float]:
         """The item's point in [0, 1]^8, computed from the state as it was before the item."""
-        log_vpk = unit.log_value_per_kg
-        reference = self._reference(unit, state)
-        utc = unit.event_time.timestamp() % _DAY_S
+        return self._point(unit, state, self._reference(unit, state))
+
+    @staticmethod
+    def _point(unit: ItemFlow, state: AtypicalFlowState, reference: tuple[str, float] | None) -> list[float]:
+        """:meth:`_features` given the unit's value ``reference`` (:meth:`_reference`)."""
+        log_vpk = math.log10(unit.customs_value_eur / unit.net_mass_kg)
+        utc = epoch_seconds(unit.event_time) % _DAY_S
         return [
             _scale(log_vpk, -2.0, 5.0),
             _scale(math.log10(unit.net_mass_kg), -2.0, 8.0),
             0.5 if reference is None else _scale(log_vpk - reference[1], -_GROUP_DECADES, _GROUP_DECADES),
             1.0 if unit.dispatch_country != unit.origin_country else 0.0,
-            0.0 if f"{unit.importer_eori}|{unit.cn4}" in state.pairs else 1.0,
+            0.0 if f"{unit.importer_eori}|{unit.cn_code[:4]}" in state.pairs else 1.0,
             utc / _DAY_S,
             0.0 if unit.procedure_code == "4000" else 1.0,
             MODES.get(unit.transport_mode, 0.0),
@@ -392,56 +384,84 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         excess of the top tenth over ``q90`` (at least ``min_tail``). Raw scores are bounded
         above, so an exponential tail overstates far rarities: it errs on the quiet side.
         """
-        window = state.calibration
-        ranked = np.sort(window.values[: window.size]).tolist()
-        n = len(ranked)
-        median, q90 = _quantile(ranked, 0.5), _quantile(ranked, 0.9)
+        calibration = state.calibration
+        median, q90 = calibration.quantile(0.5), calibration.quantile(0.9)
         if raw <= q90:
-            return (n - bisect.bisect_left(ranked, raw)) / n, median
-        top = ranked[bisect.bisect_right(ranked, q90) :]
-        beta = max(sum(top) / len(top) - q90, self.min_tail) if top else self.min_tail
+            return calibration.count_at_least(raw) / calibration.size, median
+        count, total = calibration.sum_above(q90)  # the top tenth, summed smallest first
+        beta = max(total / count - q90, self.min_tail) if count else self.min_tail
         return _TAIL * math.exp(-(raw - q90) / beta), median
 
     @staticmethod
     def _raw(x: list[float], state: AtypicalFlowState) -> float:
         """The trees' score of the point ``x`` (1 = as isolated as can be)."""
-        return state.hst.score_one(np.array(x, dtype=np.float64))
+        return state.hst.score_values(x)
 
     # ------------------------------------------------------------------ operator
 
     def learn_one(self, unit: ItemFlow, state: AtypicalFlowState) -> None:
         x = self._features(unit, state)
-        vector = np.array(x, dtype=np.float64)
-        if not state.hst.first_window:
-            state.calibration.add(state.hst.score_one(vector), 0.0)
-        state.hst.learn_one(vector)
-        when = unit.event_time.timestamp()
-        log_vpk = unit.log_value_per_kg
-        state.add_to_group(f"{unit.cn4}:{unit.origin_country}", log_vpk, when)
-        state.add_to_group(unit.cn4, log_vpk, when)
-        state.see_pair(f"{unit.importer_eori}|{unit.cn4}", when, self.novelty_horizon_s)
+        self._learn(unit, state, x, None if state.hst.first_window else state.hst.score_values(x))
+
+    def _learn(self, unit: ItemFlow, state: AtypicalFlowState, x: list[float], raw: float | None) -> None:
+        """Learn the unit whose features are ``x`` and raw trees' score ``raw`` (None in the first window)."""
+        if raw is not None:
+            state.calibration.add(raw, 0.0)
+        state.hst.learn_values(x)
+        when = epoch_seconds(unit.event_time)
+        log_vpk = math.log10(unit.customs_value_eur / unit.net_mass_kg)
+        cn4 = unit.cn_code[:4]
+        state.add_to_group(f"{cn4}:{unit.origin_country}", log_vpk, when)
+        state.add_to_group(cn4, log_vpk, when)
+        state.see_pair(f"{unit.importer_eori}|{cn4}", when, self.novelty_horizon_s)
         state.update_stats(x, unit.transport_mode)
 
-    def score_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
-        chapter = unit.cn_code[:2]
-        if state.hst.first_window or state.calibration.size < self.min_calibration:
-            needed = self.window_size + self.min_calibration
-            reason = (
-                f"No reference model yet for chapter {chapter}: {state.seen} item(s) learned, "
-                f"{needed} needed (one window of {self.window_size} for the trees, then {self.min_calibration} "
-                "to calibrate their scores)."
-            )
-            return self._score(unit, 0.0, reason, {"observations": float(state.seen), "hst_score": None})
+    def _warming_up(self, state: AtypicalFlowState) -> bool:
+        return state.hst.first_window or state.calibration.size < self.min_calibration
 
-        x = self._features(unit, state)
-        raw = self._raw(x, state)
+    def score_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
+        if self._warming_up(state):
+            return self._warm_up_score(unit, state)
+        reference = self._reference(unit, state)
+        x = self._point(unit, state, reference)
+        return self._score_point(unit, state, x, self._raw(x, state), reference)
+
+    def score_learn_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
+        """:meth:`score_one` then :meth:`learn_one`, extracting the features and scoring them with the trees once."""
+        reference = self._reference(unit, state)
+        x = self._point(unit, state, reference)
+        raw = None if state.hst.first_window else state.hst.score_values(x)
+        if raw is None or state.calibration.size < self.min_calibration:
+            score = self._warm_up_score(unit, state)
+        else:
+            score = self._score_point(unit, state, x, raw, reference)
+        self._learn(unit, state, x, raw)
+        return score
+
+    def _warm_up_score(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
+        needed = self.window_size + self.min_calibration
+        reason = (
+            f"No reference model yet for chapter {unit.cn_code[:2]}: {state.seen} item(s) learned, "
+            f"{needed} needed (one window of {self.window_size} for the trees, then {self.min_calibration} "
+            "to calibrate their scores)."
+        )
+        return self._score(unit, 0.0, reason, {"observations": float(state.seen), "hst_score": None})
+
+    def _score_point(
+        self, unit: ItemFlow, state: AtypicalFlowState, x: list[float], raw: float, reference: tuple[str, float] | None
+    ) -> RiskScore:
+        """The score of a unit whose features are ``x``, raw trees' score ``raw`` and value ``reference``."""
+        chapter = unit.cn_code[:2]
         rarity, median = self._rarity(raw, state)
         score = 1.0 / (1.0 + rarity / self.p_half)
 
         standouts = self._standouts(x, unit, state)
-        top = [(name, s) for name, s in sorted(standouts.items(), key=lambda kv: (-kv[1], kv[0])) if s >= self.standout]
-        top = top[:3]
-        details = [self._describe(name, x, unit, state) for name, _ in top]
+        threshold = self.standout
+        top = sorted(
+            [(name, s) for name, s in zip(FEATURES, standouts, strict=True) if s >= threshold],
+            key=lambda kv: (-kv[1], kv[0]),
+        )[:3]
+        details = [self._describe(name, x, unit, state, reference) for name, _ in top]
         if score >= 0.5:
             verdict = "atypical among"
         elif raw <= median:
@@ -466,27 +486,29 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
             "top_features": ",".join(name for name, _ in top),
             "observations": float(state.seen),
         }
-        for name, value in zip(FEATURES, x, strict=True):
+        for name, standout_name, value, standout in zip(FEATURES, _STANDOUT_FIELDS, x, standouts, strict=True):
             fields[name] = round(value, 4)
-            fields[f"{name}_standout"] = round(standouts[name], 2)
-        reference = self._reference(unit, state)
+            fields[standout_name] = round(standout, 2)
         fields["value_per_kg_eur"] = round(unit.customs_value_eur / unit.net_mass_kg, 4)
         fields["group_value_per_kg_eur"] = None if reference is None else round(10 ** reference[1], 4)
         return self._score(unit, score, reason, fields)
 
     # ------------------------------------------------------------------ reasons
 
-    def _standouts(self, x: list[float], unit: ItemFlow, state: AtypicalFlowState) -> dict[str, float]:
-        out = {}
-        for i, name in enumerate(FEATURES):
-            if name == "transport_mode":
-                share = state.mode_share.get(unit.transport_mode, 0.0)
-                out[name] = (1.0 - share) / max(2.0 * share * (1.0 - share), _STANDOUT_FLOOR)
-            else:
-                out[name] = abs(x[i] - state.mean[i]) / max(state.spread[i], _STANDOUT_FLOOR)
+    @staticmethod
+    def _standouts(x: list[float], unit: ItemFlow, state: AtypicalFlowState) -> list[float]:
+        """Each feature's standout (see the class docstring), in :data:`FEATURES` order."""
+        out = [
+            abs(value - mean) / (_STANDOUT_FLOOR if spread < _STANDOUT_FLOOR else spread)  # max(spread, floor)
+            for value, mean, spread in zip(x[:-1], state.mean, state.spread, strict=False)
+        ]
+        share = state.mode_share.get(unit.transport_mode, 0.0)  # transport_mode, the last feature
+        out.append((1.0 - share) / max(2.0 * share * (1.0 - share), _STANDOUT_FLOOR))
         return out
 
-    def _describe(self, name: str, x: list[float], unit: ItemFlow, state: AtypicalFlowState) -> str:
+    def _describe(
+        self, name: str, x: list[float], unit: ItemFlow, state: AtypicalFlowState, reference: tuple[str, float] | None
+    ) -> str:
         """One feature of the item against the chapter's typical item, in an officer's words."""
         mean = state.mean[FEATURES.index(name)]
         share = f"{100.0 * mean:.0f}% of the chapter's recent items"
@@ -497,7 +519,6 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
             typical = 10 ** (mean * 10.0 - 2.0)
             return f"net mass {unit.net_mass_kg:,.0f} kg vs about {typical:,.0f} kg typical"
         if name == "value_vs_group":
-            reference = self._reference(unit, state)
             if reference is None:
                 return "no value reference for its CN4 yet"
             group, median = reference
@@ -536,4 +557,3 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
             reason=reason,
             reason_fields=fields,
         )
-

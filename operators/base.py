@@ -29,6 +29,35 @@ from vigie.schemas import RiskScore
 _SCORE_NAMESPACE = uuid.UUID("6f1c1d0e-5b0a-4e55-9d7c-0b7e3a9c2f10")
 _NAMESPACE_BYTES = _SCORE_NAMESPACE.bytes
 _SCORE_FIELDS = frozenset(RiskScore.model_fields)
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_sha1 = hashlib.sha1
+_set_attribute = object.__setattr__
+_new_score = RiskScore.__new__
+
+
+_last_epoch: tuple[datetime | None, float] = (None, 0.0)
+
+
+def epoch_seconds(when: datetime) -> float:
+    """``when.timestamp()``, remembered for the datetime object last asked about.
+
+    Every unit of an event carries the event's own ``event_time`` object and several
+    detectors read it in epoch seconds; an aware datetime converts slowly (its tzinfo is
+    called), so the conversion is done once per object. The cache is one tuple, swapped
+    whole, so threads sharing it read a consistent pair.
+
+    >>> from datetime import UTC
+    >>> when = datetime(2026, 3, 2, tzinfo=UTC)
+    >>> epoch_seconds(when) == when.timestamp() == epoch_seconds(when)
+    True
+    """
+    global _last_epoch
+    last = _last_epoch
+    if last[0] is when:
+        return last[1]
+    value = when.timestamp()
+    _last_epoch = (when, value)
+    return value
 
 
 class OperatorState(ABC):
@@ -87,6 +116,16 @@ class Operator(ABC, Generic[UnitT, StateT]):
     def learn_one(self, unit: UnitT, state: StateT) -> None:
         """Update the state with one unit."""
 
+    def score_learn_one(self, unit: UnitT, state: StateT) -> RiskScore | None:
+        """:meth:`score_one` then :meth:`learn_one`; returns the score.
+
+        Exactly what the two calls give (a detector overrides it only to share the work both do,
+        such as feature extraction or state look-ups); :meth:`process` calls it for every unit.
+        """
+        score = self.score_one(unit, state)
+        self.learn_one(unit, state)
+        return score
+
     def risk_score(
         self,
         *,
@@ -130,11 +169,11 @@ class Operator(ABC, Generic[UnitT, StateT]):
             "reason_fields": reason_fields,
         }
         # What RiskScore.model_construct does, without its per-field loop (half the cost, on every item).
-        built = RiskScore.__new__(RiskScore)
-        object.__setattr__(built, "__dict__", values)
-        object.__setattr__(built, "__pydantic_fields_set__", set(_SCORE_FIELDS))
-        object.__setattr__(built, "__pydantic_extra__", None)
-        object.__setattr__(built, "__pydantic_private__", None)
+        built = _new_score(RiskScore)
+        _set_attribute(built, "__dict__", values)
+        _set_attribute(built, "__pydantic_fields_set__", set(_SCORE_FIELDS))
+        _set_attribute(built, "__pydantic_extra__", None)
+        _set_attribute(built, "__pydantic_private__", None)
         return built
 
     def evict_idle(self, store: MutableMapping[str, StateT], now: datetime) -> int:
@@ -155,14 +194,14 @@ class Operator(ABC, Generic[UnitT, StateT]):
         in place, because changelog-backed tables only persist on assignment.
         """
         scores: list[RiskScore] = []
+        score_learn_one = self.score_learn_one
         for key, unit in self.units(event):
             state = store.get(key)
             if state is None:
                 state = self.new_state()
-            score = self.score_one(unit, state)
+            score = score_learn_one(unit, state)
             if score is not None:
                 scores.append(score)
-            self.learn_one(unit, state)
             store[key] = state
         return scores
 
@@ -177,9 +216,6 @@ def score_id(detector: str, subject_event_id: str, item_number: int | None) -> s
     >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(_SCORE_NAMESPACE, "undervaluation/e1/2"))
     True
     """
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{detector}/{subject_event_id}/{item_number or 0}".encode())
-                       .digest()[:16])  # fmt: skip
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = _sha1(_NAMESPACE_BYTES + f"{detector}/{subject_event_id}/{item_number or 0}".encode()).hexdigest()
+    # Version 5 replaces the 13th hex digit; the RFC 4122 variant sets the top two bits of the 17th to 10.
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"

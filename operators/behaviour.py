@@ -87,7 +87,7 @@ from typing import Any, ClassVar, Self
 
 from vigie.schemas import ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState
+from .base import Operator, OperatorState, epoch_seconds
 
 SIGNALS: tuple[str, ...] = ("unit_value", "origin", "chapter", "volume")
 """Signals monitored per importer, in the order they are reported."""
@@ -238,7 +238,7 @@ class DeclarationProfile:
     total_value_eur: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self.when = self.event_time.timestamp()
+        self.when = epoch_seconds(self.event_time)
         self.total_value_eur = sum(item.customs_value_eur for item in self.items)
 
 
@@ -556,18 +556,12 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
                 basis, quantity = item.supplementary_unit_code, item.supplementary_units
             else:
                 basis, quantity = "kg", item.net_mass_kg
-            items.append(
-                ItemProfile(
-                    item_number=item.item_number,
-                    cn_code=item.cn_code,
-                    origin=item.origin_country,
-                    group=f"{item.cn_code[:4]}:{basis}",
-                    log_uv=math.log(item.customs_value_eur / quantity),
-                    quantity=quantity,
-                    customs_value_eur=item.customs_value_eur,
-                    duty_rate_pct=item.duty_rate_pct,
-                )
-            )
+            cn_code, value = item.cn_code, item.customs_value_eur
+            profile = ItemProfile(
+                item.item_number, cn_code, item.origin_country, f"{cn_code[:4]}:{basis}",
+                math.log(value / quantity), quantity, value, item.duty_rate_pct,
+            )  # fmt: skip
+            items.append(profile)
         yield (
             event.importer_eori,
             DeclarationProfile(
@@ -682,6 +676,17 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
     def score_one(self, unit: DeclarationProfile, state: BehaviourState) -> RiskScore | None:
         feats = self.features(unit, state)
         state.memo = (unit.event_id, state.seen, feats)
+        return self._score(unit, state, feats)
+
+    def score_learn_one(self, unit: DeclarationProfile, state: BehaviourState) -> RiskScore | None:
+        """:meth:`score_one` then :meth:`learn_one`, computing the declaration's features once."""
+        feats = self.features(unit, state)
+        score = self._score(unit, state, feats)
+        self._learn(unit, state, feats)
+        return score
+
+    def _score(self, unit: DeclarationProfile, state: BehaviourState, feats: Features) -> RiskScore | None:
+        """The score of ``unit`` given its :meth:`features` (None under ``min_score``)."""
         change = state.change
         when = unit.when
         levels: dict[str, float] = {}
@@ -866,12 +871,16 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         return {"uv_lr": feats.uv_log_ratio, "no": list(feats.new_origins), "nc": list(feats.new_chapters)}
 
     def learn_one(self, unit: DeclarationProfile, state: BehaviourState) -> None:
-        when = unit.when
         memo = state.memo
         if memo is not None and memo[0] == unit.event_id and memo[1] == state.seen:
             feats = memo[2]
         else:
             feats = self.features(unit, state)
+        self._learn(unit, state, feats)
+
+    def _learn(self, unit: DeclarationProfile, state: BehaviourState, feats: Features) -> None:
+        """Learn ``unit`` given its :meth:`features`."""
+        when = unit.when
         state.memo = None
         deviates = self._deviates(feats)
         detected: dict[str, float] = {}

@@ -45,8 +45,8 @@ from typing import Any, ClassVar, Self
 from vigie.models.feedback import LabelledOutcome
 from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState
-from .ens_link import EnsSummary, LinkedDeclaration
+from .base import Operator, OperatorState, epoch_seconds
+from .ens_link import EnsSummary, LinkedDeclaration, vague_description
 from .undervaluation import UnitValueWindow
 
 FLAG_PRIORS: dict[str, float] = {
@@ -71,7 +71,11 @@ _SWEEP_EVERY = 2_000  # learn_one calls between sweeps of idle entries in a chap
 
 
 def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
+    """log(p / (1 - p)) of ``p`` clipped to [1e-6, 1 - 1e-6]."""
+    if p < 1e-6:
+        p = 1e-6
+    elif p > 1 - 1e-6:
+        p = 1 - 1e-6
     return math.log(p / (1 - p))
 
 
@@ -83,9 +87,9 @@ def _sigmoid(x: float) -> float:
 
 
 # --- units -------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EnsItem:
-    """One ENS goods item at filing."""
+    """One ENS goods item at filing (not frozen: frozen dataclasses build slower)."""
 
     event_id: str
     ens_reference: str
@@ -104,9 +108,9 @@ class EnsItem:
     route_start: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeclaredItem:
-    """One declared goods item, with the ENS item filed for it when the runtime linked one."""
+    """One declared goods item, with the ENS item filed for it when the runtime linked one (not frozen: faster)."""
 
     event_id: str
     mrn: str
@@ -291,6 +295,7 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
         self.window = window
         self.min_ratio_observations = min_ratio_observations
         self.vat_rate = vat_rate
+        self._prior_cache: tuple[float, float] | None = None
 
     def new_state(self) -> EnsRiskState:
         return EnsRiskState(self.window)
@@ -307,54 +312,41 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
             yield from self._feedback_units(event)
 
     def _ens_units(self, ens: EntrySummaryDeclaration) -> Iterable[tuple[str, EnsItem]]:
-        summary = EnsSummary.of(ens)
-        for it in summary.items:
+        # What EnsSummary.of(ens) keeps, read straight from the event.
+        event_id, reference, filed, eta = ens.event_id, ens.ens_reference, ens.event_time, ens.eta
+        office, mode = ens.first_office_of_entry, str(ens.transport_mode)
+        consignee, consignor = ens.consignee.eori, ens.consignor
+        route_start = ens.countries_of_routing[0]
+        for it in ens.goods_items:
+            hs6 = it.hs_code
             unit = EnsItem(
-                event_id=ens.event_id,
-                ens_reference=ens.ens_reference,
-                item_number=it.item_number,
-                filed=ens.event_time,
-                eta=ens.eta,
-                office=ens.first_office_of_entry,
-                transport_mode=str(ens.transport_mode),
-                consignee_eori=summary.consignee_eori,
-                consignor_country=summary.consignor_country,
-                consignor_name=summary.consignor_name,
-                hs6=it.hs6,
-                gross_mass_kg=it.gross_mass_kg,
-                packages=it.packages,
-                vague=it.vague,
-                route_start=summary.routing[0],
-            )
-            yield it.hs6[:2], unit
+                event_id, reference, it.item_number, filed, eta, office, mode, consignee, consignor.country,
+                consignor.name, hs6, it.gross_mass_kg, it.packages, vague_description(it.description), route_start,
+            )  # fmt: skip
+            yield hs6[:2], unit
 
     def _declared_units(self, decl: ImportDeclaration, ens: EnsSummary | None) -> Iterable[tuple[str, DeclaredItem]]:
+        event_id, mrn, when, office, importer = (
+            decl.event_id, decl.mrn, decl.event_time, decl.customs_office, decl.importer_eori
+        )  # fmt: skip
         for item in decl.goods_items:
+            cn_code = item.cn_code
+            taxes = item.duty_eur + item.vat_eur + (item.excise_eur or 0.0)
             ens_item = ens.item(item.item_number) if ens is not None else None
-            linked = ens is not None and ens_item is not None
+            if ens is None or ens_item is None:
+                unit = DeclaredItem(
+                    event_id, mrn, item.item_number, when, office, importer, cn_code, item.origin_country,
+                    item.dispatch_country, item.net_mass_kg, item.customs_value_eur, item.duty_rate_pct, taxes,
+                )  # fmt: skip
+                yield cn_code[:2], unit
+                continue
+            hs6 = ens_item.hs6
             unit = DeclaredItem(
-                event_id=decl.event_id,
-                mrn=decl.mrn,
-                item_number=item.item_number,
-                event_time=decl.event_time,
-                office=decl.customs_office,
-                importer_eori=decl.importer_eori,
-                cn_code=item.cn_code,
-                origin_country=item.origin_country,
-                dispatch_country=item.dispatch_country,
-                net_mass_kg=item.net_mass_kg,
-                customs_value_eur=item.customs_value_eur,
-                duty_rate_pct=item.duty_rate_pct,
-                taxes_eur=item.duty_eur + item.vat_eur + (item.excise_eur or 0.0),
-                ens_reference=ens.ens_reference if linked else None,  # type: ignore[union-attr]
-                ens_hs6=ens_item.hs6 if linked else None,  # type: ignore[union-attr]
-                ens_gross_mass_kg=ens_item.gross_mass_kg if linked else None,  # type: ignore[union-attr]
-                ens_vague=ens_item.vague if linked else False,  # type: ignore[union-attr]
-                route_start=ens.routing[0] if linked else None,  # type: ignore[union-attr]
-                consignor_country=ens.consignor_country if linked else None,  # type: ignore[union-attr]
-            )
-            key = unit.ens_hs6[:2] if unit.ens_hs6 else unit.cn_code[:2]
-            yield key, unit
+                event_id, mrn, item.item_number, when, office, importer, cn_code, item.origin_country,
+                item.dispatch_country, item.net_mass_kg, item.customs_value_eur, item.duty_rate_pct, taxes,
+                ens.ens_reference, hs6, ens_item.gross_mass_kg, ens_item.vague, ens.routing[0], ens.consignor_country,
+            )  # fmt: skip
+            yield hs6[:2] if hs6 else cn_code[:2], unit
 
     @staticmethod
     def _feedback_units(labelled: LabelledOutcome) -> Iterable[tuple[str, ControlFeedback]]:
@@ -393,11 +385,25 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
         return (g[1] + self.prior_weight * prior) / (g[0] + self.prior_weight), g[0], g[1]
 
     def _group_rate(self, state: EnsRiskState, hs6: str, country: str) -> tuple[float, float, float]:
+        """(shrunk hit rate, controls, positives) of (``hs6``, ``country``), backing off as the module says."""
+        groups = state.groups
+        if not groups:  # no control learned in this chapter yet: every level is the prior
+            return self._blended_prior(), 0.0, 0.0
         r0, _, _ = self._rate(state, "*|*", self.prior_rate)
         rc, _, _ = self._rate(state, f"*|{country}", r0)
         rh, _, _ = self._rate(state, f"{hs6}|*", r0)
-        blended = _sigmoid(_logit(rc) + _logit(rh) - _logit(r0))
+        l0 = _logit(r0)
+        blended = _sigmoid((l0 if rc == r0 else _logit(rc)) + (l0 if rh == r0 else _logit(rh)) - l0)
         return self._rate(state, f"{hs6}|{country}", blended)
+
+    def _blended_prior(self) -> float:
+        """What :meth:`_group_rate` gives with no group: the prior blended with itself (a pure
+        function of ``prior_rate``, cached)."""
+        cached = self._prior_cache
+        if cached is None or cached[0] != self.prior_rate:
+            p = self.prior_rate
+            cached = self._prior_cache = (p, _sigmoid(_logit(p) + _logit(p) - _logit(p)))
+        return cached[1]
 
     def _flag_weight(self, state: EnsRiskState, flag: str, base_rate: float) -> float:
         prior_w = FLAG_PRIORS[flag]
@@ -412,8 +418,11 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
         return min(1.0, state.n_ens / max(self.warmup_items, 1))
 
     def _mean_recovered(self, state: EnsRiskState, hs6: str, country: str) -> float:
+        groups = state.groups
+        if not groups:
+            return 0.0
         for key in (f"{hs6}|{country}", f"{hs6}|*", f"*|{country}", "*|*"):
-            g = state.groups.get(key)
+            g = groups.get(key)
             if g is not None and g[1] > 0:
                 return g[2] / g[1]
         return 0.0
@@ -431,8 +440,10 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
     ) -> tuple[float, float, float, float, int, list[tuple[float, _Signal]]]:
         rate, controls, positives = self._group_rate(state, hs6, country)
         logit = _logit(rate)
-        weighted = []
+        weighted: list[tuple[float, _Signal]] = []
         mask = 0
+        if not signals:  # the common case: a clean filing or declaration
+            return _sigmoid(logit), rate, controls, positives, mask, weighted
         for s in signals:
             if s.severity <= 0:
                 continue
@@ -464,7 +475,7 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
                 )
             )
         maturity = self._maturity(state)
-        when = unit.filed.timestamp()
+        when = epoch_seconds(unit.filed)
         new_consignee = new_pair = False
         if unit.consignee_eori and maturity > 0:
             seen = state.consignees.get(unit.consignee_eori)
@@ -629,10 +640,10 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
         state.ticks += 1
         if isinstance(unit, EnsItem):
             self._learn_ens(unit, state)
-            when = unit.filed.timestamp()
+            when = epoch_seconds(unit.filed)
         elif isinstance(unit, DeclaredItem):
             self._learn_declared(unit, state)
-            when = unit.event_time.timestamp()
+            when = epoch_seconds(unit.event_time)
         else:
             self._learn_feedback(unit, state)
             when = unit.when
@@ -640,17 +651,31 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
             self._sweep(state, when)
 
     def _learn_ens(self, unit: EnsItem, state: EnsRiskState) -> None:
-        when = unit.filed.timestamp()
+        when = epoch_seconds(unit.filed)
         state.n_ens += 1
-        state.span = [when, when] if state.n_ens == 1 else [min(state.span[0], when), max(state.span[1], when)]
-        if unit.consignee_eori:
-            seen = state.consignees.get(unit.consignee_eori)
+        span = state.span
+        if state.n_ens == 1:
+            span[0] = span[1] = when
+        else:
+            if when < span[0]:
+                span[0] = when
+            if when > span[1]:
+                span[1] = when
+        consignee = unit.consignee_eori
+        if consignee:
+            seen = state.consignees.get(consignee)
             if seen is None:
-                state.consignees[unit.consignee_eori] = [when, when, 1.0]
+                state.consignees[consignee] = [when, when, 1.0]
             else:
-                seen[0], seen[1], seen[2] = min(seen[0], when), max(seen[1], when), seen[2] + 1.0
-            pair = f"{unit.consignee_eori}|{unit.consignor_name}"
-            state.pairs[pair] = max(state.pairs.get(pair, when), when)
+                if when < seen[0]:
+                    seen[0] = when
+                if when > seen[1]:
+                    seen[1] = when
+                seen[2] += 1.0
+            pair = f"{consignee}|{unit.consignor_name}"
+            last = state.pairs.get(pair)
+            if last is None or when > last:
+                state.pairs[pair] = when
 
     def _learn_declared(self, unit: DeclaredItem, state: EnsRiskState) -> None:
         if not unit.linked or unit.ens_gross_mass_kg is None:
@@ -659,7 +684,7 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
         ref = state.refs.get(unit.ens_hs6)
         if ref is None:
             ref = state.refs[unit.ens_hs6] = HsReference(state.capacity)
-        when = unit.event_time.timestamp()
+        when = epoch_seconds(unit.event_time)
         ref.ratio.add(math.log(unit.ens_gross_mass_kg / unit.net_mass_kg), when)
         if unit.ens_hs6 == unit.cn_code[:6]:
             _running_mean(ref.duty, unit.duty_rate_pct)

@@ -75,7 +75,7 @@ from typing import Any, ClassVar, Self
 
 from vigie.schemas import EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState
+from .base import Operator, OperatorState, epoch_seconds
 
 
 # --- reference tables ------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ class ExciseRecord:
 
     @property
     def when(self) -> float:
-        return self.event.event_time.timestamp()
+        return epoch_seconds(self.event.event_time)
 
 
 ExciseUnit = EnsMass | DeclaredMass | DeclaredExcise | ExciseRecord
@@ -515,7 +515,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
                     excise_eur=item.excise_eur,
                 )
                 for item in event.goods_items
-                if products_for_cn(item.cn_code)
+                if item.cn_code[:2] in _EXCISE_CHAPTERS and products_for_cn(item.cn_code)  # cheap test first
             )
             if items:
                 yield (
@@ -589,14 +589,14 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             state.touch(unit.when)
         elif isinstance(unit, DeclaredExcise):
             self._learn_declaration(unit, state)
-            state.touch(unit.event_time.timestamp())
+            state.touch(epoch_seconds(unit.event_time))
         elif isinstance(unit, EnsMass):
-            state.ens = {"id": unit.event_id, "t": unit.event_time.timestamp(), "gross": unit.gross_kg,
+            state.ens = {"id": unit.event_id, "t": epoch_seconds(unit.event_time), "gross": unit.gross_kg,
                          "n": unit.n_items}  # fmt: skip
             # An ENS is filed up to weeks before arrival; its declaration comes after: idle from its ETA.
             state.touch(max(unit.event_time, unit.eta or unit.event_time).timestamp())
         else:
-            state.touch(unit.event_time.timestamp())
+            state.touch(epoch_seconds(unit.event_time))
 
     # --- physics and arithmetic of one record ----------------------------------------------------------
     def _physics(
@@ -872,7 +872,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             strength = record.alcohol_strength_pct
             state.movements[record.arc] = {
                 "id": record.event_id,
-                "t": record.event_time.timestamp(),
+                "t": epoch_seconds(record.event_time),
                 "product": record.product_category,
                 "unit": record.quantity_unit,
                 "q": record.dispatched_quantity,
@@ -896,7 +896,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
     # --- records: ledger of open e-ADs -------------------------------------------------------------------
     def _overdue(self, record: ExciseMovement, state: ExciseState) -> tuple[str, dict[str, Any]] | None:
         """The open e-AD past its deadline with the most duty at stake (ties: the oldest)."""
-        now = record.event_time.timestamp()
+        now = epoch_seconds(record.event_time)
         best: tuple[str, dict[str, Any]] | None = None
         for arc, entry in state.open.items():
             if arc == record.arc or entry["t"] + self.receipt_deadline_s >= now:

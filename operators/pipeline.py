@@ -37,7 +37,7 @@ from typing import Any
 from vigie.models.feedback import LabelJoin, LabelledOutcome
 from vigie.schemas import Alert, ControlOutcome, EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState
+from .base import Operator, OperatorState, epoch_seconds
 from .ens_link import EnsLinkState
 from .fusion import LearnedFusion, NoisyOrAlerting, OfficeQueueState, Subject
 from .undervaluation import UndervaluationDetector
@@ -110,27 +110,38 @@ class ScoringPipeline:
         self.queues: dict[str, OfficeQueueState] = {}
         self.events_seen = 0
         self.watermark = _EPOCH
-        """Latest event time seen (ENS filed weeks before their arrival come late: out of order)."""
         self._link = [_consumes(d, "linked_declaration") for d in self.detectors]
         self._feedback = [d for d in self.detectors if _consumes(d, "labelled_outcome")]
         self._contexts = [d for d in self.detectors if hasattr(d, "feedback_context")]
 
+    @property
+    def watermark(self) -> datetime:
+        """Latest event time seen (ENS filed weeks before their arrival come late: out of order)."""
+        return self._watermark
+
+    @watermark.setter
+    def watermark(self, value: datetime) -> None:
+        self._watermark = value
+        self._watermark_s = epoch_seconds(value)  # the same in epoch seconds, compared on every event
+
     # --- processing ------------------------------------------------------------------------------
     def process(self, event: Any) -> PipelineResult:
         self.events_seen += 1
-        if event.event_time > self.watermark:
+        if epoch_seconds(event.event_time) > self._watermark_s:  # as comparing the aware datetimes, faster
             self.watermark = event.event_time
         if isinstance(event, EntrySummaryDeclaration):
             self.ens.register(event)
         if self.events_seen % _EVICT_EVERY == 0:
             self._evict()
-        self.labels.evict(self.watermark.timestamp())
+        self.labels.evict(self._watermark_s)
 
         result = PipelineResult(event)
+        scores = result.scores
         linked = self.ens.link(event) if isinstance(event, ImportDeclaration) else None
+        stores = self.stores
         for detector, wants_link in zip(self.detectors, self._link, strict=True):
             source = linked if wants_link and linked is not None else event
-            result.scores.extend(detector.process(source, self.stores[detector.name]))
+            scores.extend(detector.process(source, stores[detector.name]))
         if isinstance(event, ControlOutcome):
             self._learn_outcome(event)
         if not result.scores:
@@ -190,7 +201,7 @@ class ScoringPipeline:
                 if context is not None:
                     contexts[detector.name] = context
         eta = subject.eta if subject is not None else None
-        expires = self.labels.expiry(event.event_time.timestamp(), eta.timestamp() if eta is not None else None)
+        expires = self.labels.expiry(epoch_seconds(event.event_time), eta.timestamp() if eta is not None else None)
         selection = result.alert.selection if result.alert is not None else ""
         self.labels.remember(
             event.event_id, first.subject_type, first.subject_reference, expires,

@@ -14,17 +14,18 @@ only pickles; an exact window of recent values is as cheap here (median and MAD 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, ClassVar, Self
-
-import numpy as np
 
 from vigie.schemas import ImportDeclaration, RiskScore
 
-from ._robust import median_mad
-from .base import Operator, OperatorState
+from ._robust import UnitValueWindow
+from .base import Operator, OperatorState, epoch_seconds
+
+__all__ = ["LEVELS", "ItemUnitValue", "UndervaluationDetector", "UnitValueState", "UnitValueWindow"]
 
 LEVELS: tuple[tuple[str, int], ...] = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("chapter", 2))
 """Back-off hierarchy: level name and how many leading digits of the CN code it keeps."""
@@ -32,46 +33,14 @@ LEVELS: tuple[tuple[str, int], ...] = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("cha
 _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
 
-class UnitValueWindow:
-    """The last ``capacity`` log unit values of one group, as a ring buffer.
+@lru_cache(maxsize=1 << 16)  # CN codes x quantity bases: bounded by the nomenclature
+def _window_names(cn_code: str, basis: str) -> tuple[str, ...]:
+    """Names of the windows an item of ``cn_code`` per ``basis`` reads and feeds, in :data:`LEVELS` order.
 
-    ``seen`` counts every value ever added (the buffer holds the most recent ones);
-    ``last_seen`` is the event time (epoch seconds) of the latest, for idle-key eviction.
+    >>> _window_names("61091000", "kg")
+    ('CN8:61091000:kg', 'CN6:610910:kg', 'CN4:6109:kg', 'chapter:61:kg')
     """
-
-    __slots__ = ("last_seen", "pos", "seen", "values")
-
-    def __init__(self, capacity: int) -> None:
-        self.values = np.zeros(capacity, dtype=np.float64)
-        self.pos = 0
-        self.seen = 0
-        self.last_seen = 0.0
-
-    @property
-    def size(self) -> int:
-        """How many values the window holds now."""
-        return min(self.seen, self.values.shape[0])
-
-    def add(self, value: float, when: float) -> None:
-        self.values[self.pos] = value
-        self.pos = (self.pos + 1) % self.values.shape[0]
-        self.seen += 1
-        self.last_seen = max(self.last_seen, when)
-
-    def median_mad(self) -> tuple[float, float]:
-        """Median and MAD of the values held (log space)."""
-        return median_mad(self.values, self.size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"values": self.values[: self.size].tolist(), "pos": self.pos, "seen": self.seen, "last": self.last_seen}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], capacity: int) -> UnitValueWindow:
-        window = cls(capacity)
-        held = data["values"]
-        window.values[: len(held)] = held
-        window.pos, window.seen, window.last_seen = data["pos"], data["seen"], data["last"]
-        return window
+    return tuple(f"{level}:{cn_code[:digits]}:{basis}" for level, digits in LEVELS)
 
 
 class UnitValueState(OperatorState):
@@ -104,9 +73,9 @@ class UnitValueState(OperatorState):
         return state
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemUnitValue:
-    """One goods item seen by the undervaluation detector."""
+    """One goods item seen by the undervaluation detector (not frozen: frozen dataclasses build slower)."""
 
     event_id: str
     mrn: str
@@ -174,47 +143,56 @@ class UndervaluationDetector(Operator[ItemUnitValue, UnitValueState]):
     def units(self, event: Any) -> Iterable[tuple[str, ItemUnitValue]]:
         if not isinstance(event, ImportDeclaration):
             return
+        event_id, mrn, when, office, importer = (
+            event.event_id, event.mrn, event.event_time, event.customs_office, event.importer_eori
+        )  # fmt: skip
         for item in event.goods_items:
             if item.supplementary_units and item.supplementary_unit_code:
                 basis, quantity = item.supplementary_unit_code, item.supplementary_units
             else:
                 basis, quantity = "kg", item.net_mass_kg
+            cn_code, origin = item.cn_code, item.origin_country
             unit = ItemUnitValue(
-                event_id=event.event_id,
-                mrn=event.mrn,
-                item_number=item.item_number,
-                event_time=event.event_time,
-                office=event.customs_office,
-                importer_eori=event.importer_eori,
-                cn_code=item.cn_code,
-                origin_country=item.origin_country,
-                basis=basis,
-                quantity=quantity,
-                customs_value_eur=item.customs_value_eur,
-                duty_rate_pct=item.duty_rate_pct,
-            )
-            yield f"{item.origin_country}:{item.cn_code[:2]}", unit
-
-    @staticmethod
-    def _window_names(unit: ItemUnitValue) -> Iterable[tuple[str, str]]:
-        for level, digits in LEVELS:
-            yield level, f"{level}:{unit.cn_code[:digits]}:{unit.basis}"
+                event_id, mrn, item.item_number, when, office, importer, cn_code, origin, basis, quantity,
+                item.customs_value_eur, item.duty_rate_pct,
+            )  # fmt: skip
+            yield f"{origin}:{cn_code[:2]}", unit
 
     def learn_one(self, unit: ItemUnitValue, state: UnitValueState) -> None:
         value = math.log(unit.unit_value_eur)
-        when = unit.event_time.timestamp()
-        for _, name in self._window_names(unit):
+        when = epoch_seconds(unit.event_time)
+        for name in _window_names(unit.cn_code, unit.basis):
             state.add(name, value, when)
 
     def score_one(self, unit: ItemUnitValue, state: UnitValueState) -> RiskScore:
+        windows = state.windows
+        return self._score_windows(unit, [windows.get(name) for name in _window_names(unit.cn_code, unit.basis)])
+
+    def score_learn_one(self, unit: ItemUnitValue, state: UnitValueState) -> RiskScore:
+        """:meth:`score_one` then :meth:`learn_one`, looking each window up once."""
+        windows = state.windows
+        found: list[UnitValueWindow] = []
+        for name in _window_names(unit.cn_code, unit.basis):
+            window = windows.get(name)
+            if window is None:
+                window = windows[name] = UnitValueWindow(state.capacity)  # empty: scores as if absent
+            found.append(window)
+        score = self._score_windows(unit, found)
+        value = math.log(unit.unit_value_eur)
+        when = epoch_seconds(unit.event_time)
+        for window in found:
+            window.add(value, when)
+        return score
+
+    def _score_windows(self, unit: ItemUnitValue, windows: Sequence[UnitValueWindow | None]) -> RiskScore:
+        """The score of ``unit`` against its CN8, CN6, CN4 and chapter windows (None: never fed)."""
         reference = None
-        for level, name in self._window_names(unit):
-            window = state.window(name)
+        for (level, _), window in zip(LEVELS, windows, strict=True):
             if window is not None and window.size >= self.min_observations:
                 reference = level, window
                 break
         if reference is None:
-            cn8 = state.window(f"CN8:{unit.cn_code}:{unit.basis}")
+            cn8 = windows[0]
             have = cn8.seen if cn8 else 0
             reason = (
                 f"No reference unit value yet for CN {unit.cn_code} from {unit.origin_country}: "
@@ -225,18 +203,18 @@ class UndervaluationDetector(Operator[ItemUnitValue, UnitValueState]):
         level, window = reference
         median, mad = window.median_mad()
         spread = max(_MAD_TO_SIGMA * mad, self.min_spread)
-        declared_log = math.log(unit.unit_value_eur)
-        z = (median - declared_log) / spread
+        declared_uv = unit.customs_value_eur / unit.quantity
+        z = (median - math.log(declared_uv)) / spread
         score = 1.0 / (1.0 + math.exp(-(z - self.z_half)))
         reference_uv = math.exp(median)
-        declared_uv = unit.unit_value_eur
         shortfall = max(0.0, reference_uv * unit.quantity - unit.customs_value_eur)
         duty = shortfall * unit.duty_rate_pct / 100.0
         vat = (shortfall + duty) * self.vat_rate
         below_pct = 100.0 * (1.0 - declared_uv / reference_uv)
-        per = "kg" if unit.basis == "kg" else unit.basis
+        per = unit.basis
         group = f"CN {unit.cn_code} from {unit.origin_country}"
-        basis_text = f"median of {window.size} recent declarations at {level} level"
+        size = window.size
+        basis_text = f"median of {size} recent declarations at {level} level"
         if below_pct > 0:
             reason = (
                 f"Declared {declared_uv:,.2f} EUR/{per} is {below_pct:.0f}% below the reference "
@@ -250,7 +228,7 @@ class UndervaluationDetector(Operator[ItemUnitValue, UnitValueState]):
             )
         fields: dict[str, float | str | None] = {
             "level": level,
-            "observations": float(window.size),
+            "observations": float(size),
             "reference_unit_value_eur": round(reference_uv, 4),
             "declared_unit_value_eur": round(declared_uv, 4),
             "unit": per,
