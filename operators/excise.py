@@ -52,6 +52,13 @@ rate). A unit with no finding scores 0; one with findings scores
 0.1 for an inconsistency that costs nothing, 0.67 at 1,000 EUR, 0.96 at 3,000 EUR).
 ``eur_at_stake`` adds VAT on that excise (``gap_eur x 1.2``).
 
+**Exposure of consistent movements.** An e-AD or an export with no finding still moves goods
+without excise paid: if they are diverted (never received, exported only on paper), the whole
+duty under suspension is lost, and these records alone cannot show it until the receipt
+deadline passes or at all. Such a record scores ``suspension_prior`` (default 0.05, a prior
+chance of diversion, not a finding) with that duty plus VAT as ``eur_at_stake``, so a fusion
+ranking by expected revenue puts large suspended movements before small ones.
+
 **Not detected.** A false export (an e-AD to export followed by an export record, goods sold
 at home) looks exactly like a real one in these records: it needs the exit confirmation of
 the office of export. Tolerances and the reference tables are plausible, French-like
@@ -475,6 +482,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         max_movements: int = 64,
         max_open: int = 256,
         idle_margin_days: float = 30.0,
+        suspension_prior: float = 0.05,
     ) -> None:
         self.scale_eur = scale_eur
         self.floor = floor
@@ -484,6 +492,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         self.mass_conversion_tolerance = mass_conversion_tolerance
         self.strength_tolerance = strength_tolerance
         self.receipt_deadline_s = receipt_deadline_hours * 3600.0
+        self.suspension_prior = suspension_prior
         # An import's records arrive within days; a month past the receipt deadline loses nothing.
         self.idle_retention = timedelta(hours=receipt_deadline_hours, days=idle_margin_days)
         self.min_cover_mass_kg = min_cover_mass_kg
@@ -753,7 +762,8 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             self._against_ead(assessment, record, facts, state)
         if kind in ("e_ad", "release_for_consumption") or (kind == "export" and record.arc not in state.movements):
             self._against_import(assessment, record, facts, state)
-        return self._record_score(record, assessment, state.office)
+        exposure = facts.duty() if kind in ("e_ad", "export") and not assessment.findings else 0.0
+        return self._record_score(record, assessment, state.office, exposure)
 
     def _against_ead(
         self, assessment: Assessment, record: ExciseMovement, facts: CorrectedFacts, state: ExciseState
@@ -839,7 +849,9 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
                 gap,
             )
 
-    def _record_score(self, record: ExciseMovement, assessment: Assessment, office: str | None) -> RiskScore:
+    def _record_score(
+        self, record: ExciseMovement, assessment: Assessment, office: str | None, exposure_eur: float = 0.0
+    ) -> RiskScore:
         kinds = {
             "e_ad": "e-AD",
             "report_of_receipt": "Report of receipt",
@@ -864,6 +876,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             origin=None,
             head=head,
             assessment=assessment,
+            exposure_eur=exposure_eur,
         )
 
     def _learn_record(self, record: ExciseMovement, state: ExciseState) -> None:
@@ -1171,6 +1184,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         origin: str | None,
         head: str,
         assessment: Assessment,
+        exposure_eur: float = 0.0,
     ) -> RiskScore:
         gap = assessment.gap_eur
         score = self.score_of(gap, bool(assessment.findings))
@@ -1180,9 +1194,19 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             reason = f"{head}: {body}."
             if gap > 0:
                 reason += f" Excise at stake {gap:,.0f} EUR."
+        elif exposure_eur > 0:
+            # No finding, but the duty is suspended: a prior, not a suspicion (module docstring).
+            score = self.suspension_prior
+            at_stake = exposure_eur * (1.0 + VAT_RATE)
+            reason = (
+                f"{head}: quantities, physics and duty consistent; {exposure_eur:,.0f} EUR of excise under "
+                "suspension, lost if the goods are diverted."
+            )
         else:
             reason = f"{head}: quantities, physics and duty consistent."
         fields = dict(assessment.fields)
+        if exposure_eur > 0:
+            fields["suspended_duty_eur"] = round(exposure_eur, 2)
         fields["findings"] = ",".join(dict.fromkeys(assessment.codes)) or None
         fields["excise_gap_eur"] = round(gap, 2)
         return self.risk_score(

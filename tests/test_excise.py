@@ -96,9 +96,19 @@ def test_score_grows_with_the_gap() -> None:
 
 # --- one record ----------------------------------------------------------------------------------
 def test_consistent_record_scores_zero() -> None:
-    score = _run(ExciseDetector(), [excise()])[0]  # 1,000 l of whisky at 40 %: 4 hl pure alcohol x 1,800
+    release = excise(record_type="release_for_consumption", arc=None)  # duty paid: nothing suspended
+    score = _run(ExciseDetector(), [release])[0]  # 1,000 l of whisky at 40 %: 4 hl pure alcohol x 1,800
     assert score.score == 0.0 and score.eur_at_stake == 0.0
     assert "consistent" in score.reason
+
+
+def test_consistent_e_ad_carries_its_suspended_duty_as_exposure() -> None:
+    score = _run(ExciseDetector(), [excise()])[0]  # the same whisky, moving under duty suspension
+    assert score.score == 0.05  # the prior chance of diversion, not a finding
+    assert score.eur_at_stake == 7200.0 * 1.2  # excise and the VAT on it, lost if diverted
+    assert score.reason_fields["suspended_duty_eur"] == 7200.0 and score.reason_fields["findings"] is None
+    assert "consistent" in score.reason and "under suspension" in score.reason
+    assert _run(ExciseDetector(suspension_prior=0.0), [excise()])[0].score == 0.0
 
 
 def test_duty_below_rate_times_base() -> None:
@@ -149,7 +159,7 @@ def test_fuel_mass_must_match_volume_times_density() -> None:
         dispatched_quantity=10_000.0,
         duty_declared_eur=round(duty, 2),
     )
-    assert _run(ExciseDetector(), [clean])[0].score == 0.0
+    assert _run(ExciseDetector(suspension_prior=0.0), [clean])[0].score == 0.0  # no finding
 
 
 def test_mass_per_cigarette() -> None:
@@ -477,7 +487,7 @@ def test_generated_stream_precision_recall_and_determinism() -> None:
     ranked = sorted(best, key=lambda i: -best[i])
     top = ranked[: len(positives) // 2]
     precision = sum(i in positives for i in top) / len(top)
-    flagged = [i for i in ranked if best[i] > 0]
+    flagged = [i for i in ranked if best[i] > ExciseDetector().suspension_prior]  # findings, not the prior
     flagged_precision = sum(i in positives for i in flagged) / len(flagged)
     # A random ranking would reach the base rate (about 1 %); the checks are exact arithmetic on
     # clean data, so what they flag should be frauds, and the top half of the frauds' count is all frauds.
