@@ -55,6 +55,12 @@ def start_worker(
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM each worker still running, then wait (SIGKILL after 60 s)."""
     for worker in workers:
@@ -78,6 +84,7 @@ def main() -> None:
     parser.add_argument("--sink", choices=("none", "chdb"), default="none")
     parser.add_argument("--profile", default=None, help="cProfile output file for worker 0")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs and data (printed path)")
     args = parser.parse_args()
 
     from confluent_kafka import Consumer
@@ -116,17 +123,21 @@ def main() -> None:
             workers = [start_worker(bootstrap, prefix, work, args, i) for i in range(args.workers)]
             seen: set[str] = set()
             first: float | None = None
+            cpu_at_first = 0.0
             messages = 0
             deadline = time.monotonic() + 900
             while len(seen) < len(expected) and time.monotonic() < deadline:
                 for message in consumer.consume(1000, 0.5):
                     if message.error() is None:
-                        first = first or time.perf_counter()
+                        if first is None:
+                            first = time.perf_counter()
+                            cpu_at_first = sum(cpu_seconds(w.pid) for w in workers)
                         messages += 1
                         seen.add(message.key().decode())
                 if any(w.poll() is not None for w in workers):
                     raise SystemExit(f"a worker exited early; see {work}/worker-*.log")
             done = time.perf_counter()
+            cpu_drain = sum(cpu_seconds(w.pid) for w in workers) - cpu_at_first
             consumer.close()
             stop_workers(workers)  # while the broker still runs
             if len(seen) < len(expected):
@@ -137,7 +148,7 @@ def main() -> None:
             succeeded = True
     finally:
         stop_workers(workers)
-        if succeeded and not args.profile:
+        if succeeded and not args.profile and not args.keep_logs:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"worker logs kept in {work}")
@@ -146,6 +157,8 @@ def main() -> None:
     print(f"start-up to first score: {startup_s:.1f} s")
     print(f"drained {n:,} events in {drain_s:.1f} s: {rate:,.0f} events/s ({rate / args.workers:,.0f} per worker)")
     print(f"{messages:,} score messages for {len(seen):,} score sets")
+    per_cpu = n / cpu_drain
+    print(f"workers' CPU while draining: {cpu_drain:.1f} s ({per_cpu:,.0f} events per worker CPU-second)")
     if args.no_record or args.profile:
         return
     record(
@@ -161,6 +174,7 @@ def main() -> None:
             ("worker start-up to first score", f"{startup_s:.1f} s"),
             ("Kafka -> Faust -> Kafka, backlog drain", f"{rate:,.0f} events/s"),
             ("per worker", f"{rate / args.workers:,.0f} events/s"),
+            ("events per worker CPU-second (what one dedicated core would drain)", f"{per_cpu:,.0f}"),
             ("conservative: events / (start-up + drain)", f"{n / (startup_s + drain_s):,.0f} events/s"),
             ("same events in process (`ScoringPipeline.process`, no I/O)", f"{in_process:,.0f} events/s"),
         ],

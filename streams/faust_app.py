@@ -1,4 +1,4 @@
-"""Faust workers: the scoring pipeline on Kafka, state in changelog-backed tables.
+"""Faust workers: the scoring pipeline on Kafka, its state in a changelog-backed table.
 
 Run one or more workers of one deployment (they share the partitions of a consumer group)::
 
@@ -9,44 +9,45 @@ Run one or more workers of one deployment (they share the partitions of a consum
 
 Topology
 --------
-Three agents per worker, each consuming in batches (``stream.take_events(n, within=...)``)
-and calling the runtime-free stages of :mod:`vigie.streams.faust_stages` (read its docstring
-for the topology and why):
+Two agents per worker, each consuming in batches (up to ``batch_size`` messages, cut as soon
+as no more are waiting, so an idle stream adds no wait and batches grow with the load) and
+calling the runtime-free stages of :mod:`vigie.streams.faust_stages` (read its docstring for
+the topology and why). Each batch first goes through an :class:`InOrderGate`, which makes
+sure no offset is skipped (Faust can drop a fetched message around a rebalance):
 
-1. ``ingest`` reads the four input topics, validates each message with the shared codec,
-   sends what fails to the dead-letter topic, writes accepted events to the sink, keeps each
-   ENS in the ``ens-links`` table, repartitions the detectors' units by *state key* on the
-   internal ``units`` topic, and forwards each event to the internal ``fusion`` topic;
-2. ``score`` reads ``units``: each state key lives in one partition, its operator state in
-   one table per detector (``state-<detector>``); it runs ``score_one`` then ``learn_one``
-   and sends each unit's score to ``fusion``;
-3. ``fuse`` reads ``fusion`` (one partition: the pipeline's global state), gathers each
-   event with its unit scores, runs the pipeline on it (fusion, alert budget, outcome join;
-   the detectors stand in with the gathered scores), emits scores and alerts to Kafka and the
-   sink, and sends outcome feedback back to ``units``. Its state is checkpointed into the
-   ``fusion`` table every ``fusion_checkpoint_s``; its offsets are committed only then
-   (``stream.noack_take`` and explicit acks), so a restart resumes exactly from a checkpoint.
+1. ``ingest`` reads the four input topics (all their partitions are shared by the workers
+   of the group), validates each message with the shared codec, sends what fails to the
+   dead-letter topic, writes accepted events to the sink and forwards them, bytes
+   unchanged, packed one message per batch, to the internal ``fusion`` topic;
+2. ``fuse`` reads ``fusion`` (one partition: the pipeline's global state, so one worker of
+   the group fuses at a time), runs the real :class:`~vigie.operators.ScoringPipeline` on
+   each event and emits its scores and alert to Kafka and the sink. The pipeline's whole
+   state, detectors' keyed states included, is checkpointed into the ``fusion`` table every
+   ``fusion_checkpoint_s`` (or less often when a checkpoint is large: at most about a tenth
+   of the time goes to them); the fusion offsets are committed only then.
 
-Why repartition: a declaration's items touch several state keys (undervaluation keeps
-state per origin and CN chapter, the ENS detector per HS chapter), so no input key can
-co-locate all the state an event needs; keying the input by state key would also make the
-integrators depend on detector internals. The detectors (most of the work and of the
-state) scale with the partitions; the fusion is one partition, as it is one model.
+When a worker stops or dies, the group gives its partitions to the others: its ingest
+partitions resume from their committed offsets, and the fusion partition from its last
+checkpoint (restored from the changelog), which makes the replay exact (see
+:mod:`~vigie.streams.faust_stages`).
 
-State: Faust tables with ``store='memory://'`` and compacted changelog topics
-(``<app id>-<table>-changelog``), restored when a worker starts or takes over a partition.
-Each write names its changelog partition (the partition of the message owning the key), so
-batches that mix partitions stay correct. An operator state is read once per batch and
-written back once per batch. Topics and changelogs all have the same number of partitions,
-so Faust co-assigns partition ``p`` of everything to one worker.
+Producing: the stages' output (fusion, scores, alerts, dead letters) goes through one
+librdkafka producer (confluent-kafka; idempotent; murmur2 partitioner, as Faust and the Java
+client) rather than Faust's: Faust's per-message cost was about half of the worker's time.
+Faust's own producer writes the table's changelog.
 
-Delivery: at least once. The producer is flushed before offsets are committed; the sink is
-flushed at the end of each batch, before the batch is acknowledged. If producing or the
-sink fails, the worker exits at once (code 70) *without* committing, and is restarted by its
-supervisor: the batch is read again. Replays are absorbed (see :mod:`~vigie.streams.faust_stages`):
-ids are deterministic, states do not learn a replayed unit twice, fusion restarts from its
-checkpoint. A replay may send the same score or alert (same id) to Kafka twice; the sink
-keeps one (``ReplacingMergeTree``, read with ``FINAL``).
+State: the ``fusion`` table (``store='memory://'``, compacted changelog topic
+``<app id>-fusion-changelog``), restored when a worker starts or takes the fusion partition
+over. Writes name their changelog partition (the fusion partition). Topics and changelog
+all have the same number of partitions, so Faust co-assigns partition ``p`` of everything to
+one worker.
+
+Delivery: at least once, replays absorbed. A batch is acknowledged only after its messages
+are delivered (the producer is flushed) and the sink is flushed; fusion messages only once a
+checkpoint covers them, after their output was delivered. If producing or the sink fails,
+the worker exits at once (code 70) *without* committing, and is restarted by its supervisor:
+the batch is read again. A replay may send the same score or alert (same id, same content)
+to Kafka twice; the sink keeps one (``ReplacingMergeTree``, read with ``FINAL``).
 
 Dead letters: the message value is the original bytes, unchanged; the key is the dead-letter
 id; headers ``vigie.reason``, ``vigie.field``, ``vigie.source`` (``kafka:TOPIC:PARTITION:OFFSET``),
@@ -56,11 +57,13 @@ id; headers ``vigie.reason``, ``vigie.field``, ``vigie.source`` (``kafka:TOPIC:P
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,20 +71,45 @@ from typing import Annotated, Any
 import faust
 import typer
 from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
 from vigie.sinks.base import Sink
 from vigie.sinks.open import open_sink
 
-from .faust_stages import FUSION_KEY, FuseStage, IngestStage, InMessage, KeyValueStore, ScoreStage, StageOutput
+from .faust_stages import (
+    FUSION_KEY,
+    DecodedCache,
+    FuseStage,
+    IngestStage,
+    InMessage,
+    KeyValueStore,
+    OutMessage,
+    StageOutput,
+)
 from .topics import DEFAULT_PREFIX, LARGE_MESSAGE_BYTES, TopicNames, create_topics, describe_partitions
 
-__all__ = ["FAIL_STOP_EXIT_CODE", "PartitionedTable", "TableStore", "VigieFaustApp", "WorkerSettings", "faust_app_cli"]
+__all__ = [
+    "FAIL_STOP_EXIT_CODE",
+    "InOrderGate",
+    "OutputProducer",
+    "PartitionedTable",
+    "TableStore",
+    "VigieFaustApp",
+    "WorkerSettings",
+    "faust_app_cli",
+]
 
 log = logging.getLogger("vigie.streams.faust")
 
 FAIL_STOP_EXIT_CODE = 70
 """Exit code of a worker that stopped because Kafka or the sink failed mid-batch."""
+
+GATE_WATCH_INTERVAL_S = 2.0
+"""Seconds between checks that every assigned partition delivers what it holds (see :class:`InOrderGate`)."""
+
+CHECKPOINT_TIME_SHARE = 0.1
+"""At most about this share of the fuse agent's time goes to checkpoints (large states checkpoint less often)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +122,33 @@ class WorkerSettings:
     partitions: int | None = None
     replication_factor: int = 1
     create_topics: bool = True
-    batch_size: int = 500
-    batch_within_s: float = 0.25
+    batch_size: int = 2000
+    """Messages per batch at most (input messages for ingest; packed fusion messages for fuse). A batch is
+    cut as soon as no more messages are waiting: batches grow with the load, an idle stream adds no wait."""
     sink: str = "none"
-    """``none``, or ``chdb:PATH`` (embedded ClickHouse; one worker process per path)."""
+    """``none``, ``chdb:PATH`` (embedded ClickHouse; one worker process per path) or ``clickhouse://...``."""
     threshold: float | None = None
     """None: the pipeline's default (learned) fusion; a number: noisy-OR alerting at that threshold."""
     fusion_checkpoint_s: float = 5.0
-    """Seconds between checkpoints of the fusion state; the fusion offsets are committed at that pace."""
+    """Seconds between checkpoints of the pipeline at least; the fusion offsets are committed at that pace."""
     data_dir: Path = Path("vigie-data/faust")
     commit_interval_s: float = 1.0
     session_timeout_s: float = 30.0
     """A crashed worker's partitions move to the others after this long (Kafka's minimum is 6 s)."""
-    gather_timeout_s: float = 900.0
-    """An event still missing unit scores after this long is dropped (logged) so fusion goes on."""
+    client_id: str | None = None
+    """Kafka client id of the worker (default ``<app id>-<host>-<pid>``: tells the group's members apart)."""
     log_level: str = "info"
     extra_faust: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_client_id(self) -> str:
+        return self.client_id or f"{self.app_id}-{socket.gethostname()}-{os.getpid()}"
 
 
 class PartitionedTable(faust.Table):  # type: ignore[misc]
     """A Faust table whose writes say which changelog partition they go to.
 
     Faust sends a write to the partition of the event being processed, which inside a
-    ``take_events`` batch is not the event that owns the key. :class:`TableStore` sets
+    batch is not necessarily the partition that owns the key. :class:`TableStore` sets
     :attr:`write_partition` around each write instead.
     """
 
@@ -158,6 +190,181 @@ class TableStore(KeyValueStore):
         return list(self.table.keys())
 
 
+class ProduceFailed(RuntimeError):
+    """The broker did not acknowledge some message (after librdkafka's own retries)."""
+
+
+class OutputProducer:
+    """One librdkafka producer for everything the stages emit.
+
+    Idempotent (retries write no duplicates), murmur2 partitioner (as Faust, aiokafka and the
+    Java client: the fusion key lands in the partition the fuse agent reads). Only failed
+    deliveries call back; :meth:`flush` raises :class:`ProduceFailed` when any happened.
+    """
+
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        self.errors: list[str] = []
+        self.produced = 0
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": client_id,
+                "enable.idempotence": True,
+                "partitioner": "murmur2_random",
+                "linger.ms": 2,
+                "message.max.bytes": LARGE_MESSAGE_BYTES,
+                "delivery.report.only.error": True,
+                "on_delivery": self._delivered,
+                "logger": logging.getLogger("vigie.streams.faust.rdkafka"),
+            }
+        )
+
+    def _delivered(self, err: KafkaError | None, message: Message) -> None:
+        if err is not None:
+            self.errors.append(f"{message.topic()}: {err}")
+
+    def produce(self, messages: Iterable[OutMessage]) -> None:
+        produce = self._producer.produce
+        for m in messages:
+            while True:
+                try:
+                    produce(m.topic, m.value, m.key, headers=m.headers or None)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it drain
+                    self._producer.poll(0.05)
+            self.produced += 1
+
+    async def flush(self) -> None:
+        """Wait (without blocking the loop) until every message produced so far is delivered."""
+        pause = 0.0005
+        while len(self._producer) > 0:
+            self._producer.poll(0)
+            if len(self._producer) == 0:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)  # a broker outage must not spin the loop
+        if self.errors:
+            raise ProduceFailed("; ".join(self.errors[:5]))
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Flush (blocking) for at most ``timeout`` seconds; the messages still undelivered."""
+        remaining: int = self._producer.flush(timeout)
+        return remaining
+
+
+class InOrderGate:
+    """Lets each partition's messages through in offset order, none skipped, each once.
+
+    Faust can drop a fetched message without handing it to the agent around a rebalance (a
+    message fetched before the worker's new generation, or while its flow was suspended, is
+    skipped) and read on past it: nothing reads it again, since aiokafka's
+    ``seek_to_committed`` does not move a partition without a committed offset above 0. Seen on
+    the real broker after a restart: one input offset never ingested, the ones after it were.
+
+    The gate keeps the next offset expected per partition (from the group's committed offset,
+    else the partition's first). An offset below it was admitted already (a re-delivery): dropped.
+    An offset above it is a hole: the rest of that partition in the batch is held back (not
+    admitted, not acknowledged) and the consumer is sought back to the hole. :meth:`watch`
+    does the same for a partition whose consumer has not delivered the next expected offset for
+    ``stall_s`` since the partition was seen holding it (a hole at the end shows no later offset).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        app: faust.App,
+        topics: set[str],
+        committed: Callable[[list[Any]], Awaitable[dict[Any, int | None]]],
+        *,
+        stall_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.app = app
+        self.topics = topics
+        self.committed = committed
+        self.stall_s = stall_s
+        self._next: dict[Any, int] = {}
+        self._since: dict[Any, float] = {}
+        """Partition -> ``time.monotonic()`` of its last admitted message (or of its first expectation)."""
+        self._sought: dict[Any, float] = {}
+        self._behind: dict[Any, float] = {}
+        """Partition -> ``time.monotonic()`` when :meth:`watch` first saw it hold more than was admitted."""
+        self.redelivered = 0
+        """Messages dropped because they were admitted before (read again after a seek or a rebalance)."""
+        self.seeks = 0
+        """Times the consumer was sought back to an offset it had skipped."""
+
+    def reset(self) -> None:
+        """Forget every partition (after a rebalance the group's committed offsets say where to start)."""
+        self._next.clear()
+        self._since.clear()
+        self._sought.clear()
+        self._behind.clear()
+
+    async def _expect(self, tps: Iterable[Any]) -> None:
+        missing = [tp for tp in tps if tp not in self._next]
+        if not missing:
+            return
+        committed = await self.committed(missing)
+        fresh = [tp for tp in missing if committed.get(tp) is None]
+        earliest = dict(await self.app.consumer.earliest_offsets(*fresh)) if fresh else {}
+        now = time.monotonic()
+        for tp in missing:
+            start = committed.get(tp)
+            self._next[tp] = start if start is not None else earliest.get(tp, 0)
+            self._since[tp] = now
+
+    async def admit(self, events: list[Any]) -> list[Any]:
+        """The events to process, in order; seeks back where the consumer skipped an offset."""
+        await self._expect({e.message.tp for e in events})
+        admitted: list[Any] = []
+        holes: dict[Any, int] = {}
+        now = time.monotonic()
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            expected = self._next[tp]
+            if offset < expected:
+                self.redelivered += 1
+            elif offset > expected or tp in holes:
+                holes.setdefault(tp, expected)
+            else:
+                admitted.append(event)
+                self._next[tp] = offset + 1
+                self._since[tp] = now
+                self._sought.pop(tp, None)
+        for tp, offset in holes.items():
+            await self._seek(tp, offset, f"offset {offset} was skipped (got a later one)")
+        return admitted
+
+    async def watch(self) -> None:
+        """Seek back the assigned partitions that hold their next expected offset but deliver nothing."""
+        assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.topics]
+        if not assigned:
+            return
+        await self._expect(assigned)
+        ends = await self.app.consumer.highwaters(*assigned)
+        now = time.monotonic()
+        for tp in assigned:
+            end = ends.get(tp)
+            if end is None or end <= self._next[tp]:
+                self._behind.pop(tp, None)
+                continue
+            waiting = now - max(self._since[tp], self._behind.setdefault(tp, now))
+            log.debug("%s: %s:%d at %d of %d, nothing admitted for %.1f s", self.name, tp.topic, tp.partition,
+                      self._next[tp], end, waiting)  # fmt: skip
+            if waiting >= self.stall_s:
+                await self._seek(tp, self._next[tp], f"nothing delivered for {waiting:.0f} s")
+
+    async def _seek(self, tp: Any, offset: int, why: str) -> None:
+        sought = self._sought.get(tp)
+        if sought is not None and time.monotonic() - sought < self.stall_s:
+            return  # a seek is under way: what arrives meanwhile is held back
+        self._sought[tp] = self._since[tp] = time.monotonic()
+        self.seeks += 1
+        log.warning("%s: %s:%d %s; reading again from offset %d", self.name, tp.topic, tp.partition, why, offset)
+        await self.app.consumer.seek(tp, offset)
+
+
 class _Worker(faust.Worker):  # type: ignore[misc]
     """A Faust worker whose libraries log at INFO at most: their DEBUG records format every message."""
 
@@ -176,7 +383,7 @@ def _fail_stop(what: str, exc: BaseException) -> None:
 
 
 class VigieFaustApp:
-    """The Faust app of one worker: topics, tables, the three agents, the sink.
+    """The Faust app of one worker: topics, the fusion table, the two agents, the producer, the sink.
 
     ``partitions`` must be the partition count of the deployment's topics (see
     :func:`prepare_topics`). ``sink`` receives events, dead letters, scores and alerts
@@ -199,10 +406,12 @@ class VigieFaustApp:
             pipeline = ScoringPipeline(alerting=alerting)
         self.pipeline = pipeline
         self.sink = sink
+        client_id = settings.resolved_client_id()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             settings.app_id,
             broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
+            broker_client_id=client_id,
             store="memory://",
             datadir=str(settings.data_dir),
             topic_replication_factor=settings.replication_factor,
@@ -222,47 +431,95 @@ class VigieFaustApp:
             processing_guarantee="at_least_once",
             **settings.extra_faust,
         )
-        self.topics = {name: self._raw_topic(name) for name in [*self.names.inputs, *self._outputs()]}
-
-        self.ens_links = self._table("ens-links")
-        self.states = {d.name: self._table(f"state-{d.name}") for d in self.pipeline.detectors}
+        self.producer = OutputProducer(settings.bootstrap, client_id)
+        self._offsets_reader: Consumer | None = None
+        self._offsets_lock = asyncio.Lock()
+        self.gates = [
+            InOrderGate("ingest", self.app, set(self.names.inputs), self._committed),
+            InOrderGate("fuse", self.app, {self.names.fusion}, self._committed),
+        ]
         self.checkpoints = self._table("fusion")
-
-        self.ingest = IngestStage(
-            self.names, self.pipeline.detectors, TableStore(self.ens_links), owned=self._owned(self.names.ens)
-        )
-        self.score = ScoreStage(self.names, self.pipeline.detectors, {n: TableStore(t) for n, t in self.states.items()})
-        self.fuse = FuseStage(
-            self.names, self.pipeline, TableStore(self.checkpoints), gather_timeout_s=settings.gather_timeout_s
-        )
+        cache = DecodedCache()
+        self.ingest = IngestStage(self.names, cache=cache)
+        self.fuse = FuseStage(self.names, self.pipeline, TableStore(self.checkpoints), cache=cache)
         self.fusion_partition = (murmur2(FUSION_KEY) & 0x7FFFFFFF) % partitions
         self.batches = 0
         self.checkpoints_taken = 0
+        self.checkpoint_seconds = 0.0
+        self.last_checkpoint_seconds = 0.0
+        self._fusion_unacked: list[Any] = []
+        self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.timer(GATE_WATCH_INTERVAL_S)(self._watch_gates)
         self._agents()
 
     def stats(self) -> str:
-        """Counters worth a log line: batches, replays absorbed, duplicates ignored."""
+        """Counters worth a log line: batches, events, replays absorbed, checkpoints."""
         return (
-            f"{self.batches} batches; {self.fuse.completed} events fused; {self.checkpoints_taken} fusion "
-            f"checkpoint(s); {self.score.replayed_units} replayed unit(s) scored without learning; "
-            f"{self.score.feedback_units} feedback unit(s) learned; {self.fuse.skipped} fusion message(s) already in "
-            f"the restored checkpoint; {self.fuse.duplicates} duplicate(s) ignored"
+            f"{self.batches} batches; {self.ingest.accepted} events ingested; {self.ingest.rejected} dead-lettered; "
+            f"{self.fuse.fused} events fused; {self.fuse.duplicates} duplicate(s) skipped; "
+            f"{self.fuse.failed} failed in the pipeline; {self.checkpoints_taken} checkpoint(s) in "
+            f"{self.checkpoint_seconds:.1f} s; {self.producer.produced} messages produced; "
+            f"{self.fuse.cache.hits if self.fuse.cache is not None else 0} decodes saved; "
+            f"{sum(g.seeks for g in self.gates)} seek(s) back to a skipped offset; "
+            f"{sum(g.redelivered for g in self.gates)} re-delivered message(s) dropped"
         )
 
+    def close(self) -> None:
+        """Deliver what is still queued (bounded wait) and release the Kafka clients of the app's own."""
+        undelivered = self.producer.close()
+        if undelivered:
+            log.warning("%d message(s) not delivered at stop: their batches were not acknowledged", undelivered)
+        if self._offsets_reader is not None:
+            self._offsets_reader.close()
+            self._offsets_reader = None
+
+    async def _committed(self, tps: list[Any]) -> dict[Any, int | None]:
+        """The group's committed offset of each partition (None: nothing committed), read from the broker."""
+        async with self._offsets_lock:
+            if self._offsets_reader is None:
+                self._offsets_reader = Consumer(
+                    {
+                        "bootstrap.servers": self.settings.bootstrap,
+                        "group.id": self.settings.app_id,  # only read, never joined
+                        "enable.auto.commit": False,
+                        "logger": logging.getLogger("vigie.streams.faust.rdkafka"),
+                    }
+                )
+            reader = self._offsets_reader
+            wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(None, lambda: reader.committed(wanted, timeout=30))
+        offsets = {(f.topic, f.partition): f.offset for f in found}
+        return {tp: offsets[(tp.topic, tp.partition)] if offsets[(tp.topic, tp.partition)] >= 0 else None for tp in tps}
+
+    async def _watch_gates(self) -> None:
+        if self.app.rebalancing:
+            return
+        for gate in self.gates:
+            try:
+                await gate.watch()
+            except Exception as exc:  # the consumer may be between generations: try again next time
+                log.info("%s: could not check the partitions (%r)", gate.name, exc)
+
+    async def _on_revoked(self, sender: Any, revoked: Any = (), **kwargs: Any) -> None:
+        """Fusion messages not acknowledged yet will be read again: forget them, and the state built on them."""
+        self._fusion_unacked.clear()
+        self.fuse.invalidate()
+        for gate in self.gates:
+            gate.reset()
+
     async def _on_assigned(self, sender: Any, assigned: Any = (), **kwargs: Any) -> None:
-        """After a rebalance: live operator states may be stale; fusion too if it moved away."""
-        self.score.invalidate()
-        if not any(tp.topic == self.names.fusion and tp.partition == self.fusion_partition for tp in assigned):
-            self.fuse.invalidate()
+        """Whoever owns the fusion partition now starts from its last checkpoint (restored by Faust)."""
+        self.fuse.invalidate()
+        for gate in self.gates:
+            gate.reset()
+        if any(tp.topic == self.names.fusion and tp.partition == self.fusion_partition for tp in assigned):
+            log.info("this worker fuses (fusion partition %d)", self.fusion_partition)
 
-    def _outputs(self) -> list[str]:
-        n = self.names
-        return [n.units, n.fusion, n.scores, n.alerts, n.dead_letter]
-
-    def _raw_topic(self, name: str) -> Any:
+    def _raw_topic(self, *names: str) -> Any:
         return self.app.topic(
-            name,
+            *names,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
@@ -283,52 +540,68 @@ class VigieFaustApp:
         self.app.tables.add(table)
         return table
 
-    def _owned(self, topic: str) -> Callable[[], set[int] | None]:
-        def owned() -> set[int] | None:
-            try:
-                assignment = self.app.consumer.assignment()
-            except Exception:
-                return None
-            return {tp.partition for tp in assignment if tp.topic == topic}
-
-        return owned
+    def _checkpoint_due(self, last: float) -> bool:
+        spacing = max(self.settings.fusion_checkpoint_s, self.last_checkpoint_seconds / CHECKPOINT_TIME_SHARE)
+        return time.monotonic() - last >= spacing
 
     def _agents(self) -> None:
-        size, within = self.settings.batch_size, self.settings.batch_within_s
-        names = self.names
-        inputs = self.app.topic(
-            *names.inputs, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
+        size = self.settings.batch_size
+        ingest_gate, fuse_gate = self.gates
+
+        async def batches(stream: Any) -> AsyncIterator[list[Any]]:
+            """The stream's events in batches of up to ``size``, cut as soon as nothing more is waiting.
+
+            No wait to fill a batch (an idle stream adds no latency); under load the batches grow
+            while the previous one is processed. Acknowledgements are left to the caller. Faust's
+            ``take_events``/``noack_take`` are not used: their buffer hung a worker under load here.
+            """
+            waiting = stream.channel.queue
+            batch: list[Any] = []
+            async for event in stream.noack().events():
+                batch.append(event)
+                if len(batch) >= size or waiting.empty():
+                    yield batch
+                    batch = []
 
         async def ingest(stream: Any) -> None:
-            async for events in stream.take_events(size, within=within):
-                await self._run("ingest", self.ingest.process, events)
-
-        async def score(stream: Any) -> None:
-            async for events in stream.take_events(size, within=within):
-                await self._run("score", self.score.process, events)
+            # Acknowledged once processed, delivered and sunk; held-back messages never are.
+            async for events in batches(stream):
+                admitted = await ingest_gate.admit(events)
+                if admitted:
+                    await self._run("ingest", self.ingest.process, admitted)
+                for event in admitted:
+                    await stream.ack(event)
 
         async def fuse(stream: Any) -> None:
             # Acknowledged only once a checkpoint covers them: a restart resumes from there.
-            unacked: list[Any] = []
+            unacked = self._fusion_unacked
             last = time.monotonic()
-            async for events in stream.noack_take(size, within=within):
-                await self._run("fuse", self.fuse.process, events)
-                unacked.extend(events)
-                if time.monotonic() - last >= self.settings.fusion_checkpoint_s or len(unacked) >= 50_000:
+            async for events in batches(stream):
+                admitted = await fuse_gate.admit(events)
+                if admitted:
+                    await self._run("fuse", self.fuse.process, admitted)
+                unacked.extend(admitted)
+                if self._checkpoint_due(last):
                     began = time.perf_counter()
                     written = self.fuse.checkpoint()
+                    elapsed = time.perf_counter() - began
                     self.checkpoints_taken += 1
+                    self.checkpoint_seconds += elapsed
+                    self.last_checkpoint_seconds = elapsed
                     for event in unacked:
                         await stream.ack(event)
-                    log.debug("fusion checkpoint %d: %d bytes in %.0f ms, %d messages acknowledged",
-                              self.fuse.seq, written, 1000 * (time.perf_counter() - began), len(unacked))
+                    log.debug(
+                        "checkpoint %d: %d bytes in %.0f ms, %d fusion messages acknowledged",
+                        self.fuse.seq,
+                        written,
+                        1000 * elapsed,
+                        len(unacked),
+                    )
                     unacked.clear()
                     last = time.monotonic()
 
-        self.app.agent(inputs, name="vigie-ingest")(ingest)
-        self.app.agent(self.topics[names.units], name="vigie-score")(score)
-        self.app.agent(self.topics[names.fusion], name="vigie-fuse")(fuse)
+        self.app.agent(self._raw_topic(*self.names.inputs), name="vigie-ingest")(ingest)
+        self.app.agent(self._raw_topic(self.names.fusion), name="vigie-fuse")(fuse)
 
     async def _run(self, stage: str, process: Callable[[list[InMessage]], StageOutput], events: list[Any]) -> None:
         batch = [
@@ -339,20 +612,22 @@ class VigieFaustApp:
         output = process(batch)
         computed = time.perf_counter()
         try:
-            for message in output.messages:
-                await self.topics[message.topic].send(
-                    key=message.key, value=message.value, headers=message.headers or None
-                )
+            self.producer.produce(output.messages)
             if self.sink is not None and output.records:
                 self.sink.write(output.records)
                 self.sink.flush()
+            await self.producer.flush()
         except Exception as exc:
             _fail_stop(f"{stage}: producing or writing to the sink", exc)
         self.batches += 1
         log.debug(
             "%s: %d in, %d out, %d records; %.1f ms computing, %.1f ms producing and sinking",
-            stage, len(batch), len(output.messages), len(output.records),
-            1000 * (computed - began), 1000 * (time.perf_counter() - computed),
+            stage,
+            len(batch),
+            len(output.messages),
+            len(output.records),
+            1000 * (computed - began),
+            1000 * (time.perf_counter() - computed),
         )
 
 
@@ -399,6 +674,7 @@ def run_worker(settings: WorkerSettings) -> None:
             if done.code not in (0, None):
                 raise
         finally:
+            vigie_app.close()
             log.info("stopped: %s", vigie_app.stats())
     finally:
         if sink is not None:
@@ -420,26 +696,32 @@ def worker_command(
     bootstrap: Bootstrap = "127.0.0.1:9092",
     prefix: Prefix = DEFAULT_PREFIX,
     app_id: Annotated[str, typer.Option(help="Faust app id: consumer group and changelog names.")] = "vigie-scoring",
-    sink: Annotated[str, typer.Option(help="'none' or 'chdb:PATH' (embedded ClickHouse).")] = "none",
+    sink: Annotated[
+        str, typer.Option(help="'none', 'chdb:PATH' (embedded ClickHouse) or 'clickhouse://HOST:PORT/DB'.")
+    ] = "none",
     partitions: Annotated[
         int | None, typer.Option(min=1, help="Partitions of topics created now (default: existing count, or 3).")
     ] = None,
     replication_factor: Annotated[int, typer.Option(min=1)] = 1,
     create: Annotated[bool, typer.Option("--create-topics/--no-create-topics", help="Create missing topics.")] = True,
-    batch_size: Annotated[int, typer.Option(min=1, help="Messages per batch (stream.take_events).")] = 500,
-    batch_within: Annotated[float, typer.Option(min=0.001, help="Seconds to wait for a batch to fill.")] = 0.25,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Messages per batch at most (a batch is cut when none are waiting).")
+    ] = 2000,
     threshold: Annotated[
         float | None,
         typer.Option(min=0.0, max=1.0, help="Use noisy-OR alerting at this fused risk (default: the learned fusion)."),
     ] = None,
     fusion_checkpoint: Annotated[
-        float, typer.Option(min=0.1, help="Seconds between checkpoints of the fusion state (and its commits).")
+        float, typer.Option(min=0.1, help="Seconds between checkpoints of the pipeline at least (and its commits).")
     ] = 5.0,
     data_dir: Annotated[Path, typer.Option(help="Faust's local data directory.")] = Path("vigie-data/faust"),
     session_timeout: Annotated[
         float, typer.Option(min=6.0, help="Seconds before a silent worker's partitions are reassigned.")
     ] = 30.0,
     commit_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between offset commits.")] = 1.0,
+    client_id: Annotated[
+        str | None, typer.Option(help="Kafka client id (default: APP_ID-HOST-PID, to tell the members apart).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a Faust worker: input topics in, scores, alerts and dead letters out."""
@@ -451,13 +733,13 @@ def worker_command(
         replication_factor=replication_factor,
         create_topics=create,
         batch_size=batch_size,
-        batch_within_s=batch_within,
         sink=sink,
         threshold=threshold,
         fusion_checkpoint_s=fusion_checkpoint,
         data_dir=data_dir,
         session_timeout_s=session_timeout,
         commit_interval_s=commit_interval,
+        client_id=client_id,
         log_level=log_level,
     )
     run_worker(settings)

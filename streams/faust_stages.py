@@ -1,118 +1,90 @@
-"""The three stages of the Kafka topology, as plain Python (no Faust in here).
+"""The two stages of the Kafka topology, as plain Python (no Faust in here).
 
-:mod:`vigie.streams.faust_app` wires these stages to Faust agents and tables; tests drive
+:mod:`vigie.streams.faust_app` wires these stages to Faust agents and a table; tests drive
 them directly. Each stage takes a batch of :class:`InMessage`, reads and writes state
 through a :class:`KeyValueStore` (a Faust table in the worker, a dict in tests) and returns
-the messages to produce and the records for the sink. No scoring happens here: the stages
-call the detectors (``units``, ``score_one``, ``learn_one``) and the pipeline itself
-(:meth:`ScoringPipeline.process`), and only move inputs, outputs and states between
-partitions.
+the messages to produce and the records for the sink. No scoring happens here: the fuse
+stage hands each event to a real :class:`~vigie.operators.ScoringPipeline`.
 
 The topology (``P`` = topic prefix)::
 
-    P.ens, P.declarations,  --ingest-->  P.units        keyed "detector/state key"
-    P.excise, P.outcomes        |        P.fusion       every event, keyed "fusion" (one partition)
+    P.ens, P.declarations,  --ingest-->  P.fusion       accepted events, original bytes, packed per batch,
+    P.excise, P.outcomes        |                       keyed "fusion" (one partition)
                                 |        P.dead-letter  bad input: original bytes, reason in headers
-                                |        sink: the events, the dead letters
-                                '-- table ens-links: ENS reference -> arrival and summary
-
-    P.units                 --score--->  P.fusion       each unit's score, keyed "fusion"
-                                '-- table state-<detector>: state key -> operator state
+                                '        sink: the events, the dead letters
 
     P.fusion                --fuse---->  P.scores       keyed by subject event id
                                 |        P.alerts       keyed by office
-                                |        P.units        outcome feedback for the detectors
                                 |        sink: the scores, the alerts
-                                '-- table fusion: checkpoints of the fusion pipeline
+                                '-- table fusion: checkpoints of the whole pipeline, detectors' keyed state included
 
-*Ingest* decodes and validates each message with the shared codec, dead-letters what
-fails, links a declaration to its ENS for the detectors that ask (``consumes =
-{"linked_declaration"}``; the ENS and its declarations are co-partitioned by ENS reference),
-and splits each event into the detectors' ``(state key, unit)`` pairs. The units of one
-state key go out keyed by that key (one message per key and batch), so a key's units are
-scored in one partition, in the order their input partition gave them. The event itself
-goes on to fusion, with the number of units it gave.
+*Ingest* (as many partitions as the input topics, shared by the workers of a group)
+decodes and validates each message with the shared codec, dead-letters what fails, and
+forwards each accepted event's original bytes, with where it came from (input topic,
+partition, offset), to the ``fusion`` topic: one message per batch (:class:`FusionPacker`).
 
-*Score* runs ``score_one`` then ``learn_one`` on the key's state (as ``Operator.process``)
-and sends each unit's score (or ``null``) to fusion. Operator states are per key, in one
-changelog-backed table per detector: this is where the work and the state scale out.
+*Fuse* runs the pipeline on each forwarded event, in the order of the ``fusion`` partition.
+The pipeline holds state that every event reads and writes (the learned fusion, each
+office's alert budget, the ENS registry, the join of control outcomes to what was scored),
+so it runs in one place and one order; the detectors' keyed states are part of it
+(``ScoringPipeline.stores``) and are checkpointed with it. With one input partition the
+scores and alerts are exactly the in-process runner's; with several, they are the in-process
+runner's on the events in the order ingest forwarded them (each input partition in order).
 
-*Fuse* gathers each event with all its unit scores and hands it, in the order ingest forwarded the events, to a real
-:class:`~vigie.operators.ScoringPipeline` whose detectors are stand-ins returning those scores
-(:class:`ScoresFromKafka`). Everything that is not a detector (ENS registry, fusion and its
-alert budget, the join of control outcomes to what was scored, the outcome feedback to the
-detectors) is therefore the pipeline's own code, with its own state: one global state, as
-in process, in one partition, checkpointed whole. Feedback that the pipeline gives a
-detector (a ``LabelledOutcome``) is split into units and sent back through ``units``.
+Why not repartition the detectors' units by state key on an internal topic (the earlier
+topology: ingest -> units -> score -> fusion -> fuse): the global part of the pipeline is
+about half of the work per event and cannot be split, so that hop bought no scale while it
+tripled the messages and the serialisation per event, and it made outcome feedback reach the
+detectors late; measured in ``bench/RESULTS.md`` ("kafka-faust").
 
-With one input partition the scores and alerts are exactly the in-process runner's. With
-several, each state key sees the units of each input partition in order, interleaved as they
-come; fusion takes the events in the order ingest read them (each input partition in order).
-Outcome feedback reaches a detector's state after the units already in flight, so detectors
-that learn from outcomes score slightly differently from the in-process runner.
-
-Replays (a worker restarted after a crash re-reads what it had not committed) are harmless:
-score and alert ids are deterministic; *score* keeps, per state key, the highest input offset
-learned from each input partition and only *scores* again what is at or below it; *fuse*
-restores its checkpoint (which records the last fusion offset it holds, and is taken before
-the offsets it covers are committed), skips what the checkpoint already holds, and ignores
-upstream duplicates of the events it fused since its last two checkpoints.
+Replays (a worker restarted after a crash, or a partition moved to another worker, re-reads
+what was not committed) are exact: the checkpoint records, per input partition, the highest
+input offset fused (:attr:`FuseStage.watermarks`); an event at or below it is a duplicate
+(ingest forwarded it again) and is skipped. Fusion messages are acknowledged only once a
+checkpoint covers them, so a restarted fuse stage re-reads from its checkpoint and computes
+again exactly what it computed before: the same scores and alerts, with the same ids.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
-import types
-import typing
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import orjson
 from pydantic import BaseModel
 
-from vigie.models.feedback import LabelledOutcome
-from vigie.operators import EnsLinkState, Operator, ScoringPipeline
-from vigie.operators.base import OperatorState
-from vigie.operators.ens_link import LinkedDeclaration
-from vigie.schemas import (
-    EntrySummaryDeclaration,
-    EventRejected,
-    ImportDeclaration,
-    RiskScore,
-    dead_letter,
-    decode_event,
-    encode_event,
-)
+from vigie.operators import ScoringPipeline
+from vigie.schemas import EventRejected, dead_letter, decode_event, encode_event
 
 from .topics import LARGE_MESSAGE_BYTES, TopicNames, check_topic
 
 __all__ = [
     "DEAD_LETTER_HEADERS",
     "FUSION_KEY",
+    "DecodedCache",
     "DictStore",
     "FuseStage",
+    "FusionPacker",
     "InMessage",
     "IngestStage",
     "KeyValueStore",
     "OutMessage",
-    "ScoreStage",
-    "ScoresFromKafka",
     "StageOutput",
-    "UnitCodec",
+    "read_fusion_message",
 ]
 
 log = logging.getLogger(__name__)
 
-WIRE_VERSION = 1
-"""Version of the internal messages (``units``, ``fusion``) and of the tables' values."""
+WIRE_VERSION = 2
+"""Version of the ``fusion`` messages and of the checkpoints (2: whole pipeline, per-source watermarks)."""
 
 FUSION_KEY = b"fusion"
-"""Key of every ``fusion`` message: the fusion pipeline is one state, in one partition."""
+"""Key of every ``fusion`` message: the pipeline is one state, in one partition."""
+
+FUSION_MAGIC = b"vigie-fusion/2\n"
+"""First bytes of a ``fusion`` message."""
 
 DEAD_LETTER_HEADERS = (
     "vigie.reason",
@@ -130,6 +102,12 @@ bytes unchanged (cut to :data:`DEAD_LETTER_MAX_RAW` bytes, with header ``vigie.t
 only for a message too large to be forwarded whole)."""
 
 DEAD_LETTER_MAX_RAW = LARGE_MESSAGE_BYTES - 64 * 1024
+
+PACK_BYTES = 1 << 20
+"""A ``fusion`` message carries events up to about this many bytes (one event may be larger)."""
+
+CHECKPOINT_CHUNK = 512 * 1024
+"""Bytes per table value of a checkpoint (a checkpoint is split in chunks of this size)."""
 
 Headers = list[tuple[str, bytes]]
 
@@ -183,7 +161,7 @@ class KeyValueStore(Protocol):
         ...
 
     def keys(self) -> Iterable[bytes]:
-        """The keys held locally (for periodic sweeps)."""
+        """The keys held locally."""
         ...
 
 
@@ -210,188 +188,123 @@ class DictStore:
 
 
 # --------------------------------------------------------------------------------------------
-# Units on the wire
+# The fusion topic's messages
 # --------------------------------------------------------------------------------------------
 
-_SCALARS: tuple[type, ...] = (str, int, float, bool)
 
+class FusionPacker:
+    """Packs forwarded events into few ``fusion`` messages: Faust's cost is per message, not per byte.
 
-def _unit_classes(detector: Operator[Any, Any]) -> tuple[type, ...]:
-    """The classes of ``UnitT`` a detector class declares (``Operator[A | B, ...]`` gives A, B)."""
-    for klass in type(detector).__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            origin = typing.get_origin(base)
-            if isinstance(origin, type) and issubclass(origin, Operator):
-                args = typing.get_args(base)
-                if not args:
-                    continue
-                unit = args[0]
-                if isinstance(unit, types.UnionType) or typing.get_origin(unit) is typing.Union:
-                    members = typing.get_args(unit)
-                    return members if all(isinstance(m, type) for m in members) else ()
-                return (unit,) if isinstance(unit, type) else ()
-    return ()
-
-
-def _field_kind(annotation: Any) -> str | None:
-    """``scalar``, ``datetime`` or None (not carried by value) for one dataclass field type."""
-    if annotation in _SCALARS:
-        return "scalar"
-    if annotation is datetime:
-        return "datetime"
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _field_kind(args[0])
-    return None
-
-
-def _flat_fields(klass: type) -> tuple[list[str], tuple[str, ...]] | None:
-    """(field names, datetime field names) of a dataclass of scalars and datetimes, else None."""
-    if not dataclasses.is_dataclass(klass):
-        return None
-    try:
-        hints = typing.get_type_hints(klass)
-    except Exception:  # unresolvable annotations: not carried by value
-        return None
-    names = [f.name for f in dataclasses.fields(klass)]
-    kinds = {name: _field_kind(hints.get(name)) for name in names}
-    if not names or not all(kinds.values()):
-        return None
-    return names, tuple(name for name, kind in kinds.items() if kind == "datetime")
-
-
-class UnitCodec:
-    """Carries one detector's units through the internal ``units`` topic.
-
-    Units that are dataclasses of scalars and datetimes (or a union of such dataclasses,
-    as the ENS detector's are) travel *by value*: ``[class name, {field: value}]``, the
-    class looked up among those the detector declares. Any other unit travels *by
-    reference*: the message carries what the units came from (the event, with its linked
-    ENS, or the labelled outcome) and each unit's position in ``detector.units(source)``,
-    which the score stage recomputes. Either way nothing is unpickled from Kafka.
-    """
-
-    def __init__(self, detector: Operator[Any, Any]) -> None:
-        self.detector = detector
-        self._classes: dict[str, tuple[type, list[str], tuple[str, ...]]] = {}
-        for klass in _unit_classes(detector):
-            flat = _flat_fields(klass)
-            if flat is None:
-                self._classes.clear()
-                break
-            self._classes[klass.__name__] = (klass, *flat)
-        self.by_value = bool(self._classes)
-
-    def encode(self, unit: Any) -> list[Any]:
-        """``[class name, {field: value}]`` (orjson writes datetimes as RFC 3339)."""
-        name = type(unit).__name__
-        _, names, _ = self._classes[name]
-        return [name, {field: getattr(unit, field) for field in names}]
-
-    def decode(self, data: list[Any]) -> Any:
-        """Rebuild a unit from :meth:`encode`'s output."""
-        name, values = data
-        klass, _, datetimes = self._classes[name]
-        for field_name in datetimes:
-            if values.get(field_name) is not None:
-                values[field_name] = datetime.fromisoformat(values[field_name])
-        return klass(**values)
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-PACK_BYTES = 1 << 20
-"""An internal message carries items up to about this many bytes (one item may be larger)."""
-
-
-class _Packer:
-    """Packs a batch's items into one message per key: ``{"v": 1, ...head, "items": [...]}``.
-
-    Fewer, larger messages: Faust's cost is per message, not per byte.
+    A message is :data:`FUSION_MAGIC` then, per event, a header line
+    ``SOURCE <tab> OFFSET <tab> LENGTH <newline>`` followed by the event's original bytes
+    (``LENGTH`` of them), where ``SOURCE`` is ``topic:partition`` of the input message.
+    The bytes travel unchanged: no escaping, no second JSON parse to unpack them.
     """
 
     def __init__(self, topic: str, max_bytes: int = PACK_BYTES) -> None:
         self.topic = topic
         self.max_bytes = max_bytes
-        self._groups: dict[bytes, tuple[bytes, list[bytes]]] = {}
+        self._parts: list[bytes] = [FUSION_MAGIC]
+        self._size = 0
+        self._done: list[OutMessage] = []
 
-    def add(self, key: bytes, head: dict[str, Any], item: bytes) -> None:
-        group = self._groups.get(key)
-        if group is None:
-            prefix = _dumps({"v": WIRE_VERSION, **head})[:-1] + b',"items":['
-            group = self._groups[key] = (prefix, [])
-        group[1].append(item)
+    def add(self, source: str, offset: int, raw: bytes) -> None:
+        if self._size and self._size + len(raw) > self.max_bytes:
+            self._cut()
+        head = f"{source}\t{offset}\t{len(raw)}\n".encode()
+        self._parts += (head, raw)
+        self._size += len(head) + len(raw)
 
-    def messages(self) -> Iterator[OutMessage]:
-        for key, (prefix, items) in self._groups.items():
-            chunk: list[bytes] = []
-            size = 0
-            for item in items:
-                if chunk and size + len(item) > self.max_bytes:
-                    yield OutMessage(self.topic, key, prefix + b",".join(chunk) + b"]}")
-                    chunk, size = [], 0
-                chunk.append(item)
-                size += len(item) + 1
-            if chunk:
-                yield OutMessage(self.topic, key, prefix + b",".join(chunk) + b"]}")
+    def _cut(self) -> None:
+        self._done.append(OutMessage(self.topic, FUSION_KEY, b"".join(self._parts)))
+        self._parts = [FUSION_MAGIC]
+        self._size = 0
 
-
-def _read(message: InMessage) -> dict[str, Any] | None:
-    """The body of an internal message, or None (logged) when it is not one of ours."""
-    try:
-        body = orjson.loads(message.value or b"null")
-    except orjson.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict) or body.get("v") != WIRE_VERSION:
-        log.error("skipping unreadable message at %s:%d:%d", message.topic, message.partition, message.offset)
-        return None
-    return body
+    def messages(self) -> list[OutMessage]:
+        """The packed messages (none when nothing was added)."""
+        if self._size:
+            self._cut()
+        done, self._done = self._done, []
+        return done
 
 
-def _consumes(detector: Operator[Any, Any], what: str) -> bool:
-    return what in getattr(detector, "consumes", ())
+def read_fusion_message(value: bytes | None) -> Iterator[tuple[str, int, bytes]]:
+    """``(source, offset, raw)`` of each event in a ``fusion`` message; ``ValueError`` if it is not one."""
+    if not value or not value.startswith(FUSION_MAGIC):
+        raise ValueError("not a fusion message (wrong magic or version)")
+    position = len(FUSION_MAGIC)
+    end = len(value)
+    while position < end:
+        newline = value.find(b"\n", position)
+        if newline < 0:
+            raise ValueError(f"truncated header at byte {position}")
+        source, offset, length = value[position:newline].decode().split("\t")
+        start = newline + 1
+        stop = start + int(length)
+        if stop > end:
+            raise ValueError(f"truncated event at byte {start}: {length} bytes announced, {end - start} left")
+        yield source, int(offset), value[start:stop]
+        position = stop
 
 
-def _split_units(
-    detector: Operator[Any, Any], codec: UnitCodec, source: Any, first_index: int
-) -> dict[str, list[list[Any]]]:
-    """``detector.units(source)`` grouped by state key: ``key -> [[index, unit or position], ...]``."""
-    groups: dict[str, list[list[Any]]] = {}
-    index = first_index
-    for position, (key, unit) in enumerate(detector.units(source)):
-        groups.setdefault(key, []).append([index, codec.encode(unit) if codec.by_value else position])
-        index += 1
-    return groups
+class DecodedCache:
+    """Events ingest has decoded, for fuse in the same worker to take instead of decoding them again.
+
+    Keyed by input ``(source, offset)``; an entry is used only for the very same bytes, so a
+    miss (another worker ingested the event, or the entry was evicted) only costs a decode.
+    Holds at most ``capacity`` events (the oldest go first).
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._events: dict[tuple[str, int], tuple[bytes, Any]] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def put(self, source: str, offset: int, raw: bytes, event: Any) -> None:
+        self._events[(source, offset)] = (raw, event)
+        while len(self._events) > self.capacity:
+            del self._events[next(iter(self._events))]
+
+    def take(self, source: str, offset: int, raw: bytes) -> Any | None:
+        """The event decoded from these bytes at this position, removed from the cache; None if absent."""
+        entry = self._events.pop((source, offset), None)
+        if entry is None or entry[0] != raw:
+            return None
+        self.hits += 1
+        return entry[1]
 
 
-def _reference(source: Any, raw: bytes | None = None, ens_row: list[Any] | None = None) -> dict[str, Any]:
-    """What a by-reference unit came from, for the score stage to rebuild it."""
-    if isinstance(source, LabelledOutcome):
-        return {"kind": "labelled", "ev": encode_event(source.outcome).decode(), "ctx": source.context}
-    if isinstance(source, LinkedDeclaration):
-        eta = source.eta.isoformat() if source.eta is not None else None
-        return {"kind": "linked", "ev": (raw or encode_event(source.declaration)).decode(), "ens": ens_row, "eta": eta}
-    return {"kind": "event", "ev": (raw or encode_event(source)).decode()}
+# --------------------------------------------------------------------------------------------
+# Dead letters
+# --------------------------------------------------------------------------------------------
 
 
-def _rebuild(reference: dict[str, Any]) -> Any:
-    event = decode_event(reference["ev"].encode())
-    kind = reference["kind"]
-    if kind == "labelled":
-        return LabelledOutcome(event, reference["ctx"])
-    if kind == "linked":
-        eta = datetime.fromisoformat(reference["eta"]) if reference["eta"] else None
-        summary = _ens_registry(reference["ens"], "x").lookup("x") if reference["ens"] else None
-        return LinkedDeclaration(event, summary.ens if summary is not None else None, eta)
-    return event
-
-
-def _ens_registry(row: list[Any], reference: str, retention: timedelta = timedelta(days=14)) -> EnsLinkState:
-    """An ENS registry holding one arrival (a row of :meth:`EnsLinkState.to_dict`)."""
-    return EnsLinkState.from_dict({"retention_s": retention.total_seconds(), "arrivals": {reference: row}})
+def _dead_letter(
+    names: TopicNames, topic: str, partition: int, offset: int, raw: bytes, rejected: EventRejected, out: StageOutput
+) -> None:
+    """Add the dead letter of one input message to ``out``: a sink record and a message."""
+    source = f"kafka:{topic}:{partition}:{offset}"
+    letter = dead_letter(raw, source, rejected)
+    out.records.append(letter)
+    headers: Headers = [
+        ("vigie.reason", letter.reason.encode()),
+        ("vigie.field", (letter.field or "").encode()),
+        ("vigie.source", source.encode()),
+        ("vigie.topic", topic.encode()),
+        ("vigie.partition", str(partition).encode()),
+        ("vigie.offset", str(offset).encode()),
+        ("vigie.dead-letter-id", letter.dead_letter_id.encode()),
+        ("vigie.received-at", letter.received_at.isoformat().encode()),
+        ("vigie.raw-size", str(len(raw)).encode()),
+    ]
+    value = raw
+    if len(raw) > DEAD_LETTER_MAX_RAW:
+        value = raw[:DEAD_LETTER_MAX_RAW]
+        headers.append(("vigie.truncated", b"1"))
+    out.messages.append(OutMessage(names.dead_letter, letter.dead_letter_id.encode(), value, headers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,372 +313,86 @@ def _ens_registry(row: list[Any], reference: str, retention: timedelta = timedel
 
 
 class IngestStage:
-    """Decode, validate, dead-letter, link to the ENS, split into keyed units, forward to fusion.
+    """Decode and validate; dead-letter what fails; forward the rest to fusion, bytes unchanged.
 
     Args:
         names: The deployment's topic names.
-        detectors: The detectors, in the pipeline's order.
-        ens_links: ENS reference -> ``{"p": partition, "row": EnsLinkState row}``, written in
-            the ENS's partition (an ENS and its declarations share key and partition).
-        ens_retention: Arrivals are forgotten this long after their ETA (as in the pipeline).
-        owned: The input partitions this worker owns now (None: all), for sweeps.
+        cache: Where to leave the decoded events for a fuse stage in the same process (optional).
     """
 
-    def __init__(
-        self,
-        names: TopicNames,
-        detectors: Sequence[Operator[Any, Any]],
-        ens_links: KeyValueStore,
-        *,
-        ens_retention: timedelta = timedelta(days=14),
-        sweep_every_s: float = 300.0,
-        owned: Callable[[], set[int] | None] = lambda: None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, names: TopicNames, *, cache: DecodedCache | None = None) -> None:
         self.names = names
-        self.detectors = list(detectors)
-        self.codecs = {d.name: UnitCodec(d) for d in self.detectors}
-        self.linked = {d.name: _consumes(d, "linked_declaration") for d in self.detectors}
-        self.ens_links = ens_links
-        self.ens_retention = ens_retention
-        self.sweep_every_s = sweep_every_s
-        self.owned = owned
-        self.clock = clock
-        self._next_sweep = clock() + sweep_every_s
-        self.latest_event_time: datetime | None = None
+        self.cache = cache
+        self.accepted = 0
+        self.rejected = 0
 
     def process(self, batch: Sequence[InMessage]) -> StageOutput:
         out = StageOutput()
-        units = _Packer(self.names.units)
-        fusion = _Packer(self.names.fusion)
+        fusion = FusionPacker(self.names.fusion)
+        kind_of = self.names.kind_of
         for message in batch:
-            self._one(message, out, units, fusion)
-        out.messages.extend(fusion.messages())  # each event before its units: fusion sees it first
-        out.messages.extend(units.messages())
-        if self.clock() >= self._next_sweep:
-            self._next_sweep = self.clock() + self.sweep_every_s
-            self.sweep()
-        return out
-
-    def _one(self, message: InMessage, out: StageOutput, units: _Packer, fusion: _Packer) -> None:
-        raw = message.value if message.value is not None else b""
-        kind = self.names.kind_of(message.topic)
-        try:
-            event = decode_event(raw)
-            check_topic(kind, event)
-        except EventRejected as rejected:
-            self._dead_letter(message, raw, rejected, out)
-            return
-        source = f"{message.topic}:{message.partition}"
-        try:
-            items, count = self._split(event, raw, message.partition, source, message.offset)
-        except Exception as exc:  # a detector failed on this event: keep the event, say why
-            log.exception("splitting %s %s into units failed", event.event_type, event.event_id)
-            self._dead_letter(message, raw, EventRejected(f"internal error while splitting into units: {exc!r}"), out)
-            return
-        out.records.append(event)
-        for key, head, item in items:
-            units.add(key, head, _dumps(item))
-        forward = {"k": "ev", "id": event.event_id, "n": count, "src": source, "off": message.offset}
-        fusion.add(FUSION_KEY, {}, _dumps(forward)[:-1] + b',"raw":' + orjson.dumps(raw.decode()) + b"}")
-
-    def _split(
-        self, event: Any, raw: bytes, partition: int, source: str, offset: int
-    ) -> tuple[list[tuple[bytes, dict[str, Any], dict[str, Any]]], int]:
-        """Units messages' ``(key, head, item)`` for this event, and how many units it gave."""
-        if self.latest_event_time is None or event.event_time > self.latest_event_time:
-            self.latest_event_time = event.event_time
-        ens_row: list[Any] | None = None
-        if isinstance(event, EntrySummaryDeclaration):
-            registry = EnsLinkState(self.ens_retention)
-            registry.register(event)  # the pipeline's own reading of an ENS
-            ens_row = registry.to_dict()["arrivals"][event.ens_reference]
-            value = {"p": partition, "row": ens_row}
-            self.ens_links.put(partition, event.ens_reference.encode(), _dumps(value))
-        linked: LinkedDeclaration | None = None
-        if isinstance(event, ImportDeclaration) and any(self.linked.values()):
-            stored = self.ens_links.get(event.ens_reference.encode()) if event.ens_reference else None
-            if stored is not None:
-                ens_row = orjson.loads(stored)["row"]
-                linked = _ens_registry(ens_row, event.ens_reference or "", self.ens_retention).link(event)
-            else:
-                linked = EnsLinkState(self.ens_retention).link(event)
-        items: list[tuple[bytes, dict[str, Any], dict[str, Any]]] = []
-        index = 0
-        context = {"id": event.event_id}
-        for detector in self.detectors:
-            origin = linked if linked is not None and self.linked[detector.name] else event
-            codec = self.codecs[detector.name]
-            groups = _split_units(detector, codec, origin, index)
-            for key, group in groups.items():
-                item: dict[str, Any] = {"src": source, "off": offset, "e": context, "u": group}
-                if not codec.by_value:
-                    item["ref"] = _reference(origin, raw, ens_row if origin is linked else None)
-                items.append((f"{detector.name}/{key}".encode(), {"d": detector.name, "k": key}, item))
-                index += len(group)
-        return items, index
-
-    def _dead_letter(self, message: InMessage, raw: bytes, rejected: EventRejected, out: StageOutput) -> None:
-        source = f"kafka:{message.topic}:{message.partition}:{message.offset}"
-        letter = dead_letter(raw, source, rejected)
-        out.records.append(letter)
-        headers: Headers = [
-            ("vigie.reason", letter.reason.encode()),
-            ("vigie.field", (letter.field or "").encode()),
-            ("vigie.source", source.encode()),
-            ("vigie.topic", message.topic.encode()),
-            ("vigie.partition", str(message.partition).encode()),
-            ("vigie.offset", str(message.offset).encode()),
-            ("vigie.dead-letter-id", letter.dead_letter_id.encode()),
-            ("vigie.received-at", letter.received_at.isoformat().encode()),
-            ("vigie.raw-size", str(len(raw)).encode()),
-        ]
-        value = raw
-        if len(raw) > DEAD_LETTER_MAX_RAW:
-            value = raw[:DEAD_LETTER_MAX_RAW]
-            headers.append(("vigie.truncated", b"1"))
-        out.messages.append(OutMessage(self.names.dead_letter, letter.dead_letter_id.encode(), value, headers))
-
-    def sweep(self) -> int:
-        """Forget ENS arrivals whose ETA is older than the retention (owned partitions only)."""
-        if self.latest_event_time is None:
-            return 0
-        horizon = self.latest_event_time - self.ens_retention
-        owned = self.owned()
-        removed = 0
-        for key in list(self.ens_links.keys()):
-            stored = self.ens_links.get(key)
-            if stored is None:
-                continue
-            value = orjson.loads(stored)
-            if owned is not None and value["p"] not in owned:
-                continue
-            if datetime.fromisoformat(value["row"][0]) < horizon:
-                self.ens_links.delete(value["p"], key)
-                removed += 1
-        return removed
-
-
-# --------------------------------------------------------------------------------------------
-# Stage 2: score
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _LoadedState:
-    state: OperatorState
-    watermarks: dict[str, int]
-    partition: int
-    dirty: bool = False
-
-
-class ScoreStage:
-    """Score then learn each unit on its key's state; send each unit's score to fusion.
-
-    A table value is ``{"v": 1, "w": {source: highest offset learned}, "s": state.to_dict()}``
-    (source: an input partition, or ``fb:`` and one for outcome feedback). Live states are
-    kept between batches (:meth:`invalidate` forgets them: the runtime calls it on every
-    rebalance); each state a batch touches is written back once, at its end.
-    """
-
-    def __init__(
-        self, names: TopicNames, detectors: Sequence[Operator[Any, Any]], stores: Mapping[str, KeyValueStore]
-    ) -> None:
-        self.names = names
-        self.detectors = {d.name: d for d in detectors}
-        self.codecs = {d.name: UnitCodec(d) for d in detectors}
-        missing = set(self.detectors) - set(stores)
-        if missing:
-            raise ValueError(f"no state store for detector(s) {sorted(missing)}")
-        self.stores = stores
-        self._live: dict[tuple[str, str], _LoadedState] = {}
-        self.replayed_units = 0
-        """Units scored again without learning (a replay after a restart)."""
-        self.feedback_units = 0
-
-    def invalidate(self) -> None:
-        """Forget the live states: the next batch reads them from the stores."""
-        self._live.clear()
-
-    def process(self, batch: Sequence[InMessage]) -> StageOutput:
-        out = StageOutput()
-        fusion = _Packer(self.names.fusion)
-        touched: dict[tuple[str, str], _LoadedState] = {}
-        for message in batch:
-            body = _read(message)
-            if body is None:
-                continue
-            name, key = body["d"], body["k"]
-            entry = touched.get((name, key)) or self._load(name, key, message.partition)
-            touched[(name, key)] = entry
-            for item in body["items"]:
-                results = self._item(name, key, item, entry)
-                if not item["e"].get("fb"):
-                    fusion.add(FUSION_KEY, {}, _dumps({"k": "sc", "id": item["e"]["id"], "r": results}))
-        out.messages.extend(fusion.messages())
-        for (name, key), entry in touched.items():
-            if entry.dirty:
-                value = {"v": WIRE_VERSION, "w": entry.watermarks, "s": entry.state.to_dict()}
-                self.stores[name].put(entry.partition, key.encode(), _dumps(value))
-                entry.dirty = False
-        return out
-
-    def _load(self, name: str, key: str, partition: int) -> _LoadedState:
-        entry = self._live.get((name, key))
-        if entry is None:
-            detector = self.detectors[name]
-            stored = self.stores[name].get(key.encode())
-            if stored is None:
-                entry = _LoadedState(detector.new_state(), {}, partition)
-            else:
-                data = orjson.loads(stored)
-                entry = _LoadedState(detector.state_type.from_dict(data["s"]), data["w"], partition)
-            self._live[(name, key)] = entry
-        entry.partition = partition
-        return entry
-
-    def _units(self, name: str, key: str, item: dict[str, Any]) -> Iterator[tuple[int, Any]]:
-        codec = self.codecs[name]
-        if codec.by_value:
-            for index, payload in item["u"]:
-                yield index, codec.decode(payload)
-            return
-        units = list(codec.detector.units(_rebuild(item["ref"])))
-        for index, position in item["u"]:
-            unit_key, unit = units[position]
-            if unit_key != key:
-                raise ValueError(f"unit {position} of {item['e']['id']} has key {unit_key!r}, not {key!r}")
-            yield index, unit
-
-    def _item(self, name: str, key: str, item: dict[str, Any], entry: _LoadedState) -> list[list[Any]]:
-        """Score (and learn, unless replayed) one event's units of this key; ``[index, detector, score]``."""
-        detector = self.detectors[name]
-        source, offset = item["src"], item["off"]
-        replay = offset <= entry.watermarks.get(source, -1)
-        try:
-            units = list(self._units(name, key, item))
-        except Exception:
-            log.exception("cannot read the units of %s for %s", item["e"]["id"], name)
-            return [[index, name, None] for index, _ in item["u"]]
-        results: list[list[Any]] = []
-        for index, unit in units:
-            score: RiskScore | None = None
+            raw = message.value if message.value is not None else b""
             try:
-                score = detector.score_one(unit, entry.state)
-                if not replay:
-                    detector.learn_one(unit, entry.state)
-            except Exception:
-                log.exception("%s failed on unit %d of %s", name, index, item["e"]["id"])
-            results.append([index, name, orjson.Fragment(encode_event(score)) if score is not None else None])
-        if item["e"].get("fb"):
-            self.feedback_units += len(results)
-        if replay:
-            self.replayed_units += len(results)
-        else:
-            entry.watermarks[source] = offset
-            entry.dirty = True
-        return results
+                event = decode_event(raw)
+                check_topic(kind_of(message.topic), event)
+            except EventRejected as rejected:
+                self.rejected += 1
+                _dead_letter(self.names, message.topic, message.partition, message.offset, raw, rejected, out)
+                continue
+            self.accepted += 1
+            out.records.append(event)
+            source = f"{message.topic}:{message.partition}"
+            fusion.add(source, message.offset, raw)
+            if self.cache is not None:
+                self.cache.put(source, message.offset, raw, event)
+        out.messages.extend(fusion.messages())
+        return out
 
 
 # --------------------------------------------------------------------------------------------
-# Stage 3: fuse
+# Stage 2: fuse
 # --------------------------------------------------------------------------------------------
-
-
-class ScoresFromKafka(Operator[Any, OperatorState]):
-    """Stands in the fusion pipeline for a detector whose units were scored by the score stage.
-
-    :meth:`process` returns the scores gathered for the event being fused; given a
-    ``LabelledOutcome`` (the pipeline's outcome feedback) it hands the detector's units for
-    it to ``send_feedback`` instead, for the score stage to learn. ``feedback_context`` and
-    ``consumes`` are the real detector's, so the pipeline treats the stand-in as the detector.
-    """
-
-    name: ClassVar[str] = "stand-in"
-
-    def __init__(self, detector: Operator[Any, Any], send_feedback: Callable[[Operator[Any, Any], Any], None]) -> None:
-        self.detector = detector
-        self.name = detector.name  # type: ignore[misc]
-        self.state_type = detector.state_type  # type: ignore[misc]
-        self.consumes = getattr(detector, "consumes", frozenset())
-        if hasattr(detector, "feedback_context"):
-            self.feedback_context = detector.feedback_context
-        self.send_feedback = send_feedback
-        self.scores: list[RiskScore] = []
-
-    def units(self, event: Any) -> Iterable[tuple[str, Any]]:
-        return self.detector.units(event)
-
-    def score_one(self, unit: Any, state: OperatorState) -> RiskScore | None:
-        raise RuntimeError("units are scored by the score stage, never by a stand-in")
-
-    def learn_one(self, unit: Any, state: OperatorState) -> None:
-        raise RuntimeError("units are learned by the score stage, never by a stand-in")
-
-    def process(self, event: Any, store: Any) -> list[RiskScore]:
-        if isinstance(event, LabelledOutcome):
-            self.send_feedback(self.detector, event)
-            return []
-        scores, self.scores = self.scores, []
-        return scores
-
-
-CHECKPOINT_CHUNK = 512 * 1024
 
 
 class FuseStage:
-    """Gather each event and its unit scores; run the pipeline on it; emit scores and alerts.
+    """Run the pipeline on each forwarded event in order; emit its scores and alert; checkpoint.
 
-    ``template`` gives the detectors (their stand-ins are used here) and the pipeline's
-    settings (alerting, ENS retention, label join). Its state (everything but the
-    detectors' stores, which live in the score stage) and the events still being gathered
-    are saved by :meth:`checkpoint` into ``store`` under ``manifest`` and ``chunk/SEQ/I``,
-    with the offset of the last fusion message they include: restored, the stage skips what
-    it re-reads up to that offset, so fusion learns each event once even when the crash came
-    between a checkpoint and the commit of its offsets (the runtime commits only after one).
+    The pipeline's whole state and the per-source watermarks are saved by :meth:`checkpoint`
+    into ``store`` under ``manifest`` and ``chunk/SEQ/I`` (all in the fusion partition). A
+    stage that starts, or takes the fusion partition over, restores the last checkpoint
+    before its first batch (:meth:`invalidate` makes it do so again).
+
+    Counters: :attr:`fused` events, :attr:`duplicates` skipped (at or below their source's
+    watermark), :attr:`failed` events the pipeline raised on (dead-lettered), :attr:`unreadable`
+    fusion messages (logged and skipped).
     """
 
     def __init__(
         self,
         names: TopicNames,
-        template: ScoringPipeline,
+        pipeline: ScoringPipeline,
         store: KeyValueStore,
         *,
-        gather_timeout_s: float = 900.0,
-        clock: Callable[[], float] = time.time,
+        cache: DecodedCache | None = None,
     ) -> None:
         self.names = names
+        self.pipeline = pipeline
         self.store = store
-        self.gather_timeout_s = gather_timeout_s
-        self.clock = clock
-        self.codecs = {d.name: UnitCodec(d) for d in template.detectors}
-        self.stand_ins = {d.name: ScoresFromKafka(d, self._feedback) for d in template.detectors}
-        self.pipeline = ScoringPipeline(
-            detectors=list(self.stand_ins.values()),  # type: ignore[arg-type]
-            alerting=template.alerting,
-            ens_retention=template.ens.retention,
-            label_join=template.labels,
-        )
-        self.pending: dict[str, dict[str, Any]] = {}
-        """Event id -> what has come of it (unit scores ``r``; the event ``raw`` and ``n`` units)."""
-        self.order: deque[str] = deque()
-        """Ids of the events forwarded by ingest and not fused yet, in the order they came."""
-        self._done: list[set[str]] = [set(), set()]
+        self.cache = cache
+        self.watermarks: dict[str, int] = {}
+        """Input ``topic:partition`` -> highest offset fused from it."""
+        self._fresh_state = pipeline.state_dict()
         self._loaded = False
-        self._fresh_state = self.pipeline.state_dict()
-        self._feedback_out: _Packer | None = None
-        self._fusing: dict[str, Any] = {}
+        self._chunks = 0
         self.partition = 0
-        """The fusion partition (where the checkpoint goes)."""
-        self.upto = -1
-        """Offset of the last fusion message taken into the state (saved with each checkpoint)."""
-        self.skipped = 0
-        """Messages already in the restored checkpoint, read again and skipped."""
+        """The fusion partition (where the checkpoints go)."""
         self.seq = 0
-        self.completed = 0
+        """Sequence number of the last checkpoint written or restored (0: none)."""
+        self.fused = 0
         self.duplicates = 0
-        """Upstream duplicates ignored (an event fused since the last two checkpoints, sent again)."""
-        self.incomplete_dropped = 0
+        self.failed = 0
+        self.unreadable = 0
+        self.restored_bytes = 0
 
     # -- state -----------------------------------------------------------------------------
 
@@ -776,50 +403,50 @@ class FuseStage:
     def _ensure_loaded(self) -> None:
         if self._loaded:
             return
-        self.pending = {}
-        self.order = deque()
-        self._done = [set(), set()]
         manifest = self.store.get(b"manifest")
         if manifest is None:
             self.pipeline.load_state_dict(self._fresh_state)
-            self.seq = 0
-            self.upto = -1
+            self.watermarks = {}
+            self.seq = self._chunks = 0
         else:
             head = orjson.loads(manifest)
-            blob = b"".join(self.store.get(f"chunk/{head['seq']}/{i}".encode()) or b"" for i in range(head["n"]))
+            parts = [self.store.get(f"chunk/{head['seq']}/{i}".encode()) for i in range(head["n"])]
+            if any(part is None for part in parts):
+                raise RuntimeError(f"checkpoint {head['seq']} is incomplete: {parts.count(None)} chunk(s) missing")
+            blob = b"".join(part for part in parts if part is not None)
             saved = orjson.loads(blob)
+            if saved.get("v") != WIRE_VERSION:
+                raise RuntimeError(f"checkpoint version {saved.get('v')} is not {WIRE_VERSION}: reset the app id")
             self.pipeline.load_state_dict(saved["pipeline"])
-            self.pending = saved["pending"]
-            self.order = deque(saved["order"])
-            self.upto = saved["upto"]
-            self.seq = head["seq"]
-            log.info("fusion restored from checkpoint %d (%d bytes, %d events gathering)", self.seq, len(blob),
-                     len(self.pending))
+            self.watermarks = saved["w"]
+            self.seq, self._chunks = head["seq"], head["n"]
+            self.restored_bytes = len(blob)
+            log.info(
+                "fusion restored from checkpoint %d (%d bytes, %d input partition(s))",
+                self.seq,
+                len(blob),
+                len(self.watermarks),
+            )
         self._loaded = True
 
     def checkpoint(self) -> int:
-        """Save the pipeline's state and the events being gathered; return the bytes written.
+        """Save the pipeline's state and the watermarks; return the bytes written.
 
-        Unit scores without their event for longer than ``gather_timeout_s`` (duplicates of
-        an event fused before the last two checkpoints) are dropped first.
+        The new checkpoint's chunks go first, then the manifest naming it, then the previous
+        checkpoint's chunks are deleted: a crash at any point leaves one whole checkpoint.
         """
         self._ensure_loaded()
-        now = self.clock()
-        for event_id in [e for e, v in self.pending.items() if "raw" not in v and now - v["t"] > self.gather_timeout_s]:
-            del self.pending[event_id]
-        state = {"v": WIRE_VERSION, "pipeline": self.pipeline.state_dict(), "pending": self.pending,
-                 "order": list(self.order), "upto": self.upto}
-        blob = _dumps(state)
-        previous = self.seq
+        state = {"v": WIRE_VERSION, "pipeline": self.pipeline.state_dict(), "w": self.watermarks}
+        blob = orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
+        previous, previous_chunks = self.seq, self._chunks
         self.seq += 1
-        chunks = [blob[i : i + CHECKPOINT_CHUNK] for i in range(0, len(blob), CHECKPOINT_CHUNK)] or [b""]
+        chunks = [blob[i : i + CHECKPOINT_CHUNK] for i in range(0, len(blob), CHECKPOINT_CHUNK)]
         for i, chunk in enumerate(chunks):
             self.store.put(self.partition, f"chunk/{self.seq}/{i}".encode(), chunk)
-        self.store.put(self.partition, b"manifest", _dumps({"seq": self.seq, "n": len(chunks)}))
-        for key in list(self.store.keys()):
-            if key.startswith(f"chunk/{previous}/".encode()):
-                self.store.delete(self.partition, key)
-        self._done = [set(), self._done[0]]
+        self.store.put(self.partition, b"manifest", orjson.dumps({"seq": self.seq, "n": len(chunks)}))
+        for i in range(previous_chunks):
+            self.store.delete(self.partition, f"chunk/{previous}/{i}".encode())
+        self._chunks = len(chunks)
         return len(blob)
 
     # -- processing ------------------------------------------------------------------------
@@ -827,89 +454,49 @@ class FuseStage:
     def process(self, batch: Sequence[InMessage]) -> StageOutput:
         self._ensure_loaded()
         out = StageOutput()
-        feedback = _Packer(self.names.units)
-        now = self.clock()
         for message in batch:
             self.partition = message.partition
-            if message.offset <= self.upto:
-                self.skipped += 1  # the checkpoint restored already holds it
+            try:
+                events = list(read_fusion_message(message.value))
+            except ValueError as exc:
+                self.unreadable += 1
+                log.error(
+                    "skipping unreadable message at %s:%d:%d: %s", message.topic, message.partition, message.offset, exc
+                )
                 continue
-            self.upto = message.offset
-            body = _read(message)
-            if body is None:
-                continue
-            for item in body["items"]:
-                self._gather(item, now)
-        # Fuse in the order ingest forwarded the events, each once all its unit scores came.
-        self._feedback_out = feedback
-        try:
-            while self.order:
-                event_id = self.order[0]
-                entry = self.pending[event_id]
-                if len(entry["r"]) < entry["n"]:
-                    if now - entry["t"] <= self.gather_timeout_s:
-                        break  # the head waits for its stragglers; the events behind it wait too
-                    self.incomplete_dropped += 1
-                    log.warning("dropping %s: %d of %d unit score(s) after %.0f s", event_id, len(entry["r"]),
-                                entry["n"], now - entry["t"])
-                else:
-                    self._fuse(event_id, entry, out)
-                self.order.popleft()
-                del self.pending[event_id]
-                self._done[0].add(event_id)
-        finally:
-            self._feedback_out = None
-        out.messages.extend(feedback.messages())
+            for source, offset, raw in events:
+                if offset <= self.watermarks.get(source, -1):
+                    self.duplicates += 1  # forwarded again by an ingest that replayed: fused already
+                    continue
+                self.watermarks[source] = offset
+                self._fuse(source, offset, raw, out)
         return out
 
-    def _gather(self, item: dict[str, Any], now: float) -> None:
-        event_id: str = item["id"]
-        if event_id in self._done[0] or event_id in self._done[1]:
-            self.duplicates += 1
-            return
-        entry = self.pending.get(event_id)
-        if entry is None:
-            entry = self.pending[event_id] = {"t": now, "r": {}, "n": 1 << 30}
-        if item["k"] == "ev":
-            if "raw" not in entry:
-                self.order.append(event_id)
-                entry.update(t=now, n=item["n"], src=item["src"], off=item["off"], raw=item["raw"])
-        else:
-            for index, detector, score in item["r"]:
-                entry["r"][str(index)] = [detector, score]
-
-    def _fuse(self, event_id: str, entry: dict[str, Any], out: StageOutput) -> None:
-        event = decode_event(entry["raw"].encode())
-        for index in sorted(entry["r"], key=int):
-            detector, score = entry["r"][index]
-            if score is not None:
-                self.stand_ins[detector].scores.append(RiskScore.model_validate(score))
-        self._fusing = {"src": entry["src"], "off": entry["off"], "id": event_id}
+    def _fuse(self, source: str, offset: int, raw: bytes, out: StageOutput) -> None:
+        topic, _, partition = source.rpartition(":")
+        event = self.cache.take(source, offset, raw) if self.cache is not None else None
         try:
+            if event is None:
+                event = decode_event(raw)
             result = self.pipeline.process(event)
-        finally:
-            for stand_in in self.stand_ins.values():
-                stand_in.scores = []
-        self.completed += 1
+        except EventRejected as rejected:  # ingest accepted it: a worker of another schema version did
+            self.failed += 1
+            _dead_letter(self.names, topic, int(partition), offset, raw, rejected, out)
+            return
+        except Exception as exc:  # a detector failed on this event: keep the event, say why
+            self.failed += 1
+            log.exception("the pipeline failed on %s:%d", source, offset)
+            rejected = EventRejected(f"internal error while scoring: {exc!r}")
+            _dead_letter(self.names, topic, int(partition), offset, raw, rejected, out)
+            return
+        self.fused += 1
+        subject = event.event_id.encode()
         for score in result.scores:
             headers = [("vigie.id", score.score_id.encode())]
-            out.messages.append(OutMessage(self.names.scores, event_id.encode(), encode_event(score), headers))
+            out.messages.append(OutMessage(self.names.scores, subject, encode_event(score), headers))
         out.records.extend(result.scores)
         if result.alert is not None:
             alert = result.alert
             headers = [("vigie.id", alert.alert_id.encode())]
             out.messages.append(OutMessage(self.names.alerts, alert.office.encode(), encode_event(alert), headers))
             out.records.append(alert)
-
-    def _feedback(self, detector: Operator[Any, Any], labelled: LabelledOutcome) -> None:
-        """Send a detector's units for a labelled outcome to the score stage (keyed by state key)."""
-        assert self._feedback_out is not None, "feedback outside of process()"
-        codec = self.codecs[detector.name]
-        context = {"id": self._fusing["id"], "fb": 1}
-        for key, group in _split_units(detector, codec, labelled, 0).items():
-            item: dict[str, Any] = {"src": f"fb:{self._fusing['src']}", "off": self._fusing["off"], "e": context,
-                                    "u": group}
-            if not codec.by_value:
-                item["ref"] = _reference(labelled)
-            head = {"d": detector.name, "k": key}
-            self._feedback_out.add(f"{detector.name}/{key}".encode(), head, _dumps(item))

@@ -1,34 +1,40 @@
 """The Kafka topology's stages, driven in memory: same scores as the in-process pipeline,
-replays absorbed, dead letters complete. No broker here (see test_faust_worker.py)."""
+replays absorbed exactly, dead letters complete. No broker here (see test_faust_worker.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Self
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
+from faust.types import TP
 
 from tests.factories import T0, declaration_dict, ens_dict
-from vigie.operators import Operator, OperatorState, ScoringPipeline, UndervaluationDetector
-from vigie.operators.base import score_id
+from vigie.operators import ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
-from vigie.schemas import ImportDeclaration, RiskScore, decode_event, encode_event
+from vigie.schemas import RiskScore, decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.streams import faust_stages
+from vigie.streams.faust_app import InOrderGate
 from vigie.streams.faust_stages import (
+    FUSION_KEY,
+    DecodedCache,
     DictStore,
     FuseStage,
+    FusionPacker,
     IngestStage,
     InMessage,
     OutMessage,
-    ScoreStage,
     StageOutput,
-    UnitCodec,
+    read_fusion_message,
 )
 from vigie.streams.topics import INPUT_KINDS, TopicNames, key_for
 
@@ -37,17 +43,15 @@ KIND_OF = {event_type: kind for kind, event_type in INPUT_KINDS.items()}
 
 
 class Topology:
-    """The three stages with dict stores, routed through in-memory partitioned topics."""
+    """Ingest and fuse with a dict store, routed through in-memory partitioned topics."""
 
-    def __init__(self, pipeline: ScoringPipeline, partitions: int = 1, batch: int = 64) -> None:
+    def __init__(self, pipeline: ScoringPipeline, partitions: int = 1, batch: int = 64, cache: bool = True) -> None:
         self.partitions = partitions
         self.batch = batch
-        self.ens_links = DictStore()
-        self.states = {d.name: DictStore() for d in pipeline.detectors}
+        self.cache = DecodedCache() if cache else None
         self.checkpoints = DictStore()
-        self.ingest = IngestStage(NAMES, pipeline.detectors, self.ens_links)
-        self.score = ScoreStage(NAMES, pipeline.detectors, self.states)
-        self.fuse = FuseStage(NAMES, pipeline, self.checkpoints)
+        self.ingest = IngestStage(NAMES, cache=self.cache)
+        self.fuse = FuseStage(NAMES, pipeline, self.checkpoints, cache=self.cache)
         self.offsets: dict[tuple[str, int], int] = defaultdict(int)
         self.outputs: list[OutMessage] = []
         self.records: list[Any] = []
@@ -64,30 +68,36 @@ class Topology:
         return by_partition
 
     def run(self, stage: Any, by_partition: dict[int, list[InMessage]]) -> list[OutMessage]:
+        """Batches of each partition in turn; when ``by_partition`` has several, they interleave batch by batch."""
         produced: list[OutMessage] = []
-        for partition in sorted(by_partition):
-            messages = by_partition[partition]
-            for start in range(0, len(messages), self.batch):
+        starts = dict.fromkeys(by_partition, 0)
+        while starts:
+            for partition in sorted(starts):
+                messages = by_partition[partition]
+                start = starts[partition]
                 out: StageOutput = stage.process(messages[start : start + self.batch])
                 produced.extend(out.messages)
                 self.records.extend(out.records)
+                starts[partition] = start + self.batch
+                if starts[partition] >= len(messages):
+                    del starts[partition]
         return produced
 
     def feed(self, raw: Sequence[tuple[str, bytes, bytes]]) -> None:
-        """Send ``(kind, key, value)`` inputs through ingest, score and fuse, until nothing moves."""
+        """Send ``(kind, key, value)`` inputs through ingest, then fuse."""
         inputs = self.route(OutMessage(NAMES.name(kind), key, value) for kind, key, value in raw)
-        pending = self.run(self.ingest, inputs)
-        while pending:
-            self.outputs += [m for m in pending if m.topic not in (NAMES.units, NAMES.fusion)]
-            units = [m for m in pending if m.topic == NAMES.units]
-            fusion = [m for m in pending if m.topic == NAMES.fusion]
-            fusion += self.run(self.score, self.route(units))
-            routed = self.route(fusion)
-            self.fusion_log += [m for messages in routed.values() for m in messages]
-            pending = self.run(self.fuse, routed)
+        forwarded = self.run(self.ingest, inputs)
+        self.outputs += [m for m in forwarded if m.topic != NAMES.fusion]
+        routed = self.route(m for m in forwarded if m.topic == NAMES.fusion)
+        self.fusion_log += [m for messages in routed.values() for m in messages]
+        self.outputs += self.run(self.fuse, routed)
 
     def topic(self, name: str) -> list[OutMessage]:
         return [m for m in self.outputs if m.topic == name]
+
+    def fused_order(self) -> list[Any]:
+        """The events in the order the fusion topic holds them (duplicates included)."""
+        return [decode_event(raw) for m in self.fusion_log for _, _, raw in read_fusion_message(m.value)]
 
 
 def _inputs(events: Iterable[Any]) -> list[tuple[str, bytes, bytes]]:
@@ -119,20 +129,21 @@ def _by_id(messages: Iterable[OutMessage]) -> dict[str, bytes]:
 
 
 def test_one_partition_gives_the_in_process_scores_and_alerts_exactly(stream: list[Any]) -> None:
-    # Without outcomes: feedback to detectors is the one thing that lags behind in the topology.
-    events = [e for e in stream if e.event_type != "outcome"]
-    scores, alerts = _reference(events)
+    scores, alerts = _reference(stream)
     topology = Topology(ScoringPipeline(), partitions=1, batch=97)
-    topology.feed(_inputs(events))
+    topology.feed(_inputs(stream))
     assert alerts, "the stream should raise some alerts"
     assert _by_id(topology.topic(NAMES.scores)) == scores
+    assert len(topology.topic(NAMES.scores)) == len(scores), "each score once"
     assert _by_id(topology.topic(NAMES.alerts)) == alerts
     assert not topology.topic(NAMES.dead_letter)
+    assert len(topology.fusion_log) == math.ceil(len(stream) / 97), "one fusion message per ingest batch"
     # Sink records: every event, then every score and alert, once.
     inbound = [r for r in topology.records if getattr(r, "event_type", None) in INPUT_KINDS.values()]
-    assert len(inbound) == len(events)
+    assert len(inbound) == len(stream)
     assert sum(isinstance(r, RiskScore) for r in topology.records) == len(scores)
-    assert not topology.fuse.pending and not topology.fuse.order
+    assert topology.fuse.fused == len(stream) and topology.fuse.duplicates == 0
+    assert topology.cache is not None and topology.cache.hits == len(stream) and len(topology.cache) == 0
 
 
 def _learning_pipeline() -> ScoringPipeline:
@@ -140,94 +151,102 @@ def _learning_pipeline() -> ScoringPipeline:
     return ScoringPipeline(detectors=[UndervaluationDetector(), EnsPreArrivalDetector()])
 
 
-def test_outcomes_teach_the_fusion_and_the_detectors(stream: list[Any]) -> None:
+def test_outcomes_teach_the_fusion_and_the_detectors_as_in_process(stream: list[Any]) -> None:
     reference = _learning_pipeline()
-    scores, _ = _reference(stream, reference)
-    topology = Topology(_learning_pipeline(), partitions=1, batch=97)
+    scores, alerts = _reference(stream, reference)
+    topology = Topology(_learning_pipeline(), partitions=1, batch=97, cache=False)
     topology.feed(_inputs(stream))
-    assert set(_by_id(topology.topic(NAMES.scores))) == set(scores)
+    assert _by_id(topology.topic(NAMES.scores)) == scores
+    assert _by_id(topology.topic(NAMES.alerts)) == alerts
     fused = topology.fuse.pipeline
     assert fused.alerting.labels == reference.alerting.labels > 0, "the fusion learned every joined outcome"
-    assert topology.score.feedback_units > 0
-
-    def controls(store: dict[str, Any]) -> float:
-        return sum(state["groups"].get("*|*", [0])[0] for state in store.values())
-
-    learned = {k.decode(): orjson.loads(v)["s"] for k, v in topology.states["ens_pre_arrival"].data.items()}
-    in_process = {k: s.to_dict() for k, s in reference.stores["ens_pre_arrival"].items()}
-    assert controls(learned) == controls(in_process) > 0, "each control reached the ENS detector once"
+    assert fused.state_dict() == reference.state_dict(), "detectors' keyed states included"
 
 
-def test_several_partitions_give_every_event_its_score_set(stream: list[Any]) -> None:
-    scores, _ = _reference(stream)
+def test_several_partitions_score_every_event_in_the_fusion_order(stream: list[Any]) -> None:
     topology = Topology(ScoringPipeline(), partitions=3, batch=50)
     topology.feed(_inputs(stream))
+    order = topology.fused_order()
+    assert sorted(e.event_id for e in order) == sorted(e.event_id for e in stream), "each event forwarded once"
+    assert [e.event_id for e in order] != [e.event_id for e in stream], "three partitions interleave"
+    # What the topology computed is the in-process pipeline's output on that order, exactly.
+    scores, alerts = _reference(order)
     out = topology.topic(NAMES.scores)
-    assert set(_by_id(out)) == set(scores), "the same score ids: one score per declaration item"
-    assert len(out) == len(scores), "no duplicates"
-    by_event = defaultdict(list)
-    for m in out:
-        by_event[m.key].append(m)
-    declarations = {e.event_id for e in stream if e.event_type == "declaration"}
-    assert {k.decode() for k in by_event} == {s["subject_event_id"] for s in map(orjson.loads, scores.values())}
-    assert declarations <= {k.decode() for k in by_event}
-    assert topology.fuse.completed == len(stream) and not topology.fuse.pending
-    # Every state key lives in one units partition: the changelog partition of each state.
-    for key, partition in topology.states["undervaluation"].partitions.items():
-        units_key = b"undervaluation/" + key
-        assert partition == (murmur2(units_key) & 0x7FFFFFFF) % 3
+    assert _by_id(out) == scores and len(out) == len(scores)
+    assert _by_id(topology.topic(NAMES.alerts)) == alerts
+    assert {m.key.decode() for m in out} >= {e.event_id for e in stream if e.event_type == "declaration"}
+    assert all(m.key == FUSION_KEY for m in topology.fusion_log)
+    # Per input partition, events reach fusion in their offsets' order.
+    positions: dict[str, list[int]] = defaultdict(list)
+    for m in topology.fusion_log:
+        for source, offset, _ in read_fusion_message(m.value):
+            positions[source].append(offset)
+    assert len(positions) > 3 and all(offsets == sorted(offsets) for offsets in positions.values())
 
 
-def test_a_replay_scores_again_but_learns_nothing_twice(stream: list[Any]) -> None:
-    topology = Topology(ScoringPipeline(), partitions=2, batch=40)
+def test_events_forwarded_again_are_skipped(stream: list[Any]) -> None:
     declarations = [e for e in stream if e.event_type == "declaration"][:300]
+    topology = Topology(ScoringPipeline(), partitions=2, batch=40)
     inputs = topology.route(OutMessage(NAMES.declarations, key_for(e), encode_event(e)) for e in declarations)
-    first = topology.run(topology.ingest, inputs)
-    routed = topology.route(m for m in first if m.topic == NAMES.units)
-    results = topology.run(topology.score, routed)
-    states_before = {name: dict(store.data) for name, store in topology.states.items()}
-    fusion = [m for m in first if m.topic == NAMES.fusion] + results
-    out = topology.run(topology.fuse, topology.route(fusion))
-    items = sum(len(e.goods_items) for e in declarations)
-    assert topology.fuse.completed == len(declarations)
-    assert len({m.key for m in out if m.topic == NAMES.scores}) == len(declarations)
+    forwarded = topology.run(topology.ingest, inputs)
+    first = topology.run(topology.fuse, topology.route(forwarded))
+    state = topology.fuse.pipeline.state_dict()
+    assert len({m.key for m in first if m.topic == NAMES.scores}) == len(declarations)
 
-    # A worker restarted after a crash reads the same units again (same input offsets).
-    topology.score.invalidate()
-    again = topology.run(topology.score, routed)
-    assert {n: dict(s.data) for n, s in topology.states.items()} == states_before, "no second learning"
-    assert topology.score.replayed_units == items * len(topology.states)
-    assert topology.run(topology.fuse, topology.route(again)) == [], "fused events ignore late duplicates"
-    assert topology.fuse.duplicates == sum(len(orjson.loads(m.value)["items"]) for m in again)
+    # An ingest worker restarted after a crash forwards the same input offsets again.
+    again = IngestStage(NAMES).process([m for messages in inputs.values() for m in messages])
+    assert topology.run(topology.fuse, topology.route(again.messages)) == [], "nothing fused twice"
+    assert topology.fuse.duplicates == len(declarations)
+    assert topology.fuse.pipeline.state_dict() == state, "nothing learned twice"
 
 
-def test_fusion_resumes_from_its_checkpoint(stream: list[Any]) -> None:
-    events = [e for e in stream if e.event_type != "outcome"]
+def test_fusion_resumes_from_its_checkpoint_exactly(stream: list[Any]) -> None:
     whole = Topology(ScoringPipeline(), partitions=1, batch=50)
-    whole.feed(_inputs(events))
+    whole.feed(_inputs(stream))
 
-    half, three_quarters = len(events) // 2, len(events) * 3 // 4
+    half, three_quarters = len(stream) // 2, len(stream) * 3 // 4
     split = Topology(ScoringPipeline(), partitions=1, batch=50)
-    split.feed(_inputs(events[:half]))
+    split.feed(_inputs(stream[:half]))
     written = split.fuse.checkpoint()
-    covered = split.fuse.upto
     assert written > 0 and split.checkpoints.get(b"manifest") is not None
-    split.feed(_inputs(events[half:three_quarters]))  # fused, but no checkpoint covers them
-    # Crash. A new worker: fresh pipeline objects, the same tables, the fusion topic read again
-    # from its last commit (here: from the start, as if nothing had been committed).
+    split.feed(_inputs(stream[half:three_quarters]))  # fused and emitted, but no checkpoint covers them
+    emitted_before_crash = _by_id(split.topic(NAMES.scores))
+    # Crash. A new worker: a fresh pipeline, the same table, the fusion topic read again from
+    # its last commit (here: from the start, as if nothing had been committed).
     restarted = FuseStage(NAMES, ScoringPipeline(), split.checkpoints)
     split.fuse = restarted
     replayed = split.run(restarted, {0: split.fusion_log})
-    assert restarted.skipped == sum(1 for m in split.fusion_log if m.offset <= covered) > 0
-    split.outputs += [m for m in replayed if m.topic != NAMES.units]
-    split.feed(_inputs(events[three_quarters:]))
-    assert restarted.seq == 1
+    assert restarted.seq == 1 and restarted.restored_bytes == written
+    assert restarted.duplicates == half, "what the checkpoint holds is skipped"
+    assert restarted.fused == three_quarters - half, "what it does not is fused again"
+    again = _by_id(m for m in replayed if m.topic == NAMES.scores)
+    assert again and all(emitted_before_crash[i] == v for i, v in again.items()), "the same scores again"
+    split.outputs += replayed
+    split.feed(_inputs(stream[three_quarters:]))
     assert _by_id(split.topic(NAMES.scores)) == _by_id(whole.topic(NAMES.scores)), "same ids, same scores"
     assert _by_id(split.topic(NAMES.alerts)) == _by_id(whole.topic(NAMES.alerts))
-    assert restarted.pipeline.alerting.state_dict() == whole.fuse.pipeline.alerting.state_dict(), "learned once"
+    assert restarted.pipeline.state_dict() == whole.fuse.pipeline.state_dict(), "learned once"
     restarted.checkpoint()
     chunks = [k for k in split.checkpoints.data if k.startswith(b"chunk/")]
     assert chunks and all(k.startswith(b"chunk/2/") for k in chunks), "the previous checkpoint is deleted"
+    assert set(split.checkpoints.partitions.values()) == {0}, "all in the fusion partition"
+
+
+def test_a_checkpoint_is_split_into_chunks_and_a_missing_one_is_an_error(
+    stream: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faust_stages, "CHECKPOINT_CHUNK", 4096)
+    topology = Topology(ScoringPipeline(), partitions=1)
+    topology.feed(_inputs(stream[:500]))
+    written = topology.fuse.checkpoint()
+    manifest = orjson.loads(topology.checkpoints.data[b"manifest"])
+    assert manifest["n"] == math.ceil(written / 4096) > 1
+    restored = FuseStage(NAMES, ScoringPipeline(), topology.checkpoints)
+    restored.process([])
+    assert restored.pipeline.state_dict() == topology.fuse.pipeline.state_dict()
+    del topology.checkpoints.data[b"chunk/1/1"]
+    with pytest.raises(RuntimeError, match=r"checkpoint 1 is incomplete: 1 chunk\(s\) missing"):
+        FuseStage(NAMES, ScoringPipeline(), topology.checkpoints).process([])
 
 
 def test_bad_messages_are_dead_lettered_with_their_bytes_and_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,6 +288,32 @@ def test_bad_messages_are_dead_lettered_with_their_bytes_and_reason(monkeypatch:
     dead = [r for r in topology.records if r.event_type == "dead_letter"]
     assert [d.raw for d in dead] == [raw for _, _, raw in bad]
     assert {m.key for m in topology.topic(NAMES.scores)} == {b"decl-0001"}
+    assert (topology.ingest.accepted, topology.ingest.rejected) == (1, 5)
+
+
+class _Failing(UndervaluationDetector):
+    """Undervaluation that fails on one event id."""
+
+    def units(self, event: Any) -> Any:
+        if event.event_id == "decl-boom":
+            raise ZeroDivisionError("boom")
+        return super().units(event)
+
+
+def test_an_event_the_pipeline_fails_on_is_dead_lettered_and_the_stream_goes_on() -> None:
+    topology = Topology(ScoringPipeline(detectors=[_Failing()]))
+    events = [
+        decode_event(orjson.dumps(declaration_dict(event_id=event_id, mrn=f"26FR00023000{i:05d}A")))
+        for i, event_id in enumerate(["decl-a", "decl-boom", "decl-b"])
+    ]
+    topology.feed(_inputs(events))
+    [letter] = topology.topic(NAMES.dead_letter)
+    headers = dict(letter.headers)
+    assert headers["vigie.reason"] == b"internal error while scoring: ZeroDivisionError('boom')"
+    assert headers["vigie.source"] == f"kafka:{NAMES.declarations}:0:1".encode()
+    assert letter.value == encode_event(events[1]), "the original bytes"
+    assert {m.key for m in topology.topic(NAMES.scores)} == {b"decl-a", b"decl-b"}
+    assert topology.fuse.failed == 1 and topology.fuse.fused == 2
 
 
 def test_ens_arrival_gives_the_alert_its_lead_time() -> None:
@@ -277,31 +322,19 @@ def test_ens_arrival_gives_the_alert_its_lead_time() -> None:
     for i in range(25):  # a reference for CN 61091000 from CN, around 2 EUR/piece
         value = 1200.0 * (1 + 0.02 * math.sin(i))
         item = {**declaration_dict()["goods_items"][0], "customs_value_eur": value}
-        events.append(
-            decode_event(
-                orjson.dumps(
-                    declaration_dict(
-                        event_id=f"decl-{i:03d}",
-                        mrn=f"26FR00023000{i:05d}A",
-                        ens_reference=None,
-                        goods_items=[item],
-                        event_time=(T0 + timedelta(minutes=i)).isoformat(),
-                    )
-                )
-            )
-        )
+        fields = {
+            "event_id": f"decl-{i:03d}",
+            "mrn": f"26FR00023000{i:05d}A",
+            "ens_reference": None,
+            "goods_items": [item],
+            "event_time": (T0 + timedelta(minutes=i)).isoformat(),
+        }
+        events.append(decode_event(orjson.dumps(declaration_dict(**fields))))
     fraud_item = {**declaration_dict()["goods_items"][0], "customs_value_eur": 200.0}
-    events.append(
-        decode_event(
-            orjson.dumps(
-                declaration_dict(
-                    event_id="decl-fraud", goods_items=[fraud_item], event_time=(T0 + timedelta(hours=1)).isoformat()
-                )
-            )
-        )
-    )
+    fraud = {"event_id": "decl-fraud", "goods_items": [fraud_item], "event_time": (T0 + timedelta(hours=1)).isoformat()}
+    events.append(decode_event(orjson.dumps(declaration_dict(**fraud))))
     _, alerts = _reference(events)
-    topology = Topology(ScoringPipeline(), partitions=3)
+    topology = Topology(ScoringPipeline(), partitions=1)
     topology.feed(_inputs(events))
     [alert_message] = [m for m in topology.topic(NAMES.alerts) if b'"decl-fraud"' in m.value]
     alert = orjson.loads(alert_message.value)
@@ -310,114 +343,106 @@ def test_ens_arrival_gives_the_alert_its_lead_time() -> None:
     assert _by_id(topology.topic(NAMES.alerts)) == alerts
 
 
-# -- a second detector whose units are not dataclasses: carried by reference ----------------
+def test_fusion_messages_round_trip_and_are_cut_at_the_size_limit() -> None:
+    packer = FusionPacker(NAMES.fusion, max_bytes=100)
+    items = [("t.declarations:0", i, b'{"x": "' + b"\n\t" * i + b'"}') for i in range(40)]
+    for source, offset, raw in items:
+        packer.add(source, offset, raw)
+    messages = packer.messages()
+    assert len(messages) > 1 and all(m.key == FUSION_KEY and m.topic == NAMES.fusion for m in messages)
+    assert [e for m in messages for e in read_fusion_message(m.value)] == items
+    assert packer.messages() == [], "nothing twice"
+    whole = messages[0].value
+    for broken in (b"", b"not fusion", whole[:-3], whole.replace(b"\t", b" ", 1)):
+        with pytest.raises(ValueError):
+            list(read_fusion_message(broken))
 
 
-class CountState(OperatorState):
-    def __init__(self) -> None:
-        self.seen = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"seen": self.seen}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        state = cls()
-        state.seen = data["seen"]
-        return state
-
-
-class NewImporterDetector(Operator[tuple[str, int, Any], CountState]):
-    """Scores 1 for an importer's first declaration item, less after: a toy with tuple units."""
-
-    name: ClassVar[str] = "operator_behaviour"  # type: ignore[assignment]
-    state_type: ClassVar[type[OperatorState]] = CountState
-
-    def units(self, event: Any) -> Iterable[tuple[str, tuple[str, int, Any]]]:
-        if isinstance(event, ImportDeclaration):
-            for item in event.goods_items:
-                yield event.importer_eori, (event.event_id, item.item_number, event)
-
-    def score_one(self, unit: tuple[str, int, Any], state: CountState) -> RiskScore | None:
-        event_id, item_number, event = unit
-        if item_number % 3 == 0:
-            return None  # a detector may have nothing to say about a unit
-        return RiskScore(
-            score_id=score_id(self.name, event_id, item_number),
-            detector="operator_behaviour",
-            subject_event_id=event_id,
-            subject_type="declaration",
-            subject_reference=event.mrn,
-            item_number=item_number,
-            event_time=event.event_time,
-            office=event.customs_office,
-            operator_eori=event.importer_eori,
-            score=1.0 / (1 + state.seen),
-            eur_at_stake=0.0,
-            reason=f"{state.seen} earlier item(s) from this importer",
-        )
-
-    def learn_one(self, unit: tuple[str, int, Any], state: CountState) -> None:
-        state.seen += 1
-
-
-def test_units_that_are_not_dataclasses_travel_by_reference(stream: list[Any]) -> None:
-    assert UnitCodec(UndervaluationDetector()).by_value
-    assert not UnitCodec(NewImporterDetector()).by_value
-
-    def pipeline() -> ScoringPipeline:
-        return ScoringPipeline(detectors=[UndervaluationDetector(), NewImporterDetector()])
-
-    events = stream[:1500]
-    scores, alerts = _reference(events, pipeline())
-    topology = Topology(pipeline(), partitions=1, batch=100)
-    topology.feed(_inputs(events))
-    assert any(s.startswith(b'{"event_type":"risk_score","score_id":"') for s in scores.values())
-    assert _by_id(topology.topic(NAMES.scores)) == scores
-    assert _by_id(topology.topic(NAMES.alerts)) == alerts
-
-
-def test_stragglers_are_dropped_after_the_gather_timeout() -> None:
-    now = [1000.0]
-    fuse = FuseStage(NAMES, ScoringPipeline(), DictStore(), gather_timeout_s=60, clock=lambda: now[0])
+def test_an_unreadable_fusion_message_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    fuse = FuseStage(NAMES, ScoringPipeline(), DictStore())
     event = decode_event(orjson.dumps(declaration_dict()))
-    ingest = IngestStage(NAMES, ScoringPipeline().detectors, DictStore())
-    out = ingest.process([InMessage(NAMES.declarations, 0, 0, key_for(event), encode_event(event))])
-    forwarded = [
-        InMessage(m.topic, 0, i, m.key, m.value) for i, m in enumerate(out.messages) if m.topic == NAMES.fusion
+    packer = FusionPacker(NAMES.fusion)
+    packer.add(f"{NAMES.declarations}:0", 0, encode_event(event))
+    batch = [
+        InMessage(NAMES.fusion, 0, 0, FUSION_KEY, b"garbage"),
+        *(InMessage(NAMES.fusion, 0, 1, m.key, m.value) for m in packer.messages()),
     ]
-    assert fuse.process(forwarded).messages == [] and fuse.order, "waiting for its unit scores"
-    now[0] += 61
-    assert fuse.process([]).messages == [] and not fuse.order and fuse.incomplete_dropped == 1
+    out = fuse.process(batch)
+    assert fuse.unreadable == 1 and fuse.fused == 1
+    assert [m.key for m in out.messages] == [b"decl-0001"]
+    assert "skipping unreadable message at t.fusion:0:0" in caplog.text
 
 
-def test_ens_links_are_swept_after_the_retention() -> None:
-    links = DictStore()
-    ingest = IngestStage(NAMES, [], links)
-    old = decode_event(orjson.dumps(ens_dict(ens_reference="26FR0002300000001Z", event_id="e1")))
-    new_eta = (T0 + timedelta(days=40)).isoformat()
-    new = decode_event(
-        orjson.dumps(
-            ens_dict(
-                ens_reference="26FR0002300000002Z",
-                event_id="e2",
-                eta=new_eta,
-                event_time=(T0 + timedelta(days=39)).isoformat(),
-            )
-        )
-    )
-    ingest.process([InMessage(NAMES.ens, 0, i, key_for(e), encode_event(e)) for i, e in enumerate([old, new])])
-    assert ingest.sweep() == 1
-    assert list(links.data) == [b"26FR0002300000002Z"]
-
-
-def test_unit_codec_round_trip() -> None:
-    codec = UnitCodec(UndervaluationDetector())
+def test_decoded_cache_gives_only_the_same_bytes_back_and_stays_bounded() -> None:
+    cache = DecodedCache(capacity=2)
     event = decode_event(orjson.dumps(declaration_dict()))
-    [(_, unit)] = list(UndervaluationDetector().units(event))
-    assert codec.decode(orjson.loads(orjson.dumps(codec.encode(unit)))) == unit
-    ens_detector = EnsPreArrivalDetector()
-    ens_codec = UnitCodec(ens_detector)
-    assert ens_codec.by_value, "a union of flat dataclasses travels by value"
-    for _, ens_unit in ens_detector.units(decode_event(orjson.dumps(ens_dict()))):
-        assert ens_codec.decode(orjson.loads(orjson.dumps(ens_codec.encode(ens_unit)))) == ens_unit
+    raw = encode_event(event)
+    cache.put("t.declarations:0", 7, raw, event)
+    assert cache.take("t.declarations:0", 7, raw + b" ") is None, "other bytes: decode them"
+    cache.put("t.declarations:0", 7, raw, event)
+    assert cache.take("t.declarations:0", 7, raw) is event and cache.hits == 1
+    assert cache.take("t.declarations:0", 7, raw) is None, "taken once"
+    for offset in range(5):
+        cache.put("t.declarations:0", offset, raw, event)
+    assert len(cache) == 2 and cache.take("t.declarations:0", 4, raw) is event
+
+
+# -- the in-order gate of the Faust layer (no broker: a fake consumer) ------------------------
+
+
+class _FakeConsumer:
+    """What :class:`InOrderGate` asks of Faust's consumer."""
+
+    def __init__(self, assigned: set[TP], ends: dict[TP, int]) -> None:
+        self.assigned = assigned
+        self.ends = ends
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 0)
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.ends[tp] for tp in tps}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+@dataclass
+class _FakeEvent:
+    message: Any
+
+
+def _events(tp: TP, offsets: Iterable[int]) -> list[_FakeEvent]:
+    return [_FakeEvent(SimpleNamespace(tp=tp, offset=o)) for o in offsets]
+
+
+def test_the_gate_admits_in_order_and_seeks_back_to_a_skipped_offset() -> None:
+    ens, decl = TP("t.ens", 0), TP("t.declarations", 1)
+    consumer = _FakeConsumer({ens, decl}, {ens: 10, decl: 4})
+    app = SimpleNamespace(consumer=consumer)
+
+    async def committed(tps: list[TP]) -> dict[TP, int | None]:
+        return {tp: (5 if tp == ens else None) for tp in tps}
+
+    gate = InOrderGate("ingest", app, {"t.ens", "t.declarations"}, committed, stall_s=0.0)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        # From the committed offset (5) for the ENS, from the first offset (0) for declarations.
+        first = await gate.admit([*_events(ens, [5, 6]), *_events(decl, [0, 2, 3])])
+        assert [(e.message.tp, e.message.offset) for e in first] == [(ens, 5), (ens, 6), (decl, 0)]
+        assert consumer.seeks == [(decl, 1)], "offset 1 was skipped: read again from it"
+        again = await gate.admit(_events(decl, [1, 2]) + _events(ens, [6, 7]))
+        assert [(e.message.tp, e.message.offset) for e in again] == [(decl, 1), (decl, 2), (ens, 7)]
+        assert gate.redelivered == 1, "ENS offset 6 came twice"
+        # Nothing comes from a partition that holds more (a hole at its end): seek back to it.
+        await gate.watch()
+        assert sorted(consumer.seeks[1:]) == sorted([(ens, 8), (decl, 3)]), "each holds more than was delivered"
+        gate.reset()
+        assert await gate.admit(_events(ens, [5])) != [], "after a rebalance: from the committed offset again"
+
+    asyncio.run(scenario())
+    assert gate.seeks == 3

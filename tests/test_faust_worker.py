@@ -1,12 +1,14 @@
-"""Faust workers on a real broker: scores, alerts, dead letters, and a worker killed mid-stream.
+"""Faust workers on a real broker: scores, alerts, dead letters; a worker killed mid-stream;
+two workers sharing a group; the broker stopped and restarted under a running worker.
 
 Workers run as subprocesses (``python -m vigie.streams.faust_app worker``) so that a test
-can SIGKILL one as a crash would. All tests share the session broker, each with its own
-topic prefix and Faust app id.
+can SIGKILL one as a crash would. Tests share the session broker, each with its own topic
+prefix and Faust app id, except the one that stops its broker (a dedicated one).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.factories import T0, declaration_dict, ens_dict, excise_dict, outcome_dict
 from vigie.operators import ScoringPipeline
 from vigie.schemas import decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
+from vigie.streams.faust_stages import FUSION_KEY
 from vigie.streams.publish import VigiePublisher
 from vigie.streams.topics import INPUT_KINDS, TopicNames, create_topics
 
@@ -39,13 +44,19 @@ pytestmark = pytest.mark.integration
 
 KIND_OF = {event_type: kind for kind, event_type in INPUT_KINDS.items()}
 
+# librdkafka reports "connection refused" while a broker is down; keep it out of the output.
+_CLIENT_LOG = logging.getLogger("tests.faust.rdkafka")
+_CLIENT_LOG.addHandler(logging.NullHandler())
+_CLIENT_LOG.propagate = False
+
 
 class Worker:
     """One ``vigie faust worker`` subprocess; its output goes to ``log``."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, client_id: str) -> None:
         self.args = args
         self.log = log
+        self.client_id = client_id
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -77,63 +88,99 @@ class Worker:
         return self.proc.returncode
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return f"--- {self.log.name}\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def counters(self) -> dict[str, int]:
+        """The counters of the worker's last ``stopped:`` log line, by name."""
+        stopped = [line for line in self.log.read_text().splitlines() if "stopped: " in line]
+        assert stopped, self.tail()
+        return {name: int(n) for n, name in re.findall(r"(\d+) ([a-z][a-z ()-]+)", stopped[-1].split("stopped: ")[1])}
+
+
+class Deployment:
+    """A topic prefix and app id of our own on one broker; the workers started through it are stopped at the end."""
+
+    def __init__(self, broker: KafkaBroker, tmp_path: Path) -> None:
+        self.broker = broker
+        self.tmp_path = tmp_path
+        self.tag = uuid.uuid4().hex[:8]
+        self.names = TopicNames(f"fw-{self.tag}.")
+        self.app_id = f"fw-{self.tag}"
+        self.workers: list[Worker] = []
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap_servers
+
+    def worker(self, *extra: str, sink: Path | None = None, name: str = "worker") -> Worker:
+        client_id = f"{self.app_id}-{name}"
+        args = [
+            *("--bootstrap", self.bootstrap, "--prefix", self.names.prefix, "--app-id", self.app_id),
+            *("--client-id", client_id, "--data-dir", str(self.tmp_path / f"faust-{name}")),
+            *("--session-timeout", "6", "--sink", f"chdb:{sink}" if sink else "none", "--no-create-topics"),
+            *extra,
+        ]
+        new = Worker(args, self.tmp_path / f"{name}.log", client_id)
+        self.workers.append(new)
+        return new
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        if not self.broker.is_running():
+            return
+        created = [self.names.name(kind) for kind in self.names.all_kinds()]
+        existing = self.broker.admin().list_topics(timeout=10).topics
+        created += [t for t in existing if t.startswith(f"{self.app_id}-")]  # changelog, assignor topic
+        self.broker.delete_topics(created)
+
+    def consumer(self, group: str | None = None) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": group or f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "logger": _CLIENT_LOG,
+            }
+        )
+
+    def fusion_partition(self, partitions: int) -> int:
+        return (murmur2(FUSION_KEY) & 0x7FFFFFFF) % partitions
+
+    def checkpointed(self) -> bool:
+        """Whether some fuse agent has written a checkpoint (the fusion table's changelog is not empty)."""
+        consumer = self.consumer()
+        try:
+            topic = f"{self.app_id}-fusion-changelog"
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            return any(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] > 0 for p in partitions)
+        finally:
+            consumer.close()
+
+    def members(self) -> dict[str, set[tuple[str, int]]]:
+        """Client id -> the topic partitions assigned to it, for each member of the group now."""
+        [future] = self.broker.admin().describe_consumer_groups([self.app_id]).values()
+        group = future.result(timeout=10)
+        return {m.client_id: {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions} for m in group.members}
 
 
 @pytest.fixture
-def deployment(kafka_broker: KafkaBroker, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A topic prefix and app id of our own; workers started through it are stopped at the end."""
-    tag = uuid.uuid4().hex[:8]
-    names = TopicNames(f"fw-{tag}.")
-    workers: list[Worker] = []
-
-    def worker(*extra: str, sink: Path | None = None, name: str = "worker") -> Worker:
-        args = [
-            "--bootstrap",
-            kafka_broker.bootstrap_servers,
-            "--prefix",
-            names.prefix,
-            "--app-id",
-            f"fw-{tag}",
-            "--data-dir",
-            str(tmp_path / f"faust-{name}"),
-            "--batch-within",
-            "0.1",
-            "--session-timeout",
-            "6",
-            "--sink",
-            f"chdb:{sink}" if sink else "none",
-            "--no-create-topics",
-            *extra,
-        ]
-        new = Worker(args, tmp_path / f"{name}.log")
-        workers.append(new)
-        return new
-
+def deployment(kafka_broker: KafkaBroker, tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment of our own on the session broker."""
+    deployment = Deployment(kafka_broker, tmp_path)
     try:
-        yield {"names": names, "worker": worker, "bootstrap": kafka_broker.bootstrap_servers, "tag": tag}
+        yield deployment
     finally:
-        for w in workers:
-            w.stop()
-        created = [names.name(kind) for kind in names.all_kinds()]
-        existing = kafka_broker.admin().list_topics(timeout=10).topics
-        created += [t for t in existing if t.startswith(f"fw-{tag}-")]  # changelogs, assignor topic
-        kafka_broker.delete_topics(created)
+        deployment.close()
 
 
 class Reader:
     """Reads the output topics from the start, keeping every message."""
 
-    def __init__(self, bootstrap: str, names: TopicNames) -> None:
-        self.names = names
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
+    def __init__(self, deployment: Deployment) -> None:
+        names = self.names = deployment.names
+        self.consumer = deployment.consumer()
         self.consumer.subscribe([names.scores, names.alerts, names.dead_letter])
         self.messages: dict[str, list[Any]] = {names.scores: [], names.alerts: [], names.dead_letter: []}
 
@@ -145,26 +192,81 @@ class Reader:
                 raise AssertionError(f"timed out; {self.summary()}\n{logs}")
             for w in workers:
                 assert w.alive(), f"worker exited with {w.proc and w.proc.returncode}:\n{w.tail()}"
-            for m in self.consumer.consume(500, 0.3):
-                if m.error() is None:
-                    self.messages[m.topic()].append(m)
+            self._read(0.3)
+
+    def _read(self, timeout: float) -> None:
+        for m in self.consumer.consume(500, timeout):
+            if m.error() is None:
+                self.messages[m.topic()].append(m)
 
     def drain(self, seconds: float) -> None:
         """Keep reading for ``seconds``."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for m in self.consumer.consume(500, 0.2):
-                if m.error() is None:
-                    self.messages[m.topic()].append(m)
+            self._read(0.2)
 
     def score_sets(self) -> set[str]:
         return {m.key().decode() for m in self.messages[self.names.scores]}
+
+    def scores_by_id(self) -> dict[str, list[bytes]]:
+        """Score id -> the value of each copy of it on the topic (more than one after a replay)."""
+        copies: dict[str, list[bytes]] = defaultdict(list)
+        for m in self.messages[self.names.scores]:
+            copies[dict(m.headers())["vigie.id"].decode()].append(m.value())
+        return copies
 
     def summary(self) -> str:
         return ", ".join(f"{topic}: {len(ms)}" for topic, ms in self.messages.items())
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float, workers: list[Worker]) -> None:
+    """Poll ``condition`` until it holds; fail with the workers' logs after ``timeout`` or if one exits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for w in workers:
+            assert w.alive(), f"worker exited with {w.proc and w.proc.returncode}:\n{w.tail()}"
+        if time.monotonic() > deadline:
+            detail = getattr(condition, "behind", "")  # what _AllInputsCommitted saw last
+            logs = "\n".join(w.tail() for w in workers)
+            raise AssertionError(f"timed out waiting for {what} {detail}\n{logs}")
+        time.sleep(0.3)
+
+
+def _committed(deployment: Deployment, wanted: dict[str, int]) -> Callable[[], bool]:
+    """Whether the workers' group committed at least ``wanted[topic]`` offsets on partition 0 of each topic."""
+
+    def check() -> bool:
+        consumer = deployment.consumer(deployment.app_id)
+        try:
+            committed = consumer.committed([TopicPartition(t, 0) for t in wanted], timeout=10)
+        finally:
+            consumer.close()
+        return all(tp.offset >= wanted[tp.topic] for tp in committed)
+
+    return check
+
+
+class _AllInputsCommitted:
+    """Whether the workers' group committed every input partition up to its end (every input read)."""
+
+    def __init__(self, deployment: Deployment, partitions: int) -> None:
+        self.deployment = deployment
+        self.tps = [TopicPartition(t, p) for t in deployment.names.inputs for p in range(partitions)]
+        self.behind: dict[tuple[str, int], tuple[int, int]] = {}
+        """Topic partitions not committed to their end at the last check: ``(committed, end offset)``."""
+
+    def __call__(self) -> bool:
+        consumer = self.deployment.consumer(self.deployment.app_id)
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(self.tps, timeout=10)}
+            ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps}
+        finally:
+            consumer.close()
+        self.behind = {tp: (committed[tp], end) for tp, end in ends.items() if end > 0 and committed[tp] < end}
+        return not self.behind
 
 
 def _publish(bootstrap: str, names: TopicNames, events: list[Any]) -> None:
@@ -199,13 +301,27 @@ def _declaration(i: int, value: float, **overrides: Any) -> Any:
     return decode_event(orjson.dumps(declaration_dict(**fields)))
 
 
-@pytest.mark.skip(
-    reason="Known failure, tracked in issue 4: since the learned-fusion pipeline landed, a worker with a chdb "
-    "sink fuses 3 events and then stalls (no scores reach the topic). The kill -9 test below still passes."
-)
-def test_worker_scores_alerts_and_dead_letters(deployment: dict[str, Any], tmp_path: Path) -> None:
-    names: TopicNames = deployment["names"]
-    bootstrap: str = deployment["bootstrap"]
+def _generated(seed: int, hours: float, rate: float) -> tuple[list[Any], set[str]]:
+    """A generated stream and the ids of the scores the in-process pipeline gives it."""
+    events = [event for event, _ in generate(GeneratorConfig(seed=seed, duration_hours=hours, rate_per_hour=rate))]
+    scores, _ = _reference(events)
+    return events, set(scores)
+
+
+def _assert_replays_identical(reader: Reader, expected: set[str]) -> int:
+    """Every expected score on the topic, none other; copies sent again by a replay are byte-identical.
+
+    Returns how many copies were extra.
+    """
+    copies = reader.scores_by_id()
+    assert set(copies) == expected, f"{len(expected - set(copies))} missing, {len(set(copies) - expected)} unexpected"
+    differing = [score_id for score_id, values in copies.items() if len(set(values)) > 1]
+    assert not differing, f"{len(differing)} score(s) computed differently when replayed, e.g. {differing[:3]}"
+    return sum(len(values) - 1 for values in copies.values())
+
+
+def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path: Path) -> None:
+    names, bootstrap = deployment.names, deployment.bootstrap
     create_topics(bootstrap, names, partitions=1)
     # Three ENS; 30 ordinary T-shirt declarations (about 2 EUR a piece); 3 at a sixth of that,
     # covered by the ENS. Published in phases so that the worker sees them in this order.
@@ -222,8 +338,8 @@ def test_worker_scores_alerts_and_dead_letters(deployment: dict[str, Any], tmp_p
     subjects = {s["subject_event_id"] for s in scores.values()}
 
     store = tmp_path / "clickhouse"
-    worker = deployment["worker"]("--fusion-checkpoint", "1", sink=store).start()
-    reader = Reader(bootstrap, names)
+    worker = deployment.worker("--fusion-checkpoint", "1", sink=store).start()
+    reader = Reader(deployment)
     bad = {
         "truncated": orjson.dumps(declaration_dict(event_id="decl-dl"))[:-25],
         "wrong version": orjson.dumps({**declaration_dict(event_id="decl-v2"), "schema_version": "2.0"}),
@@ -232,10 +348,12 @@ def test_worker_scores_alerts_and_dead_letters(deployment: dict[str, Any], tmp_p
         "ENS on declarations": orjson.dumps(ens_dict(event_id="ens-misrouted")),
     }
     try:
+        # The default detectors score no ENS: the worker shows it read them by committing their offsets.
         _publish(bootstrap, names, ens_events)
-        reader.until(lambda r: len(r.score_sets()) >= 3, 90, [worker])
+        _until(_committed(deployment, {names.ens: len(ens_events)}), "the ENS", 90, [worker])
         _publish(bootstrap, names, [*normal, *others])
-        reader.until(lambda r: len(r.score_sets()) >= 33, 60, [worker])
+        reader.until(lambda r: len(r.score_sets()) >= len(normal), 60, [worker])
+        _until(_committed(deployment, {names.excise: 1, names.outcomes: 1}), "excise, outcome", 30, [worker])
         _publish(bootstrap, names, frauds)
         raw = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 8 << 20})
         for value in bad.values():
@@ -261,7 +379,7 @@ def test_worker_scores_alerts_and_dead_letters(deployment: dict[str, Any], tmp_p
     assert len(reader.messages[names.scores]) == len(scores), "no duplicates"
     assert got_scores == scores
     assert reader.score_sets() == subjects
-    assert {e.event_id for e in [*ens_events, *normal, *frauds]} == subjects
+    assert {e.event_id for e in [*normal, *frauds]} == subjects, "declarations are scored; ENS, excise, outcome not"
     # Alerts for the three frauds, with the ENS's arrival time: the in-process runner's alerts.
     got_alerts = {
         orjson.loads(m.value())["subject_event_id"]: orjson.loads(m.value()) for m in reader.messages[names.alerts]
@@ -282,6 +400,9 @@ def test_worker_scores_alerts_and_dead_letters(deployment: dict[str, Any], tmp_p
     assert int(headers[2]["vigie.raw-size"]) == len(bad["5 MB"])
     assert b"exceeds the 1048576-byte limit" in headers[2]["vigie.reason"]
     assert b"not valid UTF-8" in headers[3]["vigie.reason"]
+    counters = worker.counters()
+    assert counters["events ingested"] == len(ens_events) + len(normal) + len(others) + len(frauds)
+    assert counters["dead-lettered"] == len(bad) and counters["duplicate(s) skipped"] == 0
 
     # The sink holds the same, once each.
     from vigie.sinks.chdb_sink import ChdbSink
@@ -301,52 +422,155 @@ def test_worker_scores_alerts_and_dead_letters(deployment: dict[str, Any], tmp_p
         assert one("SELECT max(raw_size) FROM vigie.dead_letters FINAL") == len(bad["5 MB"])
 
 
-def test_worker_killed_mid_stream_is_restarted_without_loss(deployment: dict[str, Any], tmp_path: Path) -> None:
-    names: TopicNames = deployment["names"]
-    bootstrap: str = deployment["bootstrap"]
+def test_worker_killed_mid_stream_is_restarted_without_loss(deployment: Deployment, tmp_path: Path) -> None:
+    names, bootstrap = deployment.names, deployment.bootstrap
     create_topics(bootstrap, names, partitions=2)
-    events = [event for event, _ in generate(GeneratorConfig(seed=23, duration_hours=2, rate_per_hour=250))]
-    scores, _ = _reference(events)
-    scored_events = {s["subject_event_id"] for s in scores.values()}
+    events, expected = _generated(seed=23, hours=2, rate=250)
     half = len(events) * 6 // 10
     _publish(bootstrap, names, events[:half])
 
     store = tmp_path / "clickhouse"
-    start = deployment["worker"]
-    reader = Reader(bootstrap, names)
+    reader = Reader(deployment)
     try:
         # No commit before the kill: the restarted worker replays all the first one did.
-        first = start("--commit-interval", "600", sink=store, name="first").start()
+        first = deployment.worker("--commit-interval", "600", "--fusion-checkpoint", "0.5", sink=store, name="first")
+        first.start()
         reader.until(lambda r: len(r.score_sets()) >= 20, 90, [first])
-        first.kill()  # mid-stream: batches in flight, offsets and changelogs not all committed
+        _until(deployment.checkpointed, "a checkpoint", 30, [first])
+        first.kill()  # mid-stream: batches in flight, offsets not committed, the fusion state checkpointed
         killed_at = len(reader.score_sets())
         _publish(bootstrap, names, events[half:])
-        second = start(sink=store, name="second").start()
-        reader.until(lambda r: r.score_sets() >= scored_events, 120, [second])
-        reader.drain(2.0)  # a replay, if any, lands too
+        second = deployment.worker(sink=store, name="second").start()
+        reader.until(lambda r: set(r.scores_by_id()) >= expected, 120, [second])
+        committed = _AllInputsCommitted(deployment, 2)
+        _until(committed, "every input committed", 30, [second])
+        reader.drain(1.0)  # a replay, if any, lands too
     finally:
         reader.close()
     assert second.stop() == 0, second.tail()
-    assert killed_at < len(scored_events), "the kill happened before the end of the stream"
+    subjects = {s["subject_event_id"] for s in _reference(events)[0].values()}
+    assert killed_at < len(subjects), "the kill happened before the end of the stream"
 
-    assert reader.score_sets() == scored_events, "every event scored"
-    ids = [m.headers()[0][1].decode() for m in reader.messages[names.scores]]
-    assert set(ids) == set(scores), "every score, with its deterministic id"
-    duplicates = len(ids) - len(set(ids))
-    stopped = [line for line in second.log.read_text().splitlines() if "stopped:" in line]
-    assert stopped, second.tail()
-    counters = {name: int(n) for n, name in re.findall(r"(\d+) ([a-z][a-z ()]+)", stopped[-1].split("stopped: ")[1])}
-    assert counters["replayed unit(s) scored without learning"] > 0, "units the killed worker had learned"
-    print(
-        f"killed after {killed_at} of {len(scored_events)} score sets; {duplicates} duplicate score message(s) "
-        f"on the topic after the restart; {stopped[-1].split('stopped: ')[1]}"
-    )
+    # Every score, with its deterministic id; what the second worker computed again (from the
+    # restored checkpoint) is byte for byte what the first had sent.
+    extra = _assert_replays_identical(reader, expected)
+    assert reader.score_sets() == subjects, "every event scored"
+    counters = second.counters()
+    assert counters["events ingested"] == len(events), "the second worker read every input again"
+    assert counters["duplicate(s) skipped"] > 0, "events the restored checkpoint held were not fused twice"
+    assert 0 < counters["events fused"] < len(events), "it fused only what the restored checkpoint did not hold"
+    assert "fusion restored from checkpoint" in second.log.read_text()
+    print(f"killed after {killed_at} of {len(subjects)} score sets; {extra} score message(s) sent again; {counters}")
 
     from vigie.sinks.chdb_sink import ChdbSink
 
     with ChdbSink(store) as sink:
         rows = sink.query("SELECT score_id, count() AS n FROM vigie.scores FINAL GROUP BY score_id")
-        assert {r["score_id"] for r in rows} == set(scores), "none missing in the sink"
+        assert {r["score_id"] for r in rows} == expected, "none missing in the sink"
         assert all(r["n"] == 1 for r in rows), "each score once (FINAL)"
         declarations = sink.query("SELECT count() AS n FROM vigie.declarations FINAL")[0]["n"]
         assert declarations == sum(e.event_type == "declaration" for e in events)
+
+
+def test_two_workers_split_the_partitions_and_one_takes_over_from_the_other(deployment: Deployment) -> None:
+    names, bootstrap = deployment.names, deployment.bootstrap
+    partitions = 2
+    create_topics(bootstrap, names, partitions=partitions)
+    events, expected = _generated(seed=29, hours=2, rate=250)
+    half = len(events) * 6 // 10
+    fusion = (names.fusion, deployment.fusion_partition(partitions))
+
+    reader = Reader(deployment)
+    workers = {name: deployment.worker("--fusion-checkpoint", "0.5", name=name).start() for name in ("left", "right")}
+    both = list(workers.values())
+    try:
+
+        def split() -> bool:
+            members = deployment.members()
+            inputs = [{tp for tp in tps if tp[0] in names.inputs} for tps in members.values()]
+            return len(members) == 2 and all(inputs)
+
+        _until(split, "two members sharing the input partitions", 180, both)
+        members = deployment.members()
+        assert set(members) == {w.client_id for w in both}
+        for topic in names.inputs:
+            held = [sorted(p for t, p in tps if t == topic) for tps in members.values()]
+            assert sorted(held) == [[0], [1]], f"{topic}: one partition each, {held}"
+        [fuser] = [w for w in both if fusion in members[w.client_id]]
+        [survivor] = [w for w in both if w is not fuser]
+
+        _publish(bootstrap, names, events[:half])  # once they share the partitions: each ingests its own
+        reader.until(lambda r: len(r.score_sets()) >= 20, 90, both)
+        _until(deployment.checkpointed, "a checkpoint", 120, both)
+        assert fuser.stop() == 0, fuser.tail()  # SIGTERM: it commits, leaves the group, its partitions move
+
+        def taken_over() -> bool:
+            members = deployment.members()
+            return set(members) == {survivor.client_id} and fusion in members[survivor.client_id]
+
+        _until(taken_over, "the survivor to hold every partition", 180, [survivor])
+        held = deployment.members()[survivor.client_id]
+        assert {(t, p) for t in names.inputs for p in range(partitions)} <= held
+        _publish(bootstrap, names, events[half:])
+        reader.until(lambda r: set(r.scores_by_id()) >= expected, 120, [survivor])
+        committed = _AllInputsCommitted(deployment, partitions)
+        _until(committed, "every input committed", 120, [survivor])
+        reader.drain(1.0)
+    finally:
+        reader.close()
+    assert survivor.stop() == 0, survivor.tail()
+
+    extra = _assert_replays_identical(reader, expected)
+    assert "fusion restored from checkpoint" in survivor.log.read_text(), "the fusion state moved with its partition"
+    left, right = (w.counters() for w in both)
+    ingested = left["events ingested"] + right["events ingested"]
+    assert left["events ingested"] > 0 and right["events ingested"] > 0, "both ingested"
+    assert len(events) <= ingested, "every event ingested (some twice: what was not committed at the move)"
+    print(f"{extra} score message(s) sent again after the move; {ingested - len(events)} event(s) ingested twice")
+
+
+def test_broker_stopped_and_restarted_mid_stream_loses_nothing(
+    kafka_broker_factory: Callable[..., KafkaBroker], tmp_path: Path
+) -> None:
+    broker = kafka_broker_factory()
+    deployment = Deployment(broker, tmp_path)
+    names, bootstrap = deployment.names, deployment.bootstrap
+    create_topics(bootstrap, names, partitions=1)
+    events, expected = _generated(seed=31, hours=2, rate=250)
+    # Early in a generated stream come ENS (filed before arrival), scored by no default detector.
+    first, second = len(events) * 6 // 10, len(events) * 8 // 10
+    _publish(bootstrap, names, events[:first])
+
+    worker = deployment.worker("--fusion-checkpoint", "0.5").start()
+    reader = Reader(deployment)
+    # A publisher that outlives the outage: what it sends while the broker is down waits in its queue.
+    publisher = VigiePublisher(bootstrap, prefix=names.prefix, config={"logger": _CLIENT_LOG})
+    try:
+        reader.until(lambda r: len(r.score_sets()) >= 20, 90, [worker])
+        for event in events[first:second]:
+            publisher.publish(KIND_OF[event.event_type], event)
+        publisher.flush(30)
+        broker.stop()  # while the worker is still on that backlog
+        before = len(reader.score_sets())
+        for event in events[second:]:
+            publisher.publish(KIND_OF[event.event_type], event)
+        time.sleep(3)  # the worker runs on, without a broker, for a while
+        assert worker.alive(), worker.tail()
+        broker.start()
+        assert broker.bootstrap_servers == bootstrap, "same ports after a restart"
+        publisher.close(60)
+        assert publisher.report.ok, publisher.report.rejections[:3]
+        reader.until(lambda r: set(r.scores_by_id()) >= expected, 180, [worker])
+        committed = _AllInputsCommitted(deployment, 1)
+        _until(committed, "every input committed", 30, [worker])
+        reader.drain(1.0)
+    finally:
+        reader.close()
+        code = worker.stop()
+        deployment.close()
+    assert code == 0, worker.tail()
+    assert before < len({s["subject_event_id"] for s in _reference(events)[0].values()}), "stopped mid-stream"
+    extra = _assert_replays_identical(reader, expected)
+    counters = worker.counters()
+    assert counters["events ingested"] >= len(events) and counters["events fused"] >= len(events)
+    print(f"broker stopped after {before} score sets; {extra} score message(s) sent again; {counters}")
