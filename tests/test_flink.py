@@ -73,7 +73,7 @@ class MemorySink:
         pass
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        raise AssertionError(f"the loader only writes; it must not query the sink ({sql!r})")
 
 
 @pytest.mark.parametrize("fusion", ["noisy-or", "learned"])
