@@ -69,13 +69,15 @@ its product register and its own tolerances.
 e-ADs per import; up to ``max_open`` open e-ADs per consignor (the oldest is dropped and
 counted). Every state records ``last_seen`` (event time) so a runtime can evict idle keys:
 an import's records arrive within days, so a retention of ``receipt_deadline_hours`` plus a
-margin (e.g. 30 days) loses nothing.
+margin (e.g. 30 days) loses nothing. ``ens:`` keys only wait for the declaration that quotes
+their ENS (lodged on or soon after arrival), so they are forgotten ``ens_retention_days`` after
+the ETA: they are most of the keys, one per heavy consignment.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
@@ -482,6 +484,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         max_movements: int = 64,
         max_open: int = 256,
         idle_margin_days: float = 30.0,
+        ens_retention_days: float = 7.0,
         suspension_prior: float = 0.05,
     ) -> None:
         self.scale_eur = scale_eur
@@ -495,6 +498,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         self.suspension_prior = suspension_prior
         # An import's records arrive within days; a month past the receipt deadline loses nothing.
         self.idle_retention = timedelta(hours=receipt_deadline_hours, days=idle_margin_days)
+        self.ens_retention = timedelta(days=ens_retention_days)
         self.min_cover_mass_kg = min_cover_mass_kg
         self.cover_slack_kg = cover_slack_kg
         self.max_lines = max_lines
@@ -957,6 +961,22 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             ),
             assessment=assessment,
         )
+
+    # --- idle keys ------------------------------------------------------------------------------------------
+    def evict_idle(self, store: MutableMapping[str, ExciseState], now: datetime) -> int:
+        """As :meth:`Operator.evict_idle`, with ``ens:`` keys forgotten :attr:`ens_retention` after their
+        ETA (or their last declaration) rather than after the excise retention."""
+        now_s = now.timestamp()
+        horizon = now_s - self.idle_retention.total_seconds()
+        ens_horizon = now_s - self.ens_retention.total_seconds()
+        idle = [
+            key
+            for key, state in store.items()
+            if state.last_seen < (ens_horizon if key.startswith("ens:") else horizon)
+        ]
+        for key in idle:
+            del store[key]
+        return len(idle)
 
     # --- deadline timers (for runtimes with timers, e.g. Flink) -------------------------------------------
     def deadlines(self, key: str, unit: ExciseUnit, state: ExciseState) -> list[float]:

@@ -512,3 +512,17 @@ def test_generated_stream_precision_recall_and_determinism() -> None:
     assert recall("excise_diversion", "excise", "partial") >= 0.8
     assert recall("excise_diversion", "excise", "no_receipt") >= 0.5  # the last 6 days' ones cannot be seen
     assert recall("cover_load_smuggling", "declaration") >= 0.7  # 10 % have no ENS or an unlinked one
+
+
+def test_ens_keys_are_forgotten_sooner_than_the_import_keys() -> None:
+    # An ens: key only waits for the declaration quoting its ENS: ens_retention after the ETA.
+    detector = ExciseDetector(ens_retention_days=7.0)
+    store: dict[str, ExciseState] = {}
+    heavy = _ens(3000.0)
+    _run(detector, [heavy, _spirits_import()], store)
+    ens_key = f"ens:{heavy.ens_reference}"
+    assert ens_key in store and any(key.startswith("imp:") for key in store)
+    assert heavy.eta is not None
+    assert detector.evict_idle(store, heavy.eta + timedelta(days=6)) == 0
+    assert detector.evict_idle(store, heavy.eta + timedelta(days=8)) == 1
+    assert ens_key not in store and any(key.startswith("imp:") for key in store)
