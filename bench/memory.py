@@ -106,7 +106,8 @@ def main() -> None:
                 "and it includes the generator's own heap of pending events (about 300-400 MiB at this rate).",
                 f"RSS before streaming: {base_rss:.0f} MiB. Retentions: ENS 4 days after ETA, labels awaited 3 days "
                 "(an ENS: 2 days after its ETA), idle consignees and groups 60 days; excise keys: "
-                "an ENS's 7 days after its ETA, an import's or consignor's 36 days after its last record, operators 1 year.",
+                "an ENS's 7 days after its ETA, an import's or consignor's 36 days after its last record, "
+                "operators 1 year.",
                 f"{datetime.now(UTC):%Y-%m-%d}, {elapsed:,.0f} s wall, Python {platform.python_version()}, "
                 "one process, 2 cores shared with other jobs (events/s is not a speed benchmark).",
             ],
