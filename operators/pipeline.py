@@ -58,7 +58,9 @@ class PipelineResult:
 
 
 def default_detectors() -> list[Operator[Any, Any]]:
-    return [UndervaluationDetector()]
+    """What the engine runs when not told otherwise (``vigie run``, the Faust worker, the Flink job):
+    every detector, with its default settings (:func:`all_detectors`)."""
+    return all_detectors()
 
 
 def all_detectors() -> list[Operator[Any, Any]]:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
+from vigie.operators.fusion import LearnedFusion
 from vigie.schemas.generator import GeneratorConfig, write_stream
 from vigie.schemas.jsonschema import export_json_schemas
 from vigie.sinks.grafana import grafana_app
@@ -85,8 +86,14 @@ def run(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint for the same input.")] = False,
     threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Fused risk that raises an alert (0.5: about 1% of flow).")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Alert on a noisy-OR fused risk at this threshold (0.5: about 1% of flow) instead of the learned "
+            "fusion, which alerts within each office's control budget and learns from control outcomes.",
+        ),
+    ] = None,
     seed: int = 7,
     duration_hours: float = 24.0,
     rate: float = 1500.0,
@@ -109,7 +116,8 @@ def run(
         console.print(f"{stats.n_events:,} events generated (ground truth kept apart in {truth})")
     with open(input, "rb") as lines:
         total = sum(1 for _ in lines)
-    pipeline = ScoringPipeline(alerting=NoisyOrAlerting(threshold=threshold))
+    alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
+    pipeline = ScoringPipeline(alerting=alerting)
     sink = ChdbSink(data_dir / "clickhouse")
     try:
         if live:

@@ -202,7 +202,9 @@ def run_command(
     detectors: Annotated[
         str, typer.Option(help="Comma-separated detector names; empty: the pipeline's defaults.")
     ] = "",
-    fusion: Annotated[str, typer.Option(help="'noisy-or' (as vigie run) or 'learned'.")] = "noisy-or",
+    fusion: Annotated[
+        str, typer.Option(help="'noisy-or' (label-free, as vigie run --threshold) or 'learned' (as vigie run).")
+    ] = "noisy-or",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Noisy-OR alert threshold.")] = 0.5,
     mode: Annotated[str, typer.Option(help="Python execution mode: 'thread' or 'process'.")] = "thread",
     state_backend: Annotated[str, typer.Option(help="'hashmap' or 'rocksdb' (incremental checkpoints).")] = "hashmap",

@@ -14,7 +14,7 @@ from tests.factories import T0, declaration_dict, ens
 from vigie.operators.atypical import FEATURES, AtypicalFlowDetector, AtypicalFlowState, ItemFlow
 from vigie.schemas import ImportDeclaration
 
-# The contract's checks, run on this detector (until it joins default_detectors()).
+# The contract's checks, run on this detector alone.
 CONTRACT: list[Callable[[Any], None]] = [
     contract.test_scores_something,
     contract.test_deterministic,

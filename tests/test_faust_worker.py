@@ -149,12 +149,27 @@ class Deployment:
         return (murmur2(FUSION_KEY) & 0x7FFFFFFF) % partitions
 
     def checkpointed(self) -> bool:
-        """Whether some fuse agent has written a checkpoint (the fusion table's changelog is not empty)."""
+        """Whether some fuse agent has completed a checkpoint: its manifest (written after the chunks
+        it names) is in the fusion table's changelog. A changelog holding chunks only is not enough:
+        a worker killed before the manifest leaves nothing to restore."""
         consumer = self.consumer()
         try:
             topic = f"{self.app_id}-fusion-changelog"
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            return any(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] > 0 for p in partitions)
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+            if not any(ends.values()):
+                return False
+            consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+            remaining = sum(ends.values())
+            while remaining > 0:
+                messages = consumer.consume(500, timeout=5)
+                if not messages:
+                    return False
+                for message in messages:
+                    remaining -= 1
+                    if message.error() is None and b"manifest" in (message.key() or b""):
+                        return True
+            return False
         finally:
             consumer.close()
 
@@ -348,7 +363,7 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
         "ENS on declarations": orjson.dumps(ens_dict(event_id="ens-misrouted")),
     }
     try:
-        # The default detectors score no ENS: the worker shows it read them by committing their offsets.
+        # ENS first: the worker shows it read them by committing their offsets.
         _publish(bootstrap, names, ens_events)
         _until(_committed(deployment, {names.ens: len(ens_events)}), "the ENS", 90, [worker])
         _publish(bootstrap, names, [*normal, *others])
@@ -379,7 +394,8 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
     assert len(reader.messages[names.scores]) == len(scores), "no duplicates"
     assert got_scores == scores
     assert reader.score_sets() == subjects
-    assert {e.event_id for e in [*normal, *frauds]} == subjects, "declarations are scored; ENS, excise, outcome not"
+    scoreable = [*ens_events, *normal, others[0], *frauds]
+    assert {e.event_id for e in scoreable} == subjects, "declarations, ENS and excise are scored; outcomes not"
     # Alerts for the three frauds, with the ENS's arrival time: the in-process runner's alerts.
     got_alerts = {
         orjson.loads(m.value())["subject_event_id"]: orjson.loads(m.value()) for m in reader.messages[names.alerts]
@@ -500,7 +516,7 @@ def test_two_workers_split_the_partitions_and_one_takes_over_from_the_other(depl
         [survivor] = [w for w in both if w is not fuser]
 
         _publish(bootstrap, names, events[:half])  # once they share the partitions: each ingests its own
-        reader.until(lambda r: len(r.score_sets()) >= 20, 90, both)
+        reader.until(lambda r: len(r.score_sets()) >= 20, 180, both)
         _until(deployment.checkpointed, "a checkpoint", 120, both)
         assert fuser.stop() == 0, fuser.tail()  # SIGTERM: it commits, leaves the group, its partitions move
 
@@ -512,7 +528,7 @@ def test_two_workers_split_the_partitions_and_one_takes_over_from_the_other(depl
         held = deployment.members()[survivor.client_id]
         assert {(t, p) for t in names.inputs for p in range(partitions)} <= held
         _publish(bootstrap, names, events[half:])
-        reader.until(lambda r: set(r.scores_by_id()) >= expected, 120, [survivor])
+        reader.until(lambda r: set(r.scores_by_id()) >= expected, 240, [survivor])
         committed = _AllInputsCommitted(deployment, partitions)
         _until(committed, "every input committed", 120, [survivor])
         reader.drain(1.0)

@@ -41,13 +41,24 @@ def test_run_stores_events_scores_and_alerts(generated_run: Path) -> None:
         "SELECT (SELECT count() FROM vigie.declarations FINAL) + (SELECT count() FROM vigie.ens FINAL)"
         " + (SELECT count() FROM vigie.excise FINAL) + (SELECT count() FROM vigie.outcomes FINAL) AS events,"
         " (SELECT count() FROM vigie.alerts FINAL) AS alerts,"
-        " (SELECT uniqExact(subject_event_id) FROM vigie.scores FINAL) AS scored,"
-        " (SELECT count() FROM vigie.declarations FINAL) AS declarations",
+        " (SELECT count() FROM vigie.declarations FINAL) AS declarations,"
+        " (SELECT count() FROM vigie.ens FINAL) AS ens,"
+        " (SELECT count() FROM vigie.declarations FINAL"
+        "  WHERE event_id IN (SELECT subject_event_id FROM vigie.scores)) AS declarations_scored,"
+        " (SELECT count() FROM vigie.ens FINAL"
+        "  WHERE event_id IN (SELECT subject_event_id FROM vigie.scores)) AS ens_scored",
     )[0]
     assert counts["events"] == lines
-    assert counts["scored"] == counts["declarations"]  # every declaration got a score set
-    # The default threshold aims at about 1 % of the flow: a control budget, not a flood.
-    assert 0.002 * counts["declarations"] < counts["alerts"] < 0.05 * counts["declarations"]
+    # The five detectors run by default: every declaration and every ENS gets a score set.
+    assert counts["declarations_scored"] == counts["declarations"]
+    assert counts["ens_scored"] == counts["ens"]
+    # The learned fusion alerts within each office's control budget (1 % of the flow): not a flood.
+    scored = counts["declarations"] + counts["ens"]
+    assert 0.002 * scored < counts["alerts"] < 0.05 * scored
+    by_detector = _query(generated_run, "SELECT DISTINCT detector FROM vigie.scores")
+    assert {r["detector"] for r in by_detector} == {
+        "undervaluation", "atypical_flow", "operator_behaviour", "excise", "ens_pre_arrival"
+    }  # fmt: skip
 
 
 def test_undervaluation_frauds_rank_above_clean_items(generated_run: Path) -> None:
@@ -72,11 +83,19 @@ def test_undervaluation_frauds_rank_above_clean_items(generated_run: Path) -> No
 
 
 def test_alert_reasons_name_reference_and_stake(generated_run: Path) -> None:
-    alerts = _query(generated_run, "SELECT reasons, eur_at_stake, rank FROM vigie.alerts FINAL LIMIT 20")
-    assert alerts
+    alerts = _query(
+        generated_run,
+        "SELECT subject_type, reasons, eur_at_stake, rank, selection FROM vigie.alerts FINAL ORDER BY alert_id",
+    )
+    assert {a["subject_type"] for a in alerts} >= {"declaration", "ens"}
     for alert in alerts:
-        assert "below the reference" in alert["reasons"][0] and "at stake" in alert["reasons"][0]
-        assert alert["rank"] >= 1
+        assert alert["rank"] >= 1 and alert["selection"] in ("exploitation", "exploration")
+        # A finding first, then what the ranking weighed: the expected recoverable revenue.
+        assert any("at stake" in reason for reason in alert["reasons"]), alert["reasons"]
+        assert any(reason.startswith("Expected recoverable revenue") for reason in alert["reasons"])
+    # Undervaluation alerts name the reference price they were measured against.
+    undervalued = [a for a in alerts if "below the reference" in a["reasons"][0]]
+    assert undervalued and all(a["eur_at_stake"] > 0 for a in undervalued)
 
 
 def test_bad_lines_are_dead_lettered_and_the_run_continues(tmp_path: Path) -> None:
