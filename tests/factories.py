@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vigie.schemas import ControlOutcome, EntrySummaryDeclaration, ExciseMovement, ImportDeclaration
+from vigie.schemas import (
+    Alert,
+    ControlOutcome,
+    DeadLetter,
+    EntrySummaryDeclaration,
+    ExciseMovement,
+    ImportDeclaration,
+    RiskScore,
+)
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -134,3 +142,61 @@ def excise(**overrides: Any) -> ExciseMovement:
 
 def outcome(**overrides: Any) -> ControlOutcome:
     return ControlOutcome.model_validate(outcome_dict(**overrides))
+
+
+def score(score_id: str = "score-1", event_time: datetime = T0, **overrides: Any) -> RiskScore:
+    """An undervaluation score of item 1 of :func:`declaration` (sink round trips, DDL checks)."""
+    data: dict[str, Any] = {
+        "score_id": score_id,
+        "detector": "undervaluation",
+        "subject_event_id": "decl-0001",
+        "subject_type": "declaration",
+        "subject_reference": "26FR0002300000001A",
+        "item_number": 1,
+        "event_time": event_time,
+        "office": "FR002300",
+        "operator_eori": "FR98765432100010",
+        "cn_code": "61091000",
+        "origin_country": "CN",
+        "score": 0.8125,
+        "eur_at_stake": 512.25,
+        "reason": "Unit value 2.0 EUR/kg is 80% below the norm for 61091000 from CN",
+        "reason_fields": {"unit_value": 2.0, "norm": 10.0, "unit": "EUR/kg", "missing": None},
+    }
+    return RiskScore(**{**data, **overrides})
+
+
+def alert(alert_id: str = "alert-1", event_time: datetime = T0, **overrides: Any) -> Alert:
+    """An alert on :func:`declaration`, arrival 5 h after ``event_time``."""
+    data: dict[str, Any] = {
+        "alert_id": alert_id,
+        "subject_event_id": "decl-0001",
+        "subject_type": "declaration",
+        "subject_reference": "26FR0002300000001A",
+        "event_time": event_time,
+        "office": "FR002300",
+        "operator_eori": "FR98765432100010",
+        "transport_mode": "sea",
+        "fused_risk": 0.91,
+        "rank": 3,
+        "contributions": {"undervaluation": 0.7, "operator_behaviour": 0.21},
+        "reasons": ["Unit value far below the norm", "New importer"],
+        "eur_at_stake": 812.0,
+        "eta": event_time + timedelta(hours=5),
+        "lead_time_hours": -1.5,
+    }
+    return Alert(**{**data, **overrides})
+
+
+def dead_letter(raw: bytes, dead_letter_id: str = "dl-1", received_at: datetime = T0, **overrides: Any) -> DeadLetter:
+    """A dead letter keeping ``raw`` (any bytes) with its size."""
+    data: dict[str, Any] = {
+        "dead_letter_id": dead_letter_id,
+        "received_at": received_at,
+        "source": "kafka:declarations:0:42",
+        "reason": "not valid UTF-8",
+        "field": None,
+        "raw_size": len(raw),
+        "raw": raw,
+    }
+    return DeadLetter(**{**data, **overrides})

@@ -53,55 +53,15 @@ T0 = datetime(2026, 3, 2, 8, 0, 17, tzinfo=UTC)
 
 
 def make_score(score_id: str = "score-1", event_time: datetime = T0) -> RiskScore:
-    return RiskScore(
-        score_id=score_id,
-        detector="undervaluation",
-        subject_event_id="decl-0001",
-        subject_type="declaration",
-        subject_reference="26FR0002300000001A",
-        item_number=1,
-        event_time=event_time,
-        office="FR002300",
-        operator_eori="FR98765432100010",
-        cn_code="61091000",
-        origin_country="CN",
-        score=0.8125,
-        eur_at_stake=512.25,
-        reason="Unit value 2.0 EUR/kg is 80% below the norm for 61091000 from CN",
-        reason_fields={"unit_value": 2.0, "norm": 10.0, "unit": "EUR/kg", "missing": None},
-    )
+    return factories.score(score_id, event_time)
 
 
 def make_alert(alert_id: str = "alert-1") -> Alert:
-    return Alert(
-        alert_id=alert_id,
-        subject_event_id="decl-0001",
-        subject_type="declaration",
-        subject_reference="26FR0002300000001A",
-        event_time=T0,
-        office="FR002300",
-        operator_eori="FR98765432100010",
-        transport_mode="sea",
-        fused_risk=0.91,
-        rank=3,
-        contributions={"undervaluation": 0.7, "operator_behaviour": 0.21},
-        reasons=["Unit value far below the norm", "New importer"],
-        eur_at_stake=812.0,
-        eta=T0 + timedelta(hours=5),
-        lead_time_hours=-1.5,
-    )
+    return factories.alert(alert_id, T0)
 
 
 def make_dead_letter(raw: bytes, dead_letter_id: str = "dl-1") -> DeadLetter:
-    return DeadLetter(
-        dead_letter_id=dead_letter_id,
-        received_at=T0,
-        source="kafka:declarations:0:42",
-        reason="not valid UTF-8",
-        field=None,
-        raw_size=len(raw),
-        raw=raw,
-    )
+    return factories.dead_letter(raw, dead_letter_id, T0)
 
 
 NON_UTF8 = b'\xff\xfe\x00{"a": "\\u00e9"}\n\r\t\x80 end' + bytes(range(256)) + b"\xc3\x28 \xed\xa0\x80"

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
+from tests import factories
 from vigie.schemas import (
     Alert,
     ControlOutcome,
@@ -155,55 +156,26 @@ def make_outcome(event_id: str = "out-1") -> ControlOutcome:
     )
 
 
+# The records of make_declaration's world: same MRN, office, importer, CN code.
+_SUBJECT = {"subject_event_id": "decl-1", "subject_reference": "26FR0000000000D001", "office": "FR000690",
+            "operator_eori": "FRIMPORTER001"}  # fmt: skip
+
+
 def make_score(score_id: str = "score-1") -> RiskScore:
-    return RiskScore(
-        score_id=score_id,
-        detector="undervaluation",
-        subject_event_id="decl-1",
-        subject_type="declaration",
-        subject_reference="26FR0000000000D001",
-        item_number=2,
-        event_time=T0,
-        office="FR000690",
-        operator_eori="FRIMPORTER001",
-        cn_code="85171200",
-        origin_country="CN",
-        score=0.8125,
-        eur_at_stake=512.25,
+    return factories.score(
+        score_id, T0, **_SUBJECT, item_number=2, cn_code="85171200",
         reason="Unit value 3.1 EUR/kg is 92% below the norm for 85171200 from CN",
         reason_fields={"unit_value": 3.1, "norm": 38.75, "unit": "EUR/kg", "missing": None},
-    )
+    )  # fmt: skip
 
 
 def make_alert(alert_id: str = "alert-1") -> Alert:
-    return Alert(
-        alert_id=alert_id,
-        subject_event_id="decl-1",
-        subject_type="declaration",
-        subject_reference="26FR0000000000D001",
-        event_time=T0,
-        office="FR000690",
-        operator_eori="FRIMPORTER001",
-        transport_mode="air",
-        fused_risk=0.91,
-        rank=3,
-        contributions={"undervaluation": 0.7, "operator_behaviour": 0.21},
-        reasons=["Unit value far below the norm", "New importer"],
-        eur_at_stake=812.0,
-        eta=T0 + timedelta(hours=5),
-        lead_time_hours=-1.5,
-    )
+    return factories.alert(alert_id, T0, **_SUBJECT, transport_mode="air")
 
 
 def make_dead_letter(raw: bytes, dead_letter_id: str = "dl-1") -> DeadLetter:
-    return DeadLetter(
-        dead_letter_id=dead_letter_id,
-        received_at=T0,
-        source="file:inbox/events.jsonl:17",
-        reason="not valid UTF-8: byte 0xff at offset 0",
-        field=None,
-        raw_size=len(raw),
-        raw=raw,
+    return factories.dead_letter(
+        raw, dead_letter_id, T0, source="file:inbox/events.jsonl:17", reason="not valid UTF-8: byte 0xff at offset 0"
     )
 
 
