@@ -1,4 +1,6 @@
-"""``vigie flink``: run the PyFlink scoring job (:mod:`vigie.streams.flink_job`) on a local MiniCluster.
+"""``vigie flink``: run the PyFlink scoring job (:mod:`vigie.streams.flink_job`) on a local MiniCluster,
+or, with ``--cluster``, as a job submitted to a Flink cluster
+(``flink run -pym vigie.streams.flink_cli run --cluster``).
 
 ::
 
@@ -28,14 +30,16 @@ from pydantic import BaseModel
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_event
 from vigie.sinks.open import open_sink
 
-from .flink_job import FlinkJobSettings, build_job, latest_checkpoint
+from .flink_job import FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
 from .topics import DEFAULT_PREFIX
 
 __all__ = ["SinkLoader", "flink_app", "open_sink", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-flink_app = typer.Typer(help="The PyFlink scoring job on a local MiniCluster.", no_args_is_help=True)
+flink_app = typer.Typer(
+    help="The PyFlink scoring job: on a local MiniCluster, or submitted to a cluster (--cluster).", no_args_is_help=True
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +263,13 @@ def run_command(
         thread.start()
     if settings.from_checkpoint is not None:
         typer.echo(f"restoring {settings.from_checkpoint}", err=True)
+    if cluster and not submitted_by_flink():
+        raise typer.BadParameter(
+            "is for a job submitted by Flink: flink run -m HOST:PORT -j CONNECTOR.jar -pym vigie.streams.flink_cli "
+            "run --cluster ... (or the Kubernetes operator's PythonDriver); without it the job runs on a local "
+            "MiniCluster",
+            param_hint="--cluster",
+        )
     job = build_job(settings)
     client = job.submit()
     typer.echo(f"job {client.get_job_id()} submitted ({', '.join(settings.input_topics)})", err=True)

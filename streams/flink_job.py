@@ -14,7 +14,7 @@ Topology (``P`` = topic prefix, :mod:`vigie.streams.topics`)::
                                  |  then the event's envelope (its bytes, its unit count)
                                  |  key_by "detector/state key" (envelopes: by event)
                                  v
-                               score (p): score_one then learn_one on a ValueState per state key
+                               score (p): score_learn_one (score, then learn) on a ValueState per state key
                                  |  (holding the operator state's to_bytes); deadline rules register
                                  |  event-time timers; envelopes pass through
                                  |  key_by constant
@@ -97,6 +97,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import unquote, urlparse
 
 import orjson
 from pyflink.common import Configuration, Duration, Row, Types, WatermarkStrategy
@@ -130,6 +131,7 @@ __all__ = [
     "FlinkJobSettings",
     "GatheredScores",
     "PipelineCore",
+    "add_missing_jars",
     "build_job",
     "flink_configuration",
     "kafka_connector_jars",
@@ -138,6 +140,7 @@ __all__ = [
     "make_detectors",
     "make_pipeline",
     "run_job",
+    "submitted_by_flink",
 ]
 
 log = logging.getLogger(__name__)
@@ -213,7 +216,9 @@ class FlinkJobSettings:
     cluster: bool = False
     """Submitted to a Flink cluster (PythonDriver, ``flink run``, the Kubernetes operator): the
     cluster's own configuration keeps its addresses, slots, Python executable and checkpoint
-    storage; the job sets only job-level options. False: a local MiniCluster on loopback."""
+    storage; the job sets only job-level options and appends the connector jars to the
+    submitter's ``pipeline.jars``. Refused outside Flink's PythonDriver (it would silently run
+    in a local MiniCluster). False: a local MiniCluster on loopback."""
     extra_config: tuple[tuple[str, str], ...] = ()
     """Further Flink configuration entries, applied last."""
 
@@ -542,7 +547,7 @@ class PipelineKey(KeySelector):  # type: ignore[misc]
 
 
 class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
-    """``score_one`` then ``learn_one`` on the state of the unit's key (Flink ValueState).
+    """``score_learn_one`` (score, then learn) on the state of the unit's key (Flink ValueState).
 
     The ValueState holds ``state.to_bytes()``. The last ``CACHED_STATES`` parsed states are
     kept (least recently used out) and written through on every unit, so the cache never
@@ -590,8 +595,8 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
         self.stream_time_ms = max(self.stream_time_ms, when)
         detector = self.detectors[name]
         state = self._load(route, name)
-        score = detector.score_one(unit, state)
-        detector.learn_one(unit, state)
+        # One pass over the unit: the same score and state as score_one then learn_one (Operator contract).
+        score = detector.score_learn_one(unit, state)
         self._save(route, state)
         rule = self.rules.get(name)
         if rule is not None:
@@ -760,6 +765,15 @@ _CLUSTER_OWNED = frozenset(
 )
 """Options a cluster's own configuration sets, left alone with ``cluster=True``."""
 
+SUBMITTED_BY_FLINK_ENV = "PYFLINK_GATEWAY_PORT"
+"""Set by Flink's PythonDriver (``flink run -py/-pym``, the Kubernetes operator) for the Python
+program it starts: PyFlink then talks to the submitting JVM instead of launching its own."""
+
+
+def submitted_by_flink() -> bool:
+    """True when this process is a Python program started by Flink's PythonDriver (``flink run``)."""
+    return SUBMITTED_BY_FLINK_ENV in os.environ
+
 
 def flink_configuration(settings: FlinkJobSettings) -> dict[str, str]:
     """The Flink configuration of the job (also what a cluster deployment would set)."""
@@ -808,6 +822,9 @@ def flink_configuration(settings: FlinkJobSettings) -> dict[str, str]:
         # run and where checkpoints go (e.g. s3:// in the FlinkDeployment): do not override them.
         for key in [k for k in conf if k in _CLUSTER_OWNED or k.endswith((".bind-host", ".bind-address"))]:
             del conf[key]
+        # The submitter's pipeline.jars hold Flink's Python runtime (and `flink run -j` jars): setting
+        # the option would replace them, so build_job appends the connector to them instead.
+        del conf["pipeline.jars"]
     if settings.execution_mode == "process":
         # Defaults (1,000 records, 1 s) measured ~1.2k events/s here; larger bundles amortise the RPC.
         conf["python.fn-execution.bundle.size"] = "5000"
@@ -818,7 +835,10 @@ def flink_configuration(settings: FlinkJobSettings) -> dict[str, str]:
 
 def _prepare_process(settings: FlinkJobSettings) -> None:
     """Environment the gateway JVM inherits: the venv's ``bin`` first on PATH (thread mode
-    finds libpython through it) and a log directory of our own (not inside site-packages)."""
+    finds libpython through it) and a log directory of our own (not inside site-packages).
+    Nothing to do under ``flink run``: the gateway is the submitting JVM, already running."""
+    if submitted_by_flink():
+        return
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     if not path.startswith(bin_dir + os.pathsep):
@@ -885,6 +905,30 @@ def _sink_ddl(settings: FlinkJobSettings, table: str, topic: str, kind: str, par
     )
 
 
+def _jar_path(url: str) -> str:
+    """The file of a ``pipeline.jars`` entry (``file:/a.jar``, ``file:///a.jar``, ``local:///a.jar`` or a path)."""
+    parsed = urlparse(url)
+    return os.path.realpath(unquote(parsed.path) if parsed.scheme else url)
+
+
+def add_missing_jars(env: StreamExecutionEnvironment, jars: Sequence[Path]) -> list[Path]:
+    """Append to the environment's ``pipeline.jars`` those of ``jars`` it lacks; returns them.
+
+    Under ``flink run`` the option already lists Flink's Python runtime jar and the ``-j`` jar:
+    they are kept (without them the job graph fails on the cluster with ClassNotFoundException
+    for Flink's Python operators), and a jar given both ways is listed once.
+    """
+    from pyflink.util.java_utils import get_j_env_configuration
+
+    # PyFlink's own add_jars reads the option the same way, from the Java environment's configuration.
+    current = get_j_env_configuration(env._j_stream_execution_environment).getString("pipeline.jars", "")
+    present = {_jar_path(str(url)) for url in Configuration.parse_list_value(current) if url}
+    missing = [jar for jar in jars if _jar_path(str(jar)) not in present]
+    if missing:
+        env.add_jars(*(Path(jar).resolve().as_uri() for jar in missing))
+    return missing
+
+
 @dataclass
 class FlinkJob:
     """A built job, ready to :meth:`execute` (blocking) or :meth:`submit` (returns a JobClient)."""
@@ -905,15 +949,24 @@ def build_job(settings: FlinkJobSettings) -> FlinkJob:
     """Build the DataStream job described in this module's docstring (starts the Flink gateway if needed)."""
     from pyflink.table import StreamTableEnvironment
 
+    if settings.cluster and not submitted_by_flink():
+        # Started on its own, PyFlink would run the job in a local MiniCluster without the cluster's settings.
+        raise RuntimeError(
+            "cluster mode is for a job submitted by Flink: flink run -m HOST:PORT -pym vigie.streams.flink_cli "
+            "-j CONNECTOR.jar run --cluster ... (or the Kubernetes operator's PythonDriver)"
+        )
     _prepare_process(settings)
     conf_values = flink_configuration(settings)
     conf = Configuration()
     for key, value in conf_values.items():
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
+    if settings.cluster:
+        add_missing_jars(env, kafka_connector_jars(settings))
     env.set_parallelism(settings.parallelism)
     if settings.checkpointing:
-        Path(settings.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        if not settings.cluster:  # a cluster writes to its own checkpoint storage
+            Path(settings.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         env.enable_checkpointing(settings.checkpoint_interval_ms)
     t_env = StreamTableEnvironment.create(env)
     names = settings.names

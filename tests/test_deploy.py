@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
     assert "taskmanager.numberOfTaskSlots" in _env(tm)["FLINK_PROPERTIES"]
     # PyFlink runs Vigie's code on the task managers: one image for the cluster and the workers.
     assert jm["image"] == tm["image"] == services["vigie-worker"]["image"] == services["flink-job"]["image"]
-    assert services["flink-job"]["command"][:3] == ["vigie", "flink", "run"]
+    assert services["flink-job"]["command"][:2] == ["flink", "run"]  # submitted to the session cluster
 
 
 def test_compose_worker_and_grafana_wiring(compose: dict[str, Any]) -> None:
@@ -170,6 +171,10 @@ def test_flink_deployment(manifests: list[dict[str, Any]]) -> None:
     assert job["jarURI"].startswith("local:///opt/flink/opt/flink-python")
     assert "-pym" in job["args"] and "run" in job["args"]
     assert job["args"][job["args"].index("--bootstrap") + 1] == "kafka:9092"
+    # The job sets its parallelism on its environment, which wins over the operator's: keep them equal.
+    assert "--cluster" in job["args"]
+    assert int(job["args"][job["args"].index("--parallelism") + 1]) == job["parallelism"]
+    assert spec["flinkConfiguration"]["python.client.executable"] == "python3"
     assert job["upgradeMode"] in ("stateless", "savepoint", "last-state")
     assert "execution.checkpointing.interval" in spec["flinkConfiguration"]
 
@@ -403,6 +408,68 @@ def test_compose_volumes_are_writable_by_the_image_user(compose: dict[str, Any],
             assert target in owned, f"{name}: {target} is not created for {user} in the image"
 
 
+# `flink run` options of Flink 2.2 (`flink run --help`; -j/--jarfile is parsed though not listed there).
+FLINK_RUN_OPTIONS_WITH_VALUE = {
+    "-c": "--class", "-C": "--classpath", "-cm": "--claimMode", "-p": "--parallelism", "-py": "--python",
+    "-pyarch": "--pyArchives", "-pyclientexec": "--pyClientExecutable", "-pyexec": "--pyExecutable",
+    "-pyfs": "--pyFiles", "-pym": "--pyModule", "-pypath": "--pyPythonPath", "-pyreq": "--pyRequirements",
+    "-rm": "--restoreMode", "-s": "--fromSavepoint", "-t": "--target", "-e": "--executor", "-m": "--jobmanager",
+    "-z": "--zookeeperNamespace", "-yid": "--yarnapplicationId", "-j": "--jarfile",
+}  # fmt: skip
+FLINK_RUN_FLAGS = {"-d": "--detached", "-n": "--allowNonRestoredState", "-sae": "--shutdownOnAttachedExit"}
+PYTHON_MODULES_AS_VIGIE = {"vigie.streams.flink_cli": ["flink"]}
+"""`python -m MODULE ...` programs (Flink's PythonDriver) and the `vigie` command group they are."""
+
+
+@dataclass(frozen=True)
+class FlinkSubmission:
+    """A `flink run` (or PythonDriver) argument list: its options (short names) and the program's arguments."""
+
+    options: dict[str, str]
+    program: list[str]
+
+
+def _flink_submission(argv: list[str]) -> FlinkSubmission:
+    """Parse like Flink's CLI: options up to the first word that is not one, the rest for the program."""
+    long_names = {long: short for short, long in (FLINK_RUN_OPTIONS_WITH_VALUE | FLINK_RUN_FLAGS).items()}
+    options: dict[str, str] = {}
+    words = list(argv)
+    while words and words[0].startswith("-"):
+        word = long_names.get(words[0], words.pop(0))
+        if word in FLINK_RUN_OPTIONS_WITH_VALUE:
+            assert words and not words[0].startswith("-"), f"flink run {word} needs a value: {argv}"
+            options[word] = words.pop(0)
+        elif word in FLINK_RUN_FLAGS:
+            options[word] = ""
+        elif word.startswith("-D") and "=" in word:
+            options[word.split("=", 1)[0]] = word.split("=", 1)[1]
+        else:
+            raise AssertionError(f"flink run has no option {word}: {argv}")
+    return FlinkSubmission(options, words)
+
+
+def _compose_defaults(word: str) -> str:
+    """A word as compose runs it with the environment unset: ``${VAR:-default}`` -> ``default``."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", word)
+
+
+def _python_programs(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(where, vigie argv) of the Python programs Flink runs: `flink run -pym` in compose, PythonDriver in k8s."""
+    programs: list[tuple[str, FlinkSubmission]] = []
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if isinstance(command, list) and command[:2] == ["flink", "run"]:
+            programs.append((f"compose {name}", _flink_submission(command[2:])))
+    for flink in (m for m in manifests if m["kind"] == "FlinkDeployment"):
+        programs.append((f"k8s {flink['metadata']['name']}", _flink_submission(flink["spec"]["job"]["args"])))
+    commands: list[tuple[str, list[str]]] = []
+    for where, submission in programs:
+        module = submission.options.get("-pym")
+        assert module in PYTHON_MODULES_AS_VIGIE, f"{where}: runs {module or submission.options}"
+        commands.append((where, [*PYTHON_MODULES_AS_VIGIE[module], *submission.program]))
+    return commands
+
+
 def _cli_commands(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     commands: list[tuple[str, list[str]]] = []
     for name, service in compose["services"].items():
@@ -414,30 +481,121 @@ def _cli_commands(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> l
             command = container.get("command", [])
             if command[:1] == ["vigie"]:
                 commands.append((f"k8s {workload['metadata']['name']}", command[1:]))
-    return commands
+    return commands + _python_programs(compose, manifests)
 
 
-def test_commands_name_real_cli_options(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> None:
-    """Every `vigie ...` command the deployment runs names a subcommand and options the CLI has."""
+def _vigie_command(argv: list[str]) -> tuple[Any, list[str]]:
+    """The click command ``vigie ARGV`` names and the words left for it."""
     import typer.main
 
     from vigie.streams.cli import app
 
-    root = typer.main.get_command(app)
+    command: Any = typer.main.get_command(app)
+    words = list(argv)
+    # Typer ships its own click: groups are recognised by their subcommands.
+    while hasattr(command, "commands") and words and words[0] in command.commands:
+        command = command.commands[words.pop(0)]
+    assert not hasattr(command, "commands"), f"{argv} names no command"
+    return command, words
+
+
+def test_commands_name_real_cli_options(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> None:
+    """Every `vigie ...` command the deployment runs (also through Flink's PythonDriver) names a subcommand
+    and options the CLI has, and the CLI's parser accepts its values."""
     commands = _cli_commands(compose, manifests)
-    assert len(commands) >= 4
+    assert len(commands) >= 5
+    assert {where for where, _ in commands} >= {"compose flink-job", "k8s vigie-scoring"}
     for where, argv in commands:
-        command: Any = root
-        words = list(argv)
-        # Typer ships its own click: groups are recognised by their subcommands.
-        while hasattr(command, "commands") and words and words[0] in command.commands:
-            command = command.commands[words.pop(0)]
-        assert not hasattr(command, "commands"), f"{where}: {argv} names no command"
+        command, words = _vigie_command(argv)
         options = {opt for param in command.params for opt in param.opts}
         assert "--help" not in words
         for word in words:
             if word.startswith("-"):
                 assert word in options, f"{where}: vigie {' '.join(argv[:2])} has no option {word}"
+        command.make_context(f"vigie {' '.join(argv[:2])}", [_compose_defaults(w) for w in words])  # raises if bad
+
+
+def test_python_driver_modules_are_the_vigie_commands_they_stand_for() -> None:
+    """`python -m vigie.streams.flink_cli X` (what Flink's PythonDriver runs) is `vigie flink X`."""
+    import importlib.util
+
+    import typer.main
+
+    from vigie.streams.cli import app
+
+    root = typer.main.get_command(app)
+    for module, group in PYTHON_MODULES_AS_VIGIE.items():
+        spec = importlib.util.find_spec(module)  # in the installed package, as on the cluster's workers
+        assert spec is not None and spec.origin is not None, module
+        source = Path(spec.origin).read_text()
+        assert 'if __name__ == "__main__":' in source, f"python -m {module} would do nothing"
+        app_name = re.search(r"^(\w+)\(\)$", source.split('if __name__ == "__main__":')[1].strip(), re.M)
+        assert app_name is not None
+        mounted: Any = root
+        for word in group:
+            mounted = mounted.commands[word]
+        module_app = typer.main.get_command(getattr(importlib.import_module(module), app_name.group(1)))
+        assert set(mounted.commands) == set(module_app.commands), module
+
+
+def test_compose_flink_job_submits_to_the_session_cluster(
+    compose: dict[str, Any], dockerfile: list[Instruction]
+) -> None:
+    """The flink-job service is a `flink run` client of the compose session cluster (jobmanager +
+    taskmanager), as Flink runs Python jobs; the job leaves the cluster its own configuration."""
+    services = compose["services"]
+    job, jm, tm = services["flink-job"], services["jobmanager"], services["taskmanager"]
+    command = job["command"]
+    assert command[:2] == ["flink", "run"], command
+    submission = _flink_submission(command[2:])
+    options = submission.options
+
+    # The same Flink configuration as the cluster's (the image's entrypoint writes FLINK_PROPERTIES for `flink` too).
+    properties = _env(jm)["FLINK_PROPERTIES"]
+    assert _env(job)["FLINK_PROPERTIES"] == properties == _env(tm)["FLINK_PROPERTIES"]
+    conf = dict(line.split(":", 1) for line in properties.strip().splitlines())
+    conf = {k.strip(): v.strip() for k, v in conf.items()}
+    # To the job manager's REST endpoint, once it is healthy (a task manager registered).
+    host, port = options["-m"].rsplit(":", 1)
+    assert host in ("jobmanager", jm.get("hostname")) and conf["rest.address"] == host
+    assert port == conf.get("rest.port", "8081") and f"{port}:{port}" in jm["ports"]
+    assert job["depends_on"]["jobmanager"]["condition"] == "service_healthy"
+    assert "taskmanager" in job["depends_on"]
+    probe = " ".join(jm["healthcheck"]["test"])
+    assert f"localhost:{port}/overview" in probe and "slots-total" in probe
+    assert "-d" not in options  # attached: the client loads ClickHouse from the job's outputs and ends with it
+
+    # A Python module of the installed package, as `vigie flink run --cluster`.
+    assert "-py" not in options and options["-pym"] == "vigie.streams.flink_cli"
+    program = submission.program
+    assert program[:1] == ["run"] and "--cluster" in program
+    # The Kafka connector where the image's build fetched it (deploy/Dockerfile: fetch-jars.sh flink under
+    # VIGIE_HOME), at the version deploy/pom.xml pins.
+    env = " ".join(i.args for i in _stages(dockerfile)[-1] if i.keyword == "ENV")
+    home = re.search(r"VIGIE_HOME=(\S+)", env)
+    assert home is not None
+    version = re.search(r"<flink.kafka.connector.version>([^<]+)<", (DEPLOY / "pom.xml").read_text())
+    assert version is not None
+    from vigie.streams import flink_job
+
+    jars_dir = flink_job.FLINK_JARS_DIR.relative_to(flink_job.REPO_ROOT)
+    assert options["-j"] == f"{home.group(1)}/{jars_dir}/flink-sql-connector-kafka-{version.group(1)}.jar"
+
+    # What the job's own options say matches the cluster: parallelism within its slots, checkpoints
+    # where the cluster writes them (--from-checkpoint latest looks there), Python on the PATH.
+    command_obj, words = _vigie_command(["flink", *program])
+    params = command_obj.make_context("vigie flink run", [_compose_defaults(w) for w in words]).params
+    assert params["cluster"] is True and params["bootstrap"] == "kafka:9092"
+    slots = int(conf["taskmanager.numberOfTaskSlots"]) * int(tm.get("deploy", {}).get("replicas", 1))
+    assert params["parallelism"] == int(conf["parallelism.default"]) <= slots
+    checkpoints = conf["execution.checkpointing.dir"].removeprefix("file://")
+    assert str(params["checkpoint_dir"]) == checkpoints
+    for service in (job, jm, tm):
+        assert any(v.split(":")[1] == checkpoints for v in service["volumes"])
+    assert "--state-backend" not in program  # the cluster's state.backend.type applies
+    assert conf["python.executable"] == conf["python.client.executable"] == "python3"
+    # `flink` is Flink's CLI on the image's PATH: nothing in the virtual environment (first on PATH) shadows it.
+    assert not (Path(sys.executable).parent / "flink").exists()
 
 
 def test_flink_operator_runs_a_module_with_a_main(manifests: list[dict[str, Any]]) -> None:

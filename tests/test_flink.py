@@ -10,11 +10,16 @@ partition with parallelism 1: that is the setting where both see the events in o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from tests.factories import excise
@@ -493,6 +499,205 @@ def test_flink_job_resumes_from_its_last_checkpoint_exactly_once(
     assert restored is not None and int(restored.group(1)) > 0, python_log[-2000:]
 
 
+# --------------------------------------------------------------------------------------------
+# The compose file's flink-job command, on a standalone session cluster
+# --------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "deploy" / "docker-compose.yml"
+IMAGE_VIGIE_HOME = "/opt/vigie"
+"""Where deploy/Dockerfile installs this repository: paths under it are this checkout here."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _entrypoint_properties(text: str) -> dict[str, str]:
+    """FLINK_PROPERTIES as the Flink image's entrypoint applies them: ``key: value`` lines, blanks removed."""
+    properties: dict[str, str] = {}
+    for line in text.splitlines():
+        compact = "".join(line.split())
+        if compact:
+            key, _, value = compact.partition(":")
+            properties[key] = value
+    return properties
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flink's nested config.yaml as flat ``a.b.c`` keys."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclasses.dataclass
+class SessionCluster:
+    """A running standalone session cluster: its REST port, checkpoint storage and the environment of its tools."""
+
+    dist: Path
+    rest_port: int
+    checkpoints: Path
+    env: dict[str, str]
+
+    def rest(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster]:
+    """The compose file's Flink session cluster on this machine: a job manager and a task manager, each
+    its own JVM, from PyFlink's bundled distribution (the same Flink release as the image), configured
+    with the compose file's FLINK_PROPERTIES. Only addresses (loopback, free ports) and the checkpoint
+    volume are mapped; it is ready when the compose job manager's own healthcheck passes."""
+    if os.environ.get("VIGIE_SKIP_FLINK_TESTS") == "1":
+        pytest.skip("VIGIE_SKIP_FLINK_TESTS=1")
+    import pyflink
+
+    dist = Path(pyflink.__file__).resolve().parent
+    work = tmp_path_factory.mktemp("flink-session")
+    conf_dir, log_dir, checkpoints = work / "conf", work / "log", work / "checkpoints"
+    for folder in (conf_dir, log_dir, checkpoints, work / "tmp"):
+        folder.mkdir()
+    for log_config in (dist / "conf").glob("log4j*.properties"):
+        (conf_dir / log_config.name).write_bytes(log_config.read_bytes())
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    compose = _entrypoint_properties(services["jobmanager"]["environment"]["FLINK_PROPERTIES"])
+    assert compose["execution.checkpointing.dir"] == "file:///flink-checkpoints"
+    rest_port = _free_port()
+    local = {
+        "jobmanager.rpc.address": "127.0.0.1", "rest.address": "127.0.0.1", "jobmanager.bind-host": "127.0.0.1",
+        "taskmanager.bind-host": "127.0.0.1", "taskmanager.host": "127.0.0.1", "rest.bind-address": "127.0.0.1",
+        "rest.port": str(rest_port), "jobmanager.rpc.port": str(_free_port()), "blob.server.port": str(_free_port()),
+        "execution.checkpointing.dir": checkpoints.as_uri(), "io.tmp.dirs": str(work / "tmp"),
+        "web.upload.dir": str(work / "tmp"),
+    }  # fmt: skip
+    defaults = _flat(yaml.safe_load((dist / "conf" / "config.yaml").read_text()))  # JVM options for Java 17
+    config = {**defaults, **compose, **local}
+    (conf_dir / "config.yaml").write_text(yaml.safe_dump({k: str(v) for k, v in config.items()}))
+    env = {k: v for k, v in os.environ.items() if k not in ("JVM_ARGS", "PYFLINK_GATEWAY_PORT")}
+    # As in the image: the virtual environment first on PATH (python3, and libpython for thread mode).
+    env.update(FLINK_CONF_DIR=str(conf_dir), FLINK_LOG_DIR=str(log_dir),
+               PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))  # fmt: skip
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for role in ("jobmanager", "taskmanager"):  # the scripts exec the JVM: each Popen is its JVM
+            with (log_dir / f"{role}.out").open("wb") as out:
+                processes.append(subprocess.Popen([str(dist / "bin" / f"{role}.sh"), "start-foreground"], env=env,
+                                                  stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+        healthcheck = services["jobmanager"]["healthcheck"]["test"]
+        assert healthcheck[0] == "CMD"
+        probe = [word.replace(":8081/", f":{rest_port}/") for word in healthcheck[1:]]
+        deadline = time.monotonic() + 180
+        while subprocess.run(probe, env=env, capture_output=True, check=False).returncode != 0:
+            dead = [p.args for p in processes if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                logs = "\n".join(f.read_text()[-3000:] for f in sorted(log_dir.glob("*.out")))
+                pytest.fail(f"the session cluster did not become healthy ({dead or 'timeout'}):\n{logs}")
+            time.sleep(2)
+        yield SessionCluster(dist, rest_port, checkpoints, env)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def _compose_command_here(argv: list[str], cluster: SessionCluster, values: dict[str, str]) -> list[str]:
+    """The compose command with the image's Flink CLI and paths, and the values of ``values``' options, mapped here."""
+    assert argv[0] == "flink", argv
+    mapped = [str(cluster.dist / "bin" / "flink")]
+    for previous, word in itertools.pairwise(argv):
+        if previous in values:
+            word = values[previous]
+        elif word.startswith(IMAGE_VIGIE_HOME + "/"):
+            word = str(REPO / word.removeprefix(IMAGE_VIGIE_HOME + "/"))
+        mapped.append(word)
+    return mapped
+
+
+@pytest.mark.integration
+def test_compose_flink_job_runs_the_job_on_the_session_cluster(
+    kafka_broker: KafkaBroker, session_cluster: SessionCluster, tmp_path: Path
+) -> None:
+    """The compose file's `flink-job` command as written, its addresses mapped to this machine, with
+    --bounded, a topic prefix and a consumer group appended (so that it ends and stays apart): Flink's
+    CLI submits the PyFlink job to the job manager's REST endpoint, the task manager runs it at the
+    command's parallelism, its scores are the in-process pipeline's, and the attached client loads
+    the committed outputs into the sink before it exits."""
+    from vigie.streams.flink_job import kafka_connector_jars
+    from vigie.streams.topics import INPUT_KINDS, TopicNames, key_for
+
+    kafka_connector_jars()  # deploy/jars/flink, as the image's build fetches it
+    events = [e for e, _ in generate(GeneratorConfig(seed=3, duration_hours=0.5))]
+    names = TopicNames(f"c{uuid.uuid4().hex[:8]}.")
+    kind_of = {event_type: kind for kind, event_type in INPUT_KINDS.items()}
+    bad = b'{"event_type": "declaration", "event_id": "cut'
+    command = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["flink-job"]["command"]
+    bootstrap = kafka_broker.bootstrap_servers
+    argv = _compose_command_here(command, session_cluster, {
+        "-m": f"127.0.0.1:{session_cluster.rest_port}", "--bootstrap": bootstrap,
+        "--sink": f"chdb:{tmp_path / 'clickhouse'}", "--checkpoint-dir": str(session_cluster.checkpoints),
+    })  # fmt: skip
+    jar = Path(argv[argv.index("-j") + 1])
+    assert jar.is_file(), f"the compose file ships {jar.name}, not what deploy/pom.xml fetches"
+    argv += ["--bounded", "--prefix", names.prefix, "--group-id", f"vigie-{names.prefix}"]
+    created = _topics(kafka_broker, names.prefix, names.inputs)
+    try:
+        records = [(names.name(kind_of[e.event_type]), key_for(e), encode_event(e)) for e in events]
+        _publish(bootstrap, [*records, (names.declarations, None, bad)])
+        run = subprocess.run(argv, env=session_cluster.env, cwd=tmp_path, capture_output=True, timeout=600)
+        output = (run.stdout + run.stderr).decode(errors="replace")
+        assert run.returncode == 0, output[-6000:]
+        out = _read(bootstrap, [names.scores, names.alerts, names.dead_letter])
+    finally:
+        kafka_broker.delete_topics(created)
+
+    # The job ran on the session cluster (a MiniCluster inside the client would leave no trace there).
+    (job,) = session_cluster.rest("/jobs/overview")["jobs"]
+    assert (job["name"], job["state"]) == ("vigie-scoring", "FINISHED")
+    parallelism = int(command[command.index("--parallelism") + 1])
+    vertices = session_cluster.rest(f"/jobs/{job['jid']}")["vertices"]
+    assert max(v["parallelism"] for v in vertices) == parallelism
+    assert f"job {job['jid']} submitted" in output and "job finished" in output
+
+    # Scores: the in-process pipeline's, each once. The four topics are read interleaved, so what depends on
+    # the order across topics (ENS links, outcome feedback) may differ; undervaluation, keyed on declarations
+    # alone (one partition, in order at any parallelism), gives the same values.
+    reference = make_pipeline(FlinkJobSettings())
+    want = {s.score_id: encode_event(s) for e in events for s in reference.process(e).scores}
+    got = {json.loads(m.value())["score_id"]: m.value() for m in out[names.scores]}
+    assert len(got) == len(out[names.scores]) and got.keys() == want.keys()
+    undervaluation = [i for i, v in want.items() if json.loads(v)["detector"] == "undervaluation"]
+    assert len(undervaluation) > len(events) / 2  # real scores are compared
+    assert [got[i] for i in undervaluation] == [want[i] for i in undervaluation]
+    assert out[names.alerts]
+    (letter,) = out[names.dead_letter]
+    assert letter.value() == bad and b"EOF" in dict(letter.headers())["vigie.reason"]
+
+    # The attached client loaded the committed outputs into the sink, then exited with the job.
+    store = ChdbSink(tmp_path / "clickhouse")
+    try:
+        stored = store.query(
+            "SELECT (SELECT count() FROM vigie.scores FINAL) AS scores, (SELECT count() FROM vigie.alerts FINAL)"
+            " AS alerts, (SELECT count() FROM vigie.dead_letters FINAL) AS letters"
+        )[0]
+    finally:
+        store.close()
+    assert stored == {"scores": len(got), "alerts": len(out[names.alerts]), "letters": 1}
+
+
 def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """The parse function on the four-topic layout (called directly, no cluster)."""
     from pyflink.common import Row
@@ -544,7 +749,66 @@ def test_cluster_mode_leaves_the_cluster_its_own_configuration(tmp_path: Path) -
     for owned in ("execution.checkpointing.dir", "taskmanager.numberOfTaskSlots", "python.executable",
                   "state.backend.type"):  # fmt: skip
         assert owned in local and owned not in cluster, owned
-    # Job-level options stay: exactly-once checkpoints, the connector jars, parallelism.
-    for kept in ("execution.checkpointing.mode", "execution.checkpointing.interval", "pipeline.jars",
-                 "parallelism.default", "python.execution-mode"):  # fmt: skip
+    # Job-level options stay: exactly-once checkpoints, parallelism, the Python execution mode.
+    for kept in ("execution.checkpointing.mode", "execution.checkpointing.interval", "parallelism.default",
+                 "python.execution-mode"):  # fmt: skip
         assert cluster[kept] == local[kept], kept
+    # The submitter's jars (Flink's Python runtime, `flink run -j`) are not replaced: build_job appends to them.
+    assert "pipeline.jars" in local and "pipeline.jars" not in cluster
+
+
+def test_cluster_mode_appends_the_connector_to_the_submitters_jars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """add_missing_jars keeps what `flink run` put in pipeline.jars and adds a jar only if no entry names its file."""
+    import pyflink.util.java_utils
+
+    from vigie.streams.flink_job import add_missing_jars
+
+    class JavaConfiguration:
+        def __init__(self, jars: str) -> None:
+            self.jars = jars
+
+        def getString(self, key: str, default: str) -> str:  # the Java method's name
+            assert key == "pipeline.jars"
+            return self.jars or default
+
+    class Environment:
+        _j_stream_execution_environment = "j-env"
+
+        def __init__(self) -> None:
+            self.added: list[str] = []
+
+        def add_jars(self, *jars: str) -> None:
+            self.added.extend(jars)
+
+    connector = Path("/opt/vigie/deploy/jars/flink/flink-sql-connector-kafka-5.0.0-2.2.jar")
+    python_jar = "file:/opt/flink/opt/flink-python-2.2.1.jar"
+    for submitted, wanted in (
+        (f"{python_jar};file:{connector}", []),  # `flink run -j` gave it (java.io.File URL form)
+        (f"['{python_jar}', 'file://{connector}']", []),  # list form, file:// URL
+        (f"{python_jar};local://{connector}", []),  # the operator's local:// scheme
+        (python_jar, [connector.as_uri()]),  # PythonDriver under the operator: only its own jar
+        ("", [connector.as_uri()]),
+    ):
+        configuration = JavaConfiguration(submitted)
+        monkeypatch.setattr(pyflink.util.java_utils, "get_j_env_configuration", lambda _, c=configuration: c)
+        env = Environment()
+        added = add_missing_jars(env, [connector])  # type: ignore[arg-type]
+        assert env.added == wanted, submitted
+        assert [p.as_uri() for p in added] == wanted
+
+
+def test_cluster_mode_refuses_to_run_outside_flink_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--cluster` started on its own would silently run in a local MiniCluster: a clear error instead."""
+    monkeypatch.delenv("PYFLINK_GATEWAY_PORT", raising=False)
+    with pytest.raises(RuntimeError, match=re.escape("flink run -m HOST:PORT -pym vigie.streams.flink_cli")):
+        build_job(FlinkJobSettings(cluster=True))
+
+
+def test_vigie_flink_run_cluster_outside_flink_run_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    monkeypatch.delenv("PYFLINK_GATEWAY_PORT", raising=False)
+    result = CliRunner().invoke(flink_app, ["run", "--cluster", "--bootstrap", "127.0.0.1:9"])
+    assert result.exit_code == 2, result.output  # a usage error, not a traceback
+    text = " ".join(re.sub("[\u2500-\u257f]", " ", result.output).split())  # rich's box, wrapped lines joined
+    assert "--cluster" in text and "flink run -m HOST:PORT" in text, text
