@@ -180,13 +180,15 @@ def main() -> None:
         ],
         notes=[
             f"{args.workers} worker(s), {args.partitions} partition(s) per topic, batches of {args.batch}, "
-            f"sink {args.sink}; {len(expected):,} events scored ({messages:,} score messages, one per score).",
+            f"sink {args.sink}; {len(expected):,} events scored ({messages:,} score messages, one per score); "
+            f"detectors: {', '.join(d.name for d in pipeline.detectors)} (the worker's defaults), learned fusion.",
             "Drain time: from the first score on the scores topic until every scored event has its score set "
             "there; each event crosses two agents (ingest, fuse) and one internal topic (fusion). Workers' CPU: "
             "user + system seconds of the worker processes over the drain (robust to the machine's other load). "
-            "The earlier three-agent topology (ingest, score, fuse; units and fusion topics), measured the same way "
-            "on 2026-11-22: 1,755 events per worker CPU-second. Per event, the worker spends about a quarter in the "
-            "pipeline, a fifth validating (pydantic), the rest mostly in Faust's per-message consumer path. "
+            "Earlier figures, the undervaluation detector alone (the default until 2026-11-22): 1,755 events per "
+            "worker CPU-second with the three-agent topology (ingest, score, fuse), 2,916 with two agents; the "
+            "worker then spent about a quarter of each event in the pipeline, a fifth validating (pydantic), the "
+            "rest in Faust's per-message consumer path. With all five detectors the pipeline dominates. "
             "Start-up includes joining the group, recovering the tables and importing the models; work on the "
             "backlog starts before the first score comes out (more so with several workers, which rebalance), so "
             "the drain rate flatters and the conservative rate undersells: the truth lies between.",
