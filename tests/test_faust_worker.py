@@ -492,7 +492,7 @@ def test_two_workers_split_the_partitions_and_one_takes_over_from_the_other(depl
     names, bootstrap = deployment.names, deployment.bootstrap
     partitions = 2
     create_topics(bootstrap, names, partitions=partitions)
-    events, expected = _generated(seed=29, hours=2, rate=250)
+    events, expected = _generated(seed=29, hours=1, rate=250)
     half = len(events) * 6 // 10
     fusion = (names.fusion, deployment.fusion_partition(partitions))
 
@@ -528,7 +528,7 @@ def test_two_workers_split_the_partitions_and_one_takes_over_from_the_other(depl
         held = deployment.members()[survivor.client_id]
         assert {(t, p) for t in names.inputs for p in range(partitions)} <= held
         _publish(bootstrap, names, events[half:])
-        reader.until(lambda r: set(r.scores_by_id()) >= expected, 240, [survivor])
+        reader.until(lambda r: set(r.scores_by_id()) >= expected, 300, [survivor])
         committed = _AllInputsCommitted(deployment, partitions)
         _until(committed, "every input committed", 120, [survivor])
         reader.drain(1.0)

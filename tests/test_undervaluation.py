@@ -131,7 +131,7 @@ def test_multi_item_declaration_scores_each_item() -> None:
     data = declaration_dict()
     base = data["goods_items"][0]
     data["goods_items"] = [dict(base, item_number=n, cn_code=cn) for n, cn in ((1, "61091000"), (2, "64029100"))]
-    pipeline = ScoringPipeline()
+    pipeline = ScoringPipeline([UndervaluationDetector()])
     scores = pipeline.process(ImportDeclaration.model_validate(data)).scores
     assert [s.item_number for s in scores] == [1, 2]
     assert len({s.score_id for s in scores}) == 2
