@@ -287,8 +287,9 @@ def record_steps(steps: list[Step], args: argparse.Namespace) -> None:
         f"--partitions {args.partitions}",
         table=[header, *[tuple(row.values()) for row in rows]],
         notes=[
-            f"One worker (default batching: up to 2,000 messages, cut when none are waiting, per agent; checkpoints "
-            f"every 5 s at least), {args.partitions} partition(s). Warm-up: the generated stream up to its first "
+            f"One worker (its default detectors, all five, and the learned fusion; default batching: up to 2,000 "
+            f"messages, cut when none are waiting, per agent; checkpoints every 5 s at least), {args.partitions} "
+            f"partition(s). Warm-up: the generated stream up to its first "
             "5,000 events that are mostly declarations (ENS, filed days ahead, open it), drained; then each rate "
             f"publishes the next events in order for {args.seconds:g} s. Latency: from the hand-over to the "
             "producer to the first score read back (every declaration) or to the alert (the few events that raise "
