@@ -2,32 +2,115 @@
 
 A River pipeline in three parts, kept apart on purpose:
 
-* :func:`make_scaler`: ``preprocessing.StandardScaler`` learns the mean and variance of every
-  feature from *every* scored subject (no label needed), so that the features keep the
-  scale of the whole flow rather than of the few items that were controlled;
+* :class:`FeatureScaler` (:func:`make_scaler`): the running mean and variance of every
+  feature, learned from *every* scored subject (no label needed), so that the features keep
+  the scale of the whole flow rather than of the few items that were controlled. It does the
+  float operations of River's ``preprocessing.StandardScaler`` in the same order, on lists in
+  a fixed feature order instead of dicts (it runs for every subject), and checkpoints as
+  that River object;
 * :func:`make_classifier`: ``linear_model.LogisticRegression`` learns only from control
   outcomes (positive or negative), on the scaled features;
 * :func:`make_regressor`: ``linear_model.LinearRegression`` learns only from positive
   outcomes that report the EUR recovered: how far (in log10 EUR) the detectors' estimate of
   the revenue at stake is from what controls actually recover.
 
-Both are plain River objects. They pickle, and :func:`dumps_model` / :func:`loads_model`
-carry them inside the JSON checkpoint as base64 text (a checkpoint is therefore code to the
-unpickler: load only checkpoints this engine wrote).
+The two models are plain River objects. They (and the scaler, as its River twin) pickle, and
+:func:`dumps_model` / :func:`loads_model` carry them inside the JSON checkpoint as base64 text (a
+checkpoint is therefore code to the unpickler: load only checkpoints this engine wrote).
 """
 
 from __future__ import annotations
 
 import base64
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 from river import linear_model, optim, preprocessing
 
 
-def make_scaler() -> preprocessing.StandardScaler:
-    """Running mean and variance per feature; ``transform_one`` gives z-scores (0 where the variance is 0)."""
-    return preprocessing.StandardScaler()
+class FeatureScaler:
+    """Running mean and variance of each of ``names``, read and fed as float sequences in that order.
+
+    Bit for bit what ``river.preprocessing.StandardScaler`` (River 0.23) gives on dicts with
+    these keys: Welford's update with the same float operations in the same order, z-scores
+    ``(x - mean) / variance ** 0.5``, 0 where the variance is 0. The standard deviations are
+    kept beside the variances (updated by :meth:`learn_one`) so that a transform takes no root.
+
+    >>> scaler = make_scaler(("a", "b"))
+    >>> scaler.learn_one([1.0, 5.0])
+    >>> scaler.learn_one([3.0, 5.0])
+    >>> scaler.transform_one([4.0, 7.0])  # a: mean 2, variance 1; b: no variance
+    [2.0, 0.0]
+    """
+
+    __slots__ = ("counts", "means", "names", "stds", "touched", "variances")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names: tuple[str, ...] = tuple(names)
+        self.counts: list[int] = [0] * len(self.names)
+        """Values learned per feature (River counts per key; here all are fed together)."""
+        self.means: list[float] = [0.0] * len(self.names)
+        self.variances: list[float] = [0.0] * len(self.names)
+        """Population variance (divided by the count), as River keeps it."""
+        self.stds: list[float] = [0.0] * len(self.names)
+        """``variance ** 0.5``, the divisor of :meth:`transform_one`."""
+        self.touched = False
+        """Whether River's scaler would hold the keys yet (its ``transform_one`` adds them at 0, unlearned)."""
+
+    def learn_one(self, x: Sequence[float]) -> None:
+        """Update every feature with ``x`` (its first ``len(names)`` values; more are ignored)."""
+        counts, means, variances, stds = self.counts, self.means, self.variances, self.stds
+        if len(x) < len(means):
+            raise ValueError(f"{len(x)} values for {len(means)} features {self.names}")
+        for i in range(len(means)):  # in place, by index: the fastest plain-Python form for ~25 features
+            xi, old, v = x[i], means[i], variances[i]
+            n = counts[i] + 1
+            mean = old + (xi - old) / n
+            v = v + ((xi - old) * (xi - mean) - v) / n
+            counts[i] = n
+            means[i] = mean
+            variances[i] = v
+            stds[i] = v**0.5
+        self.touched = True
+
+    def transform_one(self, x: Sequence[float]) -> list[float]:
+        """The z-scores of ``x`` (its first ``len(names)`` values), in feature order."""
+        self.touched = True
+        return [(xi - m) / s if s else 0.0 for xi, m, s in zip(x, self.means, self.stds, strict=False)]
+
+    def to_river(self) -> preprocessing.StandardScaler:
+        """The River ``StandardScaler`` that would have learned the same: equal state, the same pickle."""
+        scaler = preprocessing.StandardScaler()
+        if self.touched:
+            for name, n, mean, variance in zip(self.names, self.counts, self.means, self.variances, strict=True):
+                if n:  # a Counter holds a key once it was counted
+                    scaler.counts[name] = n
+                scaler.means[name] = mean
+                scaler.vars[name] = variance
+        return scaler
+
+    @classmethod
+    def from_river(cls, names: Sequence[str], scaler: Any) -> FeatureScaler:
+        """The scaler of ``names`` holding what a River ``StandardScaler`` learned (checkpoints store that)."""
+        if not isinstance(scaler, preprocessing.StandardScaler) or not scaler.with_std:
+            raise ValueError(f"checkpoint scaler is {type(scaler).__name__}, not a River StandardScaler with std")
+        own = cls(names)
+        unknown = set(scaler.counts) | set(scaler.means) | set(scaler.vars)
+        unknown.difference_update(own.names)
+        if unknown:
+            raise ValueError(f"checkpoint scaler has features {sorted(unknown)} this fusion does not have")
+        own.counts = [scaler.counts.get(name, 0) for name in own.names]
+        own.means = [scaler.means.get(name, 0.0) for name in own.names]  # .get: a defaultdict read would add keys
+        own.variances = [scaler.vars.get(name, 0.0) for name in own.names]
+        own.stds = [v**0.5 for v in own.variances]
+        own.touched = bool(scaler.means or scaler.counts)
+        return own
+
+
+def make_scaler(names: Sequence[str] = ()) -> FeatureScaler:
+    """Running mean and variance of the features ``names``; ``transform_one`` gives z-scores (0 without variance)."""
+    return FeatureScaler(names)
 
 
 def make_classifier(

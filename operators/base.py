@@ -27,10 +27,9 @@ import orjson
 from vigie.schemas import RiskScore
 
 _SCORE_NAMESPACE = uuid.UUID("6f1c1d0e-5b0a-4e55-9d7c-0b7e3a9c2f10")
-_NAMESPACE_BYTES = _SCORE_NAMESPACE.bytes
-_SCORE_FIELDS = frozenset(RiskScore.model_fields)
+_NAMESPACE_HASH = hashlib.sha1(_SCORE_NAMESPACE.bytes)  # SHA-1 state after the namespace: each id copies it
+_fields_set = set(RiskScore.model_fields).copy  # a fresh set of every field name, per score
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-_sha1 = hashlib.sha1
 _set_attribute = object.__setattr__
 _new_score = RiskScore.__new__
 
@@ -171,7 +170,7 @@ class Operator(ABC, Generic[UnitT, StateT]):
         # What RiskScore.model_construct does, without its per-field loop (half the cost, on every item).
         built = _new_score(RiskScore)
         _set_attribute(built, "__dict__", values)
-        _set_attribute(built, "__pydantic_fields_set__", set(_SCORE_FIELDS))
+        _set_attribute(built, "__pydantic_fields_set__", _fields_set())
         _set_attribute(built, "__pydantic_extra__", None)
         _set_attribute(built, "__pydantic_private__", None)
         return built
@@ -216,6 +215,8 @@ def score_id(detector: str, subject_event_id: str, item_number: int | None) -> s
     >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(_SCORE_NAMESPACE, "undervaluation/e1/2"))
     True
     """
-    h = _sha1(_NAMESPACE_BYTES + f"{detector}/{subject_event_id}/{item_number or 0}".encode()).hexdigest()
+    digest = _NAMESPACE_HASH.copy()
+    digest.update(f"{detector}/{subject_event_id}/{item_number or 0}".encode())
+    h = digest.hexdigest()
     # Version 5 replaces the 13th hex digit; the RFC 4122 variant sets the top two bits of the 17th to 10.
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self
 
-from vigie.models.fusion import dumps_model, loads_model, make_classifier, make_regressor, make_scaler
+from vigie.models.fusion import (
+    FeatureScaler,
+    dumps_model,
+    loads_model,
+    make_classifier,
+    make_regressor,
+    make_scaler,
+)
 from vigie.schemas import Alert, RiskScore
 
 from .base import OperatorState
@@ -340,7 +347,8 @@ class LearnedFusion:
     **Features** (fixed order, :attr:`feature_names`): for each subject type and detector,
     the log-odds of the detector's highest score over the subject's items
     (``"declaration:undervaluation"``, clipped to +-6.9; -6.9 when it did not score), scaled
-    by a running :class:`~river.preprocessing.StandardScaler` fed with every subject; then
+    by a running standard scaler fed with every subject (:class:`~vigie.models.fusion.FeatureScaler`,
+    River's ``StandardScaler`` bit for bit, on lists); then
     :data:`CONTEXT_FEATURES`, scaled alike but for the first two, left as they are:
     ``prior_logit``, the log-odds of the noisy-OR of the scores (the label-free prior);
     ``operator_logit``, the evidence of the operator's control record
@@ -430,6 +438,10 @@ class LearnedFusion:
         self.detectors: tuple[str, ...] = ()
         self.feature_names: tuple[str, ...] = ()
         self._index: dict[str, int] = {}
+        self._unscaled: tuple[int, ...] = ()
+        self._slots: dict[str, dict[str, int]] = {}
+        self._blank: list[float] = []
+        self._fired: tuple[tuple[str, tuple[int, ...]], ...] = ()
         self._monotone: tuple[str, ...] = ()
         self.last_decision: FusionDecision | None = None
         """The latest :meth:`decide` result (evaluation reads its expected EUR)."""
@@ -440,12 +452,19 @@ class LearnedFusion:
         self.detectors = tuple(detectors)
         self.feature_names = tuple(f"{t}:{d}" for t in SUBJECT_TYPES for d in self.detectors) + CONTEXT_FEATURES
         self._index = {name: i for i, name in enumerate(self.feature_names)}
+        self._unscaled = tuple(self._index[name] for name in _UNSCALED)
+        self._slots = {t: {d: self._index[f"{t}:{d}"] for d in self.detectors} for t in SUBJECT_TYPES}
+        self._blank = [_FLOOR_LOGIT] * (len(SUBJECT_TYPES) * len(self.detectors)) + [0.0] * len(CONTEXT_FEATURES)
+        # Per detector, the revenue model's "fired" input and the positions of its score in each subject type.
+        self._fired = tuple(
+            (f"fired:{d}", tuple(self._index[f"{t}:{d}"] for t in SUBJECT_TYPES)) for d in self.detectors
+        )
         self._monotone = (*self.feature_names[: len(SUBJECT_TYPES) * len(self.detectors)], *_UNSCALED, "log_stake")
         self.reset()
 
     def reset(self) -> None:
         """Forget everything learned."""
-        self.scaler = make_scaler()
+        self.scaler = make_scaler(self.feature_names)
         self.classifier = make_classifier(self.learning_rate, self.l2, 0.0, dict.fromkeys(_UNSCALED, 1.0))
         self.severity = make_regressor(self.severity_rate, self.l2)
         self.operators = OperatorRecord()
@@ -459,31 +478,38 @@ class LearnedFusion:
         """``"office|type"`` -> [subjects fused, exploitation alerts, exploration alerts]."""
 
     # --- model -------------------------------------------------------------------------------
-    def _model_input(self, values: Sequence[float]) -> tuple[dict[str, float], dict[str, float]]:
-        """(raw features for the scaler, model input: scaled, with the :data:`_UNSCALED` terms left raw)."""
-        x = dict(zip(self.feature_names, values[: len(self.feature_names)], strict=True))
-        z = self.scaler.transform_one(x)
-        for name in _UNSCALED:
-            z[name] = x[name]
-        return x, z
+    def _model_input(self, values: Sequence[float]) -> dict[str, float]:
+        """The classifier's input for raw features ``values`` (:attr:`feature_names` order, more ignored):
+        scaled, but for the :data:`_UNSCALED` terms left raw, keyed by feature name in that order."""
+        z = self.scaler.transform_one(values)
+        for i in self._unscaled:
+            z[i] = values[i]
+        return dict(zip(self.feature_names, z, strict=True))
 
-    def _severity_input(self, x: dict[str, float]) -> dict[str, float]:
+    def _severity_input(self, values: Sequence[float]) -> dict[str, float]:
         """What the revenue model reads: EUR figures (log10, over 6: about 0-1.5), regime, type, which detectors fired.
 
         Few, bounded inputs on purpose: it learns from positive controls only (hundreds a day).
+        ``values``: the raw features, in :attr:`feature_names` order.
         """
-        stake, declared, relief = x["log_stake"] / 6.0, x["log_declared"] / 6.0, x["relief"]
+        index = self._index
+        stake, declared = values[index["log_stake"]] / 6.0, values[index["log_declared"]] / 6.0
+        relief = values[index["relief"]]
         out = {"log_stake": stake, "log_declared": declared, "relief": relief, "relief_declared": relief * declared,
-               "is_declaration": x["is_declaration"], "is_excise": x["is_excise"]}  # fmt: skip
+               "is_declaration": values[index["is_declaration"]], "is_excise": values[index["is_excise"]]}  # fmt: skip
         suspicious = _clipped_logit(self.suspicion)
-        for d in self.detectors:  # only the subject's own type has scores: the others sit at the floor
-            fired = any(x[f"{t}:{d}"] >= suspicious for t in SUBJECT_TYPES)
-            out[f"fired:{d}"] = 1.0 if fired else 0.0
+        for name, slots in self._fired:  # only the subject's own type has scores: the others sit at the floor
+            out[name] = 1.0 if any(values[i] >= suspicious for i in slots) else 0.0
         return out
 
-    def _log_stake(self, x: dict[str, float]) -> float:
+    def _log_stake(self, values: Sequence[float]) -> float:
         """log10(1 + EUR at stake if irregular): the detectors' stake plus the learned correction."""
-        return min(max(x["log_stake"] + self.severity.predict_one(self._severity_input(x)), 0.0), _MAX_LOG_EUR)
+        severity = self.severity
+        if len(severity._weights):
+            correction = severity.predict_one(self._severity_input(values))
+        else:  # nothing learned yet: River would give its empty dot product (0) plus the intercept
+            correction = 0.0 + severity.intercept
+        return min(max(values[self._index["log_stake"]] + correction, 0.0), _MAX_LOG_EUR)
 
     def learn(
         self, features: array[float], positive: bool, selection: str = "", recovered_eur: float | None = None
@@ -496,7 +522,7 @@ class LearnedFusion:
         if len(features) != len(self.feature_names) + 1:
             return  # scored before this fusion was bound (or by another one): nothing to learn from
         self.operators.add(features[-1], positive)
-        x, z = self._model_input(features)
+        z = self._model_input(features)
         self.classifier.learn_one(z, positive, w=self.label_weights.get(selection, 1.0))
         weights = self.classifier._weights  # River's weight vector takes item assignment
         for name in self._monotone:
@@ -505,8 +531,8 @@ class LearnedFusion:
         self.labels += 1
         self.positives += int(positive)
         if positive and recovered_eur is not None and recovered_eur > 0:
-            missed = math.log10(1.0 + recovered_eur) - x["log_stake"]  # what the detectors' stake misses
-            self.severity.learn_one(self._severity_input(x), missed)
+            missed = math.log10(1.0 + recovered_eur) - features[self._index["log_stake"]]  # what the stake misses
+            self.severity.learn_one(self._severity_input(features), missed)
             self.recoveries += 1
 
     def _draw(self, event_id: str) -> float:
@@ -515,11 +541,11 @@ class LearnedFusion:
 
     def _features(self, scores: Sequence[RiskScore], subject: Subject, per_detector: dict[str, float]) -> array[float]:
         clean = 1.0
-        for score in per_detector.values():
-            clean *= 1.0 - score
-        values = [_FLOOR_LOGIT] * (len(SUBJECT_TYPES) * len(self.detectors)) + [0.0] * len(CONTEXT_FEATURES)
+        values = self._blank.copy()
+        slots = self._slots.get(subject.subject_type, {})  # where this subject type's scores go
         for detector, score in per_detector.items():
-            i = self._index.get(f"{subject.subject_type}:{detector}")
+            clean *= 1.0 - score
+            i = slots.get(detector)
             if i is not None:
                 values[i] = _clipped_logit(score)
         key = operator_key(subject.operator_eori)
@@ -533,9 +559,8 @@ class LearnedFusion:
             values[base + 5 + SUBJECT_TYPES.index(subject.subject_type)] = 1.0
         values[base + 8] = _clipped_logit(subject.ens_risk) if subject.ens_risk is not None else 0.0
         values[base + 9] = math.log1p(len({s.item_number or 0 for s in scores}))
-        features = array("d", values)
-        features.append(key)
-        return features
+        values.append(key)
+        return array("d", values)
 
     # --- deciding ----------------------------------------------------------------------------
     def decide(self, scores: Sequence[RiskScore], subject: Subject, queue: OfficeQueueState) -> FusionDecision:
@@ -547,9 +572,9 @@ class LearnedFusion:
                 per_detector[s.detector] = s.score
                 best[s.detector] = s
         features = self._features(scores, subject, per_detector)
-        x, z = self._model_input(features)
+        z = self._model_input(features)
         p = round(self.classifier.predict_proba_one(z)[True], 6)
-        stake = round(10.0 ** self._log_stake(x) - 1.0, 2)
+        stake = round(10.0 ** self._log_stake(features) - 1.0, 2)
         decision = FusionDecision(p, features, None, round(p * stake, 2), stake, subject.event_id)
         priority = self.priority(decision, subject.subject_type)
         self.last_decision = decision
@@ -578,7 +603,7 @@ class LearnedFusion:
             self.type_windows[subject.subject_type].add(priority)
         counts = self.counts.setdefault(key, [0, 0, 0])
         counts[0] += 1
-        self.scaler.learn_one(x)
+        self.scaler.learn_one(features)
         if selection is None:
             return decision
         counts[1 if selection == "exploitation" else 2] += 1
@@ -674,7 +699,7 @@ class LearnedFusion:
         """Everything learned, JSON-able; the River scaler and models as base64 pickles."""
         return {
             "features": list(self.feature_names),
-            "scaler": dumps_model(self.scaler),
+            "scaler": dumps_model(self.scaler.to_river()),  # the River twin: checkpoints keep their format
             "classifier": dumps_model(self.classifier),
             "severity": dumps_model(self.severity),
             "labels": self.labels,
@@ -691,7 +716,7 @@ class LearnedFusion:
             raise ValueError(
                 f"checkpoint fusion features {data['features']} do not match this pipeline's {list(self.feature_names)}"
             )
-        self.scaler = loads_model(data["scaler"])
+        self.scaler = FeatureScaler.from_river(self.feature_names, loads_model(data["scaler"]))
         self.classifier = loads_model(data["classifier"])
         self.severity = loads_model(data["severity"])
         self.labels, self.positives, self.recoveries = data["labels"], data["positives"], data["recoveries"]

@@ -129,7 +129,8 @@ class ScoringPipeline:
     # --- processing ------------------------------------------------------------------------------
     def process(self, event: Any) -> PipelineResult:
         self.events_seen += 1
-        if epoch_seconds(event.event_time) > self._watermark_s:  # as comparing the aware datetimes, faster
+        when = epoch_seconds(event.event_time)
+        if when > self._watermark_s:  # as comparing the aware datetimes, faster
             self.watermark = event.event_time
         if isinstance(event, EntrySummaryDeclaration):
             self.ens.register(event)
@@ -141,9 +142,12 @@ class ScoringPipeline:
         scores = result.scores
         linked = self.ens.link(event) if isinstance(event, ImportDeclaration) else None
         stores = self.stores
-        for detector, wants_link in zip(self.detectors, self._link, strict=True):
-            source = linked if wants_link and linked is not None else event
-            scores.extend(detector.process(source, stores[detector.name]))
+        if linked is None:
+            for detector in self.detectors:
+                scores.extend(detector.process(event, stores[detector.name]))
+        else:
+            for detector, wants_link in zip(self.detectors, self._link, strict=True):
+                scores.extend(detector.process(linked if wants_link else event, stores[detector.name]))
         if isinstance(event, ControlOutcome):
             self._learn_outcome(event)
         if not result.scores:
@@ -153,7 +157,7 @@ class ScoringPipeline:
             if isinstance(event, ImportDeclaration):
                 queue = self._queue(event.customs_office)
                 result.alert = self.alerting.decide(result.scores, self.ens.lookup(event.ens_reference), queue)
-            self._remember(event, result, None)
+            self._remember(event, result, when, None)
             return result
         subject = self._subject(event, result.scores)
         if subject is None:
@@ -163,7 +167,7 @@ class ScoringPipeline:
         result.fused_risk = decision.probability
         if isinstance(event, EntrySummaryDeclaration):
             self.ens_risk[event.ens_reference] = decision.probability
-        self._remember(event, result, decision.features, subject)
+        self._remember(event, result, when, decision.features, subject)
         return result
 
     def _queue(self, office: str) -> OfficeQueueState:
@@ -190,8 +194,13 @@ class ScoringPipeline:
                            event.operator_eori)  # fmt: skip
         return None
 
-    def _remember(self, event: Any, result: PipelineResult, features: Any, subject: Subject | None = None) -> None:
-        """Keep what the outcome of this subject will need to teach the fusion and the detectors."""
+    def _remember(
+        self, event: Any, result: PipelineResult, when: float, features: Any, subject: Subject | None = None
+    ) -> None:
+        """Keep what the outcome of this subject will need to teach the fusion and the detectors.
+
+        ``when``: the event time in epoch seconds (the caller has it already).
+        """
         if isinstance(event, ControlOutcome):
             return
         first = result.scores[0]
@@ -203,7 +212,7 @@ class ScoringPipeline:
                 if context is not None:
                     contexts[detector.name] = context
         eta = subject.eta if subject is not None else None
-        expires = self.labels.expiry(epoch_seconds(event.event_time), eta.timestamp() if eta is not None else None)
+        expires = self.labels.expiry(when, eta.timestamp() if eta is not None else None)
         selection = result.alert.selection if result.alert is not None else ""
         self.labels.remember(
             event.event_id, first.subject_type, first.subject_reference, expires,

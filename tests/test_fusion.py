@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from collections import Counter
 from datetime import timedelta
@@ -10,9 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
+from river import preprocessing
 
 from tests.factories import T0
 from vigie.models.feedback import LabelJoin
+from vigie.models.fusion import FeatureScaler, dumps_model, loads_model
 from vigie.operators import NoisyOrAlerting, OfficeQueueState, ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
 from vigie.operators.fusion import (
@@ -148,6 +151,51 @@ def test_subject_context_is_a_feature() -> None:
     y = dict(zip(fusion.feature_names, plain.features, strict=False))
     assert y["log_declared"] == 0.0 and y["relief"] == 0.0
     assert len(relieved.features) == len(fusion.feature_names) + 1  # then the operator key
+
+
+def test_feature_scaler_is_rivers_standard_scaler_bit_for_bit() -> None:
+    """Same z-scores and the same pickle as River's StandardScaler fed the same values as dicts."""
+    names = ("a", "b", "c", "d")
+    rng = random.Random(5)
+    river, own = preprocessing.StandardScaler(), FeatureScaler(names)
+    assert dumps_model(own.to_river()) == dumps_model(river)  # untouched: empty, as River's
+    for i in range(3000):
+        values = [rng.choice([rng.gauss(2.0, 7.0), -6.9, 0.0, 1.0, rng.uniform(0.0, 9.0)]) for _ in names]
+        x = array("d", [*values, 12345.0])  # a trailing operator key, as fusion features carry, is ignored
+        assert own.transform_one(x) == list(river.transform_one(dict(zip(names, values, strict=True))).values())
+        if i == 0:
+            assert dumps_model(own.to_river()) == dumps_model(river)  # transformed, not learned: keys at 0
+        river.learn_one(dict(zip(names, values, strict=True)))
+        own.learn_one(x)
+    assert dumps_model(own.to_river()) == dumps_model(river)
+    back = FeatureScaler.from_river(names, loads_model(dumps_model(river)))
+    assert (back.counts, back.means, back.variances, back.stds) == (own.counts, own.means, own.variances, own.stds)
+    with pytest.raises(ValueError, match="features"):
+        FeatureScaler.from_river(("a", "b"), river)
+    with pytest.raises(ValueError, match="StandardScaler"):
+        FeatureScaler.from_river(names, preprocessing.MinMaxScaler())
+    with pytest.raises(ValueError, match="3 values for 4 features"):
+        own.learn_one([1.0, 2.0, 3.0])
+
+
+def test_checkpoint_scaler_is_a_river_standard_scaler() -> None:
+    """Checkpoints hold the scaler as River's StandardScaler: one written before the list-based scaler loads."""
+    fusion = _fusion()
+    queue = OfficeQueueState()
+    river = preprocessing.StandardScaler()  # what the scaler was before: River's, fed dicts
+    for i in range(50):
+        decision = fusion.decide(
+            [_score("undervaluation", (i % 10) / 10, f"s{i}", stake=10.0 * i)], _subject(f"s{i}"), queue
+        )
+        river.learn_one(dict(zip(fusion.feature_names, decision.features, strict=False)))
+    state = fusion.state_dict()
+    assert state["scaler"] == dumps_model(river)  # the same bytes as the River scaler's
+    restored = _fusion()
+    restored.load_state_dict(orjson.loads(orjson.dumps({**state, "scaler": dumps_model(river)})))
+    scores = [_score("undervaluation", 0.8, "next", stake=5_000.0), _score("ens_pre_arrival", 0.4, "next")]
+    ahead, again = fusion.decide(scores, _subject("next"), queue), restored.decide(scores, _subject("next"), queue)
+    assert (again.probability, list(again.features)) == (ahead.probability, list(ahead.features))
+    assert restored.state_dict() == fusion.state_dict()
 
 
 def test_operator_record_weighs_an_operators_controls() -> None:
