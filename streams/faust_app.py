@@ -742,6 +742,9 @@ def worker_command(
         client_id=client_id,
         log_level=log_level,
     )
+    from .runner import tune_garbage_collector
+
+    tune_garbage_collector()
     run_worker(settings)
 
 

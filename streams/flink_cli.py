@@ -31,6 +31,7 @@ from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_ev
 from vigie.sinks.open import open_sink
 
 from .flink_job import FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
+from .runner import tune_garbage_collector
 from .topics import DEFAULT_PREFIX
 
 __all__ = ["SinkLoader", "flink_app", "open_sink", "resolve_checkpoint"]
@@ -270,6 +271,7 @@ def run_command(
             "MiniCluster",
             param_hint="--cluster",
         )
+    tune_garbage_collector()  # the job's Python operators run in this process (thread mode)
     job = build_job(settings)
     client = job.submit()
     typer.echo(f"job {client.get_job_id()} submitted ({', '.join(settings.input_topics)})", err=True)

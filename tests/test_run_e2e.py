@@ -185,3 +185,11 @@ def test_crash_and_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path) -
     # holds the same score for every copy of an id.
     reference_by_id = {r["score_id"]: (r["score"], r["reason"]) for r in reference_scores}
     assert all(reference_by_id[r["score_id"]] == (r["score"], r["reason"]) for r in resumed_scores)
+
+
+def test_vigie_run_tunes_the_garbage_collector(generated_run: Path) -> None:
+    import gc
+
+    from vigie.streams.runner import GC_THRESHOLDS
+
+    assert gc.get_threshold() == GC_THRESHOLDS  # set by the `vigie run` of the fixture, in this process
