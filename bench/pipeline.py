@@ -63,8 +63,7 @@ def main() -> None:
         result = pipeline.process(event)
         buffer.append(event)
         buffer.extend(result.scores)
-        if result.alert is not None:
-            buffer.append(result.alert)
+        buffer.extend(result.alerts)
 
     full = ScoringPipeline(all_detectors())
     buffer: list[Any] = []

@@ -77,9 +77,7 @@ def scored_stream(hours: float, detectors: str) -> list[list[Any]]:
     per_event: list[list[Any]] = []
     for event, _ in generate(GeneratorConfig(seed=7, duration_hours=hours)):
         result = pipeline.process(event)
-        records: list[Any] = [event, *result.scores]
-        if result.alert is not None:
-            records.append(result.alert)
+        records: list[Any] = [event, *result.scores, *result.alerts]
         per_event.append(records)
     return per_event
 

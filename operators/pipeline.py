@@ -54,7 +54,18 @@ class PipelineResult:
     event: Any
     scores: list[RiskScore] = field(default_factory=list)
     alert: Alert | None = None
+    """The alert on this event (its own subject), if any."""
     fused_risk: float | None = None
+    later_alerts: list[Alert] = field(default_factory=list)
+    """Alerts on *earlier* subjects this event revealed something about (a later finding, e.g. an
+    e-AD found short when its receipt arrives): each names its own subject, not this event."""
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert this event raised: its own first, then the later findings' (runtimes emit them all)."""
+        if not self.later_alerts:
+            return [self.alert] if self.alert is not None else []
+        return [self.alert, *self.later_alerts] if self.alert is not None else list(self.later_alerts)
 
 
 def default_detectors() -> list[Operator[Any, Any]]:
@@ -159,16 +170,39 @@ class ScoringPipeline:
                 result.alert = self.alerting.decide(result.scores, self.ens.lookup(event.ens_reference), queue)
             self._remember(event, result, when, None)
             return result
-        subject = self._subject(event, result.scores)
+        own = scores
+        event_id = event.event_id
+        if any(score.subject_event_id != event_id for score in scores):
+            own = [score for score in scores if score.subject_event_id == event_id]
+            self._decide_later(event_id, scores, result)
+        if not own:
+            return result
+        subject = self._subject(event, own)
         if subject is None:
             return result
-        decision = self.alerting.decide(result.scores, subject, self._queue(subject.office))
+        decision = self.alerting.decide(own, subject, self._queue(subject.office))
         result.alert = decision.alert
         result.fused_risk = decision.probability
         if isinstance(event, EntrySummaryDeclaration):
             self.ens_risk[event.ens_reference] = decision.probability
-        self._remember(event, result, when, decision.features, subject)
+        self._remember(event, result, when, decision.features, subject, own)
         return result
+
+    def _decide_later(self, event_id: str, scores: list[RiskScore], result: PipelineResult) -> None:
+        """Fuse each earlier subject's later findings on their own (as a deadline's scores are): an alert
+        names the subject the finding is about, with that subject's office, operator and time."""
+        assert isinstance(self.alerting, LearnedFusion)
+        later: dict[str, list[RiskScore]] = {}
+        for score in scores:
+            if score.subject_event_id != event_id:
+                later.setdefault(score.subject_event_id, []).append(score)
+        for group in later.values():
+            first = group[0]
+            subject = Subject(first.subject_event_id, first.subject_type, first.subject_reference, first.office,
+                              first.event_time, first.operator_eori)  # fmt: skip
+            alert = self.alerting.decide(group, subject, self._queue(first.office)).alert
+            if alert is not None:
+                result.later_alerts.append(alert)
 
     def _queue(self, office: str) -> OfficeQueueState:
         queue = self.queues.get(office)
@@ -195,18 +229,26 @@ class ScoringPipeline:
         return None
 
     def _remember(
-        self, event: Any, result: PipelineResult, when: float, features: Any, subject: Subject | None = None
+        self,
+        event: Any,
+        result: PipelineResult,
+        when: float,
+        features: Any,
+        subject: Subject | None = None,
+        scores: list[RiskScore] | None = None,
     ) -> None:
         """Keep what the outcome of this subject will need to teach the fusion and the detectors.
 
-        ``when``: the event time in epoch seconds (the caller has it already).
+        ``when``: the event time in epoch seconds (the caller has it already); ``scores``: the
+        scores about this event's own subject (default: all of the result's).
         """
         if isinstance(event, ControlOutcome):
             return
-        first = result.scores[0]
+        scores = result.scores if scores is None else scores
+        first = scores[0]
         contexts: dict[str, Any] = {}
         for detector in self._contexts:
-            own = [s for s in result.scores if s.detector == detector.name]
+            own = [s for s in scores if s.detector == detector.name]
             if own:
                 context = detector.feedback_context(own)  # type: ignore[attr-defined]
                 if context is not None:

@@ -820,12 +820,11 @@ class LiveReplay:
             self.store.write([dead_letter(raw, where, rejected)])
             return
         result = self.pipeline.process(event)
-        records: list[BaseModel] = [event, *result.scores]
-        if result.alert is not None:
-            self.alerts += 1
-            records.append(result.alert)
+        alerts = result.alerts
+        records: list[BaseModel] = [event, *result.scores, *alerts]
+        self.alerts += len(alerts)
         self.store.write(records)
-        if result.alert is not None:
+        if alerts:
             # An officer waits for this one: store it now (alerts are ~1 % of events) and wake the watcher.
             self.store.flush()
             if self.on_alert is not None:

@@ -265,6 +265,10 @@ class PrequentialEvaluator:
         if result.alert is not None:
             self.alerts.append(AlertRecord(result.alert, self.events, truth))
             self._control(result.alert, truth)
+        for alert in result.later_alerts:  # about an earlier subject: its own truth
+            earlier = self.truths.get(alert.subject_event_id)
+            self.alerts.append(AlertRecord(alert, self.events, earlier))
+            self._control(alert, earlier)
 
     def _priority(self, event: Any, fused_risk: float | None) -> float:
         """The engine's priority for the subject it just fused (-1: none, rank by the fused probability)."""

@@ -495,8 +495,7 @@ class FuseStage:
             headers = [("vigie.id", score.score_id.encode())]
             out.messages.append(OutMessage(self.names.scores, subject, encode_event(score), headers))
         out.records.extend(result.scores)
-        if result.alert is not None:
-            alert = result.alert
+        for alert in result.alerts:
             headers = [("vigie.id", alert.alert_id.encode())]
             out.messages.append(OutMessage(self.names.alerts, alert.office.encode(), encode_event(alert), headers))
             out.records.append(alert)

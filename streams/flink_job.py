@@ -712,11 +712,12 @@ class RunPipeline(KeyedProcessFunction):  # type: ignore[misc]
         if result is not None:
             for score in result.scores:
                 yield _score_row(score)
-            alert = result.alert
+            alerts = result.alerts  # its own, then later findings' on earlier subjects
         else:
             for fields in entry[1]:
                 yield _score_row(_score(fields))
-        if alert is not None:
+            alerts = [alert] if alert is not None else []
+        for alert in alerts:
             yield ALERTS, _alert_row(alert)
         self.logged += 1
         if self.logged >= self.settings.snapshot_every:

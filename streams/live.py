@@ -44,15 +44,13 @@ class LiveAlertView:
         self._live.__exit__(exc_type, exc, tb)
 
     def on_result(self, result: PipelineResult) -> None:
-        alert = result.alert
-        if alert is None:
-            return
-        self._seq += 1
-        item = (alert.fused_risk + min(alert.eur_at_stake, 1e9) * 1e-12, self._seq, alert)
-        if len(self._alerts) < self.top:
-            heapq.heappush(self._alerts, item)
-        elif item > self._alerts[0]:
-            heapq.heapreplace(self._alerts, item)
+        for alert in result.alerts:
+            self._seq += 1
+            item = (alert.fused_risk + min(alert.eur_at_stake, 1e9) * 1e-12, self._seq, alert)
+            if len(self._alerts) < self.top:
+                heapq.heappush(self._alerts, item)
+            elif item > self._alerts[0]:
+                heapq.heapreplace(self._alerts, item)
 
     def on_progress(self, summary: RunSummary) -> None:
         self._summary = summary

@@ -136,9 +136,10 @@ class InProcessRunner:
             summary.scores += len(result.scores)
             batch.append(event)
             batch.extend(result.scores)
-            if result.alert is not None:
-                summary.alerts += 1
-                batch.append(result.alert)
+            if result.alert is not None or result.later_alerts:
+                alerts = result.alerts
+                summary.alerts += len(alerts)
+                batch.extend(alerts)
             if self.on_result is not None:
                 self.on_result(result)
             if summary.lines_read % WRITE_BATCH == 0:

@@ -526,3 +526,25 @@ def test_ens_keys_are_forgotten_sooner_than_the_import_keys() -> None:
     assert detector.evict_idle(store, heavy.eta + timedelta(days=6)) == 0
     assert detector.evict_idle(store, heavy.eta + timedelta(days=8)) == 1
     assert ens_key not in store and any(key.startswith("imp:") for key in store)
+
+
+def test_a_later_finding_alerts_on_its_own_subject_not_on_the_revealing_event() -> None:
+    from vigie.operators import ScoringPipeline
+
+    # ead-1 is never received; a record of the same consignor 7 days later reveals it (a later finding).
+    pipeline = ScoringPipeline([ExciseDetector(receipt_deadline_hours=144)])
+    for event in (
+        excise(event_id="ead-1", arc=_arc(1)),
+        excise(event_id="ead-2", arc=_arc(2), event_time=_at(24)),
+        excise(event_id="rcp-2", arc=_arc(2), event_time=_at(60), record_type="report_of_receipt",
+               received_quantity=1000.0),
+    ):  # fmt: skip
+        assert pipeline.process(event).alerts == []
+    result = pipeline.process(excise(event_id="ead-3", arc=_arc(3), event_time=_at(24 * 7)))
+    assert {s.subject_event_id for s in result.scores} == {"ead-1", "ead-3"}
+    # The revealing e-AD is judged on its own score (a consistent e-AD: the suspension prior), not on ead-1's.
+    assert result.alert is None and result.fused_risk is not None and result.fused_risk < 0.5
+    [alert] = result.later_alerts
+    assert result.alerts == [alert]
+    assert alert.subject_event_id == "ead-1" and alert.subject_reference == _arc(1)
+    assert alert.subject_type == "excise" and "no report of receipt" in alert.reasons[0]
