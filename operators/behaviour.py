@@ -820,8 +820,9 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
             )
         if "volume" in confirmed:
             base_rate = base.rate_per_day()
-            span = unit.when - min(e["t"] for e in after)
-            if base_rate is not None and len(after) >= 2 and span > 0:
+            # A late declaration (older than the onset) may leave nothing after it: no span to measure.
+            span = unit.when - min(e["t"] for e in after) if len(after) >= 2 else 0.0
+            if base_rate is not None and span > 0:
                 rate = (len(after) - 1) / span * _DAY
                 fields["declarations_per_day"] = round(rate, 2)
                 fields["baseline_declarations_per_day"] = round(base_rate, 2)

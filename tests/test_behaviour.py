@@ -305,3 +305,24 @@ def test_generated_stream_precision_recall_and_determinism() -> None:
         ids = [r for r in rows if r[2] in truth and pattern in truth[r[2]].patterns]
         recall = sum(r[1] >= 0.5 for r in ids) / len(ids)
         assert recall >= 0.3, (pattern, recall)
+
+
+def test_a_late_declaration_older_than_the_change_onset_is_scored() -> None:
+    # Partitions interleave: a declaration can arrive after later ones and predate the change's
+    # onset, while none of the importer's recent declarations in the window is after the onset
+    # (they are quarantined during a change). Its rate sentence then has nothing to span.
+    events, switched_at = _switch(random.Random(8), n_after=20)
+    detector = OperatorBehaviourDetector()
+    store: dict[str, BehaviourState] = {}
+    _run(detector, events, store)
+    state = store[IMPORTER]
+    assert state.change is not None and "volume" in state.change["signals"]
+    late = _declaration(99, switched_at - timedelta(days=2), origin="MY", value_per_kg=5.6, mass=2500.0)
+    [(_, unit)] = detector.units(late)
+    state.window = [e for e in state.window if e["t"] < unit.when]
+    fields: dict[str, float | str | None] = {}
+    sentences = detector._change_details(
+        unit, state, detector.features(unit, state), ["volume"], state.change["since"], fields
+    )
+    assert sentences == ["declaration rate well above its usual rate"]
+    assert "declarations_per_day" not in fields
