@@ -189,20 +189,27 @@ class ScoringPipeline:
         return result
 
     def _decide_later(self, event_id: str, scores: list[RiskScore], result: PipelineResult) -> None:
-        """Fuse each earlier subject's later findings on their own (as a deadline's scores are): an alert
-        names the subject the finding is about, with that subject's office, operator and time."""
-        assert isinstance(self.alerting, LearnedFusion)
+        """Fuse each earlier subject's later findings on their own (:meth:`decide_finding`)."""
         later: dict[str, list[RiskScore]] = {}
         for score in scores:
             if score.subject_event_id != event_id:
                 later.setdefault(score.subject_event_id, []).append(score)
         for group in later.values():
-            first = group[0]
-            subject = Subject(first.subject_event_id, first.subject_type, first.subject_reference, first.office,
-                              first.event_time, first.operator_eori)  # fmt: skip
-            alert = self.alerting.decide(group, subject, self._queue(first.office)).alert
+            alert = self.decide_finding(group)
             if alert is not None:
                 result.later_alerts.append(alert)
+
+    def decide_finding(self, scores: list[RiskScore]) -> Alert | None:
+        """Fuse ``scores``, all about one earlier subject (a later finding, a deadline's), on their own,
+        against the office's queue: the alert, if any, names that subject with its office, operator and
+        time, not the event that revealed it."""
+        first = scores[0]
+        queue = self._queue(first.office)
+        if isinstance(self.alerting, NoisyOrAlerting):
+            return self.alerting.decide(scores, None, queue)
+        subject = Subject(first.subject_event_id, first.subject_type, first.subject_reference, first.office,
+                          first.event_time, first.operator_eori)  # fmt: skip
+        return self.alerting.decide(scores, subject, queue).alert
 
     def _queue(self, office: str) -> OfficeQueueState:
         queue = self.queues.get(office)

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_event
 from vigie.sinks.open import open_sink
 
-from .flink_job import FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
+from .flink_job import CLUSTER_SUBMISSION, FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
 from .runner import tune_garbage_collector
 from .topics import DEFAULT_PREFIX
 
@@ -266,9 +266,7 @@ def run_command(
         typer.echo(f"restoring {settings.from_checkpoint}", err=True)
     if cluster and not submitted_by_flink():
         raise typer.BadParameter(
-            "is for a job submitted by Flink: flink run -m HOST:PORT -j CONNECTOR.jar -pym vigie.streams.flink_cli "
-            "run --cluster ... (or the Kubernetes operator's PythonDriver); without it the job runs on a local "
-            "MiniCluster",
+            f"is for a job submitted by Flink: {CLUSTER_SUBMISSION}; without it the job runs on a local MiniCluster",
             param_hint="--cluster",
         )
     tune_garbage_collector()  # the job's Python operators run in this process (thread mode)

@@ -400,21 +400,7 @@ class PipelineCore:
 
     def expired(self, scores: list[RiskScore]) -> Alert | None:
         """Fuse deadline scores (all about one overdue subject) with the office's queue; the alert, if any."""
-        from vigie.operators import NoisyOrAlerting, OfficeQueueState
-        from vigie.operators.fusion import Subject
-
-        if not scores:
-            return None
-        first = scores[0]
-        queue = self.pipeline.queues.get(first.office)
-        if queue is None:
-            queue = self.pipeline.queues[first.office] = OfficeQueueState()
-        alerting = self.pipeline.alerting
-        if isinstance(alerting, NoisyOrAlerting):
-            return alerting.decide(scores, None, queue)
-        subject = Subject(first.subject_event_id, first.subject_type, first.subject_reference, first.office,
-                          first.event_time, first.operator_eori)  # fmt: skip
-        return alerting.decide(scores, subject, queue).alert
+        return self.pipeline.decide_finding(scores) if scores else None
 
     def state_bytes(self) -> bytes:
         return orjson.dumps(self.pipeline.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -946,16 +932,20 @@ class FlinkJob:
         return self.env.execute_async(self.settings.job_name)
 
 
+CLUSTER_SUBMISSION = (
+    "flink run -m HOST:PORT -pym vigie.streams.flink_cli -j CONNECTOR.jar run --cluster ... "
+    "(or the Kubernetes operator's PythonDriver)"
+)
+"""How a job in cluster mode is started; started any other way it would run in a local MiniCluster."""
+
+
 def build_job(settings: FlinkJobSettings) -> FlinkJob:
     """Build the DataStream job described in this module's docstring (starts the Flink gateway if needed)."""
     from pyflink.table import StreamTableEnvironment
 
     if settings.cluster and not submitted_by_flink():
         # Started on its own, PyFlink would run the job in a local MiniCluster without the cluster's settings.
-        raise RuntimeError(
-            "cluster mode is for a job submitted by Flink: flink run -m HOST:PORT -pym vigie.streams.flink_cli "
-            "-j CONNECTOR.jar run --cluster ... (or the Kubernetes operator's PythonDriver)"
-        )
+        raise RuntimeError(f"cluster mode is for a job submitted by Flink: {CLUSTER_SUBMISSION}")
     _prepare_process(settings)
     conf_values = flink_configuration(settings)
     conf = Configuration()

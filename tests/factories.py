@@ -136,6 +136,21 @@ def ens(**overrides: Any) -> EntrySummaryDeclaration:
     return EntrySummaryDeclaration.model_validate(ens_dict(**overrides))
 
 
+def priced_declaration(i: int, customs_value_eur: float, **overrides: Any) -> ImportDeclaration:
+    """Declaration ``decl-NNN`` of :func:`declaration_dict`'s one item at ``customs_value_eur``, lodged
+    ``i`` minutes after :data:`T0`, quoting no ENS (a stream of these builds a reference price)."""
+    item = {**declaration_dict()["goods_items"][0], "customs_value_eur": customs_value_eur}
+    fields = {
+        "event_id": f"decl-{i:03d}",
+        "mrn": f"26FR00023{i:09d}",
+        "ens_reference": None,
+        "goods_items": [item],
+        "event_time": (T0 + timedelta(minutes=i)).isoformat(),
+        **overrides,
+    }
+    return declaration(**fields)
+
+
 def excise(**overrides: Any) -> ExciseMovement:
     return ExciseMovement.model_validate(excise_dict(**overrides))
 

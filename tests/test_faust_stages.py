@@ -17,7 +17,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from tests.factories import T0, declaration_dict, ens_dict
+from tests.factories import T0, declaration_dict, ens_dict, priced_declaration
 from vigie.operators import ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
 from vigie.schemas import RiskScore, decode_event, encode_event
@@ -319,17 +319,8 @@ def test_an_event_the_pipeline_fails_on_is_dead_lettered_and_the_stream_goes_on(
 def test_ens_arrival_gives_the_alert_its_lead_time() -> None:
     eta = T0 + timedelta(hours=30)
     events = [decode_event(orjson.dumps(ens_dict(eta=eta.isoformat())))]
-    for i in range(25):  # a reference for CN 61091000 from CN, around 2 EUR/piece
-        value = 1200.0 * (1 + 0.02 * math.sin(i))
-        item = {**declaration_dict()["goods_items"][0], "customs_value_eur": value}
-        fields = {
-            "event_id": f"decl-{i:03d}",
-            "mrn": f"26FR00023000{i:05d}A",
-            "ens_reference": None,
-            "goods_items": [item],
-            "event_time": (T0 + timedelta(minutes=i)).isoformat(),
-        }
-        events.append(decode_event(orjson.dumps(declaration_dict(**fields))))
+    # A reference for CN 61091000 from CN, around 2 EUR/piece.
+    events += [priced_declaration(i, 1200.0 * (1 + 0.02 * math.sin(i))) for i in range(25)]
     fraud_item = {**declaration_dict()["goods_items"][0], "customs_value_eur": 200.0}
     fraud = {"event_id": "decl-fraud", "goods_items": [fraud_item], "event_time": (T0 + timedelta(hours=1)).isoformat()}
     events.append(decode_event(orjson.dumps(declaration_dict(**fraud))))

@@ -28,7 +28,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.factories import T0, declaration_dict, ens_dict, excise_dict, outcome_dict
+from tests.factories import T0, declaration_dict, ens_dict, excise_dict, outcome_dict, priced_declaration
 from vigie.operators import ScoringPipeline
 from vigie.schemas import decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
@@ -303,19 +303,6 @@ def _reference(events: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return scores, alerts
 
 
-def _declaration(i: int, value: float, **overrides: Any) -> Any:
-    item = {**declaration_dict()["goods_items"][0], "customs_value_eur": value}
-    fields = {
-        "event_id": f"decl-{i:03d}",
-        "mrn": f"26FR00023{i:09d}",
-        "ens_reference": None,
-        "goods_items": [item],
-        "event_time": (T0 + timedelta(minutes=i)).isoformat(),
-        **overrides,
-    }
-    return decode_event(orjson.dumps(declaration_dict(**fields)))
-
-
 def _generated(seed: int, hours: float, rate: float) -> tuple[list[Any], set[str]]:
     """A generated stream and the ids of the scores the in-process pipeline gives it."""
     events = [event for event, _ in generate(GeneratorConfig(seed=seed, duration_hours=hours, rate_per_hour=rate))]
@@ -346,9 +333,9 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
         decode_event(orjson.dumps(ens_dict(event_id=f"ens-{i}", ens_reference=ref, eta=eta.isoformat())))
         for i, (ref, eta) in enumerate(zip(ens_refs, etas, strict=True))
     ]
-    normal = [_declaration(i, 1200.0 * (1 + 0.03 * math.sin(i))) for i in range(30)]
+    normal = [priced_declaration(i, 1200.0 * (1 + 0.03 * math.sin(i))) for i in range(30)]
     others = [decode_event(orjson.dumps(excise_dict())), decode_event(orjson.dumps(outcome_dict()))]
-    frauds = [_declaration(100 + i, 200.0, ens_reference=ref) for i, ref in enumerate(ens_refs)]
+    frauds = [priced_declaration(100 + i, 200.0, ens_reference=ref) for i, ref in enumerate(ens_refs)]
     scores, alerts = _reference([*ens_events, *normal, *others, *frauds])
     subjects = {s["subject_event_id"] for s in scores.values()}
 
