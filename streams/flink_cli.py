@@ -163,9 +163,17 @@ class SinkLoader:
 
 
 def resolve_checkpoint(spec: str | None, checkpoint_dir: Path) -> Path | None:
-    """``--from-checkpoint``: ``latest`` (newest under the checkpoint dir), a checkpoint root, or a ``chk-N``."""
+    """``--from-checkpoint``: ``latest`` (newest under the checkpoint dir), ``auto`` (the same, or a
+    fresh start when there is none yet), a checkpoint root, or a ``chk-N``.
+
+    ``auto`` is for deployments that restart the submitting container: the first submission
+    starts fresh, every later one resumes where the previous job's last checkpoint stopped.
+    Any other spec that finds no complete checkpoint is a usage error.
+    """
     if spec is None:
         return None
+    if spec == "auto":
+        return latest_checkpoint(checkpoint_dir)
     where = checkpoint_dir if spec == "latest" else Path(spec)
     found = latest_checkpoint(where)
     if found is None:
@@ -186,7 +194,11 @@ def run_command(
         str | None, typer.Option(help="Read every event type from this one topic instead of the four input topics.")
     ] = None,
     from_checkpoint: Annotated[
-        str | None, typer.Option(help="Resume from a retained checkpoint: 'latest', a checkpoint dir or a chk-N dir.")
+        str | None,
+        typer.Option(
+            help="Resume from a retained checkpoint: 'latest', a checkpoint dir or a chk-N dir; 'auto': the latest "
+            "under --checkpoint-dir if there is one, else start fresh (for restarted deployments)."
+        ),
     ] = None,
     checkpoint_dir: Annotated[Path, typer.Option(help="Where checkpoints are written.")] = Path(
         "vigie-data/flink/checkpoints"
@@ -264,6 +276,8 @@ def run_command(
         thread.start()
     if settings.from_checkpoint is not None:
         typer.echo(f"restoring {settings.from_checkpoint}", err=True)
+    elif from_checkpoint == "auto":
+        typer.echo(f"no complete checkpoint under {checkpoint_dir} yet: starting fresh", err=True)
     if cluster and not submitted_by_flink():
         raise typer.BadParameter(
             f"is for a job submitted by Flink: {CLUSTER_SUBMISSION}; without it the job runs on a local MiniCluster",

@@ -593,6 +593,8 @@ def test_compose_flink_job_submits_to_the_session_cluster(
     for service in (job, jm, tm):
         assert any(v.split(":")[1] == checkpoints for v in service["volumes"])
     assert "--state-backend" not in program  # the cluster's state.backend.type applies
+    # A restarted flink-job container resumes from the newest checkpoint in that storage (fresh the first time).
+    assert params["from_checkpoint"] == "auto"
     assert conf["python.executable"] == conf["python.client.executable"] == "python3"
     # `flink` is Flink's CLI on the image's PATH: nothing in the virtual environment (first on PATH) shadows it.
     assert not (Path(sys.executable).parent / "flink").exists()

@@ -741,6 +741,23 @@ def test_cli_rejects_bad_options_and_finds_checkpoints(tmp_path: Path) -> None:
     assert result.exit_code == 0 and result.output.strip() == str(chk)
 
 
+def test_auto_resumes_from_the_newest_checkpoint_or_starts_fresh(tmp_path: Path) -> None:
+    from vigie.streams.flink_cli import resolve_checkpoint
+
+    assert resolve_checkpoint(None, tmp_path) is None
+    assert resolve_checkpoint("auto", tmp_path) is None  # first start of a deployment: nothing to resume
+    older = tmp_path / ("a" * 32) / "chk-40"
+    newer = tmp_path / ("b" * 32) / "chk-3"  # a later job: its numbering starts again
+    incomplete = tmp_path / ("b" * 32) / "chk-4"  # being written: no _metadata yet
+    for chk in (older, newer, incomplete):
+        chk.mkdir(parents=True)
+    (older / "_metadata").write_bytes(b"x")
+    assert resolve_checkpoint("auto", tmp_path) == older
+    (newer / "_metadata").write_bytes(b"x")
+    os.utime(older / "_metadata", (1_000_000_000, 1_000_000_000))
+    assert resolve_checkpoint("auto", tmp_path) == resolve_checkpoint("latest", tmp_path) == newer
+
+
 def test_cluster_mode_leaves_the_cluster_its_own_configuration(tmp_path: Path) -> None:
     local = flink_configuration(FlinkJobSettings(checkpoint_dir=tmp_path / "chk"))
     cluster = flink_configuration(FlinkJobSettings(checkpoint_dir=tmp_path / "chk", cluster=True))
