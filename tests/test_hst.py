@@ -79,7 +79,8 @@ def test_trees_are_grown_like_rivers(seed: int, height: int, window_size: int) -
     ours = HalfSpaceTrees(FEATURES, n_trees=4, height=height, window_size=window_size, limits=LIMITS, seed=seed)
     river.learn_one(_as_dict(X[0]))
     ours.learn_one(X[0])
-    trees = ours.to_dict()["trees"]
+    trees = ours.tree_arrays()
+    assert trees is not None
     for t, root in enumerate(river.trees):
         frontier = [(0, root)]  # heap index, River node
         while frontier:
@@ -159,9 +160,42 @@ def test_vector_and_validation() -> None:
         model.learn_one(np.array([np.nan, np.nan]))
     with pytest.raises(ValueError, match="unique"):
         HalfSpaceTrees(["a", "a"])
+    data = HalfSpaceTrees(["a"], height=2, seed=0)
+    data.learn_one(np.zeros(1))
     with pytest.raises(ValueError, match="shape"):
-        data = HalfSpaceTrees(["a"], height=2, seed=0)
-        data.learn_one(np.zeros(1))
         state = data.to_dict()
-        state["trees"]["l_mass"] = state["trees"]["l_mass"][:1] * 2 + [[0]]
+        state["trees"]["l_mass"]["data"] = state["trees"]["l_mass"]["data"][:-4]  # a tree's last masses cut off
         HalfSpaceTrees.from_dict(state)
+    with pytest.raises(ValueError, match="dtype"):
+        state = data.to_dict()
+        state["trees"]["r_mass"]["dtype"] = "object"
+        HalfSpaceTrees.from_dict(state)
+    with pytest.raises(ValueError, match="shape"):  # the nested lists snapshots held before, ragged
+        state = data.to_dict()
+        state["trees"]["l_mass"] = [[0] * data.n_nodes, [0] * data.n_nodes, [0]]
+        HalfSpaceTrees.from_dict(state)
+
+
+def test_snapshots_of_the_list_format_still_load() -> None:
+    """Snapshots written before the trees were packed (nested lists) restore the same model."""
+    X = _stream(6, 700, 0.02)
+    model = HalfSpaceTrees(FEATURES, n_trees=5, height=5, window_size=100, limits=LIMITS, seed=6)
+    model.learn_many(X[:300])
+    arrays = model.tree_arrays()
+    assert arrays is not None
+    legacy = model.to_dict()
+    legacy["trees"] = {name: array.tolist() for name, array in arrays.items()}
+    restored = HalfSpaceTrees.from_dict(orjson.loads(orjson.dumps(legacy)))
+    assert restored.to_dict() == model.to_dict()
+    assert restored.score_learn_many(X[300:]).tolist() == model.score_learn_many(X[300:]).tolist()
+
+
+def test_packed_trees_use_the_narrowest_exact_types() -> None:
+    model = HalfSpaceTrees(FEATURES, n_trees=3, height=4, window_size=300, limits=LIMITS, seed=1)
+    model.learn_many(_stream(1, 650, 0.0))
+    trees = model.to_dict()["trees"]
+    assert trees["feature"]["dtype"] == "<i1" and trees["threshold"]["dtype"] == "<f8"
+    assert trees["r_mass"]["dtype"] == "<u2"  # the root saw all 300 points of the reference window
+    assert trees["l_mass"]["dtype"] == "<u1"  # 50 points into the current window
+    arrays = model.tree_arrays()
+    assert arrays is not None and int(arrays["r_mass"].max()) == 300 and int(arrays["l_mass"].max()) == 50
