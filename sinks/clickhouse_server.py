@@ -31,18 +31,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from vigie.localserver import LOOPBACK, LocalServer, LocalServerError, free_port, tail
+from vigie.localserver import LocalServer, LocalServerError, free_port
 
 __all__ = [
     "INSTALL_SCRIPT",
@@ -130,7 +128,7 @@ class ClickHouseServer(LocalServer):
         tcp_port: Native-protocol port; a free one when 0.
         http_port: HTTP port; a free one when 0.
         binary: Server binary (see :func:`find_server_command`).
-        startup_timeout: Seconds to wait for ``SELECT 1`` to answer.
+        startup_timeout: Seconds to wait for ``SELECT version()`` to answer.
         log_level: The server's log level (``trace`` ... ``error``).
         max_memory_usage: Per-query memory limit of the ``default`` profile, in bytes.
         template_dir: Folder holding ``config.xml.in`` and ``users.xml.in``.
@@ -141,7 +139,12 @@ class ClickHouseServer(LocalServer):
     away mid-stream). A server still running when the interpreter exits is stopped.
     """
 
-    host = LOOPBACK
+    kind = "ClickHouse server"
+    error_type = ClickHouseServerError
+    config_name = "config.xml"
+    log_name = "log/clickhouse-server.log"
+    stdout_name = "log/stdout.log"
+    poll_interval = 0.05  # it answers 0.1-0.3 s after the spawn: finer steps measure that better
 
     def __init__(
         self,
@@ -156,27 +159,24 @@ class ClickHouseServer(LocalServer):
         template_dir: Path | str | None = None,
         shutdown_wait: int = 1,
     ) -> None:
-        super().__init__(data_dir, prefix="vigie-clickhouse-")
+        super().__init__(data_dir, prefix="vigie-clickhouse-", startup_timeout=startup_timeout)
         self._auto_ports = not tcp_port and not http_port
         self.tcp_port = tcp_port or free_port()
         self.http_port = http_port or free_port(exclude=[self.tcp_port])
         self.command = find_server_command(binary)
-        self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.max_memory_usage = int(max_memory_usage)
         self.template_dir = Path(template_dir) if template_dir is not None else DEPLOY_DIR
         self.shutdown_wait = int(shutdown_wait)
         self.version: str | None = None
         """``SELECT version()`` of the running server, set once it answers."""
-        self.last_start_seconds: float | None = None
-        """Seconds from spawning the process to the first answered query, for the last start."""
 
     # -- files ------------------------------------------------------------------------------
 
     @property
-    def config_file(self) -> Path:
-        """The ``config.xml`` this server runs with."""
-        return self.data_dir / "config.xml"
+    def client_port(self) -> int:
+        """The native-protocol port (:attr:`tcp_port`)."""
+        return self.tcp_port
 
     @property
     def users_file(self) -> Path:
@@ -189,29 +189,14 @@ class ClickHouseServer(LocalServer):
         return self.data_dir / "log"
 
     @property
-    def log_file(self) -> Path:
-        """The server's main log."""
-        return self.log_dir / "clickhouse-server.log"
-
-    @property
     def error_log_file(self) -> Path:
         """Warnings and errors only."""
         return self.log_dir / "clickhouse-server.err.log"
 
     @property
-    def stdout_file(self) -> Path:
-        """The process's stdout and stderr (start-up failures before logging is set up)."""
-        return self.log_dir / "stdout.log"
-
-    @property
     def dsn(self) -> str:
         """``clickhouse://127.0.0.1:<tcp_port>/default`` for clickhouse-driver's ``Client.from_url``."""
         return f"clickhouse://{self.host}:{self.tcp_port}/default"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id while running."""
-        return self._proc.pid if self.is_running() and self._proc is not None else None
 
     def _render(self, name: str, values: dict[str, object]) -> str:
         path = self.template_dir / name
@@ -247,19 +232,16 @@ class ClickHouseServer(LocalServer):
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> ClickHouseServer:
-        """Write the config, start the server and wait until it answers ``SELECT 1``.
+        """Write the config, start the server and wait until it answers ``SELECT version()``.
 
         On the first start with ports picked automatically, a port taken between picking
         and binding is retried with new ports; a restart keeps its ports.
         """
         with self._lock:
-            if self.is_running():
-                return self
             attempts = 3 if self._auto_ports and self.last_start_seconds is None else 1
             for attempt in range(attempts):
                 try:
-                    self._start_once()
-                    return self
+                    return super().start()
                 except ClickHouseServerError as exc:
                     if attempt + 1 < attempts and "Address already in use" in str(exc):
                         self.tcp_port = free_port()
@@ -268,72 +250,23 @@ class ClickHouseServer(LocalServer):
                     raise
             raise AssertionError("unreachable")
 
-    def _start_once(self) -> None:
+    def _prepare(self) -> list[str]:
         self._write_config()
-        began = time.monotonic()
-        with self.stdout_file.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [*self.command, f"--config-file={self.config_file}"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-            )
-        try:
-            self._wait_ready(self.startup_timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self.last_start_seconds = time.monotonic() - began
+        return [*self.command, f"--config-file={self.config_file}"]
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self) -> None:
         from clickhouse_driver import Client
 
-        deadline = time.monotonic() + timeout
-        last_error: object = "no answer"
         client = Client(self.host, port=self.tcp_port, connect_timeout=1, send_receive_timeout=5)
         try:
-            while True:
-                proc = self._proc
-                if proc is None or proc.poll() is not None:
-                    code = None if proc is None else proc.returncode
-                    raise ClickHouseServerError(
-                        f"the ClickHouse server exited with code {code} while starting "
-                        f"(config {self.config_file})\n{self.log_tail()}"
-                    )
-                if time.monotonic() > deadline:
-                    raise ClickHouseServerError(
-                        f"the ClickHouse server did not answer on {self.host}:{self.tcp_port} within "
-                        f"{timeout:.0f}s (last error: {last_error})\n{self.log_tail()}"
-                    )
-                try:
-                    # A plain connect first: the driver logs every refused connection it makes.
-                    with socket.create_connection((self.host, self.tcp_port), timeout=1):
-                        pass
-                    ((version,),) = client.execute("SELECT version()")
-                except Exception as exc:  # connection refused, EOF, server still loading
-                    last_error = exc
-                    time.sleep(0.05)
-                    continue
-                self.version = version.decode() if isinstance(version, bytes) else str(version)
-                return
+            ((version,),) = self._poll_until_ready(lambda: client.execute("SELECT version()"))
         finally:
             client.disconnect()
+        self.version = version.decode() if isinstance(version, bytes) else str(version)
 
-    def __repr__(self) -> str:
-        state = "running" if self.is_running() else "stopped"
-        return f"ClickHouseServer({self.host}:{self.tcp_port}, {state}, data_dir={str(self.data_dir)!r})"
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the error log, the process output and the main log, for error messages."""
-        parts = []
-        for path in (self.error_log_file, self.stdout_file, self.log_file):
-            text = tail(path, lines)
-            if text.strip():
-                parts.append(f"--- last lines of {path} ---\n{text}")
-        return "\n".join(parts) or f"(no log in {self.log_dir})"
+    def _log_files(self) -> tuple[Path, ...]:
+        # The error log says why in a few lines; the main log is long and mostly start-up chatter.
+        return (self.error_log_file, self.stdout_file, self.log_file)
 
     def client(self, **kwargs: Any) -> Any:
         """A clickhouse-driver ``Client`` for this server (keyword arguments go to it)."""

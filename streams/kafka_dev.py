@@ -26,12 +26,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -58,8 +58,6 @@ __all__ = [
     "free_port",
     "new_cluster_id",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The Kafka version that deploy/pom.xml fetches (property ``kafka.version`` there).
 KAFKA_VERSION = "4.1.2"
@@ -271,6 +269,12 @@ class KafkaBroker(LocalServer):
     :meth:`start`/:meth:`restart`, so data written before a crash can be read after it.
     """
 
+    kind = "Kafka broker"
+    error_type = KafkaBrokerError
+    config_name = "server.properties"
+    log_name = "server.log"  # log4j2's file appender (_LOG4J2)
+    stdout_name = "jvm.out"
+
     def __init__(
         self,
         data_dir: Path | str | None = None,
@@ -283,49 +287,31 @@ class KafkaBroker(LocalServer):
         config: Mapping[str, object] | None = None,
         detach: bool = False,
     ) -> None:
-        super().__init__(data_dir, prefix="vigie-kafka-", stop_at_exit=not detach)
+        super().__init__(data_dir, prefix="vigie-kafka-", startup_timeout=startup_timeout, detach=detach)
         self.port = port or free_port()
         self.controller_port = controller_port or free_port(exclude={self.port})
         self.heap = heap
         self._jars_dir = Path(jars_dir) if jars_dir is not None else None
-        self.startup_timeout = startup_timeout
         self.extra_config = dict(config or {})
-        self.detach = detach
         self.jvm_options: list[str] = list(DEFAULT_JVM_OPTIONS)
         self._admin: Any = None
-        self.last_start_seconds: float | None = None
 
     # -- paths and addresses ---------------------------------------------------------------
 
     @property
     def bootstrap_servers(self) -> str:
         """The address clients connect to, ``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.port}"
+        return self.address
 
     @property
-    def config_file(self) -> Path:
-        """The ``server.properties`` the broker runs with."""
-        return self.data_dir / "server.properties"
+    def client_port(self) -> int:
+        """The PLAINTEXT port (:attr:`port`)."""
+        return self.port
 
     @property
     def log_dir(self) -> Path:
         """Kafka's ``log.dirs``: the partitions' data and the KRaft metadata log."""
         return self.data_dir / "kraft-logs"
-
-    @property
-    def log_file(self) -> Path:
-        """The broker's own log (log4j2)."""
-        return self.data_dir / "server.log"
-
-    @property
-    def stdout_file(self) -> Path:
-        """The JVM's stdout and stderr (startup failures land here)."""
-        return self.data_dir / "jvm.out"
-
-    @property
-    def pid(self) -> int | None:
-        """The JVM's pid while started."""
-        return self._proc.pid if self._proc is not None else None
 
     def server_properties(self) -> dict[str, str]:
         """The broker configuration written to ``server.properties``."""
@@ -410,77 +396,28 @@ class KafkaBroker(LocalServer):
                 f"kafka-storage format failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".rstrip()
             )
 
-    def start(self) -> KafkaBroker:
-        """Start the broker (formatting its storage the first time) and wait until it answers."""
-        with self._lock:
-            if self.is_running():
-                return self
-            began = time.monotonic()
-            jars = ensure_kafka_jars(self._jars_dir)
-            self._write_config()
-            self._format_storage(jars)
-            cmd = [
-                *self._jvm_base(jars),
-                f"-Xmx{self.heap}",
-                *self.jvm_options,
-                "kafka.Kafka",
-                str(self.config_file),
-            ]
-            with self.stdout_file.open("ab") as out:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.data_dir,
-                    start_new_session=self.detach,
-                )
-            try:
-                self._wait_ready(self.startup_timeout)
-            except BaseException:
-                self.kill()
-                raise
-            self.last_start_seconds = time.monotonic() - began
-            log.info("Kafka broker up at %s in %.1fs", self.bootstrap_servers, self.last_start_seconds)
-            return self
+    def _prepare(self) -> list[str]:
+        """Find (or fetch) the jars, write the config, format the storage the first time; the JVM command."""
+        jars = ensure_kafka_jars(self._jars_dir)
+        self._write_config()
+        self._format_storage(jars)
+        return [*self._jvm_base(jars), f"-Xmx{self.heap}", *self.jvm_options, "kafka.Kafka", str(self.config_file)]
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        deadline = time.monotonic() + timeout
-        admin: Any = None
-        last_error: object = "no answer"
-        while True:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise KafkaBrokerError(
-                    f"the Kafka broker exited with code {self._proc.returncode} while starting\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise KafkaBrokerError(
-                    f"the Kafka broker did not answer on {self.bootstrap_servers} within {timeout:.0f}s "
-                    f"(last error: {last_error})\n{self.log_tail()}"
-                )
-            try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
-                    pass
-            except OSError as exc:
-                last_error = exc
-                time.sleep(0.1)
-                continue
-            if admin is None:
-                admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "logger": _quiet_client_logger()})
-            try:
-                metadata = admin.list_topics(timeout=2)
-            except Exception as exc:  # KafkaException: not ready yet
-                last_error = exc
-                time.sleep(0.1)
-                continue
-            if metadata.brokers:
-                if not self.detach and "__consumer_offsets" not in metadata.topics:
-                    self._warm_up_group_coordinator()
-                return
-            last_error = "metadata lists no broker"
-            time.sleep(0.1)
+        @functools.cache  # one client for the whole wait, made once the port accepts connections
+        def admin() -> Any:
+            return AdminClient({"bootstrap.servers": self.bootstrap_servers, "logger": _quiet_client_logger()})
+
+        def metadata() -> Any:
+            answer = admin().list_topics(timeout=2)
+            if not answer.brokers:
+                raise KafkaBrokerError("metadata lists no broker")
+            return answer
+
+        if not self.detach and "__consumer_offsets" not in self._poll_until_ready(metadata).topics:
+            self._warm_up_group_coordinator()
 
     def _warm_up_group_coordinator(self) -> None:
         """Have the broker create ``__consumer_offsets`` now, in the background.
@@ -506,24 +443,15 @@ class KafkaBroker(LocalServer):
 
         threading.Thread(target=run, name="kafka-dev-warm-up", daemon=True).start()
 
-    def __repr__(self) -> str:
-        state = "running" if self.is_running() else "stopped"
-        return f"KafkaBroker({self.bootstrap_servers}, {state}, data_dir={str(self.data_dir)!r})"
-
     def _forget_clients(self) -> None:
         self._admin = None  # its connections die with the broker
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the broker's log and of the JVM's output, for error messages."""
-        parts = []
+        """The last five ERROR lines of the broker's log, then the last lines of it and of the JVM's output."""
         errors = [line for line in tail(self.log_file, 2000).splitlines() if " ERROR " in line]
-        if errors:
-            parts.append("--- errors logged ---\n" + "\n".join(errors[-5:]))
-        for path in (self.log_file, self.stdout_file):
-            text = tail(path, lines)
-            if text.strip():
-                parts.append(f"--- last lines of {path} ---\n{text}")
-        return "\n".join(parts) or f"(no log in {self.data_dir})"
+        if not errors:
+            return super().log_tail(lines)
+        return "--- errors logged ---\n" + "\n".join(errors[-5:]) + "\n" + super().log_tail(lines)
 
     # -- admin -----------------------------------------------------------------------------
 

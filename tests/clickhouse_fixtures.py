@@ -27,11 +27,11 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from vigie.sinks.clickhouse_server import INSTALL_SCRIPT, ClickHouseServer, ClickHouseServerError, server_installed
+from tests.server_fixtures import running, server_factory
+from vigie.sinks.clickhouse_server import INSTALL_SCRIPT, ClickHouseServer, server_installed
 from vigie.sinks.native_sink import NativeSink
 
 __all__ = [
@@ -68,23 +68,12 @@ def ensure_clickhouse_installed() -> None:
         )
 
 
-def _start(server: ClickHouseServer) -> ClickHouseServer:
-    try:
-        return server.start()
-    except ClickHouseServerError as exc:
-        pytest.fail(f"could not start a ClickHouse server: {exc}", pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
     """One ClickHouse server for the session; its data dir and logs stay under pytest's basetemp."""
     ensure_clickhouse_installed()
-    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse-session"))
-    _start(server)
-    try:
+    with running(ClickHouseServer(tmp_path_factory.mktemp("clickhouse-session"))) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -94,19 +83,8 @@ def clickhouse_server_factory(tmp_path: Path) -> Iterator[Callable[..., ClickHou
     Keyword arguments go to :class:`ClickHouseServer`.
     """
     ensure_clickhouse_installed()
-    servers: list[ClickHouseServer] = []
-
-    def make(**kwargs: Any) -> ClickHouseServer:
-        kwargs.setdefault("data_dir", tmp_path / f"clickhouse-{len(servers)}")
-        server = ClickHouseServer(**kwargs)
-        servers.append(server)
-        return _start(server)
-
-    try:
+    with server_factory(ClickHouseServer, tmp_path, "clickhouse") as make:
         yield make
-    finally:
-        for server in servers:
-            server.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ Fixtures:
 * ``kafka_topics`` (function): creates uniquely named topics on that broker, deleted after
   the test: ``topic, = kafka_topics("declarations", partitions=3)``.
 * ``kafka_broker_factory`` (function): starts dedicated brokers that a test may stop, kill
-  and restart (crash tests); each is closed and its data removed after the test.
+  and restart (crash tests); each is closed after the test, its data dir under ``tmp_path``.
 
 Set ``VIGIE_SKIP_KAFKA_TESTS=1`` to skip these tests on a machine without Java or Maven.
 """
@@ -25,11 +25,11 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from vigie.streams.kafka_dev import KafkaBroker, KafkaBrokerError
+from tests.server_fixtures import running, server_factory
+from vigie.streams.kafka_dev import KafkaBroker
 
 __all__ = ["KafkaTopics", "kafka_broker", "kafka_broker_factory", "kafka_topics"]
 
@@ -42,23 +42,12 @@ def _require_kafka_prerequisites() -> None:
         pytest.fail("Kafka tests need Java 17+ (apt-get install openjdk-17-jre-headless), or VIGIE_SKIP_KAFKA_TESTS=1")
 
 
-def _start(broker: KafkaBroker) -> KafkaBroker:
-    try:
-        return broker.start()
-    except KafkaBrokerError as exc:
-        pytest.fail(f"could not start a Kafka broker: {exc}", pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """One Kafka broker for the test session (its data dir under pytest's basetemp, kept for post-mortems)."""
     _require_kafka_prerequisites()
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-session"))
-    _start(broker)
-    try:
+    with running(KafkaBroker(tmp_path_factory.mktemp("kafka-session"))) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -122,16 +111,5 @@ def kafka_broker_factory(tmp_path: Path) -> Iterator[Callable[..., KafkaBroker]]
     under the test's ``tmp_path``, so logs remain there when a test fails.
     """
     _require_kafka_prerequisites()
-    brokers: list[KafkaBroker] = []
-
-    def make(**kwargs: Any) -> KafkaBroker:
-        kwargs.setdefault("data_dir", tmp_path / f"kafka-{len(brokers)}")
-        broker = KafkaBroker(**kwargs)
-        brokers.append(broker)
-        return _start(broker)
-
-    try:
+    with server_factory(KafkaBroker, tmp_path, "kafka") as make:
         yield make
-    finally:
-        for broker in brokers:
-            broker.stop()

@@ -20,6 +20,7 @@ def _modules() -> list[str]:
         names.append(package_name)
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
             names.append(info.name)
+    names.append("vigie.localserver")  # shared by streams and sinks: in the root package
     return sorted(set(names))
 
 
