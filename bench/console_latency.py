@@ -71,9 +71,10 @@ class FeedClient(threading.Thread):
                 raise
 
     def _read(self) -> None:
-        with httpx.Client(cookies={SESSION_COOKIE: self.cookie}, timeout=None) as client, client.stream(
-            "GET", f"{self.url}/api/stream"
-        ) as response:
+        with (
+            httpx.Client(cookies={SESSION_COOKIE: self.cookie}, timeout=None) as client,
+            client.stream("GET", f"{self.url}/api/stream") as response,
+        ):
             response.raise_for_status()
             self._response = response
             kind = ""

@@ -116,8 +116,21 @@ _EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _SUBMISSION = re.compile(r"^[0-9a-f]{32}$")
 
 ALERT_COLUMNS = (
-    "alert_id", "subject_event_id", "subject_type", "subject_reference", "event_time", "office", "operator_eori",
-    "transport_mode", "fused_risk", "rank", "selection", "contributions", "reasons", "eur_at_stake", "eta",
+    "alert_id",
+    "subject_event_id",
+    "subject_type",
+    "subject_reference",
+    "event_time",
+    "office",
+    "operator_eori",
+    "transport_mode",
+    "fused_risk",
+    "rank",
+    "selection",
+    "contributions",
+    "reasons",
+    "eur_at_stake",
+    "eta",
     "lead_time_hours",
 )
 
@@ -419,9 +432,7 @@ class ConsoleQueries:
         return [_clean(r) for r in rows]
 
     def outcome_exists(self, event_id: str) -> bool:
-        rows = self.store.query(
-            f"SELECT count() AS n FROM {self.db}.outcomes WHERE event_id = {sql_literal(event_id)}"
-        )
+        rows = self.store.query(f"SELECT count() AS n FROM {self.db}.outcomes WHERE event_id = {sql_literal(event_id)}")
         return bool(rows and rows[0]["n"])
 
     def operator_history(
@@ -479,8 +490,15 @@ class ConsoleQueries:
         def office(name: str) -> dict[str, Any]:
             return per_office.setdefault(
                 name,
-                {"office": name, "alerts": 0, "controlled": 0, "positive": 0, "alert_controlled": 0,
-                 "alert_positive": 0, "recovered_eur": 0.0},
+                {
+                    "office": name,
+                    "alerts": 0,
+                    "controlled": 0,
+                    "positive": 0,
+                    "alert_controlled": 0,
+                    "alert_positive": 0,
+                    "recovered_eur": 0.0,
+                },
             )
 
         if alert_day:
@@ -498,8 +516,13 @@ class ConsoleQueries:
                 f"WHERE {scope} AND toDate(event_time) = toDate({sql_literal(outcome_day)}) GROUP BY office"
             ):
                 o = office(r["office"])
-                o.update(controlled=int(r["c"]), positive=int(r["p"]), alert_controlled=int(r["ac"]),
-                         alert_positive=int(r["ap"]), recovered_eur=round(float(r["r"]), 2))
+                o.update(
+                    controlled=int(r["c"]),
+                    positive=int(r["p"]),
+                    alert_controlled=int(r["ac"]),
+                    alert_positive=int(r["ap"]),
+                    recovered_eur=round(float(r["r"]), 2),
+                )
         rows = sorted(per_office.values(), key=lambda o: -o["alerts"])
         for o in rows:
             _rates(o, budget)
@@ -1128,8 +1151,9 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
         principal, session = found
         if principal.role not in roles:
             return HTMLResponse(
-                tpl.error_page(403, f"the {principal.role} role cannot open this page", _user_view(principal),
-                               session.csrf),
+                tpl.error_page(
+                    403, f"the {principal.role} role cannot open this page", _user_view(principal), session.csrf
+                ),
                 status_code=403,
             )
         return found
@@ -1152,11 +1176,15 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         health: dict[str, Any] = {
-            "status": "ok", "watcher_errors": s.watcher.errors, "audit_next_seq": s.audit.next_seq
+            "status": "ok",
+            "watcher_errors": s.watcher.errors,
+            "audit_next_seq": s.audit.next_seq,
         }
         if s.replay is not None:
             health["replay"] = {
-                "lines": s.replay.lines, "alerts": s.replay.alerts, "dead_letters": s.replay.dead_letters,
+                "lines": s.replay.lines,
+                "alerts": s.replay.alerts,
+                "dead_letters": s.replay.dead_letters,
                 "finished": s.replay.finished.is_set(),
             }
         return health
@@ -1193,14 +1221,26 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
         if principal is None:
             s.limiter.record_failure(name, address)
             await run_in_threadpool(
-                s.audit.append, "login_failed", name or "(empty)", "unknown", "account", name, None,
+                s.audit.append,
+                "login_failed",
+                name or "(empty)",
+                "unknown",
+                "account",
+                name,
+                None,
                 {"address": address},
             )
             return login_form(next_url, "Wrong account name or password.", 401)
         s.limiter.record_success(name)
         token, _ = s.sessions.create(principal.name)
         await run_in_threadpool(
-            s.audit.append, "login", principal.name, principal.role, "account", principal.name, None,
+            s.audit.append,
+            "login",
+            principal.name,
+            principal.role,
+            "account",
+            principal.name,
+            None,
             {"address": address},
         )
         response = RedirectResponse(next_url, status_code=303)
@@ -1217,9 +1257,7 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
             if not tokens_match(session.csrf, str(form.get("csrf_token", ""))):
                 raise HTTPException(403, "missing or wrong CSRF token")
             s.sessions.revoke(request.cookies.get(SESSION_COOKIE))
-            await run_in_threadpool(
-                s.audit.append, "logout", principal.name, principal.role, "account", principal.name
-            )
+            await run_in_threadpool(s.audit.append, "logout", principal.name, principal.role, "account", principal.name)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response

@@ -347,7 +347,10 @@ class AuditLog:
         if anchor is not None and int(anchor["seq"]) >= self._next_seq:
             log.error(
                 "audit anchor %s records seq %s but the table ends at seq %d: entries were deleted "
-                "(run `vigie audit verify`)", anchor_path, anchor["seq"], self._next_seq - 1,
+                "(run `vigie audit verify`)",
+                anchor_path,
+                anchor["seq"],
+                self._next_seq - 1,
             )
 
     @property

@@ -111,8 +111,13 @@ def verify_password(password: str, encoded: str) -> bool:
             return False
         expected = base64.b64decode(digest)
         got = hashlib.scrypt(
-            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-            maxmem=_SCRYPT_MAXMEM, dklen=len(expected),
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=_SCRYPT_MAXMEM,
+            dklen=len(expected),
         )
     except (ValueError, TypeError):
         return False
@@ -342,7 +347,10 @@ class AccountStore:
         if len(password) < MIN_PASSWORD_LENGTH:
             raise ValueError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
         account = Account(
-            name=name, role=role, password_hash=hash_password(password, n=self.scrypt_n), offices=list(offices),
+            name=name,
+            role=role,
+            password_hash=hash_password(password, n=self.scrypt_n),
+            offices=list(offices),
             eori=eori,
         )
         return self._insert(account)
@@ -482,8 +490,7 @@ class SessionStore:
 
     def _sweep(self, now: float) -> None:
         expired = [
-            k for k, s in self._sessions.items()
-            if now - s.last_seen > self.idle_s or now - s.created > self.absolute_s
+            k for k, s in self._sessions.items() if now - s.last_seen > self.idle_s or now - s.created > self.absolute_s
         ]
         for key in expired:
             del self._sessions[key]

@@ -34,9 +34,7 @@ from .console_auth import ROLES, AccountStore, ConsoleSecrets, Role
 
 __all__ = ["audit_app_cli", "console_app_cli"]
 
-console_app_cli = typer.Typer(
-    help="Officer console: web application, local accounts, API keys.", no_args_is_help=True
-)
+console_app_cli = typer.Typer(help="Officer console: web application, local accounts, API keys.", no_args_is_help=True)
 audit_app_cli = typer.Typer(help="Tamper-evident audit log.", no_args_is_help=True)
 user_app = typer.Typer(help="Local accounts (officers, supervisors, operators).", no_args_is_help=True)
 console_app_cli.add_typer(user_app, name="user")

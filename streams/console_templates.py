@@ -84,7 +84,7 @@ def page(title: str, body: str, user: Mapping[str, Any] | None = None, csrf: str
         )
         nav = (
             f'<nav>{" ".join(links)}<span class="who">{e(user.get("name"))} ({e(role)}'
-            f'{" - " + e(scope) if scope else ""})</span>{logout}</nav>'
+            f"{' - ' + e(scope) if scope else ''})</span>{logout}</nav>"
         )
     return (
         "<!doctype html>\n"
@@ -103,7 +103,7 @@ def login_page(csrf: str, next_url: str = "/", error: str | None = None) -> str:
     """The login form; ``csrf`` is the pre-session token also set as a cookie (double submit)."""
     message = f'<p class="error" id="login-error">{e(error)}</p>' if error else ""
     body = (
-        '<h1>Sign in</h1>'
+        "<h1>Sign in</h1>"
         f"{message}"
         '<form method="post" action="/login" class="login">'
         f'<input type="hidden" name="csrf_token" value="{e(csrf)}">'
@@ -220,8 +220,8 @@ def alert_detail_page(
     )
     scores = "".join(
         f'<div class="score"><h3>{e(s["detector"])}: score {float(s["score"]):.2f}'
-        f'{" (item " + e(s["item_number"]) + ")" if s.get("item_number") else ""}, {eur(s.get("eur_at_stake"))}</h3>'
-        f'<p>{e(s["reason"])}</p>{_fields(s.get("reason_fields") or {})}</div>'
+        f"{' (item ' + e(s['item_number']) + ')' if s.get('item_number') else ''}, {eur(s.get('eur_at_stake'))}</h3>"
+        f"<p>{e(s['reason'])}</p>{_fields(s.get('reason_fields') or {})}</div>"
         for s in detail.get("scores") or []
     )
     declaration = detail.get("declaration")
@@ -269,18 +269,32 @@ def alert_detail_page(
         f"declarations of {alert.get('operator_eori') or 'the operator'} per day",
     ) + bar_chart_svg(
         [(p["day"][5:], float(p["customs_value_eur"])) for p in history.get("per_day") or []],
-        "customs value per day", unit=" EUR",
+        "customs value per day",
+        unit=" EUR",
     )
     history_html += "<h3>Earlier alerts on this operator (your offices)</h3>" + _table(
         history.get("alerts") or [],
-        [("event_time", "When"), ("office", "Office"), ("subject_reference", "MRN"), ("fused_risk", "Risk"),
-         ("eur_at_stake", "EUR at stake")],
+        [
+            ("event_time", "When"),
+            ("office", "Office"),
+            ("subject_reference", "MRN"),
+            ("fused_risk", "Risk"),
+            ("eur_at_stake", "EUR at stake"),
+        ],
     )
     outcomes_html = _table(
         detail.get("outcomes") or [],
-        [("event_time", "When"), ("officer_id", "Officer"), ("controlled", "Controlled"), ("positive", "Positive"),
-         ("infringement_type", "Infringement"), ("duty_recovered_eur", "Duty recovered"),
-         ("tax_recovered_eur", "Tax recovered"), ("seizure", "Seizure"), ("event_id", "Event")],
+        [
+            ("event_time", "When"),
+            ("officer_id", "Officer"),
+            ("controlled", "Controlled"),
+            ("positive", "Positive"),
+            ("infringement_type", "Infringement"),
+            ("duty_recovered_eur", "Duty recovered"),
+            ("tax_recovered_eur", "Tax recovered"),
+            ("seizure", "Seizure"),
+            ("event_id", "Event"),
+        ],
         "outcomes",
     )
     notice = f'<p class="notice" id="notice">{e(message)}</p>' if message else ""
@@ -292,7 +306,7 @@ def alert_detail_page(
         '<label><input type="checkbox" name="controlled" id="controlled" value="1" checked> Controlled</label>'
         '<label><input type="checkbox" name="positive" id="positive" value="1"> Positive (irregularity found)</label>'
         f'<label>Infringement <select name="infringement_type" id="infringement_type">'
-        f'{_options(INFRINGEMENT_TYPES, empty="none")}</select></label>'
+        f"{_options(INFRINGEMENT_TYPES, empty='none')}</select></label>"
         '<label>Duty recovered (EUR) <input name="duty_recovered_eur" id="duty_recovered_eur" type="number" '
         'min="0" step="0.01" value="0"></label>'
         '<label>Taxes recovered (EUR) <input name="tax_recovered_eur" id="tax_recovered_eur" type="number" '
@@ -306,10 +320,10 @@ def alert_detail_page(
         f'<h1>Alert on {e(alert["subject_reference"])} <span class="risk">risk {float(alert["fused_risk"]):.2f}</span>'
         "</h1>"
         f'<p class="facts" id="alert-facts" data-alert-id="{e(alert_id)}">Office {e(alert["office"])}, rank '
-        f'{e(alert["rank"])} in the office queue, {eur(alert["eur_at_stake"])} at stake, time left {e(lead)}, '
-        f'transport {e(alert.get("transport_mode") or "-")}, operator {e(alert.get("operator_eori") or "-")}, '
-        f'selection {e(alert.get("selection"))}. Contributions: {contributions}.</p>'
-        f"<h2>Why</h2><ol class=\"reasons\">{reasons}</ol>{scores}"
+        f"{e(alert['rank'])} in the office queue, {eur(alert['eur_at_stake'])} at stake, time left {e(lead)}, "
+        f"transport {e(alert.get('transport_mode') or '-')}, operator {e(alert.get('operator_eori') or '-')}, "
+        f"selection {e(alert.get('selection'))}. Contributions: {contributions}.</p>"
+        f'<h2>Why</h2><ol class="reasons">{reasons}</ol>{scores}'
         f"<h2>Declaration</h2>{decl}<h2>Entry summary declaration</h2>{ens_html}"
         f"<h2>Operator's recent history</h2>{history_html}"
         f"<h2>Recorded outcomes</h2>{outcomes_html}"
@@ -330,8 +344,16 @@ def _indicator_rows(indicators: Mapping[str, Any]) -> str:
             "<tr>"
             + "".join(
                 f"<td>{dash(office.get(k))}</td>"
-                for k in ("office", "alerts", "budget", "budget_used_pct", "controlled", "positive", "hit_rate_pct",
-                          "recovered_eur")
+                for k in (
+                    "office",
+                    "alerts",
+                    "budget",
+                    "budget_used_pct",
+                    "controlled",
+                    "positive",
+                    "hit_rate_pct",
+                    "recovered_eur",
+                )
             )
             + "</tr>"
         )
@@ -348,11 +370,11 @@ def supervisor_page(user: Mapping[str, Any], csrf: str, indicators: Mapping[str,
         "Grafana has the full board.</p>"
         '<div class="kpis">'
         f'<div class="kpi"><span class="label">hit rate</span><span id="kpi-hit-rate">'
-        f'{dash(total.get("hit_rate_pct"))}</span> %</div>'
+        f"{dash(total.get('hit_rate_pct'))}</span> %</div>"
         f'<div class="kpi"><span class="label">alerts / budget</span><span id="kpi-alerts">{e(total.get("alerts"))}'
         f'</span> / <span id="kpi-budget">{e(total.get("budget"))}</span></div>'
         f'<div class="kpi"><span class="label">recovered</span><span id="kpi-recovered">'
-        f'{e(total.get("recovered_eur"))}</span> EUR</div></div>'
+        f"{e(total.get('recovered_eur'))}</span> EUR</div></div>"
         '<table id="indicators"><thead><tr><th>Office</th><th>Alerts</th><th>Budget</th><th>Budget used %</th>'
         "<th>Controlled</th><th>Positive</th><th>Hit rate %</th><th>Recovered EUR</th></tr></thead>"
         f'<tbody id="indicators-body">{_indicator_rows(indicators)}</tbody></table>'
@@ -374,11 +396,15 @@ def operator_page(user: Mapping[str, Any], csrf: str, stats: Mapping[str, Any]) 
             [(p["day"][5:], float(p["declarations"])) for p in stats.get("per_day") or []], "declarations per day"
         )
         + "<h2>By CN chapter</h2>"
-        + _table(stats.get("chapters") or [], [("chapter", "Chapter"), ("items", "Items"),
-                                                ("customs_value_eur", "Value EUR"), ("duty_eur", "Duty EUR")])
+        + _table(
+            stats.get("chapters") or [],
+            [("chapter", "Chapter"), ("items", "Items"), ("customs_value_eur", "Value EUR"), ("duty_eur", "Duty EUR")],
+        )
         + "<h2>By origin</h2>"
-        + _table(stats.get("origins") or [], [("origin_country", "Origin"), ("items", "Items"),
-                                               ("customs_value_eur", "Value EUR")])
+        + _table(
+            stats.get("origins") or [],
+            [("origin_country", "Origin"), ("items", "Items"), ("customs_value_eur", "Value EUR")],
+        )
         + "<h2>By office</h2>"
         + _table(stats.get("offices") or [], [("office", "Office"), ("declarations", "Declarations")])
     )

@@ -213,8 +213,13 @@ class VigiePublisher:
         remaining = self.flush(timeout)
         if remaining:
             self._reject(
-                Rejection("<producer>", None, None, f"{remaining} message(s) still unacknowledged after {timeout:.0f}s",
-                          delivery=True)
+                Rejection(
+                    "<producer>",
+                    None,
+                    None,
+                    f"{remaining} message(s) still unacknowledged after {timeout:.0f}s",
+                    delivery=True,
+                )
             )
 
     def __enter__(self) -> VigiePublisher:

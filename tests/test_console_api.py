@@ -68,7 +68,10 @@ def csrf_of(client: TestClient) -> str:
 
 def outcome_json(office: str, officer: str, alert_id: str | None = None, **overrides: Any) -> bytes:
     data = factories.outcome_dict(
-        event_id=f"out-{uuid.uuid4().hex[:12]}", office=office, officer_id=officer, alert_id=alert_id,
+        event_id=f"out-{uuid.uuid4().hex[:12]}",
+        office=office,
+        officer_id=officer,
+        alert_id=alert_id,
         event_time=datetime.now(UTC).isoformat(),
     )
     data.update(overrides)
@@ -142,8 +145,14 @@ def test_an_integrator_publishes_outcomes_but_reads_no_alert(
     services, key, world, app = console
     client = TestClient(app)
     auth = {"Authorization": f"Bearer {key}"}
-    for path in ("/api/alerts", f"/api/alerts/{world.alert_a}", "/api/stream", "/api/supervisor/indicators",
-                 f"/api/operators/{EORI_X}/stats", "/api/audit/verify"):
+    for path in (
+        "/api/alerts",
+        f"/api/alerts/{world.alert_a}",
+        "/api/stream",
+        "/api/supervisor/indicators",
+        f"/api/operators/{EORI_X}/stats",
+        "/api/audit/verify",
+    ):
         assert client.get(path, headers=auth).status_code == 403, path
     assert client.get("/api/alerts", headers={"Authorization": "Bearer vgk_forged"}).status_code == 401
     assert client.get("/api/alerts").status_code == 401
@@ -158,8 +167,9 @@ def test_an_integrator_publishes_outcomes_but_reads_no_alert(
     outbox = (services.settings.resolved_state_dir / "outbox" / "outcomes.jsonl").read_bytes().splitlines()
     assert any(decode_event(line).event_id == event_id for line in outbox)
 
-    bad = client.post("/api/outcomes", content=outcome_json(OFFICE_B, "agent-7", positive=True, controlled=False),
-                      headers=auth)
+    bad = client.post(
+        "/api/outcomes", content=outcome_json(OFFICE_B, "agent-7", positive=True, controlled=False), headers=auth
+    )
     assert bad.status_code == 422 and "only a control can be positive" in bad.text
     ens = client.post("/api/outcomes", content=orjson.dumps(factories.ens_dict(event_id="ens-x")), headers=auth)
     assert ens.status_code == 422
@@ -175,8 +185,12 @@ def test_an_officer_records_an_outcome_once_through_the_form(console: tuple[Cons
     ana = login(app, "ana")
     fields = hidden(ana.get(f"/alerts/{world.alert_a}").text)
     form = {
-        **fields, "controlled": "1", "positive": "1", "infringement_type": "undervaluation",
-        "duty_recovered_eur": "812.40", "tax_recovered_eur": "170.6",
+        **fields,
+        "controlled": "1",
+        "positive": "1",
+        "infringement_type": "undervaluation",
+        "duty_recovered_eur": "812.40",
+        "tax_recovered_eur": "170.6",
     }
     response = ana.post(f"/alerts/{world.alert_a}/outcome", data=form, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].endswith("recorded=1")
@@ -186,8 +200,16 @@ def test_an_officer_records_an_outcome_once_through_the_form(console: tuple[Cons
         f"SELECT officer_id, alert_id, selection, positive, duty_recovered_eur, target_reference "
         f"FROM vigie.outcomes FINAL WHERE event_id = '{event_id}'"
     )
-    assert rows == [{"officer_id": "ana", "alert_id": world.alert_a, "selection": "engine_alert", "positive": 1,
-                     "duty_recovered_eur": 812.4, "target_reference": world.mrn_a}]
+    assert rows == [
+        {
+            "officer_id": "ana",
+            "alert_id": world.alert_a,
+            "selection": "engine_alert",
+            "positive": 1,
+            "duty_recovered_eur": 812.4,
+            "target_reference": world.mrn_a,
+        }
+    ]
     outbox = (services.settings.resolved_state_dir / "outbox" / "outcomes.jsonl").read_bytes().splitlines()
     emitted = [e for e in map(decode_event, outbox) if e.event_id == event_id]
     assert len(emitted) == 1 and isinstance(emitted[0], ControlOutcome) and emitted[0].tax_recovered_eur == 170.6
@@ -213,8 +235,9 @@ def test_forms_and_api_calls_need_the_csrf_token(console: tuple[ConsoleServices,
     services, _, world, app = console
     ana = login(app, "ana")
     fields = hidden(ana.get(f"/alerts/{world.alert_a}").text)
-    no_token = ana.post(f"/alerts/{world.alert_a}/outcome", data={"submission_id": fields["submission_id"],
-                                                                   "controlled": "1"})
+    no_token = ana.post(
+        f"/alerts/{world.alert_a}/outcome", data={"submission_id": fields["submission_id"], "controlled": "1"}
+    )
     assert no_token.status_code == 403
     forged = ana.post(f"/alerts/{world.alert_a}/outcome", data={**fields, "csrf_token": "forged"})
     assert forged.status_code == 403

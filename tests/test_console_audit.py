@@ -25,11 +25,29 @@ def fill(log: AuditLog, n: int) -> list[AuditEntry]:
     entries = []
     for i in range(n):
         if i % 2 == 0:
-            entries.append(log.append("alert_raised", "engine", "engine", "alert", f"alert-{i}", "FR002300",
-                                      {"fused_risk": 0.9, "eur_at_stake": 100.0 * i}))
+            entries.append(
+                log.append(
+                    "alert_raised",
+                    "engine",
+                    "engine",
+                    "alert",
+                    f"alert-{i}",
+                    "FR002300",
+                    {"fused_risk": 0.9, "eur_at_stake": 100.0 * i},
+                )
+            )
         else:
-            entries.append(log.append("outcome_recorded", "ana", "officer", "outcome", f"console-{i}", "FR002300",
-                                      {"alert_id": f"alert-{i - 1}", "positive": True}))
+            entries.append(
+                log.append(
+                    "outcome_recorded",
+                    "ana",
+                    "officer",
+                    "outcome",
+                    f"console-{i}",
+                    "FR002300",
+                    {"alert_id": f"alert-{i - 1}", "positive": True},
+                )
+            )
     return entries
 
 
@@ -59,7 +77,7 @@ def test_an_intact_log_verifies_and_an_edited_row_is_named(console: ConsoleServi
 
     # Someone with write access to ClickHouse lowers the amount of entry 2.
     console.store.query(
-        "ALTER TABLE vigie.audit_log UPDATE detail = '{\"eur_at_stake\":1.0,\"fused_risk\":0.9}' WHERE seq = 2 "
+        'ALTER TABLE vigie.audit_log UPDATE detail = \'{"eur_at_stake":1.0,"fused_risk":0.9}\' WHERE seq = 2 '
         "SETTINGS mutations_sync = 1"
     )
     report = log.verify()
@@ -199,9 +217,7 @@ def test_every_alert_raised_is_audited_once_even_past_a_page(console: ConsoleSer
     console.store.flush()
     assert console.watcher.poll_once() == 5
     assert console.watcher.poll_once() == 0  # re-read overlap recognised by id
-    audited = console.store.query(
-        "SELECT subject_id FROM vigie.audit_log WHERE action = 'alert_raised' ORDER BY seq"
-    )
+    audited = console.store.query("SELECT subject_id FROM vigie.audit_log WHERE action = 'alert_raised' ORDER BY seq")
     expected = [world.alert_a, world.alert_b, *(a.alert_id for a in extra)]
     assert sorted(r["subject_id"] for r in audited) == sorted(expected)
     assert console.audit.verify().ok

@@ -136,8 +136,16 @@ def test_an_officer_sees_a_new_alert_opens_it_and_records_the_outcome(browser: A
             "SELECT officer_id, controlled, positive, infringement_type, duty_recovered_eur, selection "
             f"FROM vigie.outcomes FINAL WHERE alert_id = '{alert.alert_id}'"
         )
-        assert stored == [{"officer_id": "ana", "controlled": 1, "positive": 1, "infringement_type": "undervaluation",
-                           "duty_recovered_eur": 640.5, "selection": "engine_alert"}]
+        assert stored == [
+            {
+                "officer_id": "ana",
+                "controlled": 1,
+                "positive": 1,
+                "infringement_type": "undervaluation",
+                "duty_recovered_eur": 640.5,
+                "selection": "engine_alert",
+            }
+        ]
         assert services.audit.verify().ok
     (ARTIFACTS / "console-browser.json").write_text(
         json.dumps({"alert_visible_after_store_s": round(latency_s, 3), "poll_s": 0.2}, indent=2)

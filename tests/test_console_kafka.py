@@ -22,8 +22,14 @@ pytestmark = pytest.mark.integration
 def _consume(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes, bytes]]:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"console-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"console-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     got: list[tuple[bytes, bytes]] = []
     try:
@@ -47,8 +53,11 @@ def test_an_officers_outcome_is_published_to_the_outcomes_topic(kafka_broker: Ka
             assert isinstance(services.outcomes, KafkaOutcomes)
             world = seed_world(services.store)
             outcome = factories.outcome_dict(
-                event_id=f"out-{uuid.uuid4().hex[:12]}", office=OFFICE_A, alert_id=world.alert_a,
-                target_reference=world.mrn_a, event_time=datetime.now(UTC).isoformat(),
+                event_id=f"out-{uuid.uuid4().hex[:12]}",
+                office=OFFICE_A,
+                alert_id=world.alert_a,
+                target_reference=world.mrn_a,
+                event_time=datetime.now(UTC).isoformat(),
             )
             client = TestClient(create_app(services, manage_lifecycle=False))
             response = client.post("/api/outcomes", content=orjson.dumps(outcome), headers={"X-API-Key": key})

@@ -48,8 +48,11 @@ def test_replayed_alerts_are_stored_audited_and_outcomes_reach_the_pipeline(tmp_
 
         alert = services.store.query("SELECT alert_id, office FROM vigie.alerts FINAL LIMIT 1")[0]
         outcome = factories.outcome_dict(
-            event_id=f"out-{uuid.uuid4().hex[:12]}", office=alert["office"], alert_id=alert["alert_id"],
-            event_time=datetime.now(UTC).isoformat(), selection="engine_alert",
+            event_id=f"out-{uuid.uuid4().hex[:12]}",
+            office=alert["office"],
+            alert_id=alert["alert_id"],
+            event_time=datetime.now(UTC).isoformat(),
+            selection="engine_alert",
         )
         client = TestClient(create_app(services, manage_lifecycle=False))
         response = client.post("/api/outcomes", content=orjson.dumps(outcome), headers={"X-API-Key": key})

@@ -234,8 +234,6 @@ def test_rate_limiter_locks_a_name_then_releases_it() -> None:
     assert limiter.retry_after("ana", "10.0.0.9") is None
 
 
-
-
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""

@@ -77,16 +77,26 @@ def deployment(kafka_broker: KafkaBroker) -> Iterator[TopicNames]:
     try:
         yield names
     finally:
-        kafka_broker.delete_topics([names.name(kind) for kind in ("ens", "declarations", "excise", "outcomes",
-                                                                  "scores", "alerts", "dead-letter")])
+        kafka_broker.delete_topics(
+            [
+                names.name(kind)
+                for kind in ("ens", "declarations", "excise", "outcomes", "scores", "alerts", "dead-letter")
+            ]
+        )
 
 
 def _read(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[tuple[bytes, bytes, int]]:
     """(key, value, partition) of the first ``expected`` messages of ``topic``, and any extra ones."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     got: list[tuple[bytes, bytes, int]] = []
     try:
