@@ -629,13 +629,7 @@ class LearnedFusion:
         reasons = [best[d].reason for d in ordered if per_detector[d] > 0][:5] or [scores[0].reason]
         by_eur = self._by_eur(subject.subject_type)
         if selection == "exploration":
-            mine = f"fused risk {p:.3f}" + (f" with {decision.eur_at_stake:,.0f} EUR at stake" if by_eur else "")
-            limit = "" if by_eur else f" {threshold:.3f}"  # a threshold on p x EUR ** 0.5 would read as nothing
-            reasons.insert(
-                0,
-                f"Exploration pick: {mine} ranks just below the {subject.office} threshold{limit}, "
-                "where the ranking is least sure; the control outcome keeps the model honest.",
-            )
+            reasons.insert(0, self._exploration_reason(decision, subject.office, threshold, by_eur))
         evidence = z.get("operator_logit", 0.0)
         if abs(evidence) >= 0.5:
             record = "more" if evidence > 0 else "less"
@@ -664,6 +658,31 @@ class LearnedFusion:
             eur_at_stake=decision.eur_at_stake,
             eta=subject.eta,
             lead_time_hours=lead,
+        )
+
+    @staticmethod
+    def _exploration_reason(decision: FusionDecision, office: str, threshold: float, by_eur: bool) -> str:
+        """Why an exploration pick was made, in an officer's words.
+
+        Ranked by expected EUR, a likely fraud with little at stake can rank below the line:
+        the sentence then says that the stake, not the risk, kept it there.
+        """
+        p = decision.probability
+        if not by_eur:
+            where = f"ranks just below the {office} threshold {threshold:.3f}"
+            return (
+                f"Exploration pick: fused risk {p:.3f} {where}, where the ranking is least sure; "
+                "the control outcome keeps the model honest."
+            )
+        stake = f"{decision.eur_at_stake:,.0f} EUR"
+        # A threshold on p x EUR ** elasticity would read as nothing to an officer: no number.
+        if p >= 0.5:
+            why = f"fused risk {p:.3f} is high but only {stake} is at stake, so it ranks just below the {office} line"
+        else:
+            why = f"fused risk {p:.3f} with {stake} at stake ranks just below the {office} line"
+        return (
+            f"Exploration pick: {why} (risk weighed by EUR at stake), where the ranking is least sure; "
+            "the control outcome keeps the model honest."
         )
 
     def _by_eur(self, subject_type: str) -> bool:

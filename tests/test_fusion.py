@@ -283,6 +283,8 @@ def test_alert_budget_per_office_and_exploration_share() -> None:
     assert 0.1 < selections["exploration"] / len(alerts) < 0.5
     explored = [a for a in alerts if a["selection"] == "exploration"]
     assert all(a["reasons"][0].startswith("Exploration pick") for a in explored)
+    for a in explored:  # a likely fraud picked only to explore: its sentence says the small stake is why
+        assert ("is high but only" in a["reasons"][0]) == (a["subject_type"] != "ens" and a["fused_risk"] >= 0.5)
     # Seeded, not random: a second engine makes exactly the same picks.
     part = _stream()[:4000]
     again = _run(_budgeted(), part)
