@@ -24,7 +24,8 @@ sure no offset is skipped (Faust can drop a fetched message around a rebalance):
    each event and emits its scores and alert to Kafka and the sink. The pipeline's whole
    state, detectors' keyed states included, is checkpointed into the ``fusion`` table every
    ``fusion_checkpoint_s`` (or less often when a checkpoint is large: at most about a tenth
-   of the time goes to them); the fusion offsets are committed only then.
+   of the time goes to them); the fusion offsets are committed only then. A timer takes that
+   checkpoint when the stream has gone quiet, so the last messages do not stay uncommitted.
 
 When a worker stops or dies, the group gives its partitions to the others: its ingest
 partitions resume from their committed offsets, and the fusion partition from its last
@@ -110,6 +111,10 @@ GATE_WATCH_INTERVAL_S = 2.0
 
 CHECKPOINT_TIME_SHARE = 0.1
 """At most about this share of the fuse agent's time goes to checkpoints (large states checkpoint less often)."""
+
+IDLE_CHECKPOINT_POLL_S = 1.0
+"""Seconds between checks for fusion messages left unacknowledged on a quiet stream (they get a checkpoint
+once one is due, as after a batch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,9 +453,13 @@ class VigieFaustApp:
         self.checkpoint_seconds = 0.0
         self.last_checkpoint_seconds = 0.0
         self._fusion_unacked: list[Any] = []
+        self._fuse_stream: Any = None
+        self._fuse_lock = asyncio.Lock()  # a batch and its checkpoint, or an idle checkpoint: one at a time
+        self._last_checkpoint = time.monotonic()
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.timer(GATE_WATCH_INTERVAL_S)(self._watch_gates)
+        self.app.timer(IDLE_CHECKPOINT_POLL_S)(self._checkpoint_if_idle)
         self._agents()
 
     def stats(self) -> str:
@@ -540,9 +549,44 @@ class VigieFaustApp:
         self.app.tables.add(table)
         return table
 
-    def _checkpoint_due(self, last: float) -> bool:
+    def _checkpoint_due(self) -> bool:
         spacing = max(self.settings.fusion_checkpoint_s, self.last_checkpoint_seconds / CHECKPOINT_TIME_SHARE)
-        return time.monotonic() - last >= spacing
+        return time.monotonic() - self._last_checkpoint >= spacing
+
+    async def _checkpoint(self, stream: Any) -> None:
+        """Checkpoint the pipeline, then acknowledge the fusion messages it covers. Hold ``_fuse_lock``."""
+        began = time.perf_counter()
+        written = self.fuse.checkpoint()
+        elapsed = time.perf_counter() - began
+        self.checkpoints_taken += 1
+        self.checkpoint_seconds += elapsed
+        self.last_checkpoint_seconds = elapsed
+        unacked = self._fusion_unacked
+        for event in unacked:
+            await stream.ack(event)
+        log.debug(
+            "checkpoint %d: %d bytes in %.0f ms, %d fusion messages acknowledged",
+            self.fuse.seq,
+            written,
+            1000 * elapsed,
+            len(unacked),
+        )
+        unacked.clear()
+        self._last_checkpoint = time.monotonic()
+
+    async def _checkpoint_if_idle(self) -> None:
+        """Checkpoint fusion messages still unacknowledged when no batch came to do it.
+
+        The fuse agent checkpoints after a batch once one is due; on a stream gone quiet no
+        batch comes, and without this the last messages would stay uncommitted: replayed
+        after a restart, and shown as consumer lag for as long as the stream stays quiet.
+        """
+        stream = self._fuse_stream
+        if stream is None or not self._fusion_unacked or self.app.rebalancing or self._fuse_lock.locked():
+            return
+        async with self._fuse_lock:
+            if self._fusion_unacked and self._checkpoint_due():
+                await self._checkpoint(stream)
 
     def _agents(self) -> None:
         size = self.settings.batch_size
@@ -574,31 +618,15 @@ class VigieFaustApp:
 
         async def fuse(stream: Any) -> None:
             # Acknowledged only once a checkpoint covers them: a restart resumes from there.
-            unacked = self._fusion_unacked
-            last = time.monotonic()
+            self._fuse_stream = stream
             async for events in batches(stream):
-                admitted = await fuse_gate.admit(events)
-                if admitted:
-                    await self._run("fuse", self.fuse.process, admitted)
-                unacked.extend(admitted)
-                if self._checkpoint_due(last):
-                    began = time.perf_counter()
-                    written = self.fuse.checkpoint()
-                    elapsed = time.perf_counter() - began
-                    self.checkpoints_taken += 1
-                    self.checkpoint_seconds += elapsed
-                    self.last_checkpoint_seconds = elapsed
-                    for event in unacked:
-                        await stream.ack(event)
-                    log.debug(
-                        "checkpoint %d: %d bytes in %.0f ms, %d fusion messages acknowledged",
-                        self.fuse.seq,
-                        written,
-                        1000 * elapsed,
-                        len(unacked),
-                    )
-                    unacked.clear()
-                    last = time.monotonic()
+                async with self._fuse_lock:
+                    admitted = await fuse_gate.admit(events)
+                    if admitted:
+                        await self._run("fuse", self.fuse.process, admitted)
+                    self._fusion_unacked.extend(admitted)
+                    if self._checkpoint_due():
+                        await self._checkpoint(stream)
 
         self.app.agent(self._raw_topic(*self.names.inputs), name="vigie-ingest")(ingest)
         self.app.agent(self._raw_topic(self.names.fusion), name="vigie-fuse")(fuse)
