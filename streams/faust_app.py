@@ -505,11 +505,14 @@ class VigieFaustApp:
     async def _watch_gates(self) -> None:
         if self.app.rebalancing:
             return
-        for gate in self.gates:
-            try:
-                await gate.watch()
-            except Exception as exc:  # the consumer may be between generations: try again next time
-                log.info("%s: could not check the partitions (%r)", gate.name, exc)
+        # Together: each gate's offset look-up waits for the consumer thread's current fetch (~1 s),
+        # one after the other they overran the timer's interval.
+        outcomes = await asyncio.gather(*(gate.watch() for gate in self.gates), return_exceptions=True)
+        for gate, outcome in zip(self.gates, outcomes, strict=True):
+            if isinstance(outcome, Exception):  # the consumer may be between generations: try again next time
+                log.info("%s: could not check the partitions (%r)", gate.name, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def _on_revoked(self, sender: Any, revoked: Any = (), **kwargs: Any) -> None:
         """Fusion messages not acknowledged yet will be read again: forget them, and the state built on them."""
