@@ -437,3 +437,35 @@ def test_the_gate_admits_in_order_and_seeks_back_to_a_skipped_offset() -> None:
 
     asyncio.run(scenario())
     assert gate.seeks == 3
+
+
+def test_a_watch_racing_the_first_admit_does_not_rewind_the_partition() -> None:
+    """The timer's watch and the agent's first batch both look up where a partition starts; the
+    slower look-up must not reset what the batch admitted meanwhile (that replayed the batch)."""
+    ens = TP("t.ens", 0)
+    consumer = _FakeConsumer({ens}, {ens: 3})
+    app = SimpleNamespace(consumer=consumer)
+    release = asyncio.Event()
+    calls = 0
+
+    async def committed(tps: list[TP]) -> dict[TP, int | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()  # the watch's look-up answers last
+        return dict.fromkeys(tps, 0)
+
+    gate = InOrderGate("ingest", app, {"t.ens"}, committed, stall_s=60.0)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        watch = asyncio.create_task(gate.watch())
+        await asyncio.sleep(0)  # the watch is waiting for its look-up
+        first = await gate.admit(_events(ens, [0, 1, 2]))
+        assert [e.message.offset for e in first] == [0, 1, 2]
+        release.set()
+        await watch
+        later = await gate.admit(_events(ens, [3]))
+        assert [e.message.offset for e in later] == [3], "offset 3 is next: 0-2 are not expected again"
+        assert consumer.seeks == [] and gate.redelivered == 0
+
+    asyncio.run(scenario())
