@@ -64,7 +64,9 @@ class OperatorState(ABC):
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able snapshot from which :meth:`from_dict` rebuilds an equal state."""
+        """A snapshot from which :meth:`from_dict` rebuilds an equal state: JSON types, numpy
+        arrays and aware datetimes, all of which orjson writes (the datetimes as ISO 8601 text,
+        which :meth:`from_dict` must accept as well as the datetime)."""
 
     @classmethod
     @abstractmethod

@@ -230,7 +230,8 @@ class EnsLinkState(OperatorState):
     def to_dict(self) -> dict[str, Any]:
         arrivals: dict[str, list[Any]] = {}
         for r, i in self.arrivals.items():
-            row: list[Any] = [i.eta.isoformat(), i.transport_mode, i.first_office_of_entry]
+            # The datetime itself: orjson writes it as isoformat() would, in C (a third of a checkpoint's time).
+            row: list[Any] = [i.eta, i.transport_mode, i.first_office_of_entry]
             if i.summary is not None:
                 row.append(i.summary.decode())
             arrivals[r] = row
@@ -242,5 +243,6 @@ class EnsLinkState(OperatorState):
         for ref, row in data["arrivals"].items():
             eta, mode, office = row[:3]
             summary = row[3].encode() if len(row) > 3 else None
-            state.remember(ref, ArrivalInfo(datetime.fromisoformat(eta), sys.intern(mode), sys.intern(office), summary))
+            when = eta if isinstance(eta, datetime) else datetime.fromisoformat(eta)  # in memory, or read back
+            state.remember(ref, ArrivalInfo(when, sys.intern(mode), sys.intern(office), summary))
         return state
