@@ -371,7 +371,9 @@ class InOrderGate:
         self._sought[tp] = self._since[tp] = time.monotonic()
         self.seeks += 1
         log.warning("%s: %s:%d %s; reading again from offset %d", self.name, tp.topic, tp.partition, why, offset)
-        await self.app.consumer.seek(tp, offset)
+        # seek_wait, not seek: Faust's seek() runs aiokafka's in this thread, racing the consumer thread's
+        # fetch (seen: KeyError in aiokafka's fetched_records, and the worker stopped); seek_wait runs it there.
+        await self.app.consumer.seek_wait({tp: offset})
 
 
 class _Worker(faust.Worker):  # type: ignore[misc]
