@@ -90,8 +90,11 @@ class NullSink(BufferedSink):
         super().__init__(MODERN, _policy(batch_size))
         self._encoders = {name: ArrowEncoder(table, MODERN) for name, table in TABLES.items()}
 
-    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
-        self._encoders[table.name].encode(columns)
+    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> bytes:
+        return self._encoders[table.name].encode(columns)
+
+    def _send(self, table: Table, payload: bytes, rows: int) -> None:
+        pass
 
     def _disconnect(self) -> None:
         pass
@@ -145,18 +148,13 @@ class Result:
 
 def write_all(sink: BufferedSink, per_event: list[list[Any]]) -> Run:
     """Write everything in ``WRITE_EVENTS``-event calls, flush; wall, CPU, rows, flush durations."""
-    flushes: list[float] = []
+    sink.metrics.recent_flush_seconds.clear()
     started, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(per_event), WRITE_EVENTS):
-        batches = sink.metrics.batches
         sink.write([r for records in per_event[i : i + WRITE_EVENTS] for r in records])
-        if sink.metrics.batches != batches and sink.metrics.last_flush_seconds is not None:
-            flushes.append(sink.metrics.last_flush_seconds)
-    batches = sink.metrics.batches
     sink.flush()
-    if sink.metrics.batches != batches and sink.metrics.last_flush_seconds is not None:
-        flushes.append(sink.metrics.last_flush_seconds)
-    return Run(time.perf_counter() - started, time.process_time() - cpu, sink.metrics.total_rows_written, flushes)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return Run(seconds, cpu, sink.metrics.total_rows_written, list(sink.metrics.recent_flush_seconds))
 
 
 def process_cpu(pid: int | None) -> float | None:

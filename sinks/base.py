@@ -8,13 +8,14 @@ so a flush that fails halfway can simply be retried.
 
 Columnar path
 -------------
-:meth:`BufferedSink.write` appends each record's rows as tuples of model values
-(:func:`~vigie.sinks.ddl.row_tuple_builders`: generated code, no per-row dict, no per-row
-encoding). A flush transposes each table's tuples into columns (``zip(*rows)``, in C) and
-hands them to :meth:`BufferedSink._insert`, which converts whole columns for its transport
-(Arrow arrays for chdb, epoch integers for the native protocol). ``write()`` is
-all-or-nothing: a record that cannot be stored (a type no table holds, a model missing a
-field) raises ``TypeError`` and none of that call's records stay buffered.
+:meth:`BufferedSink.write` appends each record's values straight to one list per column
+(:func:`~vigie.sinks.ddl.column_writers`: generated code, no per-row dict, tuple or
+encoding). A flush hands each table's column lists to :meth:`BufferedSink._encode`, which
+converts whole columns for its transport (Arrow arrays for chdb, epoch integers for the
+native protocol), then :meth:`BufferedSink._send` stores the payload, on a sender thread when
+the sink was opened with ``background=True``. ``write()`` is all-or-nothing: a record that
+cannot be stored (a type no table holds, a model missing a field) raises ``TypeError`` and
+none of that call's records stay buffered.
 
 Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
 
@@ -22,8 +23,8 @@ Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
   that flush fails the rows stay buffered, the error is counted in
   :attr:`SinkMetrics.failed_flushes`, and the next automatic attempt waits ``max_delay_s``,
   so a short outage does not stop the stream.
-* more than ``max_buffer_rows`` buffered: ``write()`` flushes synchronously and raises if
-  that fails. The buffer is bounded; the caller gets the back-pressure.
+* more than ``max_buffer_rows`` buffered or waiting for their send: ``write()`` flushes,
+  waits, and raises if that fails. The buffer is bounded; the caller gets the back-pressure.
 
 There is no background timer: a runtime with idle periods calls :meth:`BufferedSink.flush_if_due`
 (or :meth:`Sink.flush`) on its own tick so a quiet stream still reaches the store.
@@ -35,14 +36,16 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
-from .ddl import MODERN, TABLES, ColumnBatch, ServerProfile, Table, columns_of, row_tuple_builders
+from .ddl import MODERN, TABLES, ColumnBatch, ColumnLists, ServerProfile, Table, column_writers, empty_columns
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -68,7 +71,11 @@ class SinkMetrics:
     last_flush_at: datetime | None = None
     """UTC time the last successful flush ended."""
     last_flush_seconds: float | None = None
+    """Wall time of the last flush, from encoding its first table to storing its last."""
+    recent_flush_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    """Wall times of the latest flushes (at most 1,024), oldest first: the flush-latency distribution."""
     buffered_rows: int = 0
+    """Rows written and not stored yet: in the buffer, or encoded and waiting for their send."""
     failed_flushes: int = 0
     last_error: str | None = None
     oldest_buffered_at: float | None = None
@@ -137,53 +144,79 @@ class BufferPolicy:
 
 
 class RowBuffer:
-    """Row tuples per table awaiting insertion, with the timing the flush policy needs. Not thread-safe.
+    """Column values per table awaiting insertion, with the timing the flush policy needs. Not thread-safe.
 
-    :attr:`rows` holds one list per table of :data:`~vigie.sinks.ddl.TABLES`, appended to in
-    place by the tuple builders; call :meth:`recount` after appending.
+    :meth:`write` appends each record's values to :attr:`columns` (one list per column of
+    every table of :data:`~vigie.sinks.ddl.TABLES`) through the generated
+    :func:`~vigie.sinks.ddl.column_writers`.
     """
 
     def __init__(self, policy: BufferPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
-        self.rows: dict[str, list[Any]] = {name: [] for name in TABLES}
+        self.columns: ColumnLists = empty_columns()
+        self._writers = column_writers(self.columns)
         self.size = 0
         self._since: dict[str, float] = {}  # table -> clock() when its oldest buffered row arrived
         self._retry_at = 0.0
 
-    def add(self, table: str, rows: list[Any]) -> None:
-        """Append ``table``'s rows; the first row of an empty table starts its delay clock."""
-        self.rows[table].extend(rows)
+    def write(self, records: Iterable[BaseModel]) -> None:
+        """Append the rows of ``records``, all or nothing.
+
+        Raises ``TypeError`` when a record cannot be stored (a type no table holds, a model
+        missing a field); the call then leaves nothing buffered.
+        """
+        writers = self._writers
+        before = self.lengths()
+        try:
+            for record in records:
+                try:
+                    write = writers[type(record)]
+                except KeyError:
+                    raise TypeError(f"no table stores {type(record).__name__}") from None
+                try:
+                    write(record)
+                except Exception as exc:
+                    raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
+        except BaseException:
+            self.truncate(before)  # no half-written record stays
+            raise
         self.recount()
 
     def recount(self) -> None:
-        """Update :attr:`size` and the tables' delay clocks after appending to :attr:`rows`."""
+        """Update :attr:`size` and the tables' delay clocks after appending to :attr:`columns`."""
         size = 0
         now: float | None = None
-        for name, rows in self.rows.items():
+        for name, columns in self.columns.items():
+            rows = len(columns[0])
             if rows:
-                size += len(rows)
+                size += rows
                 if name not in self._since:
                     now = self._clock() if now is None else now
                     self._since[name] = now
         self.size = size
 
     def truncate(self, lengths: dict[str, int]) -> None:
-        """Drop rows appended after ``lengths`` (a :meth:`lengths` snapshot): undo a failed write."""
+        """Drop values appended after ``lengths`` (a :meth:`lengths` snapshot): undo a failed write."""
         for name, length in lengths.items():
-            del self.rows[name][length:]
-            if not self.rows[name]:
+            for values in self.columns[name]:
+                del values[length:]
+            if not length:
                 self._since.pop(name, None)
         self.recount()
 
     def lengths(self) -> dict[str, int]:
         """Rows buffered per table, for :meth:`truncate`."""
-        return {name: len(rows) for name, rows in self.rows.items()}
+        return {name: len(columns[0]) for name, columns in self.columns.items()}
 
     @property
     def oldest_at(self) -> float | None:
         """``clock()`` when the oldest buffered row arrived; None when empty."""
         return min(self._since.values(), default=None)
+
+    def since(self, table: str) -> float | None:
+        """``clock()`` when ``table``'s oldest buffered row arrived; None when it has none."""
+        return self._since.get(table)
 
     def due(self) -> bool:
         """True when the policy asks for a flush (and no failed flush is backing off)."""
@@ -195,23 +228,30 @@ class RowBuffer:
             return False
         return self.size >= self.policy.batch_size or now - oldest >= self.policy.max_delay_s
 
-    def over_limit(self) -> bool:
-        """True above ``max_buffer_rows``: the writer must flush before going on."""
-        return self.size > self.policy.max_buffer_rows
+    def may_retry(self) -> bool:
+        """True once the pause after a failed flush is over."""
+        return self._clock() >= self._retry_at
+
+    def over_limit(self, unsent: int = 0) -> bool:
+        """True above ``max_buffer_rows`` (counting ``unsent`` rows already taken out of the
+        buffer but not stored yet): the writer must flush before going on."""
+        return self.size + unsent > self.policy.max_buffer_rows
 
     def tables(self) -> list[str]:
         """Tables with buffered rows, parents before their item tables (a reader never sees
         items whose header is missing)."""
-        return [name for name, rows in self.rows.items() if rows]
+        return [name for name, columns in self.columns.items() if columns[0]]
 
-    def peek(self, table: str) -> list[Any]:
-        """The rows buffered for ``table`` (left in place until :meth:`discard`)."""
-        return self.rows[table]
+    def peek(self, table: str) -> list[list[Any]]:
+        """The column lists buffered for ``table`` (left in place until :meth:`discard`)."""
+        return self.columns[table]
 
     def discard(self, table: str) -> None:
-        """Forget ``table``'s rows once they are stored."""
-        self.size -= len(self.rows[table])
-        self.rows[table] = []
+        """Forget ``table``'s rows once they are encoded (the lists are emptied in place)."""
+        columns = self.columns[table]
+        self.size -= len(columns[0])
+        for values in columns:
+            values.clear()
         self._since.pop(table, None)
 
     def backoff(self) -> None:
@@ -219,29 +259,76 @@ class RowBuffer:
         self._retry_at = self._clock() + self.policy.max_delay_s
 
 
+@dataclass(slots=True)
+class _Unsent:
+    """One table's rows, encoded for the transport and not yet stored."""
+
+    table: Table
+    payload: Any
+    rows: int
+    since: float
+    """``time.monotonic()`` when the oldest of these rows was written."""
+
+
+@dataclass(slots=True)
+class _Job:
+    """Payloads handed to the sender thread in one flush."""
+
+    payloads: list[_Unsent]
+    started: float
+    """``time.perf_counter()`` when the flush began encoding."""
+    future: Future[tuple[int, BaseException | None, float]]
+
+
 class BufferedSink(ABC):
     """A :class:`Sink` built on a connection that can insert a batch of columns into one table.
 
-    Subclasses implement :meth:`_insert`, :meth:`query` and :meth:`_disconnect`. Writes and
-    flushes hold one lock, so threads may share a sink (they take turns).
+    A flush has two halves: :meth:`_encode` turns a table's buffered columns into what the
+    transport sends (in the writer's thread: the values are Python objects, it needs the
+    GIL), :meth:`_send` stores that payload. With ``background=True`` the sends run on one
+    sender thread, in order, while the writer goes on buffering: the database's own work (in
+    chdb's threads, or in the server process while the driver waits) overlaps with the
+    stream instead of stalling it. Until a payload is stored it counts as buffered (the
+    ``max_buffer_rows`` bound and :attr:`SinkMetrics.buffered_rows` include it); a payload
+    whose send failed is sent again at the next flush. :meth:`flush` and :meth:`close` wait
+    for every send; a flush that :meth:`write` starts does not.
+
+    Subclasses implement :meth:`_encode`, :meth:`_send`, :meth:`query` (calling
+    :meth:`settle` first: the connection is not shared with the sender thread) and
+    :meth:`_disconnect`. Writes and flushes hold one lock, so threads may share a sink (they
+    take turns).
     """
 
-    def __init__(self, profile: ServerProfile = MODERN, policy: BufferPolicy | None = None) -> None:
+    def __init__(
+        self, profile: ServerProfile = MODERN, policy: BufferPolicy | None = None, *, background: bool = False
+    ) -> None:
         self.profile = profile
         self.policy = policy or BufferPolicy()
         self.metrics = SinkMetrics()
-        self._builders = row_tuple_builders()
+        self.background = background
         self._buffer = RowBuffer(self.policy)
+        self._unsent: list[_Unsent] = []  # encoded, not handed to the sender (or handed back after a failure)
+        self._jobs: deque[_Job] = deque()  # handed to the sender, not harvested
+        self._sender: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._closed = False
 
     @abstractmethod
-    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
-        """Insert ``rows`` rows of ``table`` in one statement.
+    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> Any:
+        """The payload that stores ``rows`` rows of ``table``; runs in the writer's thread.
 
-        ``columns`` holds one sequence per column of ``table.columns``, with the values as the
-        models hold them (see :func:`~vigie.sinks.ddl.row_tuple_builders`); the sink converts
-        them for its transport. Called again with the same columns when a flush is retried.
+        ``columns`` holds one list per column of ``table.columns``, with the values as the
+        models hold them (see :func:`~vigie.sinks.ddl.column_writers`); the lists are
+        emptied after this returns, so the payload must not keep them. Raises
+        ``ValueError`` naming the table and column when a value does not fit.
+        """
+
+    @abstractmethod
+    def _send(self, table: Table, payload: Any, rows: int) -> None:
+        """Store one :meth:`_encode` payload in one statement; may run on the sender thread.
+
+        Called again with the same payload when a failed flush is retried (re-sending is
+        harmless: the tables are idempotent on record ids).
         """
 
     @abstractmethod
@@ -259,90 +346,181 @@ class BufferedSink(ABC):
         """
         with self._lock:
             self._check_open()
-            buffer = self._buffer
-            out = buffer.rows
-            builders = self._builders
-            before = buffer.lengths()
+            self._buffer.write(records)
+            if self._jobs:
+                self._harvest(block=False, raise_errors=False)
             try:
-                for record in records:
+                if self._buffer.over_limit(self._unsent_rows()):
+                    self._flush_locked(wait=True)  # back-pressure: let a failure reach the caller
+                elif self._due():
                     try:
-                        build = builders[type(record)]
-                    except KeyError:
-                        raise TypeError(f"no table stores {type(record).__name__}") from None
-                    try:
-                        build(record, out)
-                    except Exception as exc:
-                        raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
-            except BaseException:
-                buffer.truncate(before)  # all-or-nothing: no half-written record stays
-                raise
-            buffer.recount()
-            self._sync_buffer_metrics()
-            if buffer.over_limit():
-                self._flush_locked()  # back-pressure: let a failure reach the caller
-            elif buffer.due():
-                try:
-                    self._flush_locked()
-                except Exception:
-                    # Rows stay buffered and are retried later; over_limit() ends the grace.
-                    log.warning("flush failed, %d rows kept for retry", buffer.size, exc_info=True)
+                        self._flush_locked(wait=False)
+                    except Exception:
+                        # Rows stay buffered and are retried later; over_limit() ends the grace.
+                        log.warning("flush failed, %d rows kept for retry", self.metrics.buffered_rows, exc_info=True)
+            finally:
+                self._sync_buffer_metrics()
 
     def flush_if_due(self) -> None:
-        """Flush if the policy says so; for runtimes' idle ticks. Raises like :meth:`flush`."""
+        """Flush if the policy says so, and wait for it; for runtimes' idle ticks. Raises like :meth:`flush`."""
         with self._lock:
-            if not self._closed and self._buffer.due():
-                self._flush_locked()
+            if self._closed:
+                return
+            if self._jobs:
+                self._harvest(block=False, raise_errors=False)
+            if self._due():
+                try:
+                    self._flush_locked(wait=True)
+                finally:
+                    self._sync_buffer_metrics()
 
     def flush(self) -> None:
-        """Insert every buffered row, one statement per table.
+        """Store every buffered row, one statement per table, and wait until they are stored.
 
-        Tables already inserted are dropped from the buffer even if a later table fails,
+        Tables already stored are dropped from the buffer even if a later table fails,
         so a retry re-sends only what is missing (and re-sending is harmless anyway).
         """
         with self._lock:
             self._check_open()
-            self._flush_locked()
+            try:
+                self._flush_locked(wait=True)
+            finally:
+                self._sync_buffer_metrics()
 
-    def _flush_locked(self) -> None:
-        buffer = self._buffer
-        if buffer.size == 0:
-            return
+    def _due(self) -> bool:
+        if self._buffer.due():
+            return True
+        return bool(self._unsent) and self._buffer.may_retry()
+
+    def _unsent_rows(self) -> int:
+        return sum(u.rows for u in self._unsent) + sum(u.rows for job in self._jobs for u in job.payloads)
+
+    def _flush_locked(self, wait: bool) -> None:
         started = time.perf_counter()
         try:
-            for name in buffer.tables():
-                rows = buffer.peek(name)
-                table = TABLES[name]
-                self._insert(table, columns_of(rows, table), len(rows))
-                self.metrics.rows_written[name] = self.metrics.rows_written.get(name, 0) + len(rows)
-                self.metrics.batches += 1
-                buffer.discard(name)
+            self._encode_buffer()
         except Exception as exc:
-            buffer.backoff()
-            self.metrics.failed_flushes += 1
-            self.metrics.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self._failed(exc)
             raise
-        finally:
-            self._sync_buffer_metrics()
-        self.metrics.last_flush_seconds = time.perf_counter() - started
+        if not self.background:
+            self._send_unsent(started)
+            return
+        if self._unsent:
+            if self._sender is None:
+                self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"{type(self).__name__}-sender")
+            payloads, self._unsent = self._unsent, []
+            self._jobs.append(_Job(payloads, started, self._sender.submit(self._send_all, payloads)))
+        if wait:
+            self._harvest(block=True, raise_errors=True)
+
+    def _encode_buffer(self) -> None:
+        """Encode every buffered table into :attr:`_unsent` (parents first) and empty the buffer."""
+        buffer = self._buffer
+        for name in buffer.tables():
+            columns = buffer.peek(name)
+            rows = len(columns[0])
+            since = buffer.since(name)
+            payload = self._encode(TABLES[name], columns, rows)
+            self._unsent.append(_Unsent(TABLES[name], payload, rows, time.monotonic() if since is None else since))
+            buffer.discard(name)
+
+    def _send_unsent(self, started: float) -> None:
+        """Send :attr:`_unsent` in this thread, in order; a failure keeps the rest."""
+        while self._unsent:
+            unsent = self._unsent[0]
+            try:
+                self._send(unsent.table, unsent.payload, unsent.rows)
+            except Exception as exc:
+                self._failed(exc)
+                raise
+            self._unsent.pop(0)
+            self._stored(unsent)
+        self._flushed(time.perf_counter() - started)
+
+    def _send_all(self, payloads: list[_Unsent]) -> tuple[int, BaseException | None, float]:
+        """Sender thread: send ``payloads`` in order; how many were stored, the error that
+        stopped it (if any), and ``time.perf_counter()`` at the end."""
+        for sent, unsent in enumerate(payloads):
+            try:
+                self._send(unsent.table, unsent.payload, unsent.rows)
+            except Exception as exc:
+                return sent, exc, time.perf_counter()
+        return len(payloads), None, time.perf_counter()
+
+    def _harvest(self, block: bool, raise_errors: bool) -> None:
+        """Account for finished sends (all of them when ``block``); payloads whose send
+        failed go back to :attr:`_unsent`, ahead of newer ones. The first failure is
+        counted, then raised (``raise_errors``) or logged."""
+        failed: list[_Unsent] = []
+        error: BaseException | None = None
+        while self._jobs and (block or self._jobs[0].future.done()):
+            job = self._jobs.popleft()
+            sent, exc, ended = job.future.result()
+            for unsent in job.payloads[:sent]:
+                self._stored(unsent)
+            if exc is None:
+                self._flushed(ended - job.started)
+            else:
+                failed.extend(job.payloads[sent:])
+                error = error or exc
+        if failed:
+            self._unsent[:0] = failed
+        if error is not None:
+            self._failed(error)
+            if raise_errors:
+                raise error
+            log.warning("background flush failed, %d rows kept for retry", self._unsent_rows(), exc_info=error)
+
+    def settle(self) -> None:
+        """Wait until the sender thread has finished every send handed to it, and account for
+        them: stored rows leave :attr:`SinkMetrics.buffered_rows`, failed sends are counted,
+        logged and kept for the next flush. Raises nothing. A subclass's :meth:`query` calls
+        it before using the connection (not shared with the sender thread)."""
+        with self._lock:
+            if self._jobs:
+                self._harvest(block=True, raise_errors=False)
+                self._sync_buffer_metrics()
+
+    def _stored(self, unsent: _Unsent) -> None:
+        name = unsent.table.name
+        self.metrics.rows_written[name] = self.metrics.rows_written.get(name, 0) + unsent.rows
+        self.metrics.batches += 1
+
+    def _flushed(self, seconds: float) -> None:
+        self.metrics.last_flush_seconds = seconds
+        self.metrics.recent_flush_seconds.append(seconds)
         self.metrics.last_flush_at = datetime.now(UTC)
 
+    def _failed(self, exc: BaseException) -> None:
+        self._buffer.backoff()
+        self.metrics.failed_flushes += 1
+        self.metrics.last_error = f"{type(exc).__name__}: {exc}"[:500]
+
     def _sync_buffer_metrics(self) -> None:
-        self.metrics.buffered_rows = self._buffer.size
-        self.metrics.oldest_buffered_at = self._buffer.oldest_at
+        unsent = self._unsent + [u for job in self._jobs for u in job.payloads]
+        self.metrics.buffered_rows = self._buffer.size + sum(u.rows for u in unsent)
+        times = [u.since for u in unsent]
+        if self._buffer.oldest_at is not None:
+            times.append(self._buffer.oldest_at)
+        self.metrics.oldest_buffered_at = min(times, default=None)
 
     def close(self) -> None:
-        """Flush and disconnect. If the flush fails the connection is still released and
-        the error re-raised: the buffered rows are lost (they are logged)."""
+        """Flush, wait for the sends and disconnect. If the flush fails the connection is still
+        released and the error re-raised: the unstored rows are lost (they are logged)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                self._flush_locked()
+                self._flush_locked(wait=True)
             except Exception:
-                log.error("closing with %d unflushed rows dropped", self._buffer.size)
+                self._sync_buffer_metrics()
+                log.error("closing with %d unstored rows dropped", self.metrics.buffered_rows)
                 raise
             finally:
+                self._sync_buffer_metrics()
+                if self._sender is not None:
+                    self._sender.shutdown(wait=True)
                 self._disconnect()
 
     def _check_open(self) -> None:

@@ -123,8 +123,7 @@ def _arrow_converter(col: Column, profile: ServerProfile) -> tuple[pa.DataType, 
     kind = col.kind
     if kind is Kind.DATETIME:
         unit = pa.timestamp("ms" if profile.datetime64 else "s", tz="UTC")
-        micros = pa.timestamp("us", tz="UTC")
-        return unit, lambda values: pa.array(values, micros).cast(unit, safe=False)
+        return unit, lambda values: pa.array(values, unit)  # truncates to the unit, any offset to UTC
     if kind is Kind.JSON or (kind is Kind.MAP and not profile.map_type):
         return pa.string(), lambda values: pa.array(json_column(values), pa.string())
     if kind is Kind.MAP:
@@ -197,6 +196,10 @@ class ChdbSink(BufferedSink):
     ...     sink.flush()
     ...     sink.query("SELECT count() AS n FROM vigie.scores FINAL")
     [{'n': 1}]
+
+    With ``background=True`` (the default) inserts run on a sender thread while the writer
+    goes on (see :class:`~vigie.sinks.base.BufferedSink`): chdb does its share of each
+    flush, parsing the Arrow stream and writing parts, on another core.
     """
 
     def __init__(
@@ -207,6 +210,7 @@ class ChdbSink(BufferedSink):
         ttl_days: int | None = DEFAULT_TTL_DAYS,
         max_delay_s: float = 1.0,
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
+        background: bool = True,
     ) -> None:
         self.path = Path(path).resolve()
         self.database = validate_identifier(database)
@@ -224,8 +228,8 @@ class ChdbSink(BufferedSink):
         try:
             for statement in _SESSION_SETTINGS:
                 session.query(statement)
-            version = self.query("SELECT version() AS v")[0]["v"]
-            super().__init__(ServerProfile.parse(version), policy)
+            version = _parse_rows(session.query("SELECT version() AS v", "JSONEachRow").bytes())[0]["v"]
+            super().__init__(ServerProfile.parse(version), policy, background=background)
             for statement in render_ddl(self.profile, self.database, ttl_days):
                 session.query(statement)
             create_views(self.query, self.profile, self.database)
@@ -238,10 +242,13 @@ class ChdbSink(BufferedSink):
         }
         self._arrow = {name: ArrowEncoder(table, self.profile) for name, table in TABLES.items()}
 
-    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
-        stream = self._arrow[table.name].encode(columns)
+    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> bytes:
+        return self._arrow[table.name].encode(columns)
+
+    def _send(self, table: Table, payload: bytes, rows: int) -> None:
+        # chdb releases the GIL while ClickHouse parses and writes the parts.
         with self._session.send_insert(self._insert_sql[table.name], _INSERT_FORMAT) as inserter:
-            inserter.append(stream)
+            inserter.append(payload)
             written = inserter.finish().rows_written
         if written < rows:  # the views' rows count too, so only fewer than sent is wrong
             raise RuntimeError(f"chdb stored {written} of {rows} rows in {self.database}.{table.name}")
@@ -255,6 +262,7 @@ class ChdbSink(BufferedSink):
         """
         if not self._finalizer.alive:
             raise RuntimeError("ChdbSink is closed")
+        self.settle()
         return _parse_rows(self._session.query(sql, "JSONEachRow").bytes())
 
     def _disconnect(self) -> None:

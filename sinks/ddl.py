@@ -32,12 +32,12 @@ Rows
 ----
 Two row shapes, both from code generated once per model:
 
-* :func:`row_tuple_builders` (what the sinks use): each record appends one tuple per row to
-  the list of its table, values in :attr:`Table.columns` order and exactly as the model holds
-  them (aware ``datetime`` in any offset, ``bool``, ``dict``, ``bytes``). A sink buffers these
-  tuples and converts whole *columns* at flush time (:func:`columns_of`), in bulk, for its
-  transport: Arrow arrays for chdb, epoch integers for the native protocol. No per-row
-  dict and no per-row encoding: bench/sink.py measures the whole path per scored event.
+* :func:`column_writers` (what the sinks use): each record appends its values to one list per
+  column of its table (and of its item table), exactly as the model holds them (aware
+  ``datetime`` in any offset, ``bool``, ``dict``, ``bytes``). A sink converts whole *columns*
+  at flush time, in bulk, for its transport: Arrow arrays for chdb, epoch integers for the
+  native protocol. No per-row dict, tuple or encoding: bench/sink.py measures the whole path
+  per scored event.
 * :func:`rows_for`: one dict per row, values already converted for a server profile
   (datetimes in UTC, booleans 0/1, dicts as JSON text where the profile has no ``Map``), for
   callers that want to read rows (tests, tools). About 2 us for a score, 8 us for a
@@ -60,7 +60,6 @@ through JSON, select ``base64Encode(raw)`` (or ``hex(raw)``) and decode on the c
 from __future__ import annotations
 
 import dataclasses
-import operator
 import re
 import types
 import typing
@@ -97,16 +96,17 @@ __all__ = [
     "TABLES",
     "Column",
     "ColumnBatch",
+    "ColumnLists",
     "Kind",
     "RowPlans",
+    "RowWriter",
     "ServerProfile",
     "Table",
-    "TupleBuilder",
-    "columns_of",
+    "column_writers",
+    "empty_columns",
     "json_column",
     "json_text",
     "render_ddl",
-    "row_tuple_builders",
     "rows_for",
     "validate_identifier",
 ]
@@ -556,12 +556,16 @@ def json_text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def json_column(values: Sequence[Any]) -> list[bytes | None]:
-    """A column of dicts as the JSON documents :func:`json_text` gives, as UTF-8 bytes (no
-    decode: both transports send bytes); None stays None."""
+def json_column(values: Sequence[Any]) -> list[str | None]:
+    """A column of dicts as the JSON documents :func:`json_text` gives; None stays None.
+
+    Text, not orjson's bytes: a column of kept ``bytes`` costs about four times the encoding
+    itself (orjson allocates each outside Python's small-object allocator, then shrinks it),
+    while decoding each one to a ``str`` frees those buffers at once (bench/sink.py).
+    """
     dumps = orjson.dumps
     option = orjson.OPT_SORT_KEYS
-    return [None if value is None else dumps(value, option=option) for value in values]
+    return [None if value is None else dumps(value, option=option).decode() for value in values]
 
 
 def _converter(col: Column, profile: ServerProfile) -> Convert | None:
@@ -680,98 +684,98 @@ def rows_for(record: BaseModel, profile: ServerProfile = MODERN) -> dict[str, li
     return _plans_for(profile.modern).rows_for(record)
 
 
-# --- row tuples (columnar sinks) -------------------------------------------------------
+# --- column writers (columnar sinks) ----------------------------------------------------
 
-TupleBuilder = Callable[[BaseModel, dict[str, list[tuple[Any, ...]]]], int]
-"""``build(record, out)``: append the record's rows to ``out[table]``; return how many."""
+ColumnBatch = Sequence[Sequence[Any]]
+"""One sequence per column, in :attr:`Table.columns` order, each holding that column's values."""
 
-ColumnBatch = list[tuple[Any, ...]]
-"""One tuple per column, in :attr:`Table.columns` order, each holding that column's values."""
+ColumnLists = dict[str, list[list[Any]]]
+"""Per table, one list per column of :attr:`Table.columns`: what a columnar sink buffers."""
+
+RowWriter = Callable[[BaseModel], int]
+"""``write(record)``: append the record's rows to the column lists; return how many rows."""
 
 
-def _compile_tuples(table: Table, tables: dict[str, Table]) -> TupleBuilder:
-    """Generate the tuple builder of root ``table`` and its item tables.
+def empty_columns() -> ColumnLists:
+    """One empty list per column of every table, for :func:`column_writers` to append to."""
+    return {name: [[] for _ in table.columns] for name, table in TABLES.items()}
 
-    Each row is one tuple display of dict look-ups in the models' ``__dict__`` (where
-    pydantic keeps validated values): no per-row dict, no per-value call. Inherited
-    columns of an item table are read once per record, not once per item.
+
+def _compile_writer(table: Table, tables: dict[str, Table], columns: ColumnLists) -> RowWriter:
+    """Generate the writer of root ``table`` and its item tables, bound to ``columns``.
+
+    Each value is one call of a list's bound ``append`` on a value looked up in the model's
+    ``__dict__`` (where pydantic keeps validated values): no tuple per row and no
+    transposition at flush, as values land in their column list straight away. Inherited
+    columns of an item table are read once per record, not once per item. The lists must be
+    emptied in place (``clear``), never replaced: the writer holds their ``append``.
     """
     if table.parent is not None:
-        raise TypeError(f"{table.name}: tuple builders start at a root table")
-    namespace: dict[str, Any] = {"_ABSENT": _ABSENT, "_dict_of": operator.attrgetter("__dict__")}
+        raise TypeError(f"{table.name}: writers start at a root table")
+    namespace: dict[str, Any] = {"_ABSENT": _ABSENT}
     counter = iter(range(10**6))
 
-    def values_of(target: Table, source: str, indent: str, body: list[str]) -> list[str]:
-        """Value expressions of ``target``'s own columns read from ``source``; nested models
-        are bound to locals first (lines added to ``body``)."""
+    def appends_of(target: Table, source: str, indent: str, body: list[str]) -> None:
+        """Append statements for ``target``'s columns read from ``source`` (``p_NAME`` for
+        inherited ones); nested models are bound to locals first."""
         nested: dict[str, str] = {}
-        values: list[str] = []
-        for col in target.columns:
+        for index, col in enumerate(target.columns):
             if col.inherited:
-                values.append(f"p_{col.name}")
+                value = f"p_{col.name}"
             elif len(col.path) == 1:
-                values.append(f"{source}[{col.path[0]!r}]")
+                value = f"{source}[{col.path[0]!r}]"
             elif len(col.path) == 2:
                 attr = col.path[0]
                 if attr not in nested:
                     local = nested[attr] = f"n{next(counter)}"
                     body.append(f"{indent}{local} = {source}[{attr!r}]")
                     body.append(f"{indent}{local} = _ABSENT if {local} is None else {local}.__dict__")
-                values.append(f"{nested[attr]}[{col.path[1]!r}]")
+                value = f"{nested[attr]}[{col.path[1]!r}]"
             else:
                 raise TypeError(f"{target.name}.{col.name}: models nested more than one level deep are not supported")
-        return values
+            append = f"_a{next(counter)}"
+            namespace[append] = columns[target.name][index].append
+            body.append(f"{indent}{append}({value})")
 
-    lines = ["def build(record, out):", "    v = record.__dict__"]
-    own = values_of(table, "v", "    ", lines)
-    lines.append(f"    out[{table.name!r}].append(({', '.join(own)},))")
-    counted = ["1"]
-    for k, child in enumerate(t for t in tables.values() if t.parent == table.name):
+    lines = ["def write(record):", "    v = record.__dict__"]
+    # Inherited values first: a record missing one fails before any list grows.
+    children = [t for t in tables.values() if t.parent == table.name]
+    for child in children:
         if any(t.parent == child.name for t in tables.values()):
             raise TypeError(f"{child.name}: item tables cannot have item tables of their own")
         for col in child.columns:
             if col.inherited:
-                lines.append(f"    p_{col.name} = {own[table.columns.index(table.column(col.name))]}")
-        body: list[str] = []
-        values = values_of(child, "w", "        ", body)
+                source = table.column(col.name)
+                if len(source.path) != 1:
+                    raise TypeError(f"{child.name}.{col.name}: inherited columns must be top-level fields")
+                lines.append(f"    p_{col.name} = v[{source.path[0]!r}]")
+    appends_of(table, "v", "    ", lines)
+    counted = ["1"]
+    for k, child in enumerate(children):
         lines.append(f"    items{k} = v[{child.via!r}]")
-        if body:  # nested models in items need statements: a plain loop
-            lines.append(f"    add = out[{child.name!r}].append")
-            lines.append(f"    for item in items{k}:")
-            lines.append("        w = item.__dict__")
-            lines.extend(body)
-            lines.append(f"        add(({', '.join(values)},))")
-        else:  # one comprehension: no method call per item
-            rows = f"[({', '.join(values)},) for w in map(_dict_of, items{k})]"
-            lines.append(f"    out[{child.name!r}].extend({rows})")
+        lines.append(f"    for item in items{k}:")
+        lines.append("        w = item.__dict__")
+        appends_of(child, "w", "        ", lines)
         counted.append(f"len(items{k})")
     lines.append(f"    return {' + '.join(counted)}")
     source_text = "\n".join(lines) + "\n"
-    exec(compile(source_text, f"<vigie.sinks.ddl tuples of {table.name}>", "exec"), namespace)
-    builder: TupleBuilder = namespace["build"]
-    builder.__doc__ = source_text  # the generated code, for debugging
-    return builder
+    exec(compile(source_text, f"<vigie.sinks.ddl writer of {table.name}>", "exec"), namespace)
+    writer: RowWriter = namespace["write"]
+    writer.__doc__ = source_text  # the generated code, for debugging
+    return writer
 
 
-@lru_cache(maxsize=1)
-def row_tuple_builders() -> dict[type[BaseModel], TupleBuilder]:
-    """The tuple builder of every stored model (its root table and item tables).
+def column_writers(columns: ColumnLists) -> dict[type[BaseModel], RowWriter]:
+    """The writer of every stored model, appending its rows to ``columns`` (:func:`empty_columns`).
 
-    >>> out = {name: [] for name in TABLES}
-    >>> builders = row_tuple_builders()
-    >>> builders[type(declaration)](declaration, out)  # doctest: +SKIP
+    >>> columns = empty_columns()
+    >>> writers = column_writers(columns)
+    >>> writers[type(declaration)](declaration)  # doctest: +SKIP
     4
-    >>> len(out["declarations"]), len(out["declaration_items"])  # doctest: +SKIP
+    >>> len(columns["declarations"][0]), len(columns["declaration_items"][0])  # doctest: +SKIP
     (1, 3)
+
+    A record that lacks a field raises ``KeyError`` with some of its values already appended:
+    the caller truncates the lists back (see :class:`vigie.sinks.base.RowBuffer`).
     """
-    return {table.model: _compile_tuples(table, TABLES) for table in TABLES.values() if table.parent is None}
-
-
-def columns_of(rows: list[tuple[Any, ...]], table: Table) -> ColumnBatch:
-    """Transpose row tuples into one tuple of values per column (``zip(*rows)``, in C)."""
-    if not rows:
-        return [() for _ in table.columns]
-    columns = list(zip(*rows, strict=True))
-    if len(columns) != len(table.columns):
-        raise ValueError(f"{table.name}: rows have {len(columns)} values, the table {len(table.columns)} columns")
-    return columns
+    return {table.model: _compile_writer(table, TABLES, columns) for table in TABLES.values() if table.parent is None}

@@ -177,6 +177,14 @@ def column_converter(col: Column, profile: ServerProfile) -> ColumnConverter:
     return list
 
 
+@dataclass(frozen=True, slots=True)
+class _NativePayload:
+    """One table's flush: the columns the driver sends, and the model values they came from."""
+
+    lists: list[list[Any]]
+    values: list[list[Any]]
+
+
 class NativeSink(BufferedSink):
     """:class:`~vigie.sinks.base.Sink` into a ClickHouse server, tables created on connect.
 
@@ -204,6 +212,8 @@ class NativeSink(BufferedSink):
         connect_timeout: Seconds to establish a connection.
         send_receive_timeout: Seconds a socket read or write may block.
         settings: Extra clickhouse-driver client settings (``compression`` needs the lz4 extra).
+        background: Send inserts (and their retries) on a sender thread while the writer goes
+            on buffering; :meth:`flush` and :meth:`close` still wait for them.
     """
 
     metrics: NativeSinkMetrics
@@ -226,6 +236,7 @@ class NativeSink(BufferedSink):
         connect_timeout: float = 5.0,
         send_receive_timeout: float = 300.0,
         settings: dict[str, Any] | None = None,
+        background: bool = True,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
@@ -253,7 +264,7 @@ class NativeSink(BufferedSink):
         bootstrap = Client(host, database="default", **self._client_kwargs)
         try:
             version = self._with_retries(lambda: bootstrap.execute("SELECT version()"), "SELECT version()")[0][0]
-            super().__init__(ServerProfile.parse(str(version)), policy)
+            super().__init__(ServerProfile.parse(str(version)), policy, background=background)
             self.metrics = NativeSinkMetrics(retries=self._early_retries)
             self.server_version = str(version)
             for statement in render_ddl(self.profile, self.database, ttl_days):
@@ -272,23 +283,27 @@ class NativeSink(BufferedSink):
 
     # -- BufferedSink hooks -----------------------------------------------------------------
 
-    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
+    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> _NativePayload:
+        lists: list[list[Any]] = []
+        for col, convert, values in zip(table.columns, self._converters[table.name], columns, strict=True):
+            try:
+                lists.append(convert(values))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"{table.name}.{col.name}: {exc}") from exc
+        # The model values too (a copy: the buffer's lists are emptied): a failed insert names its column from them.
+        return _NativePayload(lists, [list(values) for values in columns])
+
+    def _send(self, table: Table, payload: _NativePayload, rows: int) -> None:
         sql = self._insert_sql[table.name]
-        converters = self._converters[table.name]
 
         def run() -> None:
             # Fresh lists on every attempt: the driver rewrites column lists in place.
-            lists: list[list[Any]] = []
-            for col, convert, values in zip(table.columns, converters, columns, strict=True):
-                try:
-                    lists.append(convert(values))
-                except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                    raise ValueError(f"{table.name}.{col.name}: {exc}") from exc
             try:
-                self._client.execute(sql, lists, columnar=True)
+                self._client.execute(sql, [list(values) for values in payload.lists], columnar=True)
             except _DATA_ERRORS as exc:
                 # The driver's messages do not say which column: find it (only on failure).
-                raise ValueError(f"{_first_misfit(table, columns, self.profile) or table.name}: {exc}") from exc
+                misfit = _first_misfit(table, payload.values, self.profile)
+                raise ValueError(f"{misfit or table.name}: {exc}") from exc
 
         self._with_retries(run, f"INSERT INTO {self.database}.{table.name} ({rows} rows)")
 
@@ -307,6 +322,7 @@ class NativeSink(BufferedSink):
         """
         with self._lock:
             self._check_open()
+            self.settle()
             rows, columns = self._with_retries(lambda: self._client.execute(sql, with_column_types=True), sql[:80])
         names = [name for name, _ in columns]
         fixes = [(i, fix) for i, (name, ch_type) in enumerate(columns) if (fix := _reader_fix(name, ch_type))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -39,10 +40,10 @@ from vigie.sinks.ddl import (
     RowPlans,
     ServerProfile,
     Table,
-    columns_of,
+    column_writers,
+    empty_columns,
     json_text,
     render_ddl,
-    row_tuple_builders,
     rows_for,
 )
 
@@ -356,24 +357,32 @@ def test_rows_follow_the_profile() -> None:
         rows_for(Party(name="x", country="FR"))
 
 
-def _tuples(records: list[BaseModel]) -> dict[str, list[dict[str, Any]]]:
-    """What the tuple builders buffer for ``records``, as dicts per table."""
-    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in TABLES}
-    builders = row_tuple_builders()
-    added = sum(builders[type(record)](record, out) for record in records)
-    assert added == sum(len(rows) for rows in out.values())
+def _columns(records: list[BaseModel]) -> dict[str, dict[str, list[Any]]]:
+    """What the column writers buffer for ``records``: per table, per column, the values."""
+    columns = empty_columns()
+    writers = column_writers(columns)
+    added = sum(writers[type(record)](record) for record in records)
+    assert added == sum(len(lists[0]) for lists in columns.values())
     named = {}
-    for name, rows in out.items():
-        names = [col.name for col in TABLES[name].columns]
-        named[name] = [dict(zip(names, row, strict=True)) for row in rows]
-        if rows:  # the transposition the sinks flush
-            assert columns_of(rows, TABLES[name]) == [tuple(r[n] for r in named[name]) for n in names]
+    for name, lists in columns.items():
+        table = TABLES[name]
+        assert len(lists) == len(table.columns) and len({len(values) for values in lists}) == 1
+        named[name] = {col.name: values for col, values in zip(table.columns, lists, strict=True)}
     return named
 
 
-def test_row_tuples_hold_what_rows_for_converts() -> None:
-    """The columnar path (tuples of model values) and rows_for (converted dicts) agree on every column."""
-    buffered = _tuples(ALL_RECORDS)
+def _buffered_rows(records: list[BaseModel]) -> dict[str, list[dict[str, Any]]]:
+    """The buffered values of ``records`` as one dict per row, per table."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for name, columns in _columns(records).items():
+        names = list(columns)
+        rows[name] = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return rows
+
+
+def test_column_writers_hold_what_rows_for_converts() -> None:
+    """The columnar path (model values per column) and rows_for (converted dicts) agree on every column."""
+    buffered = _buffered_rows(ALL_RECORDS)
     for record in ALL_RECORDS:
         for name, rows in rows_for(record).items():
             for row in rows:
@@ -387,7 +396,6 @@ def test_row_tuples_hold_what_rows_for_converts() -> None:
                         assert json_text(value) == converted
                     else:
                         assert value == converted, (name, col.name)
-    assert columns_of([], TABLES["scores"]) == [() for _ in TABLES["scores"].columns]
 
 
 def test_write_is_all_or_nothing() -> None:
@@ -412,17 +420,11 @@ def test_a_value_that_does_not_fit_names_its_column(sink: ChdbSink) -> None:
     assert sink.metrics.failed_flushes == 1 and sink.metrics.buffered_rows == 2  # kept, nothing lost
     missing = good.model_copy(update={"score_id": "missing", "reason": None})
     encoder = ArrowEncoder(TABLES["scores"], MODERN)
-    scores = columns_of(_rows(missing, "scores"), TABLES["scores"])
+    scores = list(_columns([missing])["scores"].values())
     with pytest.raises(ValueError, match=r"scores\.reason: 1 missing value"):
         encoder.encode(scores)
     with pytest.raises(ValueError, match=r"scores\.score: "):
         sink.close()  # the rows cannot be stored: closing says so (and logs what it drops)
-
-
-def _rows(record: BaseModel, table: str) -> list[tuple[Any, ...]]:
-    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in TABLES}
-    row_tuple_builders()[type(record)](record, out)
-    return out[table]
 
 
 # --- chdb round trips -------------------------------------------------------------------
@@ -529,12 +531,13 @@ def test_flushes_at_batch_size(tmp_path: Path) -> None:
         time.sleep(0.02)
         assert sink.metrics.lag_seconds >= 0.02  # the oldest buffered row's age
         assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 0
-        sink.write([make_score("s-4")])
+        sink.write([make_score("s-4")])  # due: sent on the sender thread, the write returns
+        assert sink.metrics.batches == 0 and sink.metrics.buffered_rows == 5  # counted until accounted for
+        assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 5  # a query waits for the send
         assert sink.metrics.batches == 1 and sink.metrics.buffered_rows == 0
         assert sink.metrics.lag_seconds == 0.0
         assert sink.metrics.rows_written == {"scores": 5}
         assert sink.metrics.last_flush_at is not None
-        assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 5
 
 
 class _Clock:
@@ -549,7 +552,7 @@ def test_buffer_delay_and_backoff() -> None:
     clock = _Clock()
     buffer = RowBuffer(BufferPolicy(batch_size=100, max_delay_s=2.0, max_buffer_rows=150), clock=clock)
     assert not buffer.due()
-    buffer.add("scores", [{}])
+    buffer.write([make_score("a")])
     clock.now = 1.9
     assert not buffer.due()
     clock.now = 2.0
@@ -558,28 +561,38 @@ def test_buffer_delay_and_backoff() -> None:
     assert not buffer.due()
     clock.now = 4.0
     assert buffer.due()
-    buffer.add("scores", [{}] * 150)
+    buffer.write([make_score(f"s{k}") for k in range(140)])
+    assert buffer.size == 141 and not buffer.over_limit() and buffer.over_limit(unsent=10)
+    buffer.write([make_score(f"t{k}") for k in range(10)])
     assert buffer.over_limit()
     buffer.discard("scores")
-    assert buffer.size == 0 and not buffer.due()
+    assert buffer.size == 0 and not buffer.due() and buffer.peek("scores")[0] == []
 
 
 class _FlakySink(BufferedSink):
     """In-memory sink whose inserts fail while ``down`` is set."""
 
-    def __init__(self, policy: BufferPolicy) -> None:
-        super().__init__(MODERN, policy)
+    def __init__(self, policy: BufferPolicy, background: bool = False) -> None:
+        super().__init__(MODERN, policy, background=background)
         self.down = False
         self.stored: dict[str, list[dict[str, Any]]] = {}
+        self.gate = threading.Event()  # background tests hold sends here
+        self.gate.set()
+        self.sending = threading.Event()
+        self.senders: set[str] = set()
 
-    def _insert(self, table: Table, columns: ColumnBatch, rows: int) -> None:
-        if self.down:
-            raise ConnectionError("store unreachable")
+    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> list[dict[str, Any]]:
         assert all(len(values) == rows for values in columns)
         names = [col.name for col in table.columns]
-        self.stored.setdefault(table.name, []).extend(
-            dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)
-        )
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int) -> None:
+        self.senders.add(threading.current_thread().name)
+        self.sending.set()
+        assert self.gate.wait(30), "test never opened the gate"
+        if self.down:
+            raise ConnectionError("store unreachable")
+        self.stored.setdefault(table.name, []).extend(payload)
 
     def _disconnect(self) -> None:
         pass
@@ -605,6 +618,32 @@ def test_failed_flush_keeps_rows_until_the_buffer_is_full() -> None:
     assert [r["score_id"] for r in sink.stored["scores"]] == ["a", "b", "c", "d", "e"]
     with pytest.raises(RuntimeError):
         sink.write([make_score("f")])
+
+
+def test_background_sends_let_the_writer_go_on_and_keep_failed_rows() -> None:
+    sink = _FlakySink(BufferPolicy(batch_size=2, max_delay_s=0.0, max_buffer_rows=6), background=True)
+    sink.gate.clear()
+    sink.write([make_score("a"), make_score("b")])  # due: handed to the sender, which is held
+    assert sink.sending.wait(30)
+    assert sink.stored == {} and sink.metrics.buffered_rows == 2  # not stored yet, still counted
+    sink.down = True
+    sink.gate.set()  # the held send fails
+    sink.write([make_score("c")])  # within the bound: the writer goes on
+    sink.settle()
+    assert sink.metrics.failed_flushes == 1 and "store unreachable" in (sink.metrics.last_error or "")
+    assert sink.metrics.buffered_rows == 3 and sink.stored == {}
+    sink.down = False
+    sink.flush()  # the failed payload goes first, then the newer row
+    assert [r["score_id"] for r in sink.stored["scores"]] == ["a", "b", "c"]
+    assert sink.metrics.buffered_rows == 0 and sink.metrics.rows_written == {"scores": 3}
+    assert sink.metrics.recent_flush_seconds and threading.current_thread().name not in sink.senders
+    sink.down = True
+    sink.write([make_score(f"d{k}") for k in range(4)])
+    with pytest.raises(ConnectionError):  # above the bound with unsent rows: back-pressure waits and raises
+        sink.write([make_score(f"e{k}") for k in range(3)])
+    sink.down = False
+    sink.close()
+    assert len(sink.stored["scores"]) == 10 and sink.metrics.buffered_rows == 0
 
 
 def test_open_sink_names_the_embedded_store(tmp_path: Path) -> None:
