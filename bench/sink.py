@@ -4,9 +4,10 @@ Scores a seeded stream once (all five detectors by default, as ``vigie evaluate 
 all``), keeps each event's records in memory (the event, its scores, its alert), then writes
 them to each sink in ``write`` calls of 100 events' records, the sink flushing when its buffer
 reaches the batch size, with the indicator views and materialised views in place
-(``create_views``), as in production. The sinks are columnar (see ``vigie.sinks.base``): rows
-become tuples at write time, whole columns are converted at flush (Arrow for chdb, epoch
-integers and lists for the native protocol).
+(``create_views``), as in production. The sinks are columnar (see ``vigie.sinks.base``): values
+go to column lists at write time, whole columns are converted at flush (Arrow for chdb, epoch
+integers and lists for the native protocol) in the writer's thread, and sent on the sink's
+sender thread while the writer goes on (the sinks' default); the final flush waits for all.
 
 For each (sink, writer processes, batch size):
 
@@ -361,13 +362,17 @@ def main() -> None:
             f"{n_events:,} scored events = {n_records:,} records = {rows_per_event:.2f} table rows per event "
             f"(items, scores of the detectors '{args.detectors}' and alerts); {datetime.now(UTC):%Y-%m-%d}, "
             f"Python {platform.python_version()}, {platform.processor() or platform.machine()}.",
-            "Columnar sinks: rows become tuples at write time, each flush converts whole columns (Arrow IPC "
-            "into chdb with FORMAT ArrowStream; lists and epoch integers into clickhouse-driver's columnar "
-            "insert). 100 events' records per write, flushes by size only; indicator and materialised views "
-            "in place. 'no server': the same sink encoding each flush as chdb's Arrow stream and dropping it.",
+            "Columnar sinks: values go to column lists at write time; each flush converts whole columns in the "
+            "writer (Arrow IPC into chdb with FORMAT ArrowStream; lists and epoch integers into "
+            "clickhouse-driver's columnar insert) and sends them on the sink's sender thread while the writer "
+            "goes on; the last flush waits for every send. 100 events' records per write, flushes by size "
+            "only; indicator and materialised views in place. 'no server': the same sink encoding each flush "
+            "as chdb's Arrow stream and dropping it.",
             "CPU us/event: writer processes (chdb's own threads included) + the server process "
             "(/proc/PID/stat), per scored event; a core of this machine gives 1,000,000 us/s, so "
-            f"'needs N cores' = {TARGET_EVENTS_PER_S:,} x CPU us/event / 1e6.",
+            f"'needs N cores' = {TARGET_EVENTS_PER_S:,} x CPU us/event / 1e6. On {os.cpu_count()} cores, "
+            f"{TARGET_EVENTS_PER_S:,} events/s leaves {os.cpu_count() * 1e6 / TARGET_EVENTS_PER_S:,.0f} us of "
+            "CPU per event for writers and store together (and nothing for scoring).",
             "Writer processes > 1: each its own sink and every P-th event (as Kafka partitions), forked, its "
             "shard unpickled in the child (records of its own, as a runtime worker has), started together; "
             "events/s = all events / time until the last writer flushed. chdb: one process per data "
