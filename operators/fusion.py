@@ -607,7 +607,9 @@ class LearnedFusion:
         if selection is None:
             return decision
         counts[1 if selection == "exploitation" else 2] += 1
-        decision.alert = self._alert(scores, subject, queue, decision, per_detector, best, z, selection, threshold)
+        decision.alert = self._alert(
+            scores, subject, queue, decision, per_detector, best, z, selection, threshold, priority
+        )
         return decision
 
     def _alert(
@@ -621,6 +623,7 @@ class LearnedFusion:
         z: dict[str, float],
         selection: str,
         threshold: float,
+        priority: float,
     ) -> Alert:
         p = decision.probability
         shares = self._shares(per_detector, subject.subject_type, z)
@@ -639,7 +642,6 @@ class LearnedFusion:
             f"{decision.expected_eur:,.0f} EUR."
         )
         lead = round((subject.eta - subject.event_time).total_seconds() / 3600.0, 2) if subject.eta else None
-        priority = self.priority(decision, subject.subject_type)
         return Alert.model_construct(
             event_type="alert",
             alert_id=str(uuid.uuid5(_ALERT_NAMESPACE, subject.event_id)),
