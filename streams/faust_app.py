@@ -73,6 +73,7 @@ import faust
 import typer
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from pydantic import BaseModel
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
 from vigie.sinks.base import Sink
@@ -640,6 +641,12 @@ class VigieFaustApp:
         self.app.agent(self._raw_topic(*self.names.inputs), name="vigie-ingest")(ingest)
         self.app.agent(self._raw_topic(self.names.fusion), name="vigie-fuse")(fuse)
 
+    @staticmethod
+    def _store(sink: Sink, records: list[BaseModel]) -> None:
+        """Write ``records`` and wait until they are stored (before their messages are acknowledged)."""
+        sink.write(records)
+        sink.flush()
+
     async def _run(self, stage: str, process: Callable[[list[InMessage]], StageOutput], events: list[Any]) -> None:
         batch = [
             InMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
@@ -651,8 +658,9 @@ class VigieFaustApp:
         try:
             self.producer.produce(output.messages)
             if self.sink is not None and output.records:
-                self.sink.write(output.records)
-                self.sink.flush()
+                # In a thread: the event loop keeps fetching and heart-beating while the store
+                # works (both agents' batches take turns on the sink's lock there, not here).
+                await asyncio.to_thread(self._store, self.sink, output.records)
             await self.producer.flush()
         except Exception as exc:
             _fail_stop(f"{stage}: producing or writing to the sink", exc)
