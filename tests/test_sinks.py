@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import re
 import threading
@@ -644,6 +645,20 @@ def test_background_sends_let_the_writer_go_on_and_keep_failed_rows() -> None:
     sink.down = False
     sink.close()
     assert len(sink.stored["scores"]) == 10 and sink.metrics.buffered_rows == 0
+
+
+def test_a_sink_dropped_without_close_lets_its_sender_thread_go() -> None:
+    sink = _FlakySink(BufferPolicy(batch_size=1, max_delay_s=0.0, max_buffer_rows=10), background=True)
+    sink.write([make_score("a")])
+    sink.settle()
+    (sender,) = sink.senders
+    assert sender in {t.name for t in threading.enumerate()}
+    del sink
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while sender in {t.name for t in threading.enumerate()} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sender not in {t.name for t in threading.enumerate()}
 
 
 def test_open_sink_names_the_embedded_store(tmp_path: Path) -> None:
