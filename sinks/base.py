@@ -214,9 +214,9 @@ class RowBuffer:
         """``clock()`` when the oldest buffered row arrived; None when empty."""
         return min(self._since.values(), default=None)
 
-    def since(self, table: str) -> float | None:
-        """``clock()`` when ``table``'s oldest buffered row arrived; None when it has none."""
-        return self._since.get(table)
+    def since(self, table: str) -> float:
+        """``clock()`` when the oldest buffered row of ``table`` (one that has rows) arrived."""
+        return self._since[table]
 
     def due(self) -> bool:
         """True when the policy asks for a flush (and no failed flush is backing off)."""
@@ -267,7 +267,7 @@ class _Unsent:
     payload: Any
     rows: int
     since: float
-    """``time.monotonic()`` when the oldest of these rows was written."""
+    """The buffer's clock (``time.monotonic()``) when the oldest of these rows was written."""
 
 
 @dataclass(slots=True)
@@ -392,8 +392,12 @@ class BufferedSink(ABC):
             return True
         return bool(self._unsent) and self._buffer.may_retry()
 
+    def _pending(self) -> list[_Unsent]:
+        """Payloads encoded and not stored yet: waiting for a flush, or handed to the sender."""
+        return self._unsent + [u for job in self._jobs for u in job.payloads]
+
     def _unsent_rows(self) -> int:
-        return sum(u.rows for u in self._unsent) + sum(u.rows for job in self._jobs for u in job.payloads)
+        return sum(u.rows for u in self._pending())
 
     def _flush_locked(self, wait: bool) -> None:
         started = time.perf_counter()
@@ -402,15 +406,18 @@ class BufferedSink(ABC):
         except Exception as exc:
             self._failed(exc)
             raise
-        if not self.background:
-            self._send_unsent(started)
-            return
         if self._unsent:
-            if self._sender is None:
-                self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"{type(self).__name__}-sender")
             payloads, self._unsent = self._unsent, []
-            self._jobs.append(_Job(payloads, started, self._sender.submit(self._send_all, payloads)))
-        if wait:
+            future: Future[tuple[int, BaseException | None, float]]
+            if self.background:
+                if self._sender is None:
+                    self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"{type(self).__name__}-sender")
+                future = self._sender.submit(self._send_all, payloads)
+            else:  # sent here and now, then accounted for like the sender thread's sends
+                future = Future()
+                future.set_result(self._send_all(payloads))
+            self._jobs.append(_Job(payloads, started, future))
+        if wait or not self.background:
             self._harvest(block=True, raise_errors=True)
 
     def _encode_buffer(self) -> None:
@@ -419,27 +426,13 @@ class BufferedSink(ABC):
         for name in buffer.tables():
             columns = buffer.peek(name)
             rows = len(columns[0])
-            since = buffer.since(name)
             payload = self._encode(TABLES[name], columns, rows)
-            self._unsent.append(_Unsent(TABLES[name], payload, rows, time.monotonic() if since is None else since))
+            self._unsent.append(_Unsent(TABLES[name], payload, rows, buffer.since(name)))
             buffer.discard(name)
 
-    def _send_unsent(self, started: float) -> None:
-        """Send :attr:`_unsent` in this thread, in order; a failure keeps the rest."""
-        while self._unsent:
-            unsent = self._unsent[0]
-            try:
-                self._send(unsent.table, unsent.payload, unsent.rows)
-            except Exception as exc:
-                self._failed(exc)
-                raise
-            self._unsent.pop(0)
-            self._stored(unsent)
-        self._flushed(time.perf_counter() - started)
-
     def _send_all(self, payloads: list[_Unsent]) -> tuple[int, BaseException | None, float]:
-        """Sender thread: send ``payloads`` in order; how many were stored, the error that
-        stopped it (if any), and ``time.perf_counter()`` at the end."""
+        """Send ``payloads`` in order (on the sender thread, or in the writer's without one): how
+        many were stored, the error that stopped it (if any), and ``time.perf_counter()`` at the end."""
         for sent, unsent in enumerate(payloads):
             try:
                 self._send(unsent.table, unsent.payload, unsent.rows)
@@ -497,7 +490,7 @@ class BufferedSink(ABC):
         self.metrics.last_error = f"{type(exc).__name__}: {exc}"[:500]
 
     def _sync_buffer_metrics(self) -> None:
-        unsent = self._unsent + [u for job in self._jobs for u in job.payloads]
+        unsent = self._pending()
         self.metrics.buffered_rows = self._buffer.size + sum(u.rows for u in unsent)
         times = [u.since for u in unsent]
         if self._buffer.oldest_at is not None:
@@ -514,8 +507,7 @@ class BufferedSink(ABC):
             try:
                 self._flush_locked(wait=True)
             except Exception:
-                self._sync_buffer_metrics()
-                log.error("closing with %d unstored rows dropped", self.metrics.buffered_rows)
+                log.error("closing with %d unstored rows dropped", self._buffer.size + self._unsent_rows())
                 raise
             finally:
                 self._sync_buffer_metrics()
