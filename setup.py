@@ -10,9 +10,16 @@ SUBPACKAGES = ("schemas", "operators", "models", "streams", "sinks")
 packages = ["vigie"] + [f"vigie.{name}" for name in SUBPACKAGES] + ["vigie.schemas.generator"]
 package_dir = {"vigie": "vigie"} | {f"vigie.{name}": name for name in SUBPACKAGES}
 
+# The Cython hot paths must compute the very doubles the Python they replace computed (the
+# scores are compared bit for bit): no fused multiply-add contraction, and no builtin pow
+# (GCC turns pow(x, 2.0) into x * x, which differs from libm's pow, CPython's, in the last bit).
+EXACT_FLOATS = ["-ffp-contract=off", "-fno-builtin-pow"]
+HOT_PATHS = ("_robust", "_hst", "_score", "_undervaluation", "_atypical", "_behaviour", "_excise", "_ens_risk",
+             "_ens_link", "_fusion")  # fmt: skip
+
 extensions = [
-    Extension("vigie.operators._robust", ["operators/_robust.pyx"]),
-    Extension("vigie.operators._hst", ["operators/_hst.pyx"]),
+    Extension(f"vigie.operators.{name}", [f"operators/{name}.pyx"], extra_compile_args=EXACT_FLOATS)
+    for name in HOT_PATHS
 ]
 
 setup(

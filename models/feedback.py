@@ -138,14 +138,16 @@ class LabelJoin:
         contexts: dict[str, Any],
         selection: str = "",
     ) -> None:
-        self._seq += 1
-        self._drop(event_id)
+        self._seq = seq = self._seq + 1
+        by_id = self.by_id
+        replaced = by_id.get(event_id)
+        if replaced is not None:
+            self._forget(replaced)
         blob = PendingSubject.pack(features, contexts)
-        entry = PendingSubject(event_id, sys.intern(subject_type), reference, expires, self._seq, blob, selection)
-        self.by_id[event_id] = entry
+        by_id[event_id] = PendingSubject(event_id, sys.intern(subject_type), reference, expires, seq, blob, selection)
         self.by_ref[reference] = event_id
-        heapq.heappush(self._heap, (expires, self._seq, event_id))
-        while len(self.by_id) > self.max_pending:
+        heapq.heappush(self._heap, (expires, seq, event_id))
+        while len(by_id) > self.max_pending:
             self._pop_earliest()
 
     def find(self, subject_type: str, reference: str, event_id: str | None) -> PendingSubject | None:
@@ -162,13 +164,14 @@ class LabelJoin:
         """Remove and return the subject ``outcome`` controls (a second outcome finds nothing)."""
         entry = self.find(outcome.target_type, outcome.target_reference, outcome.target_event_id)
         if entry is not None:
-            self._drop(entry.event_id)
+            self._forget(entry)
         return entry
 
     def evict(self, now: float) -> int:
         """Forget subjects whose expiry is before ``now``; return how many."""
         removed = 0
-        while self._heap and self._heap[0][0] < now:
+        heap = self._heap
+        while heap and heap[0][0] < now:
             if self._pop_earliest():
                 removed += 1
         return removed
@@ -178,14 +181,13 @@ class LabelJoin:
         entry = self.by_id.get(event_id)
         if entry is None or entry.seq != seq:
             return False  # already taken or replaced: a stale heap entry
-        self._drop(event_id)
+        self._forget(entry)
         return True
 
-    def _drop(self, event_id: str) -> None:
-        entry = self.by_id.pop(event_id, None)
-        if entry is None:
-            return
-        if self.by_ref.get(entry.reference) == event_id:
+    def _forget(self, entry: PendingSubject) -> None:
+        """Remove ``entry``, a subject :attr:`by_id` holds, and its reference if it still points to it."""
+        del self.by_id[entry.event_id]
+        if self.by_ref.get(entry.reference) == entry.event_id:
             del self.by_ref[entry.reference]
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ A River pipeline in three parts, kept apart on purpose:
 * :class:`FeatureScaler` (:func:`make_scaler`): the running mean and variance of every
   feature, learned from *every* scored subject (no label needed), so that the features keep
   the scale of the whole flow rather than of the few items that were controlled. It does the
-  float operations of River's ``preprocessing.StandardScaler`` in the same order, on lists in
+  float operations of River's ``preprocessing.StandardScaler`` in the same order, on arrays in
   a fixed feature order instead of dicts (it runs for every subject), and checkpoints as
   that River object;
 * :func:`make_classifier`: ``linear_model.LogisticRegression`` learns only from control
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ class FeatureScaler:
     these keys: Welford's update with the same float operations in the same order, z-scores
     ``(x - mean) / variance ** 0.5``, 0 where the variance is 0. The standard deviations are
     kept beside the variances (updated by :meth:`learn_one`) so that a transform takes no root.
+    The statistics are C arrays (counts ``q``, the others ``d``), so that the learned fusion's
+    kernel (:class:`vigie.operators._fusion.FusionKernel`) reads and updates them in place.
 
     >>> scaler = make_scaler(("a", "b"))
     >>> scaler.learn_one([1.0, 5.0])
@@ -48,12 +51,12 @@ class FeatureScaler:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names: tuple[str, ...] = tuple(names)
-        self.counts: list[int] = [0] * len(self.names)
+        self.counts: array[int] = array("q", [0]) * len(self.names)
         """Values learned per feature (River counts per key; here all are fed together)."""
-        self.means: list[float] = [0.0] * len(self.names)
-        self.variances: list[float] = [0.0] * len(self.names)
+        self.means: array[float] = array("d", [0.0]) * len(self.names)
+        self.variances: array[float] = array("d", [0.0]) * len(self.names)
         """Population variance (divided by the count), as River keeps it."""
-        self.stds: list[float] = [0.0] * len(self.names)
+        self.stds: array[float] = array("d", [0.0]) * len(self.names)
         """``variance ** 0.5``, the divisor of :meth:`transform_one`."""
         self.touched = False
         """Whether River's scaler would hold the keys yet (its ``transform_one`` adds them at 0, unlearned)."""
@@ -100,10 +103,11 @@ class FeatureScaler:
         unknown.difference_update(own.names)
         if unknown:
             raise ValueError(f"checkpoint scaler has features {sorted(unknown)} this fusion does not have")
-        own.counts = [scaler.counts.get(name, 0) for name in own.names]
-        own.means = [scaler.means.get(name, 0.0) for name in own.names]  # .get: a defaultdict read would add keys
-        own.variances = [scaler.vars.get(name, 0.0) for name in own.names]
-        own.stds = [v**0.5 for v in own.variances]
+        # .get: a defaultdict read would add keys
+        own.counts = array("q", [scaler.counts.get(name, 0) for name in own.names])
+        own.means = array("d", [scaler.means.get(name, 0.0) for name in own.names])
+        own.variances = array("d", [scaler.vars.get(name, 0.0) for name in own.names])
+        own.stds = array("d", [v**0.5 for v in own.variances])
         own.touched = bool(scaler.means or scaler.counts)
         return own
 

@@ -33,8 +33,12 @@ What is reproduced exactly, for the same ``seed`` and inputs (river 0.23.0):
 Differences, by design: features are a fixed ordered list of names and an observation is a
 ``double`` array in that order (use :meth:`HalfSpaceTrees.vector` to turn a dict into
 one); a NaN value means "missing" (River would route a NaN present in the dict to the
-right child); limits are stored as floats; masses are 64-bit integers (snapshots store
-them in the narrowest exact type).
+right child); limits are stored as floats; masses are 32-bit integers, so a window holds
+fewer than ``2 ** 31`` observations (snapshots store them in the narrowest exact type).
+
+Layout: each node is one C struct (threshold, both masses, split feature: 24 bytes), so a
+step down a tree reads one cache line rather than one per array: with a model per key (the
+atypical-flow detector has one per CN chapter), most trees are out of cache when a point comes.
 
 >>> import numpy as np
 >>> hst = HalfSpaceTrees(["x"], n_trees=5, height=3, window_size=3, seed=42)
@@ -56,12 +60,24 @@ import random
 import numpy as np
 
 from libc.math cimport isnan
-from libc.stdint cimport int32_t, int64_t
-from libc.string cimport memcpy, memset
+from libc.stdint cimport INT32_MAX, int32_t, int64_t
+from libc.stdlib cimport free, malloc
 
 PADDING = 0.15
 """Share of a feature's range kept clear of a split at either end (River's constant)."""
 cdef double PADDING_C = PADDING
+
+cdef enum:
+    BLOCK = 32  # trees walked side by side
+    MAX_DEPTHS = 31  # height + 1 at most
+
+
+cdef struct Node:
+    double threshold  # a branch's split: x[feature] < threshold goes left
+    int32_t l_mass  # observations of the current window that went through the node
+    int32_t r_mass  # the same in the previous, complete window (scores read these)
+    int32_t feature  # index of the split feature, -1 for a leaf
+    int32_t padding  # the struct takes 24 bytes anyway (double alignment): said explicitly
 
 
 cdef class HalfSpaceTrees:
@@ -72,7 +88,7 @@ cdef class HalfSpaceTrees:
     ``limits`` mapping a feature name to its ``(low, high)`` range (``(0, 1)`` when not
     given), and ``seed`` for ``random.Random``.
 
-    Memory: ``n_trees * (2 ** (height + 1) - 1) * 28`` bytes (about 143 kB for River's
+    Memory: ``n_trees * (2 ** (height + 1) - 1) * 24`` bytes (about 123 kB for River's
     defaults of 10 trees of height 8).
     """
 
@@ -87,14 +103,7 @@ cdef class HalfSpaceTrees:
     cdef readonly Py_ssize_t n_nodes
     cdef Py_ssize_t n_features
     cdef object _rng
-    cdef object _feature_arr
-    cdef object _threshold_arr
-    cdef object _l_arr
-    cdef object _r_arr
-    cdef int32_t* _feat
-    cdef double* _thr
-    cdef int64_t* _l
-    cdef int64_t* _r
+    cdef Node* _nodes  # n_trees * n_nodes, tree after tree; NULL until the trees are grown
     cdef double _size_limit
     cdef double _max_score
     cdef double _pow2[64]
@@ -115,8 +124,8 @@ cdef class HalfSpaceTrees:
             raise ValueError("at least one feature is needed")
         if len(set(names)) != len(names):
             raise ValueError(f"feature names must be unique: {names}")
-        if n_trees < 1 or window_size < 1 or not 1 <= height <= 30:
-            raise ValueError("need n_trees >= 1, window_size >= 1 and 1 <= height <= 30")
+        if n_trees < 1 or not 1 <= window_size <= INT32_MAX or not 1 <= height <= 30:
+            raise ValueError("need n_trees >= 1, 1 <= window_size < 2 ** 31 and 1 <= height <= 30")
         self.features = names
         self.n_features = len(names)
         self.n_trees = n_trees
@@ -135,7 +144,6 @@ cdef class HalfSpaceTrees:
         for d in range(64):
             self._pow2[d] = float(2 ** d)
         self._rng = random.Random(seed)
-        self._feature_arr = None
         self._x_arr = np.zeros(self.n_features, dtype=np.float64)
         cdef double[::1] scratch = self._x_arr
         self._x = &scratch[0]
@@ -145,22 +153,27 @@ cdef class HalfSpaceTrees:
     @property
     def built(self) -> bool:
         """Whether the trees exist (they are grown by the first ``learn_one``)."""
-        return self._feature_arr is not None
+        return self._nodes != NULL
+
+    def __dealloc__(self):
+        free(self._nodes)
 
     cdef void _bind(self, feature, threshold, l_mass, r_mass) except *:
-        """Adopt C-contiguous arrays of shape ``(n_trees, n_nodes)`` as the trees."""
-        self._feature_arr = np.ascontiguousarray(feature, dtype=np.int32).reshape(self.n_trees, self.n_nodes)
-        self._threshold_arr = np.ascontiguousarray(threshold, dtype=np.float64).reshape(self.n_trees, self.n_nodes)
-        self._l_arr = np.ascontiguousarray(l_mass, dtype=np.int64).reshape(self.n_trees, self.n_nodes)
-        self._r_arr = np.ascontiguousarray(r_mass, dtype=np.int64).reshape(self.n_trees, self.n_nodes)
-        cdef int32_t[:, ::1] f = self._feature_arr
-        cdef double[:, ::1] t = self._threshold_arr
-        cdef int64_t[:, ::1] lm = self._l_arr
-        cdef int64_t[:, ::1] rm = self._r_arr
-        self._feat = &f[0, 0]
-        self._thr = &t[0, 0]
-        self._l = &lm[0, 0]
-        self._r = &rm[0, 0]
+        """Copy arrays of ``n_trees * n_nodes`` values each (any shape) into the trees' nodes."""
+        cdef Py_ssize_t size = self.n_trees * self.n_nodes, i
+        cdef const int32_t[::1] f = np.ascontiguousarray(feature, dtype=np.int32).reshape(size)
+        cdef const double[::1] t = np.ascontiguousarray(threshold, dtype=np.float64).reshape(size)
+        l64 = np.ascontiguousarray(l_mass, dtype=np.int64).reshape(size)
+        r64 = np.ascontiguousarray(r_mass, dtype=np.int64).reshape(size)
+        if min(l64.min(), r64.min()) < 0 or max(l64.max(), r64.max()) > INT32_MAX:
+            raise ValueError("tree masses must be in [0, 2 ** 31)")
+        cdef const int64_t[::1] lm = l64, rm = r64
+        if self._nodes == NULL:
+            self._nodes = <Node*> malloc(size * sizeof(Node))
+            if self._nodes == NULL:
+                raise MemoryError()
+        for i in range(size):
+            self._nodes[i] = Node(t[i], <int32_t> lm[i], <int32_t> rm[i], f[i], 0)
         self._rng = None
 
     cdef void _build(self, const double[::1] x) except *:
@@ -192,54 +205,84 @@ cdef class HalfSpaceTrees:
 
     # ------------------------------------------------------------------ hot path
 
-    cdef inline Py_ssize_t _child(self, Py_ssize_t base, Py_ssize_t node, const double* x) noexcept nogil:
-        """The child of branch ``node`` (index within its tree) that ``x`` goes down to."""
-        cdef double value = x[self._feat[base + node]]
-        cdef Py_ssize_t left = 2 * node + 1
-        if isnan(value):
-            # Missing feature: follow the child that has seen more of the current window.
-            if self._l[base + left] < self._l[base + left + 1]:
-                return left + 1
-            return left
-        if value < self._thr[base + node]:
-            return left
-        return left + 1
+    # The trees are walked BLOCK at a time, level by level: each walk is a chain of dependent
+    # loads, and independent chains side by side keep the CPU busy while one waits. The masses on
+    # the path are recorded, then added up tree by tree, depth by depth, as River adds them.
+
+    cdef void _walk(
+        self, Py_ssize_t first, Py_ssize_t count, const double* x, int32_t* r_mass, bint learn
+    ) noexcept nogil:
+        """Walk ``x``'s path down trees ``first`` to ``first + count - 1`` (``count <= BLOCK``);
+        unless NULL, ``r_mass[t * (height + 1) + depth]`` gets the ``r_mass`` of the path's node at
+        ``depth`` in the ``t``-th of those trees; with ``learn``, each node on the path counts ``x``."""
+        cdef Py_ssize_t cursor[BLOCK]
+        cdef Py_ssize_t t, n_nodes = self.n_nodes
+        cdef int depth, height = self.height
+        cdef Node* trees = &self._nodes[first * n_nodes]
+        cdef Node* node
+        for t in range(count):
+            cursor[t] = 0
+        for depth in range(height + 1):
+            for t in range(count):
+                node = &trees[t * n_nodes + cursor[t]]
+                if r_mass != NULL:
+                    r_mass[t * (height + 1) + depth] = node.r_mass
+                if learn:
+                    # The children's l_mass, which a missing feature's step reads, is not counted yet.
+                    node.l_mass += 1
+                if depth < height:
+                    cursor[t] = _child(&trees[t * n_nodes], cursor[t], x)
+
+    cdef double _add_up(self, const int32_t* r_mass, Py_ssize_t count, double score) noexcept nogil:
+        """``score`` plus the walked paths' terms ``r_mass * 2 ** depth``, each path up to and including
+        its first node with ``r_mass < 0.1 * window_size``."""
+        cdef Py_ssize_t t
+        cdef int depth, height = self.height
+        cdef int32_t mass
+        for t in range(count):
+            for depth in range(height + 1):
+                mass = r_mass[t * (height + 1) + depth]
+                score += (<double> mass) * self._pow2[depth]
+                if mass < self._size_limit:
+                    break
+        return score
+
+    cdef double _score_learn(self, const double* x, bint score, bint learn) noexcept nogil:
+        """With ``score``, the score of ``x`` (0 during the first window), against the trees as they
+        were before ``x``; with ``learn``, count ``x`` (the trees must exist)."""
+        cdef int32_t r_mass[BLOCK * MAX_DEPTHS]
+        cdef double total = 0.0
+        cdef Py_ssize_t first = 0, count
+        score = score and not self.first_window
+        if not (score or learn):
+            return 0.0  # a score in the first window, when the trees may not even exist
+        while first < self.n_trees:
+            count = min(<Py_ssize_t> BLOCK, self.n_trees - first)
+            self._walk(first, count, x, r_mass if score else NULL, learn)
+            if score:
+                total = self._add_up(r_mass, count, total)
+            first += count
+        if learn:
+            self._count()
+        if not score:
+            return 0.0
+        total /= self._max_score
+        return 1.0 - total
 
     cdef double _score(self, const double* x) noexcept nogil:
-        if self.first_window:
-            return 0.0
-        cdef double score = 0.0
-        cdef int64_t mass
-        cdef Py_ssize_t t, base, node
-        cdef int depth
-        for t in range(self.n_trees):
-            base = t * self.n_nodes
-            node = 0
-            depth = 0
-            while True:
-                mass = self._r[base + node]
-                score += (<double> mass) * self._pow2[depth]
-                if mass < self._size_limit or depth == self.height:
-                    break
-                node = self._child(base, node, x)
-                depth += 1
-        score /= self._max_score
-        return 1.0 - score
+        return self._score_learn(x, True, False)
 
     cdef void _learn(self, const double* x) noexcept nogil:
-        cdef Py_ssize_t t, base, node
-        cdef int depth
-        for t in range(self.n_trees):
-            base = t * self.n_nodes
-            node = 0
-            for depth in range(self.height + 1):
-                self._l[base + node] += 1
-                if depth < self.height:
-                    node = self._child(base, node, x)
+        self._score_learn(x, False, True)
+
+    cdef void _count(self) noexcept nogil:
+        """One more observation in the current window; at its end, it becomes the reference."""
+        cdef Py_ssize_t i
         self.counter += 1
         if self.counter == self.window_size:
-            memcpy(self._r, self._l, self.n_trees * self.n_nodes * sizeof(int64_t))
-            memset(self._l, 0, self.n_trees * self.n_nodes * sizeof(int64_t))
+            for i in range(self.n_trees * self.n_nodes):
+                self._nodes[i].r_mass = self._nodes[i].l_mass
+                self._nodes[i].l_mass = 0
             self.first_window = False
             self.counter = 0
 
@@ -255,18 +298,16 @@ cdef class HalfSpaceTrees:
     def learn_one(self, const double[::1] x) -> None:
         """Count ``x`` in the current window (growing the trees on the first call)."""
         self._check(x.shape[0])
-        if self._feature_arr is None:
+        if self._nodes == NULL:
             self._build(x)
         self._learn(&x[0])
 
     def score_learn_one(self, const double[::1] x) -> float:
         """Score ``x``, then learn it (prequential order); returns the score."""
         self._check(x.shape[0])
-        cdef double score = self._score(&x[0])
-        if self._feature_arr is None:
+        if self._nodes == NULL:
             self._build(x)
-        self._learn(&x[0])
-        return score
+        return self._score_learn(&x[0], True, True)
 
     cdef void _load(self, values) except *:
         """Copy a sequence of floats (list or tuple, in feature order) into the scratch vector."""
@@ -291,7 +332,18 @@ cdef class HalfSpaceTrees:
     def learn_values(self, values) -> None:
         """:meth:`learn_one` of a list or tuple of floats in feature order (no array to build)."""
         self._load(values)
-        if self._feature_arr is None:
+        self._learn_loaded()
+
+    def score_learn_values(self, values) -> float:
+        """:meth:`score_learn_one` of a list or tuple of floats in feature order (no array to build)."""
+        self._load(values)
+        if self._nodes == NULL:
+            self._build(self._x_arr)
+        return self._score_learn(self._x, True, True)
+
+    cdef void _learn_loaded(self) except *:
+        """Learn the point in the scratch vector (:meth:`_load`), growing the trees first if need be."""
+        if self._nodes == NULL:
             self._build(self._x_arr)
         self._learn(self._x)
 
@@ -314,7 +366,7 @@ cdef class HalfSpaceTrees:
         cdef Py_ssize_t n = X.shape[0], i
         if n == 0:
             return
-        if self._feature_arr is None:
+        if self._nodes == NULL:
             self._build(X[0])
         with nogil:
             for i in range(n):
@@ -328,18 +380,11 @@ cdef class HalfSpaceTrees:
         cdef double[::1] o = out
         if n == 0:
             return out
-        if self._feature_arr is None:
-            o[0] = self._score(&X[0, 0])
+        if self._nodes == NULL:
             self._build(X[0])
-            self._learn(&X[0, 0])
-            start = 1
-        else:
-            start = 0
-        cdef Py_ssize_t first = start
         with nogil:
-            for i in range(first, n):
-                o[i] = self._score(&X[i, 0])
-                self._learn(&X[i, 0])
+            for i in range(n):
+                o[i] = self._score_learn(&X[i, 0], True, True)
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -351,18 +396,19 @@ cdef class HalfSpaceTrees:
     def path(self, const double[::1] x, int tree) -> list:
         """Nodes ``(index, feature name or None, threshold, l_mass, r_mass)`` on ``x``'s path in one tree."""
         self._check(x.shape[0])
-        if self._feature_arr is None:
+        if self._nodes == NULL:
             return []
         if not 0 <= tree < self.n_trees:
             raise IndexError(tree)
-        cdef Py_ssize_t base = tree * self.n_nodes, node = 0
+        cdef const Node* nodes = &self._nodes[tree * self.n_nodes]
+        cdef Py_ssize_t node = 0
         out = []
         for depth in range(self.height + 1):
-            f = self._feat[base + node]
-            out.append((node, self.features[f] if f >= 0 else None, self._thr[base + node],
-                        self._l[base + node], self._r[base + node]))
+            f = nodes[node].feature
+            out.append((node, self.features[f] if f >= 0 else None, nodes[node].threshold,
+                        nodes[node].l_mass, nodes[node].r_mass))
             if depth < self.height:
-                node = self._child(base, node, &x[0])
+                node = _child(nodes, node, &x[0])
         return out
 
     # ------------------------------------------------------------------ state
@@ -392,12 +438,13 @@ cdef class HalfSpaceTrees:
             "trees": None,
             "rng_state": None,
         }
-        if self._feature_arr is not None:
+        if self._nodes != NULL:
+            arrays = self.tree_arrays()
             data["trees"] = {
-                "feature": _pack(self._feature_arr, "<i1" if self.n_features <= 127 else "<i4"),
-                "threshold": _pack(self._threshold_arr, "<f8"),
-                "l_mass": _pack(self._l_arr, _count_dtype(self._l_arr)),
-                "r_mass": _pack(self._r_arr, _count_dtype(self._r_arr)),
+                "feature": _pack(arrays["feature"], "<i1" if self.n_features <= 127 else "<i4"),
+                "threshold": _pack(arrays["threshold"], "<f8"),
+                "l_mass": _pack(arrays["l_mass"], _count_dtype(arrays["l_mass"])),
+                "r_mass": _pack(arrays["r_mass"], _count_dtype(arrays["r_mass"])),
             }
         elif self.seed is None:
             version, internal, gauss = self._rng.getstate()
@@ -407,14 +454,23 @@ cdef class HalfSpaceTrees:
     def tree_arrays(self) -> dict | None:
         """Copies of the trees' arrays (``feature``, ``threshold``, ``l_mass``, ``r_mass``, each
         ``n_trees x n_nodes``, heap order), or ``None`` before the trees exist."""
-        if self._feature_arr is None:
+        if self._nodes == NULL:
             return None
-        return {
-            "feature": self._feature_arr.copy(),
-            "threshold": self._threshold_arr.copy(),
-            "l_mass": self._l_arr.copy(),
-            "r_mass": self._r_arr.copy(),
-        }
+        shape = (self.n_trees, self.n_nodes)
+        feature = np.empty(shape, dtype=np.int32)
+        threshold = np.empty(shape, dtype=np.float64)
+        l_mass = np.empty(shape, dtype=np.int64)
+        r_mass = np.empty(shape, dtype=np.int64)
+        cdef int32_t[:, ::1] f = feature
+        cdef double[:, ::1] t = threshold
+        cdef int64_t[:, ::1] lm = l_mass, rm = r_mass
+        cdef Py_ssize_t i, j
+        cdef const Node* node
+        for i in range(self.n_trees):
+            for j in range(self.n_nodes):
+                node = &self._nodes[i * self.n_nodes + j]
+                f[i, j], t[i, j], lm[i, j], rm[i, j] = node.feature, node.threshold, node.l_mass, node.r_mass
+        return {"feature": feature, "threshold": threshold, "l_mass": l_mass, "r_mass": r_mass}
 
     @classmethod
     def from_dict(cls, data: dict) -> HalfSpaceTrees:
@@ -454,6 +510,18 @@ cdef class HalfSpaceTrees:
             f"window_size={self.window_size}, seed={self.seed!r}, counter={self.counter}, "
             f"first_window={bool(self.first_window)})"
         )
+
+
+cdef inline Py_ssize_t _child(const Node* tree, Py_ssize_t node, const double* x) noexcept nogil:
+    """The child of branch ``node`` (index within ``tree``) that ``x`` goes down to."""
+    cdef double value = x[tree[node].feature]
+    cdef Py_ssize_t left = 2 * node + 1
+    if isnan(value):
+        # Missing feature: follow the child that has seen more of the current window.
+        if tree[left].l_mass < tree[left + 1].l_mass:
+            return left + 1
+        return left
+    return left + (not value < tree[node].threshold)  # left when value < threshold; no branch to mispredict
 
 
 _PACKED_DTYPES = frozenset({"<i1", "<i4", "<i8", "<u1", "<u2", "<u4", "<f8"})

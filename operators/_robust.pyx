@@ -7,7 +7,7 @@ per-call overhead by an order of magnitude. :class:`UnitValueWindow` keeps those
 buffers in C too, so that adding a value and reading the median cost a method call each.
 """
 
-from libc.math cimport fabs
+from libc.math cimport INFINITY, fabs
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy, memmove
 
@@ -229,8 +229,40 @@ cdef Py_ssize_t _bisect_right(const double* a, Py_ssize_t n, double x) noexcept 
     return lo
 
 
+cdef double _sorted_median(const double* a, Py_ssize_t n) noexcept nogil:
+    """Median of sorted a[0:n], n > 0 (as :func:`_median` computes it: the mean of the middle two when n is even)."""
+    if n & 1:
+        return a[n >> 1]
+    return 0.5 * (a[(n >> 1) - 1] + a[n >> 1])
+
+
+cdef double _sorted_mad(const double* a, Py_ssize_t n, double med) noexcept nogil:
+    """Median of |a[i] - med| over sorted a[0:n], n > 0, by merging the deviations outward from ``med``.
+
+    The deviations below ``med`` grow leftwards and those above grow rightwards, so the k-th
+    smallest deviation is the k-th step of a two-way merge. ``med - a[i]`` is the double
+    ``fabs(a[i] - med)`` (rounding is symmetric), so the order statistics are those of :func:`_median_mad`.
+    """
+    cdef Py_ssize_t half = n >> 1, left = _bisect_left(a, n, med) - 1, right = left + 1, step
+    cdef double below, above, deviation = 0.0, previous = 0.0
+    for step in range(half + 1):
+        previous = deviation
+        below = med - a[left] if left >= 0 else INFINITY
+        above = a[right] - med if right < n else INFINITY
+        if below <= above:
+            deviation = below
+            left -= 1
+        else:
+            deviation = above
+            right += 1
+    if n & 1:
+        return deviation
+    return 0.5 * (previous + deviation)
+
+
 cdef class RankedWindow(UnitValueWindow):
-    """A :class:`UnitValueWindow` that also keeps its values sorted, to read quantiles and ranks.
+    """A :class:`UnitValueWindow` that also keeps its values sorted, to read quantiles and ranks,
+    and the median and MAD without a selection.
 
     Saved and restored exactly like a :class:`UnitValueWindow` (the sorted copy is derived).
 
@@ -258,19 +290,44 @@ cdef class RankedWindow(UnitValueWindow):
 
     cpdef void add(self, double value, double when):
         cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
-        cdef Py_ssize_t at
-        if n == self.capacity:  # full: the value overwritten leaves the sorted copy
-            at = _bisect_left(self._sorted, n, self._values[self.pos])
-            n -= 1
-            memmove(&self._sorted[at], &self._sorted[at + 1], (n - at) * sizeof(double))
-        at = _bisect_right(self._sorted, n, value)
-        memmove(&self._sorted[at + 1], &self._sorted[at], (n - at) * sizeof(double))
-        self._sorted[at] = value
+        cdef Py_ssize_t at, leaving
+        cdef double* ordered = self._sorted
+        if n < self.capacity:
+            at = _bisect_right(ordered, n, value)
+            memmove(&ordered[at + 1], &ordered[at], (n - at) * sizeof(double))
+        else:  # full: the value overwritten leaves; only the values between the two places shift
+            leaving = _bisect_left(ordered, n, self._values[self.pos])
+            at = _bisect_right(ordered, n, value)
+            if at > leaving:
+                at -= 1
+                memmove(&ordered[leaving], &ordered[leaving + 1], (at - leaving) * sizeof(double))
+            else:
+                memmove(&ordered[at + 1], &ordered[at], (leaving - at) * sizeof(double))
+        ordered[at] = value
         UnitValueWindow.add(self, value, when)
 
     def sorted_values(self) -> list:
         cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
         return [self._sorted[i] for i in range(n)]
+
+    cpdef tuple median_mad(self):
+        """Median and MAD read off the sorted copy, without a selection: the same doubles as
+        :meth:`UnitValueWindow.median_mad` (both are order statistics); ``(nan, nan)`` when empty.
+
+        >>> window = RankedWindow(4)
+        >>> for value in (1.0, 2.0, 3.0, 4.0, 100.0):
+        ...     window.add(value, 10.0)
+        >>> window.median_mad()
+        (3.5, 1.0)
+        """
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        if n == 0:
+            return float("nan"), float("nan")
+        if not self._fresh:
+            self._median = _sorted_median(self._sorted, n)
+            self._mad = _sorted_mad(self._sorted, n, self._median)
+            self._fresh = True
+        return self._median, self._mad
 
     cpdef double quantile(self, double q):
         """The ``q`` quantile of the values held, interpolated linearly (numpy's default method);
@@ -298,6 +355,33 @@ cdef class RankedWindow(UnitValueWindow):
             total += self._sorted[i]
             i += 1
         return count, total
+
+
+def first_holding(list windows, double at_least) -> int:
+    """Index of the first of ``windows`` (None: a window never fed) that holds at least
+    ``at_least`` values; -1 when none does. One C call for a back-off over several windows.
+
+    >>> small, large = UnitValueWindow(8), UnitValueWindow(8)
+    >>> for value in range(5):
+    ...     large.add(value, 0.0)
+    >>> first_holding([None, small, large], 3), first_holding([small, large], 6)
+    (2, -1)
+    """
+    cdef Py_ssize_t i, held
+    cdef UnitValueWindow window
+    for i in range(len(windows)):
+        if windows[i] is not None:
+            window = <UnitValueWindow?> windows[i]
+            held = window.seen if window.seen < window.capacity else window.capacity
+            if held >= at_least:
+                return i
+    return -1
+
+
+def add_to_each(list windows, double value, double when) -> None:
+    """``window.add(value, when)`` for each of ``windows``, in one C call."""
+    for window in windows:
+        (<UnitValueWindow?> window).add(value, when)
 
 
 def _restore_window(type cls, dict data, Py_ssize_t capacity) -> UnitValueWindow:

@@ -3,7 +3,8 @@
 Each import-declaration goods item becomes a point in [0, 1]^8 of engineered features (see
 :data:`FEATURES`), and Half-Space Trees (:mod:`._hst`, River's algorithm in C with the
 very same scores) estimate how sparsely populated the region around it has been in the
-chapter's last complete window of items. Lonely points are atypical.
+chapter's last complete window of items. Lonely points are atypical. The per-item work
+(features, the chapter's profile, the score and its reason) runs in C, in :mod:`._atypical`.
 
 State key: the CN chapter (2 digits). Everything a unit needs is local to it: the trees,
 the (CN4, origin) value references, the (importer, CN4) pairs already seen (CN4 lies inside
@@ -44,56 +45,23 @@ novelty feature.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from vigie.schemas import ImportDeclaration, RiskScore
 
+from ._atypical import FEATURES, MODES, ChapterModel, FlowScorer, ItemFlow, item_flows
 from ._hst import HalfSpaceTrees
 from ._robust import RankedWindow
-from .base import Operator, OperatorState, epoch_seconds
+from .base import Operator, OperatorState
 from .undervaluation import UnitValueWindow
 
-FEATURES: tuple[str, ...] = (
-    "value_per_kg",
-    "net_mass",
-    "value_vs_group",
-    "route",
-    "new_declarant",
-    "hour",
-    "procedure",
-    "transport_mode",
-)
-"""The HST input, in this order."""
-_STANDOUT_FIELDS = tuple(f"{name}_standout" for name in FEATURES)
-assert FEATURES[-1] == "transport_mode"  # the one categorical feature: its standout is computed apart
+__all__ = ["FEATURES", "MODES", "AtypicalFlowDetector", "AtypicalFlowState", "ItemFlow"]
 
-MODES: dict[str, float] = {"sea": 0.0, "air": 0.25, "road": 0.5, "rail": 0.75, "postal": 1.0}
-"""Transport mode encoding: HST splits isolate categories as well as they isolate ranges."""
-
-_TAIL = 0.1  # share of the calibration window the rarity's exponential tail is fitted to
 _DAY_S = 86_400.0
-_STANDOUT_FLOOR = 0.02  # smallest spread a feature's standout is measured against
-_GROUP_DECADES = 1.0  # value_vs_group saturates at this many powers of ten from the group median
 
 
-def _scale(value: float, low: float, high: float) -> float:
-    return min(1.0, max(0.0, (value - low) / (high - low)))
-
-
-def _rarity_text(share: float, window: int) -> str:
-    """A rarity as officers say it, e.g. ``"as isolated as about 1 in 81 recent items"``."""
-    if share >= 0.5:
-        return "as isolated as half of the recent items or more"
-    if share * window < 1.0:
-        return f"more isolated than all of the last {window} items (tail estimate: 1 in {1.0 / share:,.0f})"
-    return f"as isolated as about 1 in {1.0 / share:,.0f} recent items"
-
-
-class AtypicalFlowState(OperatorState):
+class AtypicalFlowState(ChapterModel, OperatorState):
     """What one CN chapter has learned.
 
     * ``hst``: the Half-Space Trees over :data:`FEATURES`;
@@ -109,10 +77,13 @@ class AtypicalFlowState(OperatorState):
     * ``calibration``: the raw HST scores of the chapter's last items, from which a raw
       score's rarity, hence the detector's score, is read.
 
-    Memory bound per chapter: the trees (``n_trees * (2 ** (height + 1) - 1) * 28`` bytes,
-    71 kB with the defaults), ``max_groups * group_window`` doubles (64 kB), ``max_pairs``
+    Memory bound per chapter: the trees (``n_trees * (2 ** (height + 1) - 1) * 24`` bytes,
+    61 kB with the defaults), ``max_groups * group_window`` doubles (64 kB), ``max_pairs``
     short keys with a float (about 3 MB in memory and 0.7 MB as JSON at 20,000),
     ``calibration_window`` doubles; 97 chapters at most.
+
+    The fields live in C (:class:`._atypical.ChapterModel`), where the detector's hot path
+    reads and updates them; this class adds the snapshot format.
     """
 
     def __init__(
@@ -135,51 +106,8 @@ class AtypicalFlowState(OperatorState):
         self.seen = 0
         self.mean = [0.0] * len(FEATURES)
         self.spread = [0.0] * len(FEATURES)
-        self.mode_share: dict[str, float] = {}
+        self.mode_share = {}
         self.calibration = RankedWindow(calibration_window)
-
-    def group_median(self, name: str, min_size: int) -> float | None:
-        """Median log10 value per kg of group ``name``, if it holds at least ``min_size`` values."""
-        window = self.groups.get(name)
-        if window is None or window.size < min_size:
-            return None
-        return window.median()
-
-    def add_to_group(self, name: str, value: float, when: float) -> None:
-        window = self.groups.get(name)
-        if window is None:
-            if len(self.groups) >= self.max_groups:
-                idle = sorted(self.groups, key=lambda k: (self.groups[k].last_seen, k))
-                for k in idle[: max(1, len(idle) // 10)]:
-                    del self.groups[k]
-            window = self.groups[name] = UnitValueWindow(self.group_window)
-        window.add(value, when)
-
-    def see_pair(self, pair: str, when: float, horizon_s: float) -> None:
-        """Record that ``pair`` (importer|CN4) was declared at ``when``; forget idle pairs."""
-        if when - self.last_sweep >= _DAY_S:
-            self.pairs = {k: t for k, t in self.pairs.items() if when - t <= horizon_s}
-            self.last_sweep = when
-        if pair not in self.pairs and len(self.pairs) >= self.max_pairs:
-            oldest = sorted(self.pairs, key=lambda k: (self.pairs[k], k))
-            for k in oldest[: max(1, len(oldest) // 10)]:
-                del self.pairs[k]
-        self.pairs[pair] = max(self.pairs.get(pair, when), when)
-
-    def update_stats(self, x: list[float], mode: str) -> None:
-        """Fold one item's features into the chapter's exponentially weighted profile."""
-        a = self.alpha if self.seen else 1.0  # the first item sets the mean; the spread starts at 0
-        mean, spread = self.mean, self.spread
-        for i, value in enumerate(x):
-            m = mean[i]
-            mean[i] = m + a * (value - m)
-            if self.seen:
-                spread[i] += a * (abs(value - m) - spread[i])
-        shares = self.mode_share
-        for name in MODES:
-            share = shares.get(name, 0.0)
-            shares[name] = share + a * ((1.0 if name == mode else 0.0) - share)
-        self.seen += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,32 +147,9 @@ class AtypicalFlowState(OperatorState):
         state.calibration = RankedWindow.from_dict(data["calibration"], data["calibration_window"])
         return state
 
-
-@dataclass(slots=True)
-class ItemFlow:
-    """One goods item seen by the atypical-flow detector (not frozen: frozen dataclasses build slower)."""
-
-    event_id: str
-    mrn: str
-    item_number: int
-    event_time: datetime
-    office: str
-    importer_eori: str
-    cn_code: str
-    origin_country: str
-    dispatch_country: str
-    procedure_code: str
-    transport_mode: str
-    net_mass_kg: float
-    customs_value_eur: float
-
-    @property
-    def cn4(self) -> str:
-        return self.cn_code[:4]
-
-    @property
-    def log_value_per_kg(self) -> float:
-        return math.log10(self.customs_value_eur / self.net_mass_kg)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The fields are C fields, not in __dict__: copies and pickles go through the snapshot.
+        return self.from_dict, (self.to_dict(),)
 
 
 class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
@@ -322,6 +227,10 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
         self.min_tail = min_tail
         self.p_half = p_half
         self.standout = standout
+        # The same configuration in C, for the hot path (it is read once, here: change none of it later).
+        self._core = FlowScorer(
+            window_size, min_group, min_calibration, self.novelty_horizon_s, min_tail, p_half, standout
+        )
 
     def new_state(self) -> AtypicalFlowState:
         hst = HalfSpaceTrees(
@@ -333,227 +242,28 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
 
     def units(self, event: Any) -> Iterable[tuple[str, ItemFlow]]:
         if not isinstance(event, ImportDeclaration):
-            return
-        event_id, mrn, when, office, importer = (
-            event.event_id, event.mrn, event.event_time, event.customs_office, event.importer_eori
-        )  # fmt: skip
-        procedure, mode = event.procedure_code, str(event.transport_mode_at_border)
-        for item in event.goods_items:
-            unit = ItemFlow(
-                event_id, mrn, item.item_number, when, office, importer, item.cn_code, item.origin_country,
-                item.dispatch_country, procedure, mode, item.net_mass_kg, item.customs_value_eur,
-            )  # fmt: skip
-            yield item.cn_code[:2], unit
+            return ()
+        return item_flows(event)
 
-    # ------------------------------------------------------------------ features
+    # The features, the rarity, the reason and the learning are computed in C (FlowScorer): see
+    # the class docstring and the module's for what they are.
 
     def _reference(self, unit: ItemFlow, state: AtypicalFlowState) -> tuple[str, float] | None:
         """The group the value is compared with and its median log10 value per kg."""
-        cn4 = unit.cn_code[:4]
-        for name in (f"{cn4}:{unit.origin_country}", cn4):
-            median = state.group_median(name, self.min_group)
-            if median is not None:
-                return name, median
-        return None
+        return self._core.reference(unit, state)
 
     def _features(self, unit: ItemFlow, state: AtypicalFlowState) -> list[float]:
         """The item's point in [0, 1]^8, computed from the state as it was before the item."""
-        return self._point(unit, state, self._reference(unit, state))
-
-    @staticmethod
-    def _point(unit: ItemFlow, state: AtypicalFlowState, reference: tuple[str, float] | None) -> list[float]:
-        """:meth:`_features` given the unit's value ``reference`` (:meth:`_reference`)."""
-        log_vpk = math.log10(unit.customs_value_eur / unit.net_mass_kg)
-        utc = epoch_seconds(unit.event_time) % _DAY_S
-        return [
-            _scale(log_vpk, -2.0, 5.0),
-            _scale(math.log10(unit.net_mass_kg), -2.0, 8.0),
-            0.5 if reference is None else _scale(log_vpk - reference[1], -_GROUP_DECADES, _GROUP_DECADES),
-            1.0 if unit.dispatch_country != unit.origin_country else 0.0,
-            0.0 if f"{unit.importer_eori}|{unit.cn_code[:4]}" in state.pairs else 1.0,
-            utc / _DAY_S,
-            0.0 if unit.procedure_code == "4000" else 1.0,
-            MODES.get(unit.transport_mode, 0.0),
-        ]
-
-    def _rarity(self, raw: float, state: AtypicalFlowState) -> tuple[float, float]:
-        """Estimated share of the chapter's recent items at least as isolated as ``raw``, and their median.
-
-        Up to the 90th percentile of the recent raw scores, the empirical share; beyond it,
-        a peaks-over-threshold tail ``0.1 * exp(-(raw - q90) / beta)`` with ``beta`` the mean
-        excess of the top tenth over ``q90`` (at least ``min_tail``). Raw scores are bounded
-        above, so an exponential tail overstates far rarities: it errs on the quiet side.
-        """
-        calibration = state.calibration
-        median, q90 = calibration.quantile(0.5), calibration.quantile(0.9)
-        if raw <= q90:
-            return calibration.count_at_least(raw) / calibration.size, median
-        count, total = calibration.sum_above(q90)  # the top tenth, summed smallest first
-        beta = max(total / count - q90, self.min_tail) if count else self.min_tail
-        return _TAIL * math.exp(-(raw - q90) / beta), median
-
-    @staticmethod
-    def _raw(x: list[float], state: AtypicalFlowState) -> float:
-        """The trees' score of the point ``x`` (1 = as isolated as can be)."""
-        return state.hst.score_values(x)
+        return self._core.features(unit, state)
 
     # ------------------------------------------------------------------ operator
 
     def learn_one(self, unit: ItemFlow, state: AtypicalFlowState) -> None:
-        x = self._features(unit, state)
-        self._learn(unit, state, x, None if state.hst.first_window else state.hst.score_values(x))
-
-    def _learn(self, unit: ItemFlow, state: AtypicalFlowState, x: list[float], raw: float | None) -> None:
-        """Learn the unit whose features are ``x`` and raw trees' score ``raw`` (None in the first window)."""
-        if raw is not None:
-            state.calibration.add(raw, 0.0)
-        state.hst.learn_values(x)
-        when = epoch_seconds(unit.event_time)
-        log_vpk = math.log10(unit.customs_value_eur / unit.net_mass_kg)
-        cn4 = unit.cn_code[:4]
-        state.add_to_group(f"{cn4}:{unit.origin_country}", log_vpk, when)
-        state.add_to_group(cn4, log_vpk, when)
-        state.see_pair(f"{unit.importer_eori}|{cn4}", when, self.novelty_horizon_s)
-        state.update_stats(x, unit.transport_mode)
-
-    def _warming_up(self, state: AtypicalFlowState) -> bool:
-        return state.hst.first_window or state.calibration.size < self.min_calibration
+        self._core.learn(unit, state)
 
     def score_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
-        if self._warming_up(state):
-            return self._warm_up_score(unit, state)
-        reference = self._reference(unit, state)
-        x = self._point(unit, state, reference)
-        return self._score_point(unit, state, x, self._raw(x, state), reference)
+        return self._core.score(unit, state, self.risk_score)
 
     def score_learn_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
         """:meth:`score_one` then :meth:`learn_one`, extracting the features and scoring them with the trees once."""
-        reference = self._reference(unit, state)
-        x = self._point(unit, state, reference)
-        raw = None if state.hst.first_window else state.hst.score_values(x)
-        if raw is None or state.calibration.size < self.min_calibration:
-            score = self._warm_up_score(unit, state)
-        else:
-            score = self._score_point(unit, state, x, raw, reference)
-        self._learn(unit, state, x, raw)
-        return score
-
-    def _warm_up_score(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
-        needed = self.window_size + self.min_calibration
-        reason = (
-            f"No reference model yet for chapter {unit.cn_code[:2]}: {state.seen} item(s) learned, "
-            f"{needed} needed (one window of {self.window_size} for the trees, then {self.min_calibration} "
-            "to calibrate their scores)."
-        )
-        return self._score(unit, 0.0, reason, {"observations": float(state.seen), "hst_score": None})
-
-    def _score_point(
-        self, unit: ItemFlow, state: AtypicalFlowState, x: list[float], raw: float, reference: tuple[str, float] | None
-    ) -> RiskScore:
-        """The score of a unit whose features are ``x``, raw trees' score ``raw`` and value ``reference``."""
-        chapter = unit.cn_code[:2]
-        rarity, median = self._rarity(raw, state)
-        score = 1.0 / (1.0 + rarity / self.p_half)
-
-        standouts = self._standouts(x, unit, state)
-        threshold = self.standout
-        top = sorted(
-            [(name, s) for name, s in zip(FEATURES, standouts, strict=True) if s >= threshold],
-            key=lambda kv: (-kv[1], kv[0]),
-        )[:3]
-        details = [self._describe(name, x, unit, state, reference) for name, _ in top]
-        if score >= 0.5:
-            verdict = "atypical among"
-        elif raw <= median:
-            verdict = "typical of"
-        else:
-            verdict = "within the usual range of"
-        head = (
-            f"Item {unit.item_number} (CN {unit.cn_code} from {unit.origin_country}) is {verdict} chapter {chapter}'s "
-            f"recent flows: isolation {raw:.3f} vs {median:.3f} typical, {_rarity_text(rarity, state.calibration.size)}"
-        )
-        if details:
-            reason = f"{head}; stands out: " + "; ".join(details) + "."
-        elif score >= 0.5:
-            reason = f"{head}; no single feature stands out: it is the combination that is rare."
-        else:
-            reason = f"{head}."
-
-        fields: dict[str, float | str | None] = {
-            "hst_score": round(raw, 6),
-            "typical_hst_score": round(median, 6),
-            "rarity": float(f"{rarity:.4g}"),
-            "top_features": ",".join(name for name, _ in top),
-            "observations": float(state.seen),
-        }
-        for name, standout_name, value, standout in zip(FEATURES, _STANDOUT_FIELDS, x, standouts, strict=True):
-            fields[name] = round(value, 4)
-            fields[standout_name] = round(standout, 2)
-        fields["value_per_kg_eur"] = round(unit.customs_value_eur / unit.net_mass_kg, 4)
-        fields["group_value_per_kg_eur"] = None if reference is None else round(10 ** reference[1], 4)
-        return self._score(unit, score, reason, fields)
-
-    # ------------------------------------------------------------------ reasons
-
-    @staticmethod
-    def _standouts(x: list[float], unit: ItemFlow, state: AtypicalFlowState) -> list[float]:
-        """Each feature's standout (see the class docstring), in :data:`FEATURES` order."""
-        out = [
-            abs(value - mean) / (_STANDOUT_FLOOR if spread < _STANDOUT_FLOOR else spread)  # max(spread, floor)
-            for value, mean, spread in zip(x[:-1], state.mean, state.spread, strict=False)
-        ]
-        share = state.mode_share.get(unit.transport_mode, 0.0)  # transport_mode, the last feature
-        out.append((1.0 - share) / max(2.0 * share * (1.0 - share), _STANDOUT_FLOOR))
-        return out
-
-    def _describe(
-        self, name: str, x: list[float], unit: ItemFlow, state: AtypicalFlowState, reference: tuple[str, float] | None
-    ) -> str:
-        """One feature of the item against the chapter's typical item, in an officer's words."""
-        mean = state.mean[FEATURES.index(name)]
-        share = f"{100.0 * mean:.0f}% of the chapter's recent items"
-        if name == "value_per_kg":
-            typical = 10 ** (mean * 7.0 - 2.0)
-            return f"value {unit.customs_value_eur / unit.net_mass_kg:,.2f} EUR/kg vs about {typical:,.2f} typical"
-        if name == "net_mass":
-            typical = 10 ** (mean * 10.0 - 2.0)
-            return f"net mass {unit.net_mass_kg:,.0f} kg vs about {typical:,.0f} kg typical"
-        if name == "value_vs_group":
-            if reference is None:
-                return "no value reference for its CN4 yet"
-            group, median = reference
-            ratio = 10 ** (unit.log_value_per_kg - median)
-            where = f"CN4 {unit.cn4} from {unit.origin_country}" if ":" in group else f"CN4 {unit.cn4}"
-            return f"value per kg {ratio:.2g} times the median of {where} ({10**median:,.2f} EUR/kg)"
-        if name == "route":
-            if x[FEATURES.index(name)]:
-                return f"dispatched from {unit.dispatch_country}, origin {unit.origin_country} (so are {share})"
-            return f"dispatched from its origin {unit.origin_country}, unlike {100.0 * mean:.0f}% of recent items"
-        if name == "new_declarant":
-            if x[FEATURES.index(name)]:
-                return f"importer {unit.importer_eori} never declared CN4 {unit.cn4} before (new pairs: {share})"
-            return f"importer {unit.importer_eori} has declared CN4 {unit.cn4} before, unlike most recent items"
-        if name == "hour":
-            return f"declared at {unit.event_time.astimezone(UTC):%H:%M} UTC, an unusual hour for this chapter"
-        if name == "procedure":
-            return f"procedure {unit.procedure_code} (not 4000 for {share})"
-        mode_share = state.mode_share.get(unit.transport_mode, 0.0)
-        mode = {"postal": "post"}.get(unit.transport_mode, unit.transport_mode)
-        return f"transport by {mode} ({100.0 * mode_share:.0f}% of the chapter's recent items)"
-
-    def _score(self, unit: ItemFlow, score: float, reason: str, fields: dict[str, float | str | None]) -> RiskScore:
-        return self.risk_score(
-            subject_event_id=unit.event_id,
-            subject_type="declaration",
-            subject_reference=unit.mrn,
-            item_number=unit.item_number,
-            event_time=unit.event_time,
-            office=unit.office,
-            operator_eori=unit.importer_eori,
-            cn_code=unit.cn_code,
-            origin_country=unit.origin_country,
-            score=score,
-            eur_at_stake=0.0,
-            reason=reason,
-            reason_fields=fields,
-        )
+        return self._core.score_learn(unit, state, self.risk_score)

@@ -75,27 +75,43 @@ the final score is their noisy-OR. Scores under ``min_score`` (0.05) are not rep
 ``max_uv_groups`` unit-value references of ``uv_window`` values each (least recently used
 evicted), four tests of five numbers each. Baseline counts are halved whenever they sum to
 more than ``count_cap``, so old habits fade. A few kB per importer, whatever its history.
+
+**Speed.** What runs for every declaration (its units, features, the score's numbers, the
+learning step), the Page-Hinkley test and the baseline are in C (:mod:`._behaviour`), equal
+bit for bit to the Python arithmetic; the sentences of a reported score are built here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, ClassVar, Self
 
 from vigie.schemas import ImportDeclaration, RiskScore
 
-from .base import Operator, OperatorState, epoch_seconds
+from ._behaviour import Baseline, BehaviourCore, DeclarationProfile, Features, ItemProfile, PageHinkley
+from .base import Operator, OperatorState
+
+__all__ = [
+    "SIGNALS",
+    "VAT_RATE",
+    "Baseline",
+    "BehaviourState",
+    "DeclarationProfile",
+    "Features",
+    "ItemProfile",
+    "OperatorBehaviourDetector",
+    "PageHinkley",
+    "PageHinkleyParams",
+]
 
 SIGNALS: tuple[str, ...] = ("unit_value", "origin", "chapter", "volume")
 """Signals monitored per importer, in the order they are reported."""
 
-_MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 _DAY = 86400.0
-_LOG_1_5 = math.log(1.5)
-_LOG_5 = math.log(5.0)
 VAT_RATE = 0.20
 """Import VAT rate used for the EUR at stake (French standard rate)."""
 
@@ -128,250 +144,6 @@ class PageHinkleyParams:
     """Pseudo-observations of ``prior_mean`` in the running mean; 0 gives River's rule exactly."""
 
 
-class PageHinkley:
-    """One-sided Page-Hinkley test with plain, JSON-able fields (River 0.23's update rule).
-
-    ``n`` and ``mean``: observations and their cumulative mean; ``cusum``: the faded sum of
-    ``x - mean -/+ delta``; ``extreme``: its minimum (increase test) or maximum (decrease
-    test); ``onset``: event time (epoch s) of the first observation after the extremum,
-    i.e. where a detected change began.
-
-    >>> params = PageHinkleyParams(direction=1, delta=0.1, threshold=1.5, min_instances=5, prior_weight=0.0)
-    >>> ph = PageHinkley()
-    >>> [ph.update(x, float(t), params) for t, x in enumerate([0, 0, 0, 0, 0, 1, 1, 1])]
-    [False, False, False, False, False, False, False, True]
-    >>> ph.onset, round(ph.statistic(params), 3)
-    (5.0, 1.873)
-    """
-
-    __slots__ = ("cusum", "extreme", "mean", "n", "onset")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean = 0.0
-        self.cusum = 0.0
-        self.extreme: float | None = None
-        self.onset: float | None = None
-
-    def _step(self, x: float, when: float, p: PageHinkleyParams) -> tuple[int, float, float, float, float | None]:
-        n = self.n + 1
-        previous = p.prior_mean if self.n == 0 else self.mean
-        mean = previous + (x - previous) / (n + p.prior_weight)
-        dev = x - mean
-        cusum = p.alpha * self.cusum + dev - p.direction * p.delta
-        extreme, onset = self.extreme, self.onset
-        if extreme is None or (cusum < extreme if p.direction > 0 else cusum > extreme):
-            extreme, onset = cusum, None  # a change, if any, starts after this observation
-        elif onset is None:
-            onset = when
-        return n, mean, cusum, extreme, onset
-
-    @staticmethod
-    def _statistic(n: int, cusum: float, extreme: float, p: PageHinkleyParams) -> float:
-        if n < p.min_instances:
-            return 0.0
-        return (cusum - extreme) if p.direction > 0 else (extreme - cusum)
-
-    def statistic(self, p: PageHinkleyParams) -> float:
-        """Current test statistic (>= 0); an alarm is raised when it exceeds the threshold."""
-        if self.extreme is None:
-            return 0.0
-        return self._statistic(self.n, self.cusum, self.extreme, p)
-
-    def peek(self, x: float, when: float, p: PageHinkleyParams) -> tuple[float, float | None]:
-        """Statistic and onset the test would have after ``x``, without changing it."""
-        n, _, cusum, extreme, onset = self._step(x, when, p)
-        return self._statistic(n, cusum, extreme, p), onset
-
-    def update(self, x: float, when: float, p: PageHinkleyParams) -> bool:
-        """Add ``x`` observed at ``when``; True when the test crosses its threshold."""
-        self.n, self.mean, self.cusum, self.extreme, self.onset = self._step(x, when, p)
-        return self.statistic(p) > p.threshold
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    def to_list(self) -> list[Any]:
-        return [self.n, self.mean, self.cusum, self.extreme, self.onset]
-
-    @classmethod
-    def from_list(cls, data: list[Any]) -> PageHinkley:
-        ph = cls()
-        ph.n, ph.mean, ph.cusum, ph.extreme, ph.onset = data
-        return ph
-
-
-@dataclass(slots=True)
-class ItemProfile:
-    """One goods item as the behaviour detector sees it (not frozen: frozen dataclasses build slower)."""
-
-    item_number: int
-    cn_code: str
-    origin: str
-    group: str
-    """Unit-value reference group: ``"CN4:basis"`` (basis ``kg`` or the supplementary unit)."""
-    log_uv: float
-    """Natural log of the customs value per unit of the basis."""
-    quantity: float
-    customs_value_eur: float
-    duty_rate_pct: float
-    chapter: str = field(init=False)
-    """HS chapter: the first two digits of the CN code."""
-
-    def __post_init__(self) -> None:
-        self.chapter = self.cn_code[:2]
-
-
-@dataclass(slots=True)
-class DeclarationProfile:
-    """One import declaration, summarised for its importer's behaviour."""
-
-    event_id: str
-    mrn: str
-    event_time: datetime
-    office: str
-    importer_eori: str
-    procedure_code: str
-    items: tuple[ItemProfile, ...]
-    when: float = field(init=False)
-    """``event_time`` in epoch seconds."""
-    total_value_eur: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.when = epoch_seconds(self.event_time)
-        self.total_value_eur = sum(item.customs_value_eur for item in self.items)
-
-
-class Baseline:
-    """The importer's usual behaviour, learned from declarations that left the recent window.
-
-    ``n``: declarations learned; ``times``: event times (epoch s) of the last
-    ``rate_window`` declarations that left the recent window (changed or not), whose rate is
-    the baseline rate (recent, so that it follows seasonal drifts and a stream's ramp-up). ``origins`` / ``chapters``:
-    decayed item counts per origin / chapter; ``items``: their total. ``uv``: per
-    ``"CN4:basis"`` group, a ring of recent log unit values ``[values, next position]``,
-    in least-recently-updated-first order.
-    """
-
-    __slots__ = ("_novelty", "_references", "chapters", "items", "n", "origins", "times", "uv")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.times: list[float] = []
-        self.items = 0.0
-        self.origins: dict[str, float] = {}
-        self.chapters: dict[str, float] = {}
-        self.uv: dict[str, list[Any]] = {}
-        # Median and MAD per group, derived from ``uv`` (not state: dropped when a group learns).
-        self._references: dict[str, tuple[float, float, int]] = {}
-        self._novelty: dict[str, float] = {}  # novelty_rate of "origins" / "chapters", derived likewise
-
-    def rate_per_day(self) -> float | None:
-        """Declarations per day over the learned period, None if it cannot be told yet."""
-        if len(self.times) < 2:
-            return None
-        span = self.times[-1] - self.times[0]
-        if span <= 0:
-            return None
-        return (len(self.times) - 1) / span * _DAY
-
-    def novelty_rate(self, which: str) -> float:
-        """Expected share of items in a category (``which``: "origins" or "chapters") it has (almost) never
-        used (Good-Turing).
-
-        The share of baseline items whose category was used about once: an importer that
-        keeps trying new origins (many singletons) is not surprising when it tries one more;
-        one with a few steady origins is.
-        """
-        if self.items <= 0:
-            return 0.0
-        cached = self._novelty.get(which)
-        if cached is None:
-            counts = self.origins if which == "origins" else self.chapters
-            singletons = 0
-            for count in counts.values():
-                if count < 1.5:
-                    singletons += 1
-            cached = self._novelty[which] = min(1.0, singletons / self.items)
-        return cached
-
-    def share(self, counts: dict[str, float], key: str) -> float:
-        return counts.get(key, 0.0) / self.items if self.items > 0 else 0.0
-
-    def reference(self, group: str, min_values: int) -> tuple[float, float, int] | None:
-        """Median and MAD of the group's log unit values, and how many, if at least ``min_values``."""
-        ring = self.uv.get(group)
-        if ring is None or len(ring[0]) < min_values:
-            return None
-        cached = self._references.get(group)
-        if cached is None:
-            values = sorted(ring[0])
-            median = _median(values)
-            mad = _median(sorted(abs(v - median) for v in values))
-            cached = self._references[group] = (median, mad, len(values))
-        return cached
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "times": self.times,
-            "items": self.items,
-            "origins": self.origins,
-            "chapters": self.chapters,
-            "uv": self.uv,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Baseline:
-        base = cls()
-        base.n, base.times, base.items = data["n"], list(data["times"]), data["items"]
-        base.origins = dict(data["origins"])
-        base.chapters = dict(data["chapters"])
-        base.uv = {k: [list(v[0]), v[1]] for k, v in data["uv"].items()}
-        return base
-
-
-def _median(sorted_values: list[float]) -> float:
-    n = len(sorted_values)
-    mid = n // 2
-    return sorted_values[mid] if n % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])
-
-
-_SIGNAL_FIELD = {"unit_value": "uv_z", "origin": "origin_excess", "chapter": "chapter_excess",
-                 "volume": "volume_log_ratio"}  # fmt: skip
-
-
-@dataclass(slots=True)
-class Features:
-    """What one declaration shows against its importer's baseline (None: cannot be told).
-
-    ``uv_z``: mean robust z of the items' log unit values (clipped to +-``z_clip``);
-    ``uv_log_ratio``: mean log(declared / reference unit value); ``uv_stake_eur``: duty and
-    VAT on the value shortfall of items below their reference; ``origin_share`` /
-    ``chapter_share``: share of items with an unfamiliar origin / chapter, ``new_origins`` /
-    ``new_chapters`` the codes; ``origin_excess`` / ``chapter_excess``: that share minus the
-    share this importer is expected to show anyway (see :meth:`Baseline.novelty_rate`);
-    ``volume_log_ratio``: log(recent rate / baseline rate).
-    """
-
-    uv_z: float | None = None
-    uv_log_ratio: float | None = None
-    uv_stake_eur: float = 0.0
-    uv_item: tuple[int, str, str, float, float] | None = None
-    """Most deviating item: (item number, CN, origin, declared EUR/unit, reference EUR/unit)."""
-    uv_basis: str = "kg"
-    origin_share: float | None = None
-    origin_excess: float | None = None
-    new_origins: tuple[str, ...] = ()
-    chapter_share: float | None = None
-    chapter_excess: float | None = None
-    new_chapters: tuple[str, ...] = ()
-    volume_log_ratio: float | None = None
-
-    def value(self, signal: str) -> float | None:
-        return getattr(self, _SIGNAL_FIELD[signal])  # type: ignore[no-any-return]
-
-
 class BehaviourState(OperatorState):
     """Everything known about one importer (see the module docstring for each part).
 
@@ -386,6 +158,8 @@ class BehaviourState(OperatorState):
     :meth:`to_dict` shares the state's containers (no copy on every checkpoint): serialise
     it, do not modify it.
     """
+
+    __slots__ = ("baseline", "change", "first_seen", "last_seen", "memo", "seen", "tests", "value_seen", "window")
 
     def __init__(self) -> None:
         self.seen = 0
@@ -431,14 +205,9 @@ def _copy_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "f": dict(entry["f"]), "items": [list(i) for i in entry["items"]]}
 
 
+@lru_cache(maxsize=4096)  # a change's onset and detection times are quoted by every declaration of it
 def _fmt_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _sigmoid(x: float) -> float:
-    if x < -60:
-        return 0.0
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
@@ -545,110 +314,19 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         self.count_cap = count_cap
         self.signal_weights = signal_weights or {"unit_value": 0.7, "origin": 0.7, "chapter": 0.6, "volume": 0.4}
         self.min_score = min_score
+        # The arithmetic run on every declaration, in C (reads the configuration above once).
+        self._core = BehaviourCore(self, SIGNALS, VAT_RATE)
 
     # --- units -----------------------------------------------------------------------------------
     def units(self, event: Any) -> Iterable[tuple[str, DeclarationProfile]]:
         if not isinstance(event, ImportDeclaration):
-            return
-        items = []
-        for item in event.goods_items:
-            if item.supplementary_units and item.supplementary_unit_code:
-                basis, quantity = item.supplementary_unit_code, item.supplementary_units
-            else:
-                basis, quantity = "kg", item.net_mass_kg
-            cn_code, value = item.cn_code, item.customs_value_eur
-            profile = ItemProfile(
-                item.item_number, cn_code, item.origin_country, f"{cn_code[:4]}:{basis}",
-                math.log(value / quantity), quantity, value, item.duty_rate_pct,
-            )  # fmt: skip
-            items.append(profile)
-        yield (
-            event.importer_eori,
-            DeclarationProfile(
-                event_id=event.event_id,
-                mrn=event.mrn,
-                event_time=event.event_time,
-                office=event.customs_office,
-                importer_eori=event.importer_eori,
-                procedure_code=event.procedure_code,
-                items=tuple(items),
-            ),
-        )
+            return ()
+        return ((event.importer_eori, self._core.profile(event)),)
 
     # --- features --------------------------------------------------------------------------------
     def features(self, unit: DeclarationProfile, state: BehaviourState) -> Features:
         """What ``unit`` shows against the importer's baseline (pure: reads ``state`` only)."""
-        base = state.baseline
-        feats = Features()
-        if base.n < self.min_history:
-            return feats
-        items = unit.items[: self.max_items]
-        # Unit values against the importer's own references.
-        zs: list[float] = []
-        ratios: list[float] = []
-        worst: tuple[float, ItemProfile, float] | None = None
-        for item in items:
-            ref = base.reference(item.group, self.min_uv_reference)
-            if ref is None:
-                continue
-            median, mad, count = ref
-            # A few own values give an unstable MAD: shrink it toward a typical within-importer spread.
-            sigma2 = (count * (_MAD_TO_SIGMA * mad) ** 2 + self.prior_weight_uv * self.prior_uv_sigma**2) / (
-                count + self.prior_weight_uv
-            )
-            spread = max(math.sqrt(sigma2), self.min_spread)
-            z = max(-self.z_clip, min(self.z_clip, (item.log_uv - median) / spread))
-            zs.append(z)
-            ratios.append(item.log_uv - median)
-            reference_value = math.exp(median) * item.quantity
-            if reference_value > item.customs_value_eur:
-                shortfall = reference_value - item.customs_value_eur
-                duty = shortfall * item.duty_rate_pct / 100.0
-                feats.uv_stake_eur += duty + VAT_RATE * (shortfall + duty)
-            if worst is None or z < worst[0]:
-                worst = (z, item, median)
-        if zs:
-            feats.uv_z = sum(zs) / len(zs)
-            feats.uv_log_ratio = sum(ratios) / len(ratios)
-            assert worst is not None
-            _, item, median = worst
-            feats.uv_item = (item.item_number, item.cn_code, item.origin, math.exp(item.log_uv), math.exp(median))
-            feats.uv_basis = item.group.split(":", 1)[1]
-        # Origin and commodity-chapter mix.
-        if base.items > 0 and items:
-            new_o = [i.origin for i in items if base.share(base.origins, i.origin) < self.familiar_share]
-            new_c = [i.chapter for i in items if base.share(base.chapters, i.chapter) < self.familiar_share]
-            feats.origin_share = len(new_o) / len(items)
-            feats.chapter_share = len(new_c) / len(items)
-            feats.origin_excess = feats.origin_share - base.novelty_rate("origins")
-            feats.chapter_excess = feats.chapter_share - base.novelty_rate("chapters")
-            feats.new_origins = tuple(dict.fromkeys(new_o))
-            feats.new_chapters = tuple(dict.fromkeys(new_c))
-        # Volume: recent declaration rate against the baseline rate.
-        base_rate = base.rate_per_day()
-        k = min(self.volume_span, len(state.window))
-        if base_rate is not None and k >= 1:
-            span = max(unit.when - state.window[-k]["t"], 60.0 * k)  # a burst of same-minute filings is one
-            recent_rate = k / span * _DAY
-            feats.volume_log_ratio = max(-3.0, min(3.0, math.log(recent_rate / base_rate)))
-        return feats
-
-    @staticmethod
-    def _deviation(signal: str, feats: Features) -> float:
-        """``c_k``: how strongly this declaration itself shows a deviation on ``signal``, in [0, 1]."""
-        if signal == "unit_value":
-            return 0.0 if feats.uv_z is None else max(0.0, min(1.0, (-feats.uv_z - 1.0) / 2.0))
-        if signal == "origin":
-            return feats.origin_share or 0.0
-        if signal == "chapter":
-            return feats.chapter_share or 0.0
-        x = feats.volume_log_ratio
-        # Rates fluctuate: 1.5 times the usual rate counts for nothing, 5 times for full.
-        return 0.0 if x is None else max(0.0, min(1.0, (x - _LOG_1_5) / (_LOG_5 - _LOG_1_5)))
-
-    def _deviates(self, feats: Features) -> bool:
-        """Whether a declaration departs from the baseline on its own (it then stays out of it during a change)."""
-        return any(self._deviation(s, feats) >= 0.5 for s in SIGNALS)
+        return self._core.features(unit, state)
 
     # --- scoring ---------------------------------------------------------------------------------
     def new_importer_score(self, unit: DeclarationProfile, state: BehaviourState) -> float:
@@ -662,16 +340,7 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         ``large_value_eur``, 0.88 at 4 times it): large consignments, whatever their number.
         Procedure factor: 1 under 4200 (onward-supply VAT exemption), ``non_4200_factor`` otherwise.
         """
-        first = unit.when if state.first_seen is None else state.first_seen
-        if self._novelty_from is None or first < self._novelty_from:
-            return 0.0
-        youth = max(0.0, 1.0 - (unit.when - first) / (self.new_importer_days * _DAY))
-        if youth <= 0.0:
-            return 0.0
-        value = max((state.value_seen + unit.total_value_eur) / (state.seen + 1), 1e-9)
-        largeness = _sigmoid(math.log(value / self.large_value_eur) / self.largeness_width)
-        factor = 1.0 if unit.procedure_code == "4200" else self.non_4200_factor
-        return youth * largeness * factor
+        return self._core.new_importer_score(unit, state)
 
     def score_one(self, unit: DeclarationProfile, state: BehaviourState) -> RiskScore | None:
         feats = self.features(unit, state)
@@ -680,40 +349,32 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
 
     def score_learn_one(self, unit: DeclarationProfile, state: BehaviourState) -> RiskScore | None:
         """:meth:`score_one` then :meth:`learn_one`, computing the declaration's features once."""
-        feats = self.features(unit, state)
+        core = self._core
+        feats = core.features(unit, state)
         score = self._score(unit, state, feats)
-        self._learn(unit, state, feats)
+        core.learn(unit, state, feats)
         return score
+
+    def process(self, event: Any, store: MutableMapping[str, BehaviourState]) -> list[RiskScore]:
+        """:meth:`Operator.process` for the one unit an import declaration gives, with fewer calls per event."""
+        if not isinstance(event, ImportDeclaration):
+            return []
+        key = event.importer_eori
+        state = store.get(key)
+        if state is None:
+            state = BehaviourState()
+        score = self.score_learn_one(self._core.profile(event), state)
+        store[key] = state
+        return [] if score is None else [score]
 
     def _score(self, unit: DeclarationProfile, state: BehaviourState, feats: Features) -> RiskScore | None:
         """The score of ``unit`` given its :meth:`features` (None under ``min_score``)."""
+        numbers = self._core.score(unit, state, feats)
+        if numbers is None:
+            return None
+        levels, parts, onsets, behaviour, new, score = numbers
         change = state.change
         when = unit.when
-        levels: dict[str, float] = {}
-        parts: dict[str, float] = {}
-        onsets: dict[str, float] = {}
-        for signal in SIGNALS:
-            params = self.tests[signal]
-            x = feats.value(signal)
-            test = state.tests[signal]
-            stat, onset = (test.statistic(params), None) if x is None else test.peek(x, when, params)
-            if change is not None and signal in change["signals"]:
-                level = 1.0
-            elif stat > params.threshold:
-                level = 1.0
-                onsets[signal] = onset if onset is not None else when
-            else:
-                level = 0.5 * min(1.0, stat / params.threshold)
-            levels[signal] = level
-            parts[signal] = self.signal_weights[signal] * level * self._deviation(signal, feats)
-        clean = 1.0
-        for part in parts.values():
-            clean *= 1.0 - part
-        behaviour = 1.0 - clean
-        new = self.new_importer_score(unit, state)
-        score = 1.0 - (1.0 - behaviour) * (1.0 - new)
-        if score < self.min_score:
-            return None
 
         confirmed = [s for s in SIGNALS if levels[s] >= 1.0 and parts[s] > 0.0]
         since: float | None = None
@@ -796,7 +457,7 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         """Sentences saying by how much each changed signal moved since the onset."""
         base = state.baseline
         recent = state.window[-(self.window - 1) :] if self.window > 1 else []
-        entries = [*recent, {"t": unit.when, "f": self._entry_features(feats)}]
+        entries = [*recent, {"t": unit.when, "f": feats.entry_features()}]
         after = [e for e in entries if e["t"] >= since]
         out: list[str] = []
         if "unit_value" in confirmed:
@@ -867,122 +528,10 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         return text + "."
 
     # --- learning --------------------------------------------------------------------------------
-    @staticmethod
-    def _entry_features(feats: Features) -> dict[str, Any]:
-        return {"uv_lr": feats.uv_log_ratio, "no": list(feats.new_origins), "nc": list(feats.new_chapters)}
-
     def learn_one(self, unit: DeclarationProfile, state: BehaviourState) -> None:
         memo = state.memo
         if memo is not None and memo[0] == unit.event_id and memo[1] == state.seen:
             feats = memo[2]
         else:
             feats = self.features(unit, state)
-        self._learn(unit, state, feats)
-
-    def _learn(self, unit: DeclarationProfile, state: BehaviourState, feats: Features) -> None:
-        """Learn ``unit`` given its :meth:`features`."""
-        when = unit.when
-        state.memo = None
-        deviates = self._deviates(feats)
-        detected: dict[str, float] = {}
-        for signal in SIGNALS:
-            x = feats.value(signal)
-            if x is None:
-                continue
-            test = state.tests[signal]
-            if test.update(x, when, self.tests[signal]):
-                detected[signal] = test.onset if test.onset is not None else when
-                test.reset()
-        if detected:
-            self._register_change(state, detected, when)
-        change = state.change
-        if change is not None:
-            change["normal_streak"] = 0 if deviates else change["normal_streak"] + 1
-        entry = {
-            "t": when,
-            "v": unit.total_value_eur,
-            "f": self._entry_features(feats),
-            "items": [[i.group, i.log_uv, i.origin, i.chapter] for i in unit.items[: self.max_items]],
-            "dev": deviates,
-            "q": change is not None and deviates,
-        }
-        state.window.append(entry)
-        while len(state.window) > self.window:
-            old = state.window.pop(0)
-            # The rate always learns: freezing it during a volume change would keep the change alive forever.
-            base = state.baseline
-            base.times.append(old["t"])
-            if len(base.times) > self.rate_window:
-                del base.times[0]
-            if old["q"]:
-                if state.change is not None:
-                    state.change["quarantined"] += 1
-            else:
-                self._learn_baseline(state.baseline, old)
-        if change is not None:
-            if change["normal_streak"] >= self.window:
-                self._end_change(state)  # back to its usual behaviour (or a false alarm)
-            elif change["quarantined"] >= self.accept_after or when - change["since"] >= self.accept_days * _DAY:
-                # The new behaviour has lasted: it becomes the norm, learned afresh.
-                self._end_change(state)
-                state.baseline = Baseline()
-        state.seen += 1
-        state.value_seen += unit.total_value_eur
-        if state.first_seen is None:
-            state.first_seen = when
-        state.last_seen = max(state.last_seen, when)
-
-    def _register_change(self, state: BehaviourState, detected: dict[str, float], when: float) -> None:
-        since = min(detected.values())
-        if state.change is None:
-            state.change = {"since": since, "detected": when, "signals": {}, "quarantined": 0, "normal_streak": 0}
-        change = state.change
-        change["since"] = min(change["since"], since)
-        for signal in detected:
-            change["signals"].setdefault(signal, when)
-        # The declarations since the onset that already deviated are part of the change.
-        for entry in state.window:
-            if entry["t"] >= change["since"] and entry["dev"]:
-                entry["q"] = True
-
-    @staticmethod
-    def _end_change(state: BehaviourState) -> None:
-        state.change = None
-        for test in state.tests.values():
-            test.reset()
-        for entry in state.window:
-            entry["q"] = False
-
-    def _learn_baseline(self, base: Baseline, entry: dict[str, Any]) -> None:
-        base.n += 1
-        base._novelty.clear()
-        for group, log_uv, origin, chapter in entry["items"]:
-            self._count(base.origins, origin)
-            self._count(base.chapters, chapter)
-            base.items += 1.0
-            ring = base.uv.pop(group, None)  # re-inserted last: the dict stays in LRU order
-            base._references.pop(group, None)
-            if ring is None:
-                ring = [[], 0]
-                while len(base.uv) >= self.max_uv_groups:
-                    base._references.pop(next(iter(base.uv)), None)
-                    del base.uv[next(iter(base.uv))]
-            values, pos = ring
-            if len(values) < self.uv_window:
-                values.append(log_uv)
-            else:
-                values[pos] = log_uv
-            ring[1] = (pos + 1) % self.uv_window
-            base.uv[group] = ring
-        if base.items > self.count_cap:
-            base.items *= 0.5
-            for counts in (base.origins, base.chapters):
-                for key in counts:
-                    counts[key] *= 0.5
-
-    def _count(self, counts: dict[str, float], key: str) -> None:
-        if key not in counts and len(counts) >= self.max_categories:
-            # Forget the least used category (ties: the first in insertion order) to stay bounded.
-            weakest = min(counts, key=counts.__getitem__)
-            del counts[weakest]
-        counts[key] = counts.get(key, 0.0) + 1.0
+        self._core.learn(unit, state, feats)

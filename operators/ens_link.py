@@ -25,6 +25,7 @@ import orjson
 
 from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration
 
+from ._ens_link import frozen, frozen_rows, summary_json
 from .base import OperatorState
 
 _VAGUE_TEXT = """PART PARTS SPARE SPARES ACCESSORY ACCESSORIES GIFT GIFTS FAK FREIGHT ALL KIND KINDS SAMPLE
@@ -101,16 +102,10 @@ class EnsSummary:
     @classmethod
     def from_list(cls, data: list[Any]) -> EnsSummary:
         ref, event_id, filed, country, name, consignee, routing, items = data
-        return cls(
-            ref,
-            event_id,
-            datetime.fromisoformat(filed),
-            country,
-            name,
-            consignee,
-            tuple(routing),
-            tuple(EnsItemSummary(n, hs6, mass, packages, vague) for n, hs6, mass, packages, vague in items),
-        )
+        # frozen(cls, ...) is cls(...) without a frozen dataclass's per-field Python calls: this
+        # runs for every linked declaration.
+        filed_at, item_summaries = datetime.fromisoformat(filed), frozen_rows(EnsItemSummary, items)
+        return frozen(cls, ref, event_id, filed_at, country, name, consignee, tuple(routing), item_summaries)
 
     @classmethod
     def of(cls, ens: EntrySummaryDeclaration) -> EnsSummary:
@@ -186,9 +181,9 @@ class EnsLinkState(OperatorState):
     def link(self, declaration: ImportDeclaration) -> LinkedDeclaration:
         """The declaration with the summary of its ENS, when the registry holds it."""
         info = self.lookup(declaration.ens_reference)
-        if info is None:
-            return LinkedDeclaration(declaration, None, None)
-        return LinkedDeclaration(declaration, info.ens, info.eta)
+        if info is None:  # frozen(LinkedDeclaration, ...): LinkedDeclaration(...), faster (see EnsSummary.from_list)
+            return frozen(LinkedDeclaration, declaration, None, None)
+        return frozen(LinkedDeclaration, declaration, info.ens, info.eta)
 
     def evict_before(self, now: datetime) -> int:
         """Forget arrivals whose ETA is older than ``now - retention``; return how many."""
@@ -212,20 +207,9 @@ class EnsLinkState(OperatorState):
         >>> state.lookup(ens.ens_reference).ens == EnsSummary.of(ens)
         True
         """
-        # EnsSummary.of(ens).to_list(), built straight from the event (the same list, without the objects).
-        consignor = ens.consignor
-        items = [
-            [i.item_number, i.hs_code, i.gross_mass_kg, i.packages, vague_description(i.description)]
-            for i in ens.goods_items
-        ]
-        row = [
-            ens.ens_reference, ens.event_id, ens.event_time.isoformat(), consignor.country, consignor.name,
-            ens.consignee.eori, list(ens.countries_of_routing), items,
-        ]  # fmt: skip
-        # orjson's bytes keep their over-allocated buffer (about 4 KB): copy to an exact-size object.
-        summary = bytes(memoryview(orjson.dumps(row)))
+        summary = summary_json(ens, vague_description)  # EnsSummary.of(ens).to_list() as JSON, from the event
         mode, office = sys.intern(str(ens.transport_mode)), sys.intern(ens.first_office_of_entry)
-        self.remember(ens.ens_reference, ArrivalInfo(ens.eta, mode, office, summary))
+        self.remember(ens.ens_reference, frozen(ArrivalInfo, ens.eta, mode, office, summary))
 
     def to_dict(self) -> dict[str, Any]:
         arrivals: dict[str, list[Any]] = {}

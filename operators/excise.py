@@ -72,6 +72,10 @@ an import's records arrive within days, so a retention of ``receipt_deadline_hou
 margin (e.g. 30 days) loses nothing. ``ens:`` keys only wait for the declaration that quotes
 their ENS (lodged on or soon after arrival), so they are forgotten ``ens_retention_days`` after
 the ETA: they are most of the keys, one per heavy consignment.
+
+**Speed.** Most events are only weighed (an ENS, a declaration quoting one): the split into
+units, the units and the mass comparison are in C (:mod:`._excise`), as is the scan of a
+consignor's open e-ADs; records and declarations of excise goods are checked here.
 """
 
 from __future__ import annotations
@@ -80,10 +84,21 @@ import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, ClassVar, Self
 
-from vigie.schemas import EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
+from vigie.schemas import ExciseMovement, RiskScore
 
+from ._excise import (
+    DeclaredExcise,
+    DeclaredExciseItem,
+    DeclaredMass,
+    EnsMass,
+    ExcisePath,
+    ExciseRecord,
+    learn_ens,
+    overdue,
+)
 from .base import Operator, OperatorState, epoch_seconds
 
 
@@ -190,8 +205,16 @@ RECONCILIATION_UNIT: dict[str, str] = {
 
 VAT_RATE = 0.20
 _EXCISE_CHAPTERS = frozenset(("22", "24", "27"))
+_RECORD_KINDS = {
+    "e_ad": "e-AD",
+    "report_of_receipt": "Report of receipt",
+    "release_for_consumption": "Release for consumption",
+    "export": "Export",
+}
+"""How a reason names each record type."""
 
 
+@lru_cache(maxsize=4096)  # a few hundred CN codes of excise goods, looked up for every record and item
 def products_for_cn(cn_code: str) -> tuple[str, ...]:
     """Excise categories allowed for a CN code (empty: not an excise good).
 
@@ -316,74 +339,10 @@ class CorrectedFacts:
 
 
 # --- units -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class EnsMass:
-    """An ENS's total gross mass, kept to compare with the declaration that quotes it."""
-
-    event_id: str
-    ens_reference: str
-    event_time: datetime
-    gross_kg: float
-    n_items: int
-    eta: datetime | None = None
-    """Arrival: the declaration quoting the ENS comes after it, so the key lives on until then."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeclaredMass:
-    """An import declaration's net mass, for the ENS it quotes."""
-
-    event_id: str
-    mrn: str
-    ens_reference: str
-    event_time: datetime
-    office: str
-    importer_eori: str
-    net_kg: float
-    n_items: int
-    main_cn: str
-    main_origin: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeclaredExciseItem:
-    """One goods item of excise goods on an import declaration."""
-
-    item_number: int
-    cn_code: str
-    origin: str
-    net_mass_kg: float
-    supplementary_units: float | None
-    supplementary_unit_code: str | None
-    excise_eur: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeclaredExcise:
-    """The excise goods items of one import declaration."""
-
-    event_id: str
-    mrn: str
-    event_time: datetime
-    office: str
-    importer_eori: str
-    procedure_code: str
-    items: tuple[DeclaredExciseItem, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ExciseRecord:
-    """One excise record; ``role`` is ``"primary"`` (checked and reconciled) or ``"ledger"``."""
-
-    role: str
-    event: ExciseMovement
-
-    @property
-    def when(self) -> float:
-        return epoch_seconds(self.event.event_time)
-
-
 ExciseUnit = EnsMass | DeclaredMass | DeclaredExcise | ExciseRecord
+
+AssessedItem = tuple[Assessment, CorrectedFacts, float | None, float]
+"""A declared item's findings, corrected facts, reconciliation quantity and its tolerance."""
 
 
 # --- state -------------------------------------------------------------------------------------------------
@@ -404,6 +363,8 @@ class ExciseState(OperatorState):
     it, do not modify it.
     """
 
+    __slots__ = ("dropped", "ens", "last_seen", "lines", "movements", "office", "open")
+
     def __init__(self) -> None:
         self.ens: dict[str, Any] | None = None
         self.lines: dict[str, dict[str, Any]] = {}
@@ -414,7 +375,8 @@ class ExciseState(OperatorState):
         self.last_seen = 0.0
 
     def touch(self, when: float) -> None:
-        self.last_seen = max(self.last_seen, when)
+        if when > self.last_seen:  # max(last_seen, when), without the call
+            self.last_seen = when
 
     def last_activity(self) -> float | None:
         return self.last_seen
@@ -504,6 +466,12 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         self.max_lines = max_lines
         self.max_movements = max_movements
         self.max_open = max_open
+        # The last record assessed and its corrected facts: a cache of a function of the record, not state.
+        self._assessed: tuple[ExciseMovement, CorrectedFacts] | None = None
+        # Splits every event into units and weighs ENS and declarations, in C (reads the masses above once).
+        self._path = ExcisePath(
+            min_cover_mass_kg, cover_slack_kg, MAX_GROSS_NET_RATIO, products_for_cn, _EXCISE_CHAPTERS, ExciseState
+        )
 
     def score_of(self, gap_eur: float, has_finding: bool) -> float:
         """``floor + (1 - floor)(1 - exp(-gap / scale))`` with a finding, else 0."""
@@ -513,103 +481,63 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
 
     # --- units -----------------------------------------------------------------------------------------
     def units(self, event: Any) -> Iterable[tuple[str, ExciseUnit]]:
-        if isinstance(event, ExciseMovement):
-            yield self._primary_key(event), ExciseRecord("primary", event)
-            yield f"ledger:{event.consignor_excise_number}", ExciseRecord("ledger", event)
-        elif isinstance(event, ImportDeclaration):
-            items = tuple(
-                DeclaredExciseItem(
-                    item_number=item.item_number,
-                    cn_code=item.cn_code,
-                    origin=item.origin_country,
-                    net_mass_kg=item.net_mass_kg,
-                    supplementary_units=item.supplementary_units,
-                    supplementary_unit_code=item.supplementary_unit_code,
-                    excise_eur=item.excise_eur,
-                )
-                for item in event.goods_items
-                if item.cn_code[:2] in _EXCISE_CHAPTERS and products_for_cn(item.cn_code)  # cheap test first
-            )
-            if items:
-                yield (
-                    f"imp:{event.mrn}",
-                    DeclaredExcise(
-                        event.event_id,
-                        event.mrn,
-                        event.event_time,
-                        event.customs_office,
-                        event.importer_eori,
-                        event.procedure_code,
-                        items,
-                    ),
-                )
-            net = sum(item.net_mass_kg for item in event.goods_items)
-            # Only ENS of at least min_cover_mass_kg gross are kept; a cover load weighs at least about a
-            # fifth of the gross mass (cover 0.4-1.5 times the hidden goods), so lighter declarations are skipped.
-            if event.ens_reference is not None and net >= self.min_cover_mass_kg / 5.0:
-                main = max(event.goods_items, key=lambda i: i.net_mass_kg)
-                yield (
-                    f"ens:{event.ens_reference}",
-                    DeclaredMass(
-                        event.event_id,
-                        event.mrn,
-                        event.ens_reference,
-                        event.event_time,
-                        event.customs_office,
-                        event.importer_eori,
-                        net,
-                        len(event.goods_items),
-                        main.cn_code,
-                        main.origin_country,
-                    ),
-                )
-        elif isinstance(event, EntrySummaryDeclaration):
-            gross = sum(item.gross_mass_kg for item in event.goods_items)
-            if gross >= self.min_cover_mass_kg:
-                yield (
-                    f"ens:{event.ens_reference}",
-                    EnsMass(
-                        event.event_id, event.ens_reference, event.event_time, gross, len(event.goods_items), event.eta
-                    ),
-                )
-
-    @staticmethod
-    def _primary_key(record: ExciseMovement) -> str:
-        if record.import_mrn is not None:
-            return f"imp:{record.import_mrn}"
-        if record.arc is not None:
-            return f"arc:{record.arc}"
-        return f"op:{record.consignor_excise_number}:{record.product_category}"
+        return self._path.units(event)
 
     # --- dispatch --------------------------------------------------------------------------------------
     def score_one(self, unit: ExciseUnit, state: ExciseState) -> RiskScore | None:
         if isinstance(unit, ExciseRecord):
             if unit.role == "ledger":
-                return self._score_overdue(unit, state)
-            return self._score_record(unit.event, state)
+                return self._score_overdue(unit, state, self._overdue(unit.event, state))
+            return self._score_record(unit.event, state, *self._assess_record(unit.event))
         if isinstance(unit, DeclaredExcise):
-            return self._score_declaration(unit, state)
+            return self._score_declaration(unit, state, self._assess_items(unit))
         if isinstance(unit, DeclaredMass):
-            return self._score_mass(unit, state)
+            return self._path.score_mass(self, unit, state)
         return None
 
     def learn_one(self, unit: ExciseUnit, state: ExciseState) -> None:
         if isinstance(unit, ExciseRecord):
             if unit.role == "ledger":
-                self._learn_ledger(unit, state)
+                self._learn_ledger(unit, state, self._overdue(unit.event, state))
             else:
-                self._learn_record(unit.event, state)
+                self._learn_record(unit.event, state, None)
             state.touch(unit.when)
         elif isinstance(unit, DeclaredExcise):
-            self._learn_declaration(unit, state)
+            self._learn_declaration(unit, state, self._assess_items(unit))
             state.touch(epoch_seconds(unit.event_time))
         elif isinstance(unit, EnsMass):
-            state.ens = {"id": unit.event_id, "t": epoch_seconds(unit.event_time), "gross": unit.gross_kg,
-                         "n": unit.n_items}  # fmt: skip
-            # An ENS is filed up to weeks before arrival; its declaration comes after: idle from its ETA.
-            state.touch(max(unit.event_time, unit.eta or unit.event_time).timestamp())
+            learn_ens(unit, state)
         else:
             state.touch(epoch_seconds(unit.event_time))
+
+    def process(self, event: Any, store: MutableMapping[str, ExciseState]) -> list[RiskScore]:
+        """:meth:`Operator.process`, with ENS and declaration masses handled in C (most events)."""
+        return self._path.process(self, event, store)
+
+    def score_learn_one(self, unit: ExciseUnit, state: ExciseState) -> RiskScore | None:
+        """:meth:`score_one` then :meth:`learn_one`, sharing what both work out (a record's physics, the
+        overdue e-AD of a ledger, a declaration's item physics)."""
+        if isinstance(unit, ExciseRecord):
+            record = unit.event
+            if unit.role == "ledger":
+                found = self._overdue(record, state)
+                score = self._score_overdue(unit, state, found)
+                self._learn_ledger(unit, state, found)
+            else:
+                assessment, facts = self._assess_record(record)
+                score = self._score_record(record, state, assessment, facts)
+                self._learn_record(record, state, facts)
+            state.touch(unit.when)
+            return score
+        if isinstance(unit, DeclaredExcise):
+            assessed = self._assess_items(unit)
+            score = self._score_declaration(unit, state, assessed)
+            self._learn_declaration(unit, state, assessed)
+            state.touch(epoch_seconds(unit.event_time))
+            return score
+        score = self.score_one(unit, state)
+        self.learn_one(unit, state)
+        return score
 
     # --- physics and arithmetic of one record ----------------------------------------------------------
     def _physics(
@@ -747,7 +675,16 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
                     short * per_unit,
                 )
                 assessment.fields["shortage_quantity"] = round(short, 3)
+        self._assessed = (record, facts)
         return assessment, facts
+
+    def _record_facts(self, record: ExciseMovement) -> CorrectedFacts:
+        """The corrected facts of :meth:`_assess_record`, not worked out again for the record last assessed
+        (a record's ledger unit follows its primary unit)."""
+        assessed = self._assessed
+        if assessed is not None and assessed[0] is record:
+            return assessed[1]
+        return self._assess_record(record)[1]
 
     @staticmethod
     def _duty_per_record_unit(record: ExciseMovement, facts: CorrectedFacts) -> float:
@@ -759,8 +696,10 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         return excise_duty(facts.product, mass_kg=1.0) if facts.product == "fine_cut_tobacco" else 0.0
 
     # --- records: primary key ------------------------------------------------------------------------
-    def _score_record(self, record: ExciseMovement, state: ExciseState) -> RiskScore:
-        assessment, facts = self._assess_record(record)
+    def _score_record(
+        self, record: ExciseMovement, state: ExciseState, assessment: Assessment, facts: CorrectedFacts
+    ) -> RiskScore:
+        """The score of ``record`` given its own :meth:`_assess_record` (completed here against its state)."""
         kind = record.record_type
         if kind == "report_of_receipt" or (kind == "export" and record.arc in state.movements):
             self._against_ead(assessment, record, facts, state)
@@ -856,13 +795,7 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
     def _record_score(
         self, record: ExciseMovement, assessment: Assessment, office: str | None, exposure_eur: float = 0.0
     ) -> RiskScore:
-        kinds = {
-            "e_ad": "e-AD",
-            "report_of_receipt": "Report of receipt",
-            "release_for_consumption": "Release for consumption",
-            "export": "Export",
-        }
-        head = f"{kinds[record.record_type]} of {record.product_category} (CN {record.cn_code})"
+        head = f"{_RECORD_KINDS[record.record_type]} of {record.product_category} (CN {record.cn_code})"
         if record.arc:
             head += f" ARC {record.arc}"
         head += f", operator {record.operator_eori}"
@@ -883,7 +816,8 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             exposure_eur=exposure_eur,
         )
 
-    def _learn_record(self, record: ExciseMovement, state: ExciseState) -> None:
+    def _learn_record(self, record: ExciseMovement, state: ExciseState, facts: CorrectedFacts | None) -> None:
+        """Learn ``record``; ``facts``: its corrected physics if already worked out (else when needed)."""
         kind = record.record_type
         if kind == "e_ad" and record.arc is not None:
             strength = record.alcohol_strength_pct
@@ -904,7 +838,8 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             kind == "export" and record.arc not in state.movements
         )
         if accounts and state.lines:
-            _, facts = self._assess_record(record)
+            if facts is None:
+                facts = self._record_facts(record)
             found = self._line_for(state, record.cn_code, facts.product)
             quantity = facts.reconciliation_quantity()
             if found is not None and quantity is not None and found[1]["product"] == facts.product:
@@ -913,21 +848,12 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
     # --- records: ledger of open e-ADs -------------------------------------------------------------------
     def _overdue(self, record: ExciseMovement, state: ExciseState) -> tuple[str, dict[str, Any]] | None:
         """The open e-AD past its deadline with the most duty at stake (ties: the oldest)."""
-        now = epoch_seconds(record.event_time)
-        best: tuple[str, dict[str, Any]] | None = None
-        for arc, entry in state.open.items():
-            if arc == record.arc or entry["t"] + self.receipt_deadline_s >= now:
-                continue
-            if (
-                best is None
-                or entry["duty"] > best[1]["duty"]
-                or (entry["duty"] == best[1]["duty"] and entry["t"] < best[1]["t"])
-            ):
-                best = (arc, entry)
-        return best
+        return overdue(state.open, record.arc, epoch_seconds(record.event_time), self.receipt_deadline_s)
 
-    def _score_overdue(self, unit: ExciseRecord, state: ExciseState) -> RiskScore | None:
-        found = self._overdue(unit.event, state)
+    def _score_overdue(
+        self, unit: ExciseRecord, state: ExciseState, found: tuple[str, dict[str, Any]] | None
+    ) -> RiskScore | None:
+        """The score of the e-AD :meth:`_overdue` found for ``unit`` (None: nothing overdue)."""
         if found is None:
             return None
         arc, entry = found
@@ -1013,21 +939,21 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         unit = ExciseRecord("ledger", probe)
         scores: list[RiskScore] = []
         while (found := self._overdue(probe, state)) is not None:
-            score = self._score_overdue(unit, state)
+            score = self._score_overdue(unit, state, found)
             del state.open[found[0]]
             if score is not None:
                 scores.append(score)
         return scores
 
-    def _learn_ledger(self, unit: ExciseRecord, state: ExciseState) -> None:
+    def _learn_ledger(self, unit: ExciseRecord, state: ExciseState, found: tuple[str, dict[str, Any]] | None) -> None:
+        """Learn ``unit`` in its consignor's ledger; ``found``: what :meth:`_overdue` gives for it."""
         record = unit.event
-        found = self._overdue(record, state)
         if found is not None:
             del state.open[found[0]]  # reported once; the next overdue e-AD waits for the next event
         if record.record_type in ("report_of_receipt", "export") and record.arc is not None:
             state.open.pop(record.arc, None)
         if record.record_type == "e_ad" and record.arc is not None:
-            _, facts = self._assess_record(record)
+            facts = self._record_facts(record)
             state.open[record.arc] = {
                 "id": record.event_id,
                 "t": unit.when,
@@ -1081,9 +1007,10 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
         facts = self._physics(assessment, item.cn_code, product, volume, strength, mass, sticks)
         return facts, facts.reconciliation_quantity(), tolerance
 
-    def _assess_item(self, item: DeclaredExciseItem, procedure: str) -> tuple[Assessment, CorrectedFacts]:
+    def _assess_item(self, item: DeclaredExciseItem, procedure: str) -> AssessedItem:
+        """Findings on one declared item, with what :meth:`_item_facts` gives (learned too)."""
         assessment = Assessment()
-        facts, _, tolerance = self._item_facts(assessment, item)
+        facts, quantity, tolerance = self._item_facts(assessment, item)
         if item.excise_eur is not None:
             self._duty_check(assessment, facts, item.excise_eur, max(self.duty_tolerance, tolerance))
         elif procedure == "4000":
@@ -1096,14 +1023,17 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
                     f"released for free circulation (procedure 4000) with no excise declared; rate x base gives "
                     f"{expected:,.0f} EUR",
                 )
-        return assessment, facts
+        return assessment, facts, quantity, tolerance
 
-    def _score_declaration(self, unit: DeclaredExcise, state: ExciseState) -> RiskScore:
+    def _assess_items(self, unit: DeclaredExcise) -> list[AssessedItem]:
+        return [self._assess_item(item, unit.procedure_code) for item in unit.items]
+
+    def _score_declaration(self, unit: DeclaredExcise, state: ExciseState, assessed: list[AssessedItem]) -> RiskScore:
+        """The score of ``unit`` given its :meth:`_assess_items`."""
         worst: tuple[Assessment, DeclaredExciseItem] | None = None
         total_gap = 0.0
         findings: list[str] = []
-        for item in unit.items:
-            assessment, _ = self._assess_item(item, unit.procedure_code)
+        for item, (assessment, *_) in zip(unit.items, assessed, strict=True):
             total_gap += assessment.gap_eur
             if assessment.findings:
                 findings.append(f"item {item.item_number} (CN {item.cn_code}): " + "; ".join(assessment.findings))
@@ -1128,10 +1058,10 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             assessment=merged,
         )
 
-    def _learn_declaration(self, unit: DeclaredExcise, state: ExciseState) -> None:
+    def _learn_declaration(self, unit: DeclaredExcise, state: ExciseState, assessed: list[AssessedItem]) -> None:
+        """Learn ``unit`` given its :meth:`_assess_items`."""
         state.office = unit.office
-        for item in unit.items:
-            facts, quantity, tolerance = self._item_facts(Assessment(), item)
+        for item, (_, facts, quantity, tolerance) in zip(unit.items, assessed, strict=True):
             if quantity is None:
                 continue
             line = state.lines.get(item.cn_code)
@@ -1150,15 +1080,11 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             line["tolerance"] = max(line["tolerance"], tolerance)
 
     # --- ENS gross mass vs declared net mass ------------------------------------------------------------
-    def _score_mass(self, unit: DeclaredMass, state: ExciseState) -> RiskScore | None:
+    def _report_mass(self, unit: DeclaredMass, state: ExciseState, excess: float, ratio: float) -> RiskScore:
+        """The score of a declaration whose ENS weighs ``excess`` kg more than packaging explains (see
+        :meth:`ExcisePath.score_mass`, which scores nothing otherwise)."""
         ens = state.ens
-        if ens is None or unit.n_items < ens["n"]:
-            return None  # no ENS kept, or the declaration covers only part of it
-        ratio = next(r for prefix, r in MAX_GROSS_NET_RATIO if unit.main_cn.startswith(prefix))
-        allowed = unit.net_kg * ratio + self.cover_slack_kg
-        excess = ens["gross"] - allowed
-        if excess <= 0:
-            return None
+        assert ens is not None
         sticks = excess / COVER_KG_PER_1000_STICKS * 1000.0
         gap = excise_duty("cigarettes", sticks=sticks)
         assessment = Assessment()

@@ -5,7 +5,8 @@ Two fusions share the alert format:
 * :class:`LearnedFusion` (the pipeline's default): an online logistic regression on the
   detectors' scores and a few context features, learning from control outcomes, with an
   alert budget per office (a streaming quantile of the fused risk) of which a share is
-  spent exploring uncertain items;
+  spent exploring uncertain items (its per-subject arithmetic in C, :mod:`._fusion`, the same
+  floats as the Python and River code it stands for);
 * :class:`NoisyOrAlerting`: a fixed noisy-OR of the scores, each detector read as an
   independent chance that the consignment is irregular, alerting above a threshold. It
   needs no labels and no state: the label-free baseline (and what the Kafka fuse stage uses).
@@ -34,6 +35,8 @@ from vigie.models.fusion import (
 )
 from vigie.schemas import Alert, RiskScore
 
+from ._fusion import FusionKernel, RiskWindow, clipped_logit, round_float
+from ._fusion import detectors_stake as detectors_stake  # part of this module's API
 from .base import OperatorState
 from .ens_link import ArrivalInfo
 
@@ -155,15 +158,8 @@ processing), 7100 (customs warehousing); excise on an e-AD or an export under su
 Diverted goods take the whole relieved tax with them, so the revenue at stake is larger."""
 
 _UNSCALED = ("prior_logit", "operator_logit")  # log-odds terms the model takes as they are, weight 1 to start
-_FLOOR_LOGIT = -6.9  # log-odds of 0.001: "this detector saw nothing" (and the clip of any score)
 _MAX_LOG_EUR = 9.0  # severity is clipped to 1e9 EUR
-
-
-def _clipped_logit(p: float) -> float:
-    """Log-odds of ``p``, clipped to +-6.9 (probabilities 0.001 to 0.999)."""
-    p = min(max(p, 0.001), 0.999)
-    return math.log(p / (1 - p))
-
+_OPERATOR_KEYS_HELD = 100_000  # EORIs whose key is remembered (an EORI hashes to the same key every time)
 
 _NO_OPERATOR = -1.0  # operator key of a subject without an EORI
 
@@ -174,20 +170,6 @@ def operator_key(eori: str | None) -> float:
         return _NO_OPERATOR
     digest = hashlib.blake2b(eori.encode(), digest_size=8).digest()
     return float(int.from_bytes(digest, "big") >> 12)
-
-
-def detectors_stake(scores: Sequence[RiskScore]) -> float:
-    """EUR the detectors put at stake on a subject if it is irregular.
-
-    Per goods item, the largest ``eur_at_stake`` any detector gave it (whatever its score:
-    how likely the item is irregular is the fused probability's business), summed over items.
-    """
-    per_item: dict[int, float] = {}
-    for s in scores:
-        item = s.item_number or 0
-        if s.eur_at_stake > per_item.get(item, 0.0):
-            per_item[item] = s.eur_at_stake
-    return sum(per_item.values())
 
 
 class OperatorRecord:
@@ -225,7 +207,7 @@ class OperatorRecord:
             return 0.0
         base = self.hit_rate()
         posterior = (seen[1] + self.prior_strength * base) / (seen[0] + self.prior_strength)
-        return _clipped_logit(posterior) - _clipped_logit(base)
+        return clipped_logit(posterior) - clipped_logit(base)
 
     def add(self, key: float, positive: bool) -> None:
         """Count one control of the operator ``key`` (and of the flow as a whole)."""
@@ -297,50 +279,6 @@ class FusionDecision:
     event_id: str = ""
 
 
-class RiskWindow:
-    """The last ``size`` priorities of one flow, kept sorted: a streaming quantile.
-
-    >>> window = RiskWindow(100)
-    >>> for i in range(100):
-    ...     window.add(i / 100)
-    >>> window.threshold(0.05)  # 5 % of the window lies strictly above it
-    0.94
-    """
-
-    __slots__ = ("recent", "size", "sorted")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.recent: deque[float] = deque()
-        self.sorted: list[float] = []
-
-    def __len__(self) -> int:
-        return len(self.recent)
-
-    def add(self, value: float) -> None:
-        self.recent.append(value)
-        bisect.insort(self.sorted, value)
-        if len(self.recent) > self.size:
-            old = self.recent.popleft()
-            del self.sorted[bisect.bisect_left(self.sorted, old)]
-
-    def threshold(self, share: float) -> float:
-        """The value that about ``share`` of the window exceeds (at least one value exceeds it)."""
-        n = len(self.sorted)
-        k = min(n - 1, max(1, round(share * n)))
-        return self.sorted[n - k - 1]
-
-    def to_list(self) -> list[float]:
-        return list(self.recent)
-
-    @classmethod
-    def from_list(cls, size: int, values: list[float]) -> RiskWindow:
-        window = cls(size)
-        window.recent.extend(values)
-        window.sorted = sorted(values)
-        return window
-
-
 class LearnedFusion:
     """Fuses a subject's detector scores into a probability and an expected recoverable revenue; spends the budget.
 
@@ -348,7 +286,7 @@ class LearnedFusion:
     the log-odds of the detector's highest score over the subject's items
     (``"declaration:undervaluation"``, clipped to +-6.9; -6.9 when it did not score), scaled
     by a running standard scaler fed with every subject (:class:`~vigie.models.fusion.FeatureScaler`,
-    River's ``StandardScaler`` bit for bit, on lists); then
+    River's ``StandardScaler`` bit for bit, on arrays); then
     :data:`CONTEXT_FEATURES`, scaled alike but for the first two, left as they are:
     ``prior_logit``, the log-odds of the noisy-OR of the scores (the label-free prior);
     ``operator_logit``, the evidence of the operator's control record
@@ -439,8 +377,9 @@ class LearnedFusion:
         self.feature_names: tuple[str, ...] = ()
         self._index: dict[str, int] = {}
         self._unscaled: tuple[int, ...] = ()
-        self._slots: dict[str, dict[str, int]] = {}
-        self._blank: list[float] = []
+        self._kernel = self._make_kernel()
+        self._operator_keys: dict[str, float] = {}
+        """EORI -> :func:`operator_key`, for the last EORIs seen (at most :data:`_OPERATOR_KEYS_HELD`)."""
         self._fired: tuple[tuple[str, tuple[int, ...]], ...] = ()
         self._monotone: tuple[str, ...] = ()
         self.last_decision: FusionDecision | None = None
@@ -453,8 +392,7 @@ class LearnedFusion:
         self.feature_names = tuple(f"{t}:{d}" for t in SUBJECT_TYPES for d in self.detectors) + CONTEXT_FEATURES
         self._index = {name: i for i, name in enumerate(self.feature_names)}
         self._unscaled = tuple(self._index[name] for name in _UNSCALED)
-        self._slots = {t: {d: self._index[f"{t}:{d}"] for d in self.detectors} for t in SUBJECT_TYPES}
-        self._blank = [_FLOOR_LOGIT] * (len(SUBJECT_TYPES) * len(self.detectors)) + [0.0] * len(CONTEXT_FEATURES)
+        self._kernel = self._make_kernel()
         # Per detector, the revenue model's "fired" input and the positions of its score in each subject type.
         self._fired = tuple(
             (f"fired:{d}", tuple(self._index[f"{t}:{d}"] for t in SUBJECT_TYPES)) for d in self.detectors
@@ -477,6 +415,13 @@ class LearnedFusion:
         self.counts: dict[str, list[int]] = {}
         """``"office|type"`` -> [subjects fused, exploitation alerts, exploration alerts]."""
 
+    def _make_kernel(self) -> FusionKernel:
+        """The C hot path of :meth:`decide` for the bound detectors (see :meth:`_features`)."""
+        slots = {t: {d: self._index[f"{t}:{d}"] for d in self.detectors} for t in SUBJECT_TYPES}
+        types = {t: i for i, t in enumerate(SUBJECT_TYPES)}
+        n_scores = len(SUBJECT_TYPES) * len(self.detectors)
+        return FusionKernel(self.feature_names, n_scores, slots, types, RELIEF_REGIMES, self._unscaled)
+
     # --- model -------------------------------------------------------------------------------
     def _model_input(self, values: Sequence[float]) -> dict[str, float]:
         """The classifier's input for raw features ``values`` (:attr:`feature_names` order, more ignored):
@@ -497,7 +442,7 @@ class LearnedFusion:
         relief = values[index["relief"]]
         out = {"log_stake": stake, "log_declared": declared, "relief": relief, "relief_declared": relief * declared,
                "is_declaration": values[index["is_declaration"]], "is_excise": values[index["is_excise"]]}  # fmt: skip
-        suspicious = _clipped_logit(self.suspicion)
+        suspicious = clipped_logit(self.suspicion)
         for name, slots in self._fired:  # only the subject's own type has scores: the others sit at the floor
             out[name] = 1.0 if any(values[i] >= suspicious for i in slots) else 0.0
         return out
@@ -509,7 +454,13 @@ class LearnedFusion:
             correction = severity.predict_one(self._severity_input(values))
         else:  # nothing learned yet: River would give its empty dot product (0) plus the intercept
             correction = 0.0 + severity.intercept
-        return min(max(values[self._index["log_stake"]] + correction, 0.0), _MAX_LOG_EUR)
+        log_stake = values[self._index["log_stake"]] + correction
+        # min(max(log_stake, 0.0), _MAX_LOG_EUR), spelled out: the builtins cost more than the rest of this method
+        if log_stake < 0.0:
+            log_stake = 0.0
+        if log_stake > _MAX_LOG_EUR:
+            log_stake = _MAX_LOG_EUR
+        return log_stake
 
     def learn(
         self, features: array[float], positive: bool, selection: str = "", recovered_eur: float | None = None
@@ -539,43 +490,48 @@ class LearnedFusion:
         digest = hashlib.blake2b(f"{self.seed}:{event_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2.0**64
 
-    def _features(self, scores: Sequence[RiskScore], subject: Subject, per_detector: dict[str, float]) -> array[float]:
-        clean = 1.0
-        values = self._blank.copy()
-        slots = self._slots.get(subject.subject_type, {})  # where this subject type's scores go
-        for detector, score in per_detector.items():
-            clean *= 1.0 - score
-            i = slots.get(detector)
-            if i is not None:
-                values[i] = _clipped_logit(score)
-        key = operator_key(subject.operator_eori)
-        base = len(SUBJECT_TYPES) * len(self.detectors)
-        values[base] = _clipped_logit(1.0 - clean)
-        values[base + 1] = self.operators.evidence(key)
-        values[base + 2] = math.log10(1.0 + detectors_stake(scores))
-        values[base + 3] = math.log10(1.0 + max(subject.declared_eur or 0.0, 0.0))
-        values[base + 4] = 1.0 if subject.regime in RELIEF_REGIMES else 0.0
-        if subject.subject_type in SUBJECT_TYPES:
-            values[base + 5 + SUBJECT_TYPES.index(subject.subject_type)] = 1.0
-        values[base + 8] = _clipped_logit(subject.ens_risk) if subject.ens_risk is not None else 0.0
-        values[base + 9] = math.log1p(len({s.item_number or 0 for s in scores}))
-        values.append(key)
-        return array("d", values)
+    def _operator_key(self, eori: str | None) -> float:
+        """:func:`operator_key`, remembered for the last EORIs seen (hashing costs more than a look-up)."""
+        key = self._operator_keys.get(eori) if eori else None
+        if key is None:
+            key = operator_key(eori)
+            if eori:
+                if len(self._operator_keys) >= _OPERATOR_KEYS_HELD:
+                    self._operator_keys.clear()
+                self._operator_keys[eori] = key
+        return key
+
+    def _features(
+        self,
+        scores: Sequence[RiskScore],
+        subject: Subject,
+        per_detector: dict[str, float],
+        best: dict[str, RiskScore],
+    ) -> array[float]:
+        """The learning record of ``subject``: its raw features then its operator key (:attr:`FusionDecision.features`).
+
+        Fills ``per_detector`` (detector -> its highest score) and ``best`` (detector -> that
+        score). Per subject type and detector, the clipped log-odds of that score (-6.9 when
+        none); then ``prior_logit``, the clipped log-odds of ``1 - prod(1 - score)`` over
+        detectors; the operator's evidence; ``log10(1 + detectors_stake)``; ``log10(1 +
+        max(declared EUR, 0))``; the relief flag; the one-hot subject type; the clipped
+        log-odds of the ENS risk (0 when none); ``log1p`` of the number of items (an item
+        number of ``None`` counting as item 0). In C (:class:`~vigie.operators._fusion.FusionKernel`).
+        """
+        key = self._operator_key(subject.operator_eori)
+        return self._kernel.features(scores, subject, key, self.operators.evidence(key), per_detector, best)
 
     # --- deciding ----------------------------------------------------------------------------
     def decide(self, scores: Sequence[RiskScore], subject: Subject, queue: OfficeQueueState) -> FusionDecision:
         """Fuse ``scores`` (all about ``subject``), update the budget, and alert if selected."""
         per_detector: dict[str, float] = {}
         best: dict[str, RiskScore] = {}
-        for s in scores:
-            if s.score >= per_detector.get(s.detector, -1.0):
-                per_detector[s.detector] = s.score
-                best[s.detector] = s
-        features = self._features(scores, subject, per_detector)
-        z = self._model_input(features)
-        p = round(self.classifier.predict_proba_one(z)[True], 6)
-        stake = round(10.0 ** self._log_stake(features) - 1.0, 2)
-        decision = FusionDecision(p, features, None, round(p * stake, 2), stake, subject.event_id)
+        features = self._features(scores, subject, per_detector, best)
+        # round(River's predict_proba_one(self._model_input(features))[True], 6), in C
+        classifier = self.classifier
+        p = self._kernel.probability(features, self.scaler, classifier._weights, classifier.intercept)
+        stake = round_float(10.0 ** self._log_stake(features) - 1.0, 2)
+        decision = FusionDecision(p, features, None, round_float(p * stake, 2), stake, subject.event_id)
         priority = self.priority(decision, subject.subject_type)
         self.last_decision = decision
 
@@ -601,9 +557,13 @@ class LearnedFusion:
         local.add(priority)
         if subject.subject_type in self.type_windows:
             self.type_windows[subject.subject_type].add(priority)
-        counts = self.counts.setdefault(key, [0, 0, 0])
+        counts = self.counts.get(key)
+        if counts is None:
+            counts = self.counts[key] = [0, 0, 0]
         counts[0] += 1
-        self.scaler.learn_one(features)
+        # What the model read, for the alert to explain: before the scaler learns this subject.
+        z = self._model_input(features) if selection is not None else {}
+        self._kernel.learn(features, self.scaler)  # self.scaler.learn_one(features), in C
         if selection is None:
             return decision
         counts[1 if selection == "exploitation" else 2] += 1

@@ -11,6 +11,7 @@ retention.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import MutableMapping
 from datetime import timedelta
 from functools import cache
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from vigie.operators import Operator, OperatorState, all_detectors
+from vigie.operators import Operator, OperatorState, all_detectors, score_id
+from vigie.operators._score import SCORE_NAMESPACE
 from vigie.schemas import RiskScore
 from vigie.schemas.generator import GeneratorConfig, generate
 
@@ -145,3 +147,20 @@ def test_only_keys_idle_past_the_retention_are_evicted(detector: Operator[Any, A
     if detector.idle_retention is not None:
         # Keys per importer or consignor would grow with the population: they must idle out.
         assert idling > 0 and len(store) < keys
+
+
+@pytest.mark.parametrize(
+    "detector_name, subject, item",
+    [
+        ("undervaluation", "3f2a1c9e-5d7b-4e11-9a0c-6b2d8e4f1a37", 2),
+        ("atypical_flow", "e1", None),
+        ("excise", "ead:26FR000000000000001", 0),
+        ("ens_pre_arrival", "événement-" + "x" * 700, 1234),  # non-ASCII, and longer than one SHA-1 block
+        ("", "", None),
+    ],
+)
+def test_score_ids_are_uuid5_of_detector_subject_and_item(detector_name: str, subject: str, item: int | None) -> None:
+    """Sinks are keyed on score ids: they stay ``uuid5(namespace, "detector/subject/item")``, whatever computes them."""
+    expected = uuid.uuid5(SCORE_NAMESPACE, f"{detector_name}/{subject}/{item or 0}")
+    assert score_id(detector_name, subject, item) == str(expected)
+    assert uuid.UUID(score_id(detector_name, subject, item)).version == 5

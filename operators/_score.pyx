@@ -1,0 +1,107 @@
+"""Hot path of :meth:`vigie.operators.base.Operator.risk_score`: the score id and the score object.
+
+Every detector builds several scores per event, so the two costs of a score that do not
+depend on the detector are done here in C:
+
+* :func:`score_id` is ``str(uuid.uuid5(namespace, "detector/subject/item"))``: one
+  ``hashlib`` call, then the version and variant bits and the hex text in C (building
+  ``UUID`` objects, or slicing the hex digest in Python, costs more than the hash);
+* :func:`build_score` is what ``RiskScore.model_construct`` does for a score whose values are
+  already right, without its per-field loop.
+
+Both must give exactly what the Python they replace gives: the same id text, and a model
+equal field by field (value and type) to a validated score. ``tests/test_operator_contract.py``
+checks the ids against ``uuid.uuid5`` and the scores against validation.
+"""
+
+from libc.stdint cimport uint8_t
+from libc.string cimport memcpy
+
+from cpython.object cimport PyObject_GenericSetAttr
+from cpython.unicode cimport PyUnicode_DecodeASCII
+
+import hashlib
+import uuid
+
+from vigie.schemas import RiskScore
+
+SCORE_NAMESPACE = uuid.UUID("6f1c1d0e-5b0a-4e55-9d7c-0b7e3a9c2f10")
+"""The uuid5 namespace of score ids (changing it changes every id, so every sink's key)."""
+
+cdef bytes _NAMESPACE = SCORE_NAMESPACE.bytes
+cdef frozenset _FIELDS = frozenset(RiskScore.model_fields)
+cdef object _new = object.__new__
+cdef const char* _HEX = b"0123456789abcdef"
+cdef object _sha1 = hashlib.sha1
+
+
+cpdef str score_id(str detector, str subject_event_id, object item_number):
+    """Deterministic id of a score: ``str(uuid.uuid5(SCORE_NAMESPACE, f"{detector}/{subject}/{item or 0}"))``.
+
+    >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(SCORE_NAMESPACE, "undervaluation/e1/2"))
+    True
+    """
+    cdef bytes hashed = _sha1(_NAMESPACE + f"{detector}/{subject_event_id}/{item_number or 0}".encode()).digest()
+    cdef uint8_t digest[16]
+    cdef char text[36]
+    cdef int i, j = 0
+    memcpy(digest, <char*>hashed, 16)
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    for i in range(16):
+        if i == 4 or i == 6 or i == 8 or i == 10:
+            text[j] = b"-"
+            j += 1
+        text[j] = _HEX[digest[i] >> 4]
+        text[j + 1] = _HEX[digest[i] & 0x0F]
+        j += 2
+    return PyUnicode_DecodeASCII(text, 36, NULL)
+
+
+def build_score(
+    str detector,
+    str identifier,
+    str subject_event_id,
+    str subject_type,
+    str subject_reference,
+    object item_number,
+    object event_time,
+    str office,
+    object operator_eori,
+    object cn_code,
+    object origin_country,
+    object score,
+    object eur_at_stake,
+    str reason,
+    object reason_fields,
+):
+    """A :class:`RiskScore` with id ``identifier`` holding these values as they are (no validation,
+    no conversion).
+
+    The values go into the model's ``__dict__`` in its field order, so a dump is byte-identical
+    to a validated score's; every field counts as set, as after ``model_construct``.
+    """
+    values = {
+        "event_type": "risk_score",
+        "score_id": identifier,
+        "detector": detector,
+        "subject_event_id": subject_event_id,
+        "subject_type": subject_type,
+        "subject_reference": subject_reference,
+        "item_number": item_number,
+        "event_time": event_time,
+        "office": office,
+        "operator_eori": operator_eori,
+        "cn_code": cn_code,
+        "origin_country": origin_country,
+        "score": score,
+        "eur_at_stake": eur_at_stake,
+        "reason": reason,
+        "reason_fields": reason_fields,
+    }
+    built = _new(RiskScore)
+    PyObject_GenericSetAttr(built, "__dict__", values)
+    PyObject_GenericSetAttr(built, "__pydantic_fields_set__", set(_FIELDS))
+    PyObject_GenericSetAttr(built, "__pydantic_extra__", None)
+    PyObject_GenericSetAttr(built, "__pydantic_private__", None)
+    return built

@@ -1,0 +1,300 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Hot path of the undervaluation detector (:mod:`undervaluation`): split a declaration into
+items, score each item against its reference windows, then learn it.
+
+Must stay equal, bit for bit, to the Python semantics :mod:`undervaluation` documents: every
+float comes from the same IEEE operations in the same order (C ``log`` and ``exp`` are the
+libm functions ``math.log`` and ``math.exp`` call), numbers are rounded as ``round`` rounds
+and written as ``format`` writes them (both correctly rounded, ties to even, which
+:func:`_scaled` computes exactly), and the errors Python would raise (division by zero,
+math domain and range errors) are raised.
+"""
+
+cimport cython
+from libc.math cimport copysign, exp, fabs, floor, fma, isfinite, log, nearbyint, signbit
+
+from vigie.schemas import ImportDeclaration
+
+from ._robust import RankedWindow, add_to_each, first_holding
+from .base import epoch_seconds
+
+LEVELS = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("chapter", 2))
+"""Back-off hierarchy: level name and how many leading digits of the CN code it keeps."""
+
+cdef tuple _LEVEL_NAMES = tuple(level for level, _ in LEVELS)
+
+cdef double _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+cdef double _EXACT_LIMIT = 4503599627370496.0  # 2**52: below it a double's ulp is at most 1/2 (see _scaled)
+cdef double[5] _POW10 = [1.0, 10.0, 100.0, 1000.0, 10000.0]  # exact powers of ten, by number of decimals
+
+
+@cython.dataclasses.dataclass
+cdef class ItemUnitValue:
+    """One goods item seen by the undervaluation detector (a C struct: one is built and read per item).
+
+    ``basis`` is ``kg`` or the supplementary unit code the unit value is expressed per.
+    """
+
+    cdef public object event_id
+    cdef public object mrn
+    cdef public object item_number
+    cdef public object event_time
+    cdef public object office
+    cdef public object importer_eori
+    cdef public object cn_code
+    cdef public object origin_country
+    cdef public object basis
+    cdef public object quantity
+    cdef public object customs_value_eur
+    cdef public object duty_rate_pct
+
+    @property
+    def unit_value_eur(self) -> float:
+        return self.customs_value_eur / self.quantity
+
+
+cdef dict _names_cache = {}
+cdef Py_ssize_t _NAMES_CACHE_SIZE = 1 << 16  # CN codes x quantity bases: bounded by the nomenclature
+
+
+cpdef tuple window_names(object cn_code, object basis):
+    """Names of the windows an item of ``cn_code`` per ``basis`` reads and feeds, in :data:`LEVELS` order.
+
+    >>> window_names("61091000", "kg")
+    ('CN8:61091000:kg', 'CN6:610910:kg', 'CN4:6109:kg', 'chapter:61:kg')
+    """
+    key = (cn_code, basis)
+    names = _names_cache.get(key)
+    if names is None:
+        if len(_names_cache) >= _NAMES_CACHE_SIZE:
+            _names_cache.clear()
+        names = _names_cache[key] = tuple([f"{level}:{cn_code[:digits]}:{basis}" for level, digits in LEVELS])
+    return <tuple> names
+
+
+cdef bint _scaled(double x, int decimals, double* rounded) noexcept:
+    """``x * 10**decimals`` rounded to the nearest integer, ties to even, into ``rounded``.
+
+    The rounding is of the *exact* product (``fma`` recovers what the double product lost),
+    which is what ``round`` and ``format`` round. False (and nothing written) when the
+    product is 2**52 or more, infinite or NaN: the caller then asks Python.
+    """
+    cdef double scale = _POW10[decimals]
+    cdef double product = x * scale
+    cdef double error, below
+    if not fabs(product) < _EXACT_LIMIT:
+        return False
+    error = fma(x, scale, -product)  # x * scale == product + error, exactly
+    below = floor(product)
+    # Only an exact tie of the double product can be broken by the error: any other product
+    # is at least an ulp away from the nearest half-integer, and |error| is at most half an ulp.
+    if product - below == 0.5 and error != 0.0:
+        rounded[0] = below + 1.0 if error > 0.0 else below
+    else:
+        rounded[0] = nearbyint(product)
+    return True
+
+
+cdef object _round(double x, int decimals):
+    """``round(x, decimals)``."""
+    cdef double rounded
+    if _scaled(x, decimals, &rounded):
+        return copysign(rounded / _POW10[decimals], x)
+    return round(x, decimals)
+
+
+cdef str _fixed(double x, int decimals, bint grouped):
+    """``format(x, ",.{decimals}f")`` when ``grouped``, else ``format(x, ".{decimals}f")``."""
+    cdef double rounded
+    cdef char[48] text
+    cdef int end = 48, at = 48, digits = 0, i
+    cdef unsigned long long whole
+    if not _scaled(x, decimals, &rounded):
+        return format(x, f"{',' if grouped else ''}.{decimals}f")
+    whole = <unsigned long long> fabs(rounded)
+    for i in range(decimals):
+        at -= 1
+        text[at] = c'0' + <char> (whole % 10)
+        whole //= 10
+    if decimals:
+        at -= 1
+        text[at] = c'.'
+    while True:
+        if grouped and digits and digits % 3 == 0:
+            at -= 1
+            text[at] = c','
+        at -= 1
+        text[at] = c'0' + <char> (whole % 10)
+        whole //= 10
+        digits += 1
+        if whole == 0:
+            break
+    if signbit(x):  # Python keeps the sign of a negative number that rounds to zero
+        at -= 1
+        text[at] = c'-'
+    return text[at:end].decode("ascii")
+
+
+cdef double _log(double x) except? -1.0:
+    """``math.log(x)``."""
+    if not x > 0.0 and x == x:
+        raise ValueError("math domain error")
+    return log(x)
+
+
+cdef double _exp(double x) except? -1.0:
+    """``math.exp(x)``."""
+    cdef double y = exp(x)
+    if not isfinite(y) and isfinite(x):
+        raise OverflowError("math range error")
+    return y
+
+
+cdef double _divide(double x, double y) except? -1.0:
+    """``x / y`` on floats."""
+    if y == 0.0:
+        raise ZeroDivisionError("float division by zero")
+    return x / y
+
+
+cdef object _score(object detector, ItemUnitValue unit, list windows):
+    """The score of ``unit`` against its CN8, CN6, CN4 and chapter windows (None: never fed)."""
+    min_observations = detector.min_observations
+    cdef Py_ssize_t level_index = first_holding(windows, min_observations)
+    if level_index < 0:
+        cn8 = windows[0]
+        have = cn8.seen if cn8 is not None else 0
+        reason = (
+            f"No reference unit value yet for CN {unit.cn_code} from {unit.origin_country}: "
+            f"{have} declaration(s) seen, {min_observations} needed at some level of CN8/CN6/CN4/chapter."
+        )
+        return _risk_score(detector, unit, 0.0, 0.0, reason, {"level": None, "observations": float(have)})
+
+    level = _LEVEL_NAMES[level_index]
+    window = windows[level_index]
+    median_mad = window.median_mad()
+    cdef double median = median_mad[0], mad = median_mad[1]
+    cdef double min_spread = detector.min_spread, spread = _MAD_TO_SIGMA * mad
+    if min_spread > spread:  # max(spread, min_spread)
+        spread = min_spread
+    cdef double quantity = unit.quantity, value = unit.customs_value_eur
+    cdef double declared_uv = _divide(value, quantity)
+    cdef double z = _divide(median - _log(declared_uv), spread)
+    cdef double z_half = detector.z_half
+    cdef double score = 1.0 / (1.0 + _exp(-(z - z_half)))
+    cdef double reference_uv = _exp(median)
+    cdef double shortfall = reference_uv * quantity - value
+    if not shortfall > 0.0:  # max(0.0, shortfall)
+        shortfall = 0.0
+    cdef double duty_rate_pct = unit.duty_rate_pct, vat_rate = detector.vat_rate
+    cdef double duty = shortfall * duty_rate_pct / 100.0
+    cdef double vat = (shortfall + duty) * vat_rate
+    cdef double below_pct = 100.0 * (1.0 - _divide(declared_uv, reference_uv))
+    per = unit.basis
+    cdef Py_ssize_t size = window.size
+    # One join per reason: the group and the basis of the reference are written in place.
+    if below_pct > 0:
+        reason = (
+            f"Declared {_fixed(declared_uv, 2, True)} EUR/{per} is {_fixed(below_pct, 0, False)}% below the "
+            f"reference {_fixed(reference_uv, 2, True)} EUR/{per} for CN {unit.cn_code} from {unit.origin_country} "
+            f"(median of {size} recent declarations at {level} level, {_fixed(z, 1, False)} robust SD below); "
+            f"value shortfall {_fixed(shortfall, 0, True)} EUR, duty {_fixed(duty, 0, True)} EUR "
+            f"and VAT {_fixed(vat, 0, True)} EUR at stake."
+        )
+    else:
+        reason = (
+            f"Declared {_fixed(declared_uv, 2, True)} EUR/{per} is at or above the reference "
+            f"{_fixed(reference_uv, 2, True)} EUR/{per} for CN {unit.cn_code} from {unit.origin_country} "
+            f"(median of {size} recent declarations at {level} level)."
+        )
+    fields = {
+        "level": level,
+        "observations": <double> size,
+        "reference_unit_value_eur": _round(reference_uv, 4),
+        "declared_unit_value_eur": _round(declared_uv, 4),
+        "unit": per,
+        "below_reference_pct": _round(below_pct, 2),
+        "robust_z": _round(z, 3),
+        "value_shortfall_eur": _round(shortfall, 2),
+        "duty_at_stake_eur": _round(duty, 2),
+        "vat_at_stake_eur": _round(vat, 2),
+    }
+    return _risk_score(detector, unit, score, duty + vat, reason, fields)
+
+
+cdef object _risk_score(object detector, ItemUnitValue unit, double score, double at_stake, str reason, dict fields):
+    return detector.risk_score(
+        subject_event_id=unit.event_id,
+        subject_type="declaration",
+        subject_reference=unit.mrn,
+        item_number=unit.item_number,
+        event_time=unit.event_time,
+        office=unit.office,
+        operator_eori=unit.importer_eori,
+        cn_code=unit.cn_code,
+        origin_country=unit.origin_country,
+        score=score,
+        eur_at_stake=at_stake,
+        reason=reason,
+        reason_fields=fields,
+    )
+
+
+def units(detector, event):
+    """The ``(state key, item)`` pairs of ``event``: one per goods item of an import declaration,
+    keyed by origin and CN chapter (``"CN:61"``); none for any other event."""
+    if not isinstance(event, ImportDeclaration):
+        return []
+    cdef list pairs = []
+    cdef ItemUnitValue unit
+    cdef dict fields
+    # Pydantic keeps a model's field values in its __dict__: reading them there skips the
+    # BaseModel.__getattr__ hook that every attribute look-up on a model goes through.
+    cdef dict declaration = event.__dict__
+    event_id, mrn, when, office, importer = (
+        declaration["event_id"], declaration["mrn"], declaration["event_time"], declaration["customs_office"],
+        declaration["importer_eori"],
+    )
+    for item in declaration["goods_items"]:
+        fields = item.__dict__
+        quantity, basis = fields["supplementary_units"], fields["supplementary_unit_code"]
+        if not (quantity and basis):
+            quantity, basis = fields["net_mass_kg"], "kg"
+        unit = ItemUnitValue.__new__(ItemUnitValue)  # the fields are all set below: no __init__ call
+        unit.event_id = event_id
+        unit.mrn = mrn
+        unit.item_number = fields["item_number"]
+        unit.event_time = when
+        unit.office = office
+        unit.importer_eori = importer
+        unit.cn_code = cn_code = fields["cn_code"]
+        unit.origin_country = origin = fields["origin_country"]
+        unit.basis = basis
+        unit.quantity = quantity
+        unit.customs_value_eur = fields["customs_value_eur"]
+        unit.duty_rate_pct = fields["duty_rate_pct"]
+        pairs.append((f"{origin}:{cn_code[:2]}", unit))
+    return pairs
+
+
+def score_one(detector, ItemUnitValue unit not None, state):
+    """The score of ``unit`` against ``state`` (a ``UnitValueState``), which is left as it was."""
+    windows = state.windows
+    return _score(detector, unit, [windows.get(name) for name in window_names(unit.cn_code, unit.basis)])
+
+
+def score_learn_one(detector, ItemUnitValue unit not None, state):
+    """:func:`score_one` then learn ``unit``, looking each window up once."""
+    cdef dict windows = state.windows
+    cdef list found = []
+    capacity = state.capacity
+    for name in window_names(unit.cn_code, unit.basis):
+        window = windows.get(name)
+        if window is None:
+            window = windows[name] = RankedWindow(capacity)  # empty: scores as if absent
+        found.append(window)
+    score = _score(detector, unit, found)
+    cdef double value = _log(_divide(unit.customs_value_eur, unit.quantity))
+    when = epoch_seconds(unit.event_time)
+    add_to_each(found, value, when)
+    return score
