@@ -6,7 +6,7 @@ describes, and must stay equal to those Python semantics *bit for bit* (a golden
 every score and state checks it): each double is computed by the same IEEE operations in the
 same order as the Python expression written next to it, ``min``/``max`` keep Python's
 argument order (which matters for NaN), float ``%`` keeps Python's sign rule, and the
-rounding of reason fields goes through :func:`_round`, which is Python's ``round`` exactly.
+rounding of reason fields goes through ``exact_round`` (``_exact.pxi``), which is Python's ``round`` exactly.
 
 What it holds:
 
@@ -19,12 +19,14 @@ What it holds:
 import builtins
 from datetime import UTC
 
-from libc.math cimport copysign, exp, fabs, fmod, log10, nearbyint, pow
+from libc.math cimport copysign, exp, fabs, fmod, log10, pow
 
 cimport cython
 
 from ._robust import UnitValueWindow
 from .base import epoch_seconds
+
+include "_exact.pxi"
 
 FEATURES = (
     "value_per_kg",
@@ -74,7 +76,6 @@ cdef double _DAY_S = 86_400.0
 cdef double _STANDOUT_FLOOR = 0.02  # smallest spread a feature's standout is measured against
 cdef double _GROUP_DECADES = 1.0  # value_vs_group saturates at this many powers of ten from the group median
 
-cdef object _py_round = builtins.round  # the exact fallback of _round
 cdef object _py_float = builtins.float  # float(str) exactly as Python parses it
 
 
@@ -100,45 +101,6 @@ cdef inline double _py_mod(double value, double divisor) noexcept:
     else:
         mod = copysign(0.0, divisor)
     return mod
-
-
-cdef double _NEAR_HALF = 2.0 ** -50  # relative error bound of x * 10 ** digits, with room (it is 2 ** -53)
-cdef double _EXACT_LIMIT = 2.0 ** 52  # beyond, x * 10 ** digits has no fractional bits to round
-
-
-@cython.cdivision(True)
-cdef object _round(double x, int digits, double scale):
-    """Python's ``round(x, digits)`` (``scale = 10.0 ** digits``), usually without its decimal conversion.
-
-    Python rounds the exact binary value of ``x`` to ``digits`` decimals (half to even), then
-    returns the double nearest to that decimal ``r / 10 ** digits``. Here ``y = x * scale``
-    carries a rounding error below ``|y| * 2 ** -53``; when ``y`` is farther than that from
-    the nearest half-integer, the exact value rounds to the same integer ``r`` as ``y`` does,
-    and ``r / scale`` (both exact doubles, the division correctly rounded) is Python's result.
-    Otherwise (near a tie, huge or not finite) Python's ``round`` decides.
-    """
-    cdef double y = x * scale
-    cdef double r
-    if fabs(y) < _EXACT_LIMIT:
-        r = nearbyint(y)
-        if 0.5 - fabs(y - r) > fabs(y) * _NEAR_HALF:
-            return r / scale
-    return _py_round(x, digits)
-
-
-def exact_round(double x, int digits) -> float:
-    """:func:`_round` for Python callers; ``0 <= digits <= 22``.
-
-    >>> import random
-    >>> rng = random.Random(0)
-    >>> values = [rng.random() * 10.0 ** rng.randint(-6, 9) for _ in range(20_000)]
-    >>> ties = [k / 32 for k in range(-2_000, 2_000)]  # exact halves at 2 and 4 decimals, and their neighbours
-    >>> all(exact_round(v, d) == round(v, d) for v in values + ties for d in (2, 4, 6))
-    True
-    """
-    if not 0 <= digits <= 22:
-        raise ValueError(f"digits must be in [0, 22], not {digits}")
-    return _round(x, digits, 10.0 ** digits)
 
 
 # ---------------------------------------------------------------------- the unit
@@ -595,17 +557,17 @@ cdef class FlowScorer:
             reason = f"{head}."
 
         fields = _FIELDS.copy()  # every key in place: the values below only replace None
-        fields["hst_score"] = _round(raw, 6, 1e6)
-        fields["typical_hst_score"] = _round(median, 6, 1e6)
+        fields["hst_score"] = exact_round(raw, 6)
+        fields["typical_hst_score"] = exact_round(median, 6)
         fields["rarity"] = _py_float(format(rarity, ".4g"))
         fields["top_features"] = ",".join([FEATURES[top[k]] for k in range(n_top)])
         fields["observations"] = <double> state.seen
         for i in range(N_FEATURES):
-            fields[FEATURES[i]] = _round(item.x[i], 4, 1e4)
-            fields[_STANDOUT_FIELDS[i]] = _round(item.standouts[i], 2, 1e2)
-        fields["value_per_kg_eur"] = _round(unit.customs_value_eur / unit.net_mass_kg, 4, 1e4)
+            fields[FEATURES[i]] = exact_round(item.x[i], 4)
+            fields[_STANDOUT_FIELDS[i]] = exact_round(item.standouts[i], 2)
+        fields["value_per_kg_eur"] = exact_round(unit.customs_value_eur / unit.net_mass_kg, 4)
         if reference is not None:
-            fields["group_value_per_kg_eur"] = _round(pow(10.0, item.ref_median), 4, 1e4)
+            fields["group_value_per_kg_eur"] = exact_round(pow(10.0, item.ref_median), 4)
         return score, reason, fields
 
     # ------------------------------------------------------------------ reasons

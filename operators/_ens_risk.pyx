@@ -15,22 +15,12 @@ from cpython.datetime cimport (
     PyDateTime_CheckExact, datetime_day, datetime_hour, datetime_microsecond, datetime_minute, datetime_month,
     datetime_second, datetime_tzinfo, datetime_year, import_datetime,
 )
-from cpython.mem cimport PyMem_Free
-from libc.math cimport exp, fabs, floor, isfinite, log, rint, signbit
-from libc.string cimport strlen
+from libc.math cimport exp, log
 
 from vigie.models.feedback import LabelledOutcome
 from vigie.operators.base import epoch_seconds
 from vigie.operators.ens_link import LinkedDeclaration, vague_description
 from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration
-
-
-cdef extern from "Python.h":
-    char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
-    double PyOS_string_to_double(const char* s, char** endptr, void* overflow_exception) except? -1.0
-    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    unsigned char* PyUnicode_1BYTE_DATA(object text)
-    object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
 
 
 import_datetime()
@@ -69,103 +59,7 @@ cdef double _DEFAULT_LOG_RATIO = log(1.15)  # usual gross/net of packed goods, u
 cdef double _DEFAULT_RATIO_SPREAD = 0.15
 
 
-# --- CPython's float conversions, without their Python call -----------------------------------
-cdef double[5] _POW10 = [1.0, 10.0, 100.0, 1000.0, 10000.0]
-cdef double _EXACT_BELOW = 1099511627776.0  # 2**40: x * 10**places below it is within 2**-14 of the exact product
-
-
-@cython.cdivision(True)
-cdef bint _scaled_integer(double x, int places, double* nearest) noexcept:
-    """The integer nearest the exact ``x * 10**places`` (``places`` <= 4), into ``nearest``, when
-    the rounded product decides it: below 2**40 and not within 1e-3 of a half-integer (it is
-    within 2**-14 of the exact product). False otherwise (also for nan and infinities)."""
-    cdef double y = x * _POW10[places]
-    if not -_EXACT_BELOW < y < _EXACT_BELOW:
-        return False
-    if fabs(y - floor(y) - 0.5) <= 1e-3:
-        return False
-    nearest[0] = rint(y)  # no tie here; keeps the sign of a negative x that rounds to zero, as dtoa does
-    return True
-
-
-cdef double _round(double x, int ndigits) except? -1.0:
-    """``round(x, ndigits)`` (``ndigits`` <= 4). float.__round__ rounds to the correctly rounded
-    decimal with ``ndigits`` places and reads it back: when the integer nearest ``x * 10**ndigits``
-    is sure, that is it divided by ``10**ndigits`` (a correctly rounded quotient of exact doubles);
-    otherwise the same conversions float.__round__ makes."""
-    cdef double nearest
-    cdef char* text
-    if _scaled_integer(x, ndigits, &nearest):
-        return nearest / _POW10[ndigits]
-    if not isfinite(x):
-        return x
-    text = PyOS_double_to_string(x, c"f", ndigits, 0, NULL)
-    try:
-        return PyOS_string_to_double(text, NULL, NULL)
-    finally:
-        PyMem_Free(text)
-
-
-@cython.cdivision(True)
-cdef Py_ssize_t _decimal(double nearest, int places, bint negative, char* out) noexcept:
-    """Write ``|nearest| / 10**places`` with ``places`` decimals (after "-" if ``negative``) into
-    ``out`` (32 chars suffice below 2**40), as the "f" format writes it; returns the length."""
-    cdef unsigned long long v = <unsigned long long>fabs(nearest)
-    cdef char backwards[24]
-    cdef int m = 0, i
-    cdef Py_ssize_t n = 0
-    while True:  # least significant digit first, at least places + 1 of them
-        backwards[m] = c"0" + <char>(v % 10)
-        m += 1
-        v //= 10
-        if v == 0 and m > places:
-            break
-    if negative:
-        out[n] = c"-"
-        n += 1
-    for i in range(m - 1, -1, -1):
-        if i == places - 1:
-            out[n] = c"."
-            n += 1
-        out[n] = backwards[i]
-        n += 1
-    return n
-
-
-cdef str _grouped(const char* text, Py_ssize_t n, bint grouped):
-    """``text[:n]`` (an "f"-formatted float) as str, its integer digits grouped by three with
-    commas if ``grouped`` (what float.__format__ does for ",")."""
-    cdef Py_ssize_t start = 1 if text[0] == c"-" else 0, digits = 0, commas, i, j = 0
-    cdef unsigned char* out
-    while start + digits < n and c"0" <= text[start + digits] <= c"9":
-        digits += 1
-    commas = (digits - 1) // 3 if grouped and digits > 0 else 0
-    if commas == 0:
-        return PyUnicode_DecodeASCII(text, n, NULL)
-    result = PyUnicode_New(n + commas, 127)
-    out = PyUnicode_1BYTE_DATA(result)
-    for i in range(n):
-        if start < i < start + digits and (start + digits - i) % 3 == 0:
-            out[j] = c","
-            j += 1
-        out[j] = text[i]
-        j += 1
-    return result
-
-
-cdef str _fixed(double x, int precision, bint grouped):
-    """``format(x, ",.{precision}f")`` if ``grouped``, else ``format(x, ".{precision}f")``
-    (``precision`` <= 4): the correctly rounded decimal, as float.__format__ writes it."""
-    cdef double nearest
-    cdef char digits[32]
-    cdef char* text
-    if _scaled_integer(x, precision, &nearest):
-        return _grouped(digits, _decimal(nearest, precision, signbit(x), digits), grouped)
-    text = PyOS_double_to_string(x, c"f", precision, 0, NULL)
-    try:
-        return _grouped(text, strlen(text), grouped)
-    finally:
-        PyMem_Free(text)
+include "_exact.pxi"
 
 
 cdef inline double _logit(double p) noexcept:
@@ -469,10 +363,10 @@ cdef str _combine(detector, state, hs6, country, Signals* signals, list texts, C
 cdef str _similar_text(hs6, country, Combined* c):
     """What outcomes of similar consignments showed, for the reason text."""
     if c.controls <= 0:
-        return f"no control yet of HS {hs6} from {country} (prior hit rate {_fixed(100 * c.rate, 0, False)}%)"
+        return f"no control yet of HS {hs6} from {country} (prior hit rate {exact_fixed(100 * c.rate, 0, False)}%)"
     return (
-        f"similar consignments (HS {hs6} from {country}) were positive in {_fixed(c.positives, 0, False)} of "
-        f"{_fixed(c.controls, 0, False)} control(s) (hit rate {_fixed(100 * c.rate, 0, False)}% after shrinkage)"
+        f"similar consignments (HS {hs6} from {country}) were positive in {exact_fixed(c.positives, 0, False)} of "
+        f"{exact_fixed(c.controls, 0, False)} control(s) (hit rate {exact_fixed(100 * c.rate, 0, False)}% after shrinkage)"
     )
 
 
@@ -523,11 +417,11 @@ cdef object _score_ens(detector, EnsItem unit, state, double when, bint learn):
     ref = state.refs.get(hs6)
     taxes = exp(ref.tax[1]) * unit.gross_mass_kg if ref is not None and ref.tax[0] > 0 else 0.0
     lead_h = _hours_between(unit.filed, unit.eta)
-    tail = f"; such goods usually pay about {_fixed(taxes, 0, True)} EUR of duty and taxes." if taxes > 0 else "."
+    tail = f"; such goods usually pay about {exact_fixed(taxes, 0, True)} EUR of duty and taxes." if taxes > 0 else "."
     reason = (
-        f"ENS {unit.ens_reference} item {unit.item_number} (HS {hs6}, {_fixed(unit.gross_mass_kg, 0, True)} kg, "
+        f"ENS {unit.ens_reference} item {unit.item_number} (HS {hs6}, {exact_fixed(unit.gross_mass_kg, 0, True)} kg, "
         f"{country} to consignee {consignee or 'unknown'}): {found or 'no warning sign on the filing'}; "
-        f"{_similar_text(hs6, country, &c)}. Arrival expected at {unit.office} in {_fixed(lead_h, 1, True)} h{tail}"
+        f"{_similar_text(hs6, country, &c)}. Arrival expected at {unit.office} in {exact_fixed(lead_h, 1, True)} h{tail}"
     )
     fields = {
         "chapter": unit.chapter,
@@ -540,9 +434,9 @@ cdef object _score_ens(detector, EnsItem unit, state, double when, bint learn):
         "new_pair": <double>new_pair,
         "similar_controls": c.controls,
         "similar_positives": c.positives,
-        "similar_hit_rate": _round(c.rate, 4),
-        "lead_time_hours": _round(lead_h, 2),
-        "estimated_taxes_eur": _round(taxes, 2),
+        "similar_hit_rate": exact_round(c.rate, 4),
+        "lead_time_hours": exact_round(lead_h, 2),
+        "estimated_taxes_eur": exact_round(taxes, 2),
     }
     score = detector.risk_score(
         subject_event_id=unit.event_id, subject_type="ens", subject_reference=unit.ens_reference,
@@ -615,12 +509,12 @@ cdef object _score_declared(detector, DeclaredItem unit, state, ref):
                 if usual > unit.duty_rate_pct:
                     duty_gap = usual - unit.duty_rate_pct
                     text += (
-                        f" (HS {ens_hs6} usually pays {_fixed(usual, 1, False)}% duty, "
-                        f"{_fixed(unit.duty_rate_pct, 1, False)}% declared)"
+                        f" (HS {ens_hs6} usually pays {exact_fixed(usual, 1, False)}% duty, "
+                        f"{exact_fixed(unit.duty_rate_pct, 1, False)}% declared)"
                     )
             _add(&signals, texts, HS6_MISMATCH, 1.0, text)
             if duty_gap > 0:
-                text = f"duty gap {_fixed(duty_gap, 1, False)} points"
+                text = f"duty gap {exact_fixed(duty_gap, 1, False)} points"
                 _add(&signals, texts, DUTY_GAP, _min(1.0, duty_gap / 10.0), text)
         if unit.ens_gross_mass_kg is not None:
             gross = unit.ens_gross_mass_kg
@@ -634,8 +528,8 @@ cdef object _score_declared(detector, DeclaredItem unit, state, ref):
             z = (log(ratio) - centre) / spread
             if z > 3.0:
                 text = (
-                    f"ENS gross mass {_fixed(gross, 0, True)} kg is {_fixed(ratio, 2, False)}x the declared net "
-                    f"{_fixed(unit.net_mass_kg, 0, True)} kg where {_fixed(expected_ratio, 2, False)}x is usual for "
+                    f"ENS gross mass {exact_fixed(gross, 0, True)} kg is {exact_fixed(ratio, 2, False)}x the declared net "
+                    f"{exact_fixed(unit.net_mass_kg, 0, True)} kg where {exact_fixed(expected_ratio, 2, False)}x is usual for "
                     f"HS {ens_hs6}: goods weighed but not declared?"
                 )
                 _add(&signals, texts, MASS_GAP, _min(1.0, (z - 3.0) / 3.0), text)
@@ -658,12 +552,12 @@ cdef object _score_declared(detector, DeclaredItem unit, state, ref):
         "linked_ens": unit.ens_reference,
         "ens_hs6": ens_hs6,
         "route_start": unit.route_start,
-        "gross_net_ratio": _round(ratio, 4) if has_ratio else None,
-        "usual_gross_net_ratio": _round(expected_ratio, 4) if has_ratio else None,
-        "duty_gap_pct": _round(duty_gap, 2),
+        "gross_net_ratio": exact_round(ratio, 4) if has_ratio else None,
+        "usual_gross_net_ratio": exact_round(expected_ratio, 4) if has_ratio else None,
+        "duty_gap_pct": exact_round(duty_gap, 2),
         "similar_controls": c.controls,
         "similar_positives": c.positives,
-        "similar_hit_rate": _round(c.rate, 4),
+        "similar_hit_rate": exact_round(c.rate, 4),
     }
     return detector.risk_score(
         subject_event_id=unit.event_id, subject_type="declaration", subject_reference=unit.mrn,

@@ -21,35 +21,38 @@ from libc.string cimport memmove
 
 import array
 
+include "_exact.pxi"
+
 cdef array.array _DOUBLES = array.array("d")
 cdef double _FLOOR_LOGIT = -6.9  # log-odds of 0.001: "this detector saw nothing"
-cdef double _EXACT_INTEGERS = 4503599627370496.0  # 2 ** 52: below it, every integer and half-integer is a double
-cdef double _PRODUCT_ERROR = 2.0 ** -50  # relative bound (4x generous) on the rounding error of x * 10 ** n
-cdef double[7] _POWERS_OF_TEN = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6]  # exact doubles
 
 
-cpdef object round_float(double x, int ndigits):
-    """``round(x, ndigits)`` for a float ``x``: the same double, without Python's decimal string round trip.
+cpdef double round_float(double x, int ndigits) except? -1.0:
+    """``round(x, ndigits)`` for a float ``x``: the same double, without Python's decimal string
+    round trip when the rounding is sure (``_exact.pxi``).
 
-    Python rounds the exact binary value of ``x`` to ``ndigits`` decimals (half to even)
-    and reads the decimal back: the double nearest to ``r / 10 ** ndigits`` for the
-    integer ``r``. When ``x * 10 ** ndigits`` (computed, so within 2 ** -53 of its own
-    size of the exact product) is safely away from a half-integer, ``r`` is its nearest
-    integer, and dividing it by the exact ``10 ** ndigits`` is that same nearest double
-    (IEEE division is correctly rounded). Anything else (ties, huge values, NaN, other
-    ``ndigits``) is left to Python's ``round``.
-
-    >>> [round_float(v, 2) == round(v, 2) for v in (2.675, 0.125, -0.001, 1e300, 0.5)]
-    [True, True, True, True, True]
+    >>> import random
+    >>> rng = random.Random(0)
+    >>> values = [rng.random() * 10.0 ** rng.randint(-6, 9) for _ in range(20_000)] + [2.675, -0.001, 1e300, 0.5]
+    >>> ties = [k / 32 for k in range(-2_000, 2_000)]  # exact halves at 2 and 4 decimals, and their neighbours
+    >>> all(round_float(v, d) == round(v, d) for v in values + ties for d in (0, 2, 4, 6))
+    True
     """
-    cdef double y, r
-    if 0 <= ndigits <= 6:
-        y = x * _POWERS_OF_TEN[ndigits]
-        if fabs(y) < _EXACT_INTEGERS:  # False for NaN and infinities
-            r = rint(y)  # to nearest, ties to even
-            if 0.5 - fabs(y - r) > fabs(y) * _PRODUCT_ERROR:
-                return r / _POWERS_OF_TEN[ndigits]
-    return round(x, ndigits)
+    return exact_round(x, ndigits)
+
+
+def fixed_text(double x, int decimals, bint grouped) -> str:
+    """``format(x, ",.{decimals}f")`` if ``grouped``, else ``format(x, ".{decimals}f")`` (``_exact.pxi``).
+
+    >>> import random
+    >>> rng = random.Random(1)
+    >>> values = [rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-4, 12) for _ in range(20_000)] + [-0.001, 2.5, 1e300]
+    >>> ties = [k / 32 for k in range(-2_000, 2_000)]
+    >>> all(fixed_text(v, d, g) == format(v, f"{',' if g else ''}.{d}f")
+    ...     for v in values + ties for d in (0, 1, 2, 4) for g in (False, True))
+    True
+    """
+    return exact_fixed(x, decimals, grouped)
 
 
 cdef inline double _clipped_logit(double p) noexcept:

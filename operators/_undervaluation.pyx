@@ -5,18 +5,19 @@ items, score each item against its reference windows, then learn it.
 Must stay equal, bit for bit, to the Python semantics :mod:`undervaluation` documents: every
 float comes from the same IEEE operations in the same order (C ``log`` and ``exp`` are the
 libm functions ``math.log`` and ``math.exp`` call), numbers are rounded as ``round`` rounds
-and written as ``format`` writes them (both correctly rounded, ties to even, which
-:func:`_scaled` computes exactly), and the errors Python would raise (division by zero,
-math domain and range errors) are raised.
+and written as ``format`` writes them (``_exact.pxi``), and the errors Python would raise
+(division by zero, math domain and range errors) are raised.
 """
 
 cimport cython
-from libc.math cimport copysign, exp, fabs, floor, fma, isfinite, log, nearbyint, signbit
+from libc.math cimport exp, isfinite, log
 
 from vigie.schemas import ImportDeclaration
 
 from ._robust import RankedWindow, add_to_each, first_holding
 from .base import epoch_seconds
+
+include "_exact.pxi"
 
 LEVELS = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("chapter", 2))
 """Back-off hierarchy: level name and how many leading digits of the CN code it keeps."""
@@ -24,8 +25,6 @@ LEVELS = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("chapter", 2))
 cdef tuple _LEVEL_NAMES = tuple(level for level, _ in LEVELS)
 
 cdef double _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
-cdef double _EXACT_LIMIT = 4503599627370496.0  # 2**52: below it a double's ulp is at most 1/2 (see _scaled)
-cdef double[5] _POW10 = [1.0, 10.0, 100.0, 1000.0, 10000.0]  # exact powers of ten, by number of decimals
 
 
 @cython.dataclasses.dataclass
@@ -70,69 +69,6 @@ cpdef tuple window_names(object cn_code, object basis):
             _names_cache.clear()
         names = _names_cache[key] = tuple([f"{level}:{cn_code[:digits]}:{basis}" for level, digits in LEVELS])
     return <tuple> names
-
-
-cdef bint _scaled(double x, int decimals, double* rounded) noexcept:
-    """``x * 10**decimals`` rounded to the nearest integer, ties to even, into ``rounded``.
-
-    The rounding is of the *exact* product (``fma`` recovers what the double product lost),
-    which is what ``round`` and ``format`` round. False (and nothing written) when the
-    product is 2**52 or more, infinite or NaN: the caller then asks Python.
-    """
-    cdef double scale = _POW10[decimals]
-    cdef double product = x * scale
-    cdef double error, below
-    if not fabs(product) < _EXACT_LIMIT:
-        return False
-    error = fma(x, scale, -product)  # x * scale == product + error, exactly
-    below = floor(product)
-    # Only an exact tie of the double product can be broken by the error: any other product
-    # is at least an ulp away from the nearest half-integer, and |error| is at most half an ulp.
-    if product - below == 0.5 and error != 0.0:
-        rounded[0] = below + 1.0 if error > 0.0 else below
-    else:
-        rounded[0] = nearbyint(product)
-    return True
-
-
-cdef object _round(double x, int decimals):
-    """``round(x, decimals)``."""
-    cdef double rounded
-    if _scaled(x, decimals, &rounded):
-        return copysign(rounded / _POW10[decimals], x)
-    return round(x, decimals)
-
-
-cdef str _fixed(double x, int decimals, bint grouped):
-    """``format(x, ",.{decimals}f")`` when ``grouped``, else ``format(x, ".{decimals}f")``."""
-    cdef double rounded
-    cdef char[48] text
-    cdef int end = 48, at = 48, digits = 0, i
-    cdef unsigned long long whole
-    if not _scaled(x, decimals, &rounded):
-        return format(x, f"{',' if grouped else ''}.{decimals}f")
-    whole = <unsigned long long> fabs(rounded)
-    for i in range(decimals):
-        at -= 1
-        text[at] = c'0' + <char> (whole % 10)
-        whole //= 10
-    if decimals:
-        at -= 1
-        text[at] = c'.'
-    while True:
-        if grouped and digits and digits % 3 == 0:
-            at -= 1
-            text[at] = c','
-        at -= 1
-        text[at] = c'0' + <char> (whole % 10)
-        whole //= 10
-        digits += 1
-        if whole == 0:
-            break
-    if signbit(x):  # Python keeps the sign of a negative number that rounds to zero
-        at -= 1
-        text[at] = c'-'
-    return text[at:end].decode("ascii")
 
 
 cdef double _log(double x) except? -1.0:
@@ -195,29 +131,29 @@ cdef object _score(object detector, ItemUnitValue unit, list windows):
     # One join per reason: the group and the basis of the reference are written in place.
     if below_pct > 0:
         reason = (
-            f"Declared {_fixed(declared_uv, 2, True)} EUR/{per} is {_fixed(below_pct, 0, False)}% below the "
-            f"reference {_fixed(reference_uv, 2, True)} EUR/{per} for CN {unit.cn_code} from {unit.origin_country} "
-            f"(median of {size} recent declarations at {level} level, {_fixed(z, 1, False)} robust SD below); "
-            f"value shortfall {_fixed(shortfall, 0, True)} EUR, duty {_fixed(duty, 0, True)} EUR "
-            f"and VAT {_fixed(vat, 0, True)} EUR at stake."
+            f"Declared {exact_fixed(declared_uv, 2, True)} EUR/{per} is {exact_fixed(below_pct, 0, False)}% below the "
+            f"reference {exact_fixed(reference_uv, 2, True)} EUR/{per} for CN {unit.cn_code} from {unit.origin_country} "
+            f"(median of {size} recent declarations at {level} level, {exact_fixed(z, 1, False)} robust SD below); "
+            f"value shortfall {exact_fixed(shortfall, 0, True)} EUR, duty {exact_fixed(duty, 0, True)} EUR "
+            f"and VAT {exact_fixed(vat, 0, True)} EUR at stake."
         )
     else:
         reason = (
-            f"Declared {_fixed(declared_uv, 2, True)} EUR/{per} is at or above the reference "
-            f"{_fixed(reference_uv, 2, True)} EUR/{per} for CN {unit.cn_code} from {unit.origin_country} "
+            f"Declared {exact_fixed(declared_uv, 2, True)} EUR/{per} is at or above the reference "
+            f"{exact_fixed(reference_uv, 2, True)} EUR/{per} for CN {unit.cn_code} from {unit.origin_country} "
             f"(median of {size} recent declarations at {level} level)."
         )
     fields = {
         "level": level,
         "observations": <double> size,
-        "reference_unit_value_eur": _round(reference_uv, 4),
-        "declared_unit_value_eur": _round(declared_uv, 4),
+        "reference_unit_value_eur": exact_round(reference_uv, 4),
+        "declared_unit_value_eur": exact_round(declared_uv, 4),
         "unit": per,
-        "below_reference_pct": _round(below_pct, 2),
-        "robust_z": _round(z, 3),
-        "value_shortfall_eur": _round(shortfall, 2),
-        "duty_at_stake_eur": _round(duty, 2),
-        "vat_at_stake_eur": _round(vat, 2),
+        "below_reference_pct": exact_round(below_pct, 2),
+        "robust_z": exact_round(z, 3),
+        "value_shortfall_eur": exact_round(shortfall, 2),
+        "duty_at_stake_eur": exact_round(duty, 2),
+        "vat_at_stake_eur": exact_round(vat, 2),
     }
     return _risk_score(detector, unit, score, duty + vat, reason, fields)
 
