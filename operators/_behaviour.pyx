@@ -20,6 +20,8 @@ from libc.stdlib cimport free, malloc
 
 from .base import epoch_seconds
 
+include "_exact.pxi"
+
 cdef double _DAY = 86400.0  # seconds
 cdef double _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 cdef double _LOG_1_5 = math.log(1.5)  # CPython's, not a value the C compiler folds
@@ -33,16 +35,6 @@ cdef inline dict _fields(event: object):
     """The field values of a pydantic event by name: its ``__dict__``, read without the detour of one
     attribute look-up (through the model's ``__getattr__`` hook) per field."""
     return PyObject_GenericGetDict(event, NULL)
-
-
-cdef inline double _min(double a, double b) noexcept:
-    """Python's ``min(a, b)``."""
-    return b if b < a else a
-
-
-cdef inline double _max(double a, double b) noexcept:
-    """Python's ``max(a, b)``."""
-    return b if b > a else a
 
 
 # --- Page-Hinkley -------------------------------------------------------------------------------

@@ -80,16 +80,6 @@ cdef inline double _sigmoid(double x) noexcept:
     return e / (1.0 + e)
 
 
-cdef inline double _min(double a, double b) noexcept:
-    """``min(a, b)`` as Python picks: ``b`` only when strictly smaller."""
-    return b if b < a else a
-
-
-cdef inline double _max(double a, double b) noexcept:
-    """``max(a, b)`` as Python picks: ``b`` only when strictly larger."""
-    return b if b > a else a
-
-
 cdef long long _EXACT_INTEGERS = 9007199254740992  # 2**53: integers below it are exact doubles
 cdef int[13] _DAYS_BEFORE_MONTH = [0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334]
 

@@ -1,6 +1,7 @@
-# Python's float rounding and fixed-point formatting in C, shared by the hot paths that
-# write scores, stakes and reason texts (``include "_exact.pxi"``: a textual include, since
-# the operators/ folder is not laid out as the vigie.operators package a .pxd would need).
+# Python's float semantics in C, shared by the hot paths: ``min``/``max`` (argument order
+# matters for NaN and ties), rounding and fixed-point formatting of the scores, stakes and
+# reason texts. ``include "_exact.pxi"`` is a textual include: the operators/ folder is not
+# laid out as the vigie.operators package that a .pxd would need.
 #
 # ``round(x, n)`` and ``format(x, ".nf")`` round the *exact* binary value of ``x`` to ``n``
 # decimals, half to even. ``y = x * 10**n`` is computed with a relative error below 2**-53;
@@ -17,6 +18,16 @@ cdef double[23] _EXACT_POW10 = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
     1e20, 1e21, 1e22,
 ]  # exact doubles
+
+
+cdef inline double _min(double a, double b) noexcept:
+    """``min(a, b)`` as Python picks: ``b`` only when strictly smaller."""
+    return b if b < a else a
+
+
+cdef inline double _max(double a, double b) noexcept:
+    """``max(a, b)`` as Python picks: ``b`` only when strictly larger."""
+    return b if b > a else a
 
 
 cdef inline bint _exact_scaled(double x, int decimals, double* nearest) noexcept:
