@@ -11,10 +11,7 @@ share their look-ups (:func:`score_learn_one`).
 """
 
 cimport cython
-from cpython.datetime cimport (
-    PyDateTime_CheckExact, datetime_day, datetime_hour, datetime_microsecond, datetime_minute, datetime_month,
-    datetime_second, datetime_tzinfo, datetime_year, import_datetime,
-)
+from cpython.datetime cimport PyDateTime_CheckExact, datetime_tzinfo, import_datetime
 from libc.math cimport exp, log
 
 from vigie.models.feedback import LabelledOutcome
@@ -80,22 +77,7 @@ cdef inline double _sigmoid(double x) noexcept:
     return e / (1.0 + e)
 
 
-cdef long long _EXACT_INTEGERS = 9007199254740992  # 2**53: integers below it are exact doubles
-cdef int[13] _DAYS_BEFORE_MONTH = [0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334]
-
-
-@cython.cdivision(True)
-cdef long long _microseconds(when) noexcept:
-    """Microseconds from 0001-01-01 00:00 to ``when``'s wall-clock time (proleptic Gregorian)."""
-    cdef int year = datetime_year(when), month = datetime_month(when)
-    cdef long long y = year - 1
-    cdef long long days = y * 365 + y // 4 - y // 100 + y // 400 + _DAYS_BEFORE_MONTH[month] + datetime_day(when)
-    if month > 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
-        days += 1
-    return (
-        (days * 86_400 + datetime_hour(when) * 3_600 + datetime_minute(when) * 60 + datetime_second(when)) * 1_000_000
-        + datetime_microsecond(when)
-    )
+include "_datetimes.pxi"
 
 
 cdef double _hours_between(start, end) except? -1.0:
@@ -104,8 +86,8 @@ cdef double _hours_between(start, end) except? -1.0:
     rounded quotient, as of the two exact doubles here below 2**53 microseconds)."""
     cdef long long microseconds
     if PyDateTime_CheckExact(start) and PyDateTime_CheckExact(end) and datetime_tzinfo(start) is datetime_tzinfo(end):
-        microseconds = _microseconds(end) - _microseconds(start)
-        if -_EXACT_INTEGERS < microseconds < _EXACT_INTEGERS:
+        microseconds = _wall_microseconds(end) - _wall_microseconds(start)
+        if -_EXACT_MICROSECONDS < microseconds < _EXACT_MICROSECONDS:
             return <double>microseconds / 1e6 / 3600.0
     return (end - start).total_seconds() / 3600.0
 

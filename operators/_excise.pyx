@@ -12,22 +12,14 @@ first of the heaviest as ``max`` gives, the same state written.
 
 import datetime as _datetime
 
-from cpython.datetime cimport (
-    datetime_day,
-    datetime_hour,
-    datetime_microsecond,
-    datetime_minute,
-    datetime_month,
-    datetime_second,
-    datetime_tzinfo,
-    datetime_year,
-    import_datetime,
-)
+from cpython.datetime cimport datetime_tzinfo, import_datetime
 from cpython.object cimport PyObject_GenericGetDict
 
 from .base import epoch_seconds
 
 from vigie.schemas import EntrySummaryDeclaration, ExciseMovement, ImportDeclaration
+
+include "_datetimes.pxi"
 
 import_datetime()
 cdef object _DATETIME = _datetime.datetime
@@ -40,35 +32,16 @@ cdef inline dict _fields(event: object):
     return PyObject_GenericGetDict(event, NULL)
 
 
-cdef long long _days_from_civil(long long y, long long m, long long d) noexcept:
-    """Days from 1970-01-01 to the proleptic Gregorian date y-m-d (H. Hinnant's algorithm; y >= 1)."""
-    y -= m <= 2
-    cdef long long era = y // 400
-    cdef long long yoe = y - era * 400
-    cdef long long doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    cdef long long doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-cdef long long _EXACT_US = 1LL << 53  # whole microseconds below this are exact doubles (years 1685-2255)
-
-
 cdef double _timestamp(when: object):
     """``when.timestamp()`` of an aware datetime, from its fields when its zone is UTC.
 
     CPython divides the whole microseconds since the epoch by 10**6 as integers, correctly rounded: for
     fewer than 2**53 microseconds, that is one division of two exact doubles, done here."""
-    cdef long long seconds, microseconds
+    cdef long long microseconds
     if type(when) is not _DATETIME or datetime_tzinfo(when) is not _UTC:
         return when.timestamp()
-    seconds = (
-        _days_from_civil(datetime_year(when), datetime_month(when), datetime_day(when)) * 86400
-        + datetime_hour(when) * 3600
-        + datetime_minute(when) * 60
-        + datetime_second(when)
-    )
-    microseconds = seconds * 1000000 + datetime_microsecond(when)
-    if not -_EXACT_US < microseconds < _EXACT_US:
+    microseconds = _wall_microseconds(when)
+    if not -_EXACT_MICROSECONDS < microseconds < _EXACT_MICROSECONDS:
         return when.timestamp()
     return <double>microseconds / 1e6
 

@@ -15,7 +15,7 @@ The River models stay the source of truth: the kernel reads their weights on eve
 """
 
 from cpython cimport array
-from libc.math cimport exp, fabs, log, log10, log1p, pow, rint
+from libc.math cimport exp, log, log10, log1p, pow, rint
 from libc.stdlib cimport free, malloc
 from libc.string cimport memmove
 
