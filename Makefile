@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vigie-installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): setup.py constraints.txt $(wildcard operators/*.pyx operators/*.pxi)
+$(STAMP): setup.py constraints.txt $(wildcard operators/*.pyx operators/*.pxi sinks/*.pyx)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=75,<81" wheel "cython>=3.3,<3.4"
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test]"

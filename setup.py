@@ -21,6 +21,8 @@ extensions = [
     Extension(f"vigie.operators.{name}", [f"operators/{name}.pyx"], extra_compile_args=EXACT_FLOATS)
     for name in HOT_PATHS
 ]
+# The sinks' encoder: records straight into ClickHouse Native blocks.
+extensions.append(Extension("vigie.sinks._native_block", ["sinks/_native_block.pyx"]))
 
 setup(
     name="vigie",

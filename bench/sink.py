@@ -4,10 +4,11 @@ Scores a seeded stream once (all five detectors by default, as ``vigie evaluate 
 all``), keeps each event's records in memory (the event, its scores, its alert), then writes
 them to each sink in ``write`` calls of 100 events' records, the sink flushing when its buffer
 reaches the batch size, with the indicator views and materialised views in place
-(``create_views``), as in production. The sinks are columnar (see ``vigie.sinks.base``): values
-go to column lists at write time, whole columns are converted at flush (Arrow for chdb, epoch
-integers and lists for the native protocol) in the writer's thread, and sent on the sink's
-sender thread while the writer goes on (the sinks' default); the final flush waits for all.
+(``create_views``), as in production. The sinks are columnar (see ``vigie.sinks.base``): chdb's
+encodes each value into ClickHouse Native columns as it is written, the native protocol's
+appends values to column lists and converts whole columns at flush (epoch integers and lists),
+in the writer's thread; payloads are sent on the sink's sender thread while the writer goes on
+(the sinks' default); the final flush waits for all.
 
 For each (sink, writer processes, batch size):
 
@@ -56,10 +57,11 @@ from results import record
 
 from vigie.operators import ScoringPipeline
 from vigie.schemas.generator import GeneratorConfig, generate
+from vigie.sinks._native_block import NativeBlocks
 from vigie.sinks.base import BufferedSink, BufferPolicy
-from vigie.sinks.chdb_sink import ArrowEncoder, ChdbSink
+from vigie.sinks.chdb_sink import ChdbSink
 from vigie.sinks.clickhouse_server import ClickHouseServer, server_installed
-from vigie.sinks.ddl import MODERN, TABLES, ColumnBatch, Table
+from vigie.sinks.ddl import MODERN, Table, native_blocks
 from vigie.sinks.native_sink import NativeSink
 from vigie.sinks.views import create_views
 from vigie.streams.evaluate import build_detectors
@@ -84,15 +86,17 @@ def scored_stream(hours: float, detectors: str) -> list[list[Any]]:
 
 
 class NullSink(BufferedSink):
-    """Rows buffered and each flush encoded as chdb's Arrow stream, then dropped: the cost of the
-    Python side of a sink in one process, an upper bound for any sink in that process."""
+    """Rows encoded as chdb's sink encodes them (Native blocks), each flush's blocks then
+    dropped: the cost of the Python side of the chdb sink, an upper bound for that sink."""
 
     def __init__(self, batch_size: int) -> None:
         super().__init__(MODERN, _policy(batch_size))
-        self._encoders = {name: ArrowEncoder(table, MODERN) for name, table in TABLES.items()}
 
-    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> bytes:
-        return self._encoders[table.name].encode(columns)
+    def _column_store(self) -> NativeBlocks:
+        return native_blocks(MODERN)
+
+    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
+        return columns
 
     def _send(self, table: Table, payload: bytes, rows: int) -> None:
         pass
@@ -307,7 +311,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         server: ClickHouseServer | None = None
-        sharded: list[tuple[str, Opener, int | None]] = [("no server (rows + Arrow encoding)", null_sink, None)]
+        sharded: list[tuple[str, Opener, int | None]] = [("no server (rows encoded as Native blocks)", null_sink, None)]
         if server_installed():
             server = ClickHouseServer(Path(tmp) / "server").start()
             host, port = server.host, server.tcp_port
@@ -362,12 +366,13 @@ def main() -> None:
             f"{n_events:,} scored events = {n_records:,} records = {rows_per_event:.2f} table rows per event "
             f"(items, scores of the detectors '{args.detectors}' and alerts); {datetime.now(UTC):%Y-%m-%d}, "
             f"Python {platform.python_version()}, {platform.processor() or platform.machine()}.",
-            "Columnar sinks: values go to column lists at write time; each flush converts whole columns in the "
-            "writer (Arrow IPC into chdb with FORMAT ArrowStream; lists and epoch integers into "
-            "clickhouse-driver's columnar insert) and sends them on the sink's sender thread while the writer "
-            "goes on; the last flush waits for every send. 100 events' records per write, flushes by size "
-            "only; indicator and materialised views in place. 'no server': the same sink encoding each flush "
-            "as chdb's Arrow stream and dropping it.",
+            "Columnar sinks. chdb: each value is encoded into ClickHouse Native columns as it is written (a "
+            "Cython encoder; JSON documents in one orjson call per flush), a flush joins each table's buffers "
+            "into one block for FORMAT Native. Native server: values go to column lists at write time, each "
+            "flush converts whole columns (lists and epoch integers into clickhouse-driver's columnar insert). "
+            "Payloads are sent on the sink's sender thread while the writer goes on; the last flush waits for "
+            "every send. 100 events' records per write, flushes by size only; indicator and materialised views "
+            "in place. 'no server': chdb's encoding, each flush's blocks dropped.",
             "CPU us/event: writer processes (chdb's own threads included) + the server process "
             "(/proc/PID/stat), per scored event; a core of this machine gives 1,000,000 us/s, so "
             f"'needs N cores' = {TARGET_EVENTS_PER_S:,} x CPU us/event / 1e6. On {os.cpu_count()} cores, "

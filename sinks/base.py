@@ -8,13 +8,17 @@ so a flush that fails halfway can simply be retried.
 
 Columnar path
 -------------
-:meth:`BufferedSink.write` appends each record's values straight to one list per column
-(:func:`~vigie.sinks.ddl.column_writers`: generated code, no per-row dict, tuple or
-encoding). A flush hands each table's column lists to :meth:`BufferedSink._encode`, which
-converts whole columns for its transport (Arrow arrays for chdb, epoch integers for the
-native protocol), then :meth:`BufferedSink._send` stores the payload, on a sender thread when
-the sink was opened with ``background=True``. ``write()`` is all-or-nothing: a record that
-cannot be stored (a type no table holds, a model missing a field) raises ``TypeError`` and
+:meth:`BufferedSink.write` hands each record to the buffer's :class:`ColumnStore`, which
+keeps the rows in the form the transport wants, per table and column: no per-row dict or
+tuple. The default, :class:`ColumnListStore`, appends each value to one Python list per
+column (:func:`~vigie.sinks.ddl.column_writers`, generated code) and a flush converts whole
+columns for the transport (epoch integers for the native protocol's driver); chdb's sink
+encodes each value into ClickHouse ``Native`` columns as it is written
+(:func:`~vigie.sinks.ddl.native_blocks`), so its flush only joins buffers. A flush hands each
+table's rows to :meth:`BufferedSink._encode`, then :meth:`BufferedSink._send` stores the
+payload, on a sender thread when the sink was opened with ``background=True``. ``write()``
+is all-or-nothing: a record that cannot be stored (a type no table holds, a model missing a
+field; with chdb's store also a value that does not fit its column) raises ``TypeError`` and
 none of that call's records stay buffered.
 
 Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
@@ -45,13 +49,15 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
-from .ddl import MODERN, TABLES, ColumnBatch, ColumnLists, ServerProfile, Table, column_writers, empty_columns
+from .ddl import MODERN, TABLES, ColumnLists, ServerProfile, Table, column_writers, empty_columns
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
     "DEFAULT_MAX_BUFFER_ROWS",
     "BufferPolicy",
     "BufferedSink",
+    "ColumnListStore",
+    "ColumnStore",
     "RowBuffer",
     "Sink",
     "SinkMetrics",
@@ -143,19 +149,82 @@ class BufferPolicy:
             raise ValueError(f"max_buffer_rows ({self.max_buffer_rows}) must be >= batch_size ({self.batch_size})")
 
 
-class RowBuffer:
-    """Column values per table awaiting insertion, with the timing the flush policy needs. Not thread-safe.
+_STORED_MODELS = frozenset(table.model for table in TABLES.values() if table.parent is None)
 
-    :meth:`write` appends each record's values to :attr:`columns` (one list per column of
-    every table of :data:`~vigie.sinks.ddl.TABLES`) through the generated
-    :func:`~vigie.sinks.ddl.column_writers`.
-    """
 
-    def __init__(self, policy: BufferPolicy, clock: Callable[[], float] = time.monotonic) -> None:
-        self.policy = policy
-        self._clock = clock
+class ColumnStore(Protocol):
+    """Where a :class:`RowBuffer` keeps the rows it buffers, per table, in a transport's form."""
+
+    def write(self, record: BaseModel) -> int:
+        """Add ``record``'s rows (its table's and its items'; the record is a model some table
+        stores); return how many. An error may leave partial rows: :meth:`rollback` removes them."""
+        ...
+
+    def mark(self) -> None:
+        """Remember where every table ends."""
+        ...
+
+    def rollback(self) -> None:
+        """Drop the rows added since :meth:`mark`."""
+        ...
+
+    def rows(self, table: str) -> int:
+        """Rows buffered for ``table``."""
+        ...
+
+    def batch(self, table: str) -> Any:
+        """``table``'s rows as :meth:`BufferedSink._encode` receives them."""
+        ...
+
+    def clear(self, table: str) -> None:
+        """Forget ``table``'s rows."""
+        ...
+
+
+class ColumnListStore:
+    """Rows as one Python list per column (:func:`~vigie.sinks.ddl.column_writers`): for
+    transports that convert whole columns at flush (the native protocol's driver)."""
+
+    def __init__(self) -> None:
         self.columns: ColumnLists = empty_columns()
         self._writers = column_writers(self.columns)
+        self._marks: dict[str, int] = {}
+
+    def write(self, record: BaseModel) -> int:
+        return self._writers[type(record)](record)
+
+    def mark(self) -> None:
+        self._marks = {name: len(columns[0]) for name, columns in self.columns.items()}
+
+    def rollback(self) -> None:
+        for name, length in self._marks.items():
+            for values in self.columns[name]:
+                del values[length:]
+
+    def rows(self, table: str) -> int:
+        return len(self.columns[table][0])
+
+    def batch(self, table: str) -> list[list[Any]]:
+        return self.columns[table]
+
+    def clear(self, table: str) -> None:
+        for values in self.columns[table]:
+            values.clear()  # in place: the writers hold the lists' append
+
+
+class RowBuffer:
+    """Rows per table awaiting insertion, with the timing the flush policy needs. Not thread-safe.
+
+    ``store`` holds the rows in the transport's form: by default a :class:`ColumnListStore`;
+    chdb's sink uses :func:`~vigie.sinks.ddl.native_blocks` (rows encoded as they are written).
+    """
+
+    def __init__(
+        self, policy: BufferPolicy, clock: Callable[[], float] = time.monotonic, store: ColumnStore | None = None
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self.store: ColumnStore = store if store is not None else ColumnListStore()
         self.size = 0
         self._since: dict[str, float] = {}  # table -> clock() when its oldest buffered row arrived
         self._retry_at = 0.0
@@ -164,50 +233,40 @@ class RowBuffer:
         """Append the rows of ``records``, all or nothing.
 
         Raises ``TypeError`` when a record cannot be stored (a type no table holds, a model
-        missing a field); the call then leaves nothing buffered.
+        missing a field, a value that does not fit its column); the call then leaves nothing
+        buffered.
         """
-        writers = self._writers
-        before = self.lengths()
+        store = self.store
+        store.mark()
         try:
             for record in records:
+                if type(record) not in _STORED_MODELS:
+                    raise TypeError(f"no table stores {type(record).__name__}")
                 try:
-                    write = writers[type(record)]
-                except KeyError:
-                    raise TypeError(f"no table stores {type(record).__name__}") from None
-                try:
-                    write(record)
+                    store.write(record)
                 except Exception as exc:
                     raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
         except BaseException:
-            self.truncate(before)  # no half-written record stays
+            store.rollback()  # no half-written record stays
+            self.recount()
             raise
         self.recount()
 
     def recount(self) -> None:
-        """Update :attr:`size` and the tables' delay clocks after appending to :attr:`columns`."""
+        """Update :attr:`size` and the tables' delay clocks after rows were added."""
         size = 0
         now: float | None = None
-        for name, columns in self.columns.items():
-            rows = len(columns[0])
-            if rows:
-                size += rows
+        rows = self.store.rows
+        for name in TABLES:
+            count = rows(name)
+            if count:
+                size += count
                 if name not in self._since:
                     now = self._clock() if now is None else now
                     self._since[name] = now
-        self.size = size
-
-    def truncate(self, lengths: dict[str, int]) -> None:
-        """Drop values appended after ``lengths`` (a :meth:`lengths` snapshot): undo a failed write."""
-        for name, length in lengths.items():
-            for values in self.columns[name]:
-                del values[length:]
-            if not length:
+            else:
                 self._since.pop(name, None)
-        self.recount()
-
-    def lengths(self) -> dict[str, int]:
-        """Rows buffered per table, for :meth:`truncate`."""
-        return {name: len(columns[0]) for name, columns in self.columns.items()}
+        self.size = size
 
     @property
     def oldest_at(self) -> float | None:
@@ -240,18 +299,17 @@ class RowBuffer:
     def tables(self) -> list[str]:
         """Tables with buffered rows, parents before their item tables (a reader never sees
         items whose header is missing)."""
-        return [name for name, columns in self.columns.items() if columns[0]]
+        rows = self.store.rows
+        return [name for name in TABLES if rows(name)]
 
-    def peek(self, table: str) -> list[list[Any]]:
-        """The column lists buffered for ``table`` (left in place until :meth:`discard`)."""
-        return self.columns[table]
+    def peek(self, table: str) -> Any:
+        """``table``'s rows in the store's form (left in place until :meth:`discard`)."""
+        return self.store.batch(table)
 
     def discard(self, table: str) -> None:
-        """Forget ``table``'s rows once they are encoded (the lists are emptied in place)."""
-        columns = self.columns[table]
-        self.size -= len(columns[0])
-        for values in columns:
-            values.clear()
+        """Forget ``table``'s rows once they are encoded."""
+        self.size -= self.store.rows(table)
+        self.store.clear(table)
         self._since.pop(table, None)
 
     def backoff(self) -> None:
@@ -306,21 +364,26 @@ class BufferedSink(ABC):
         self.policy = policy or BufferPolicy()
         self.metrics = SinkMetrics()
         self.background = background
-        self._buffer = RowBuffer(self.policy)
+        self._buffer = RowBuffer(self.policy, store=self._column_store())
         self._unsent: list[_Unsent] = []  # encoded, not handed to the sender (or handed back after a failure)
         self._jobs: deque[_Job] = deque()  # handed to the sender, not harvested
         self._sender: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._closed = False
 
+    def _column_store(self) -> ColumnStore:
+        """How the buffer holds rows: column lists unless the transport wants its own form."""
+        return ColumnListStore()
+
     @abstractmethod
-    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> Any:
+    def _encode(self, table: Table, columns: Any, rows: int) -> Any:
         """The payload that stores ``rows`` rows of ``table``; runs in the writer's thread.
 
-        ``columns`` holds one list per column of ``table.columns``, with the values as the
-        models hold them (see :func:`~vigie.sinks.ddl.column_writers`); the lists are
-        emptied after this returns, so the payload must not keep them. Raises
-        ``ValueError`` naming the table and column when a value does not fit.
+        ``columns`` is the table's rows as the :meth:`_column_store` holds them: by default one
+        list per column of ``table.columns``, with the values as the models hold them (see
+        :func:`~vigie.sinks.ddl.column_writers`). The store is emptied after this returns, so
+        the payload must not keep them. Raises ``ValueError`` naming the table and column when
+        a value does not fit.
         """
 
     @abstractmethod
@@ -425,7 +488,7 @@ class BufferedSink(ABC):
         buffer = self._buffer
         for name in buffer.tables():
             columns = buffer.peek(name)
-            rows = len(columns[0])
+            rows = buffer.store.rows(name)
             payload = self._encode(TABLES[name], columns, rows)
             self._unsent.append(_Unsent(TABLES[name], payload, rows, buffer.since(name)))
             buffer.discard(name)

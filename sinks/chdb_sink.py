@@ -1,11 +1,12 @@
 """The embedded analytical store: ClickHouse in-process through chdb, data in a directory.
 
-Inserts are columnar and binary: at each flush, every table's buffered columns become Arrow
-arrays (pyarrow converts whole Python lists in C: aware datetimes to UTC milliseconds,
-dicts to ``Map``, bytes to binary), one Arrow IPC stream per table, streamed into
-``INSERT INTO db.table (columns) FORMAT ArrowStream`` (chdb's ``send_insert``). No JSON
-is produced on the way in; :meth:`ChdbSink.query` reads back with the ``JSONEachRow``
-output format.
+Inserts are columnar and binary: each record written is encoded at once into ClickHouse
+``Native`` columns, per table (:func:`~vigie.sinks.ddl.native_blocks`, a Cython encoder:
+aware datetimes to UTC milliseconds, dicts to ``Map``, bytes unchanged), and a flush streams
+each table's block into ``INSERT INTO db.table (columns)`` with ``FORMAT Native`` (chdb's
+``send_insert``), ClickHouse's own layout, read without conversion. A value that does not fit
+its column is refused when written, naming the table and column. No JSON is produced on the
+way in; :meth:`ChdbSink.query` reads back with the ``JSONEachRow`` output format.
 
 One directory per process
 -------------------------
@@ -17,7 +18,7 @@ first path is closed. Closing and reopening on the same path (a restart) keeps t
 tables are created with ``IF NOT EXISTS``. A sink that is garbage-collected without
 ``close()`` still releases its session, but loses its unflushed rows: call ``close()``.
 
-Dead-letter bytes travel as Arrow binary straight into ``raw`` (unchanged, non-UTF-8
+Dead-letter bytes travel as a Native ``String`` straight into ``raw`` (unchanged, non-UTF-8
 included); the ephemeral ``raw_base64`` column of :mod:`vigie.sinks.ddl` is left to text
 transports.
 """
@@ -27,31 +28,27 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import chdb.session
 import orjson
-import pyarrow as pa
 
+from ._native_block import NativeBlocks
 from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferedSink, BufferPolicy
 from .ddl import (
     DEFAULT_DATABASE,
     DEFAULT_TTL_DAYS,
     TABLES,
-    Column,
-    ColumnBatch,
-    Kind,
     ServerProfile,
     Table,
-    json_column,
+    native_blocks,
     render_ddl,
     validate_identifier,
 )
 from .views import create_views
 
-__all__ = ["ArrowEncoder", "ChdbPathBusy", "ChdbSink"]
+__all__ = ["ChdbPathBusy", "ChdbSink"]
 
 # Session-level output settings for query(): plain JSON numbers for 64-bit integers, and
 # ISO-8601 UTC datetimes ("2026-01-02T03:04:05.678Z") that datetime.fromisoformat reads.
@@ -63,7 +60,7 @@ _SESSION_SETTINGS = (
 # optimize_on_insert = 0: no ReplacingMergeTree merge pass over each inserted block; copies of
 # a record inside one batch collapse at the next merge or under FINAL, like copies across batches.
 _INSERT_SETTINGS = "SETTINGS async_insert = 0, optimize_on_insert = 0"
-_INSERT_FORMAT = "ArrowStream"
+_INSERT_FORMAT = "Native"
 
 _registry_lock = threading.Lock()
 _open_sinks: dict[str, int] = {}
@@ -101,81 +98,6 @@ def _release(path: str, session: chdb.session.Session) -> None:
         _unregister(path)
 
 
-ArrowConverter = Callable[[Sequence[Any]], pa.Array]
-
-_INT_TYPES = {
-    "UInt8": pa.uint8(),
-    "UInt16": pa.uint16(),
-    "UInt32": pa.uint32(),
-    "UInt64": pa.uint64(),
-    "Int64": pa.int64(),
-}
-_SCALAR_TYPES = {Kind.STRING: pa.string(), Kind.FLOAT: pa.float64(), Kind.BOOL: pa.bool_(), Kind.BYTES: pa.binary()}
-
-
-def _arrow_converter(col: Column, profile: ServerProfile) -> tuple[pa.DataType, ArrowConverter]:
-    """The Arrow type of ``col`` on ``profile`` and the function turning its values into an array.
-
-    Every conversion but JSON text runs inside pyarrow: datetimes of any offset to UTC
-    (milliseconds for ``DateTime64(3)``, seconds for ``DateTime``, sub-unit truncated), bools
-    to ``UInt8``, dicts to ``Map``.
-    """
-    kind = col.kind
-    if kind is Kind.DATETIME:
-        unit = pa.timestamp("ms" if profile.datetime64 else "s", tz="UTC")
-        return unit, lambda values: pa.array(values, unit)  # truncates to the unit, any offset to UTC
-    if kind is Kind.JSON or (kind is Kind.MAP and not profile.map_type):
-        return pa.string(), lambda values: pa.array(json_column(values), pa.string())
-    if kind is Kind.MAP:
-        arrow: pa.DataType = pa.map_(pa.string(), pa.float64())
-    elif kind is Kind.ARRAY:
-        assert col.element is not None
-        element = _INT_TYPES["Int64"] if col.element is Kind.INT else _SCALAR_TYPES[col.element]
-        arrow = pa.list_(element)
-    elif kind is Kind.INT:
-        arrow = _INT_TYPES[col.int_type]
-    else:
-        arrow = _SCALAR_TYPES[kind]
-    return arrow, lambda values: pa.array(values, arrow)
-
-
-class ArrowEncoder:
-    """How one table's columns become an Arrow IPC stream for ``FORMAT ArrowStream``."""
-
-    def __init__(self, table: Table, profile: ServerProfile) -> None:
-        self.table = table
-        converters = [_arrow_converter(col, profile) for col in table.columns]
-        fields = [
-            pa.field(col.name, arrow, nullable=col.nullable)
-            for col, (arrow, _) in zip(table.columns, converters, strict=True)
-        ]
-        self.schema = pa.schema(fields)
-        self.converters = [convert for _, convert in converters]
-
-    def encode(self, columns: ColumnBatch) -> bytes:
-        """The Arrow IPC stream of one record batch holding ``columns``.
-
-        Raises ``ValueError`` naming the table and column when a value does not fit its column
-        (a record built without validation), NULL in a column that cannot hold it included.
-        """
-        arrays: list[pa.Array] = []
-        for col, convert, values in zip(self.table.columns, self.converters, columns, strict=True):
-            try:
-                array = convert(values)
-            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                raise ValueError(f"{self.table.name}.{col.name}: {exc}") from exc
-            if array.null_count and not col.nullable:
-                raise ValueError(
-                    f"{self.table.name}.{col.name}: {array.null_count} missing value(s), column is not Nullable"
-                )
-            arrays.append(array)
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, self.schema) as writer:
-            writer.write_batch(batch)
-        return sink.getvalue().to_pybytes()
-
-
 def _parse_rows(data: bytes) -> list[dict[str, Any]]:
     if not data:
         return []
@@ -199,7 +121,7 @@ class ChdbSink(BufferedSink):
 
     With ``background=True`` (the default) inserts run on a sender thread while the writer
     goes on (see :class:`~vigie.sinks.base.BufferedSink`): chdb does its share of each
-    flush, parsing the Arrow stream and writing parts, on another core.
+    flush, reading the Native blocks and writing parts, on another core.
     """
 
     def __init__(
@@ -240,10 +162,12 @@ class ChdbSink(BufferedSink):
             name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) {_INSERT_SETTINGS}"
             for name, table in TABLES.items()
         }
-        self._arrow = {name: ArrowEncoder(table, self.profile) for name, table in TABLES.items()}
 
-    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> bytes:
-        return self._arrow[table.name].encode(columns)
+    def _column_store(self) -> NativeBlocks:
+        return native_blocks(self.profile)
+
+    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
+        return columns  # the store's Native block, complete
 
     def _send(self, table: Table, payload: bytes, rows: int) -> None:
         # chdb releases the GIL while ClickHouse parses and writes the parts.

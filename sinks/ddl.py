@@ -88,6 +88,8 @@ from vigie.schemas.events import (
     RiskScore,
 )
 
+from ._native_block import K_ARRAY, K_BOOL, K_BYTES, K_DATETIME, K_FLOAT, K_INT, K_JSON, K_MAP, K_STRING, NativeBlocks
+
 __all__ = [
     "DEFAULT_DATABASE",
     "DEFAULT_TTL_DAYS",
@@ -106,6 +108,7 @@ __all__ = [
     "empty_columns",
     "json_column",
     "json_text",
+    "native_blocks",
     "render_ddl",
     "rows_for",
     "validate_identifier",
@@ -779,3 +782,54 @@ def column_writers(columns: ColumnLists) -> dict[type[BaseModel], RowWriter]:
     the caller truncates the lists back (see :class:`vigie.sinks.base.RowBuffer`).
     """
     return {table.model: _compile_writer(table, TABLES, columns) for table in TABLES.values() if table.parent is None}
+
+
+# --- Native blocks (chdb) ---------------------------------------------------------------
+
+_NATIVE_KINDS = {
+    Kind.STRING: K_STRING,
+    Kind.BYTES: K_BYTES,
+    Kind.INT: K_INT,
+    Kind.FLOAT: K_FLOAT,
+    Kind.BOOL: K_BOOL,
+    Kind.DATETIME: K_DATETIME,
+    Kind.JSON: K_JSON,
+    Kind.ARRAY: K_ARRAY,
+    Kind.MAP: K_MAP,
+}
+_INT_WIDTHS = {"UInt8": 1, "UInt16": 2, "UInt32": 4, "UInt64": 8, "Int64": 8}
+
+
+def _native_spec(col: Column, profile: ServerProfile) -> tuple[Any, ...]:
+    """``col`` as :class:`~vigie.sinks._native_block.NativeBlocks` takes it."""
+    kind = Kind.JSON if col.kind is Kind.MAP and not profile.map_type else col.kind
+    # Sent as the plain type: ClickHouse builds the LowCardinality dictionary on insert.
+    type_name = dataclasses.replace(col, low_cardinality=False).clickhouse_type(profile)
+    width = 8
+    if kind is Kind.INT:
+        width = _INT_WIDTHS[col.int_type]
+    elif kind is Kind.DATETIME and not profile.datetime64:
+        width = 4  # DateTime: UInt32 seconds
+    element = -1 if col.element is None else _NATIVE_KINDS[col.element]
+    signed = kind is Kind.INT and col.int_type == "Int64"
+    return (col.name, type_name, _NATIVE_KINDS[kind], element, col.nullable, width, signed, col.path, col.inherited)
+
+
+def native_blocks(profile: ServerProfile = MODERN) -> NativeBlocks:
+    """An empty buffer of every table as ClickHouse ``Native`` columns for ``profile``.
+
+    Each written record is encoded at once into its table's columns (and its items' into the
+    item table's); :meth:`~vigie.sinks._native_block.NativeBlocks.batch` gives the block an
+    ``INSERT ... FORMAT Native`` stores as is, columns in :attr:`Table.columns` order.
+
+    >>> blocks = native_blocks()
+    >>> blocks.rows("scores")
+    0
+    """
+    specs = {name: [_native_spec(col, profile) for col in table.columns] for name, table in TABLES.items()}
+    roots = {
+        table.model: (name, [(child.name, child.via) for child in TABLES.values() if child.parent == name])
+        for name, table in TABLES.items()
+        if table.parent is None
+    }
+    return NativeBlocks(specs, roots)

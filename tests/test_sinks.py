@@ -31,7 +31,7 @@ from vigie.schemas import (
     RiskScore,
 )
 from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink
-from vigie.sinks.chdb_sink import ArrowEncoder, ChdbPathBusy, ChdbSink
+from vigie.sinks.chdb_sink import ChdbPathBusy, ChdbSink
 from vigie.sinks.ddl import (
     LEGACY,
     MODERN,
@@ -415,17 +415,20 @@ def test_write_is_all_or_nothing() -> None:
 def test_a_value_that_does_not_fit_names_its_column(sink: ChdbSink) -> None:
     good = make_score("good")
     bad = good.model_copy(update={"score_id": "bad", "score": "high"})  # model_copy does not validate
-    sink.write([good, bad])
-    with pytest.raises(ValueError, match=r"scores\.score: "):
-        sink.flush()
-    assert sink.metrics.failed_flushes == 1 and sink.metrics.buffered_rows == 2  # kept, nothing lost
+    with pytest.raises(TypeError, match=r"scores\.score: expected a number, got str"):
+        sink.write([good, bad])  # refused when written: nothing of that call stays
+    assert sink.metrics.buffered_rows == 0
     missing = good.model_copy(update={"score_id": "missing", "reason": None})
-    encoder = ArrowEncoder(TABLES["scores"], MODERN)
-    scores = list(_columns([missing])["scores"].values())
-    with pytest.raises(ValueError, match=r"scores\.reason: 1 missing value"):
-        encoder.encode(scores)
-    with pytest.raises(ValueError, match=r"scores\.score: "):
-        sink.close()  # the rows cannot be stored: closing says so (and logs what it drops)
+    with pytest.raises(TypeError, match=r"scores\.reason: missing value, the column is not Nullable"):
+        sink.write([missing])
+    wide = make_declaration(items=2)
+    wide.goods_items[1].__dict__["item_number"] = 70_000  # UInt16
+    with pytest.raises(TypeError, match=r"declaration_items\.item_number: 70000 does not fit in 16 bits"):
+        sink.write([good, wide])
+    sink.write([good])
+    sink.flush()
+    assert sink.metrics.rows_written == {"scores": 1}
+    assert [r["score_id"] for r in sink.query("SELECT score_id FROM vigie.scores FINAL")] == ["good"]
 
 
 # --- chdb round trips -------------------------------------------------------------------

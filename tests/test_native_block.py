@@ -1,0 +1,144 @@
+"""The Native-block encoder of the chdb sink: its blocks are what ClickHouse itself writes."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from tests.test_sinks import ALL_RECORDS
+from vigie.operators import ScoringPipeline
+from vigie.schemas.generator import GeneratorConfig, generate
+from vigie.sinks._native_block import K_DATETIME, K_INT, K_JSON, K_STRING, NativeBlocks
+from vigie.sinks.chdb_sink import ChdbSink
+from vigie.sinks.ddl import TABLES, native_blocks
+from vigie.streams.evaluate import build_detectors
+
+
+@pytest.fixture()
+def sink(tmp_path: Path) -> Iterator[ChdbSink]:
+    with ChdbSink(tmp_path / "store", batch_size=1_000_000, max_buffer_rows=1_000_000) as opened:
+        yield opened
+
+
+def _key(record: BaseModel) -> str:
+    for table in TABLES.values():
+        if table.parent is None and isinstance(record, table.model):
+            return f"{table.name}/{getattr(record, table.order_by[0])}"
+    raise TypeError(type(record).__name__)
+
+
+def _scored_records(hours: float) -> list[BaseModel]:
+    pipeline = ScoringPipeline(build_detectors("all"))
+    records: list[BaseModel] = []
+    for event, _ in generate(GeneratorConfig(seed=11, duration_hours=hours)):
+        result = pipeline.process(event)
+        records += [event, *result.scores, *result.alerts]
+    return records
+
+
+def test_blocks_are_what_clickhouse_writes_for_the_same_rows(sink: ChdbSink) -> None:
+    # In key order, so that ClickHouse reads the rows back (ORDER BY the table's key) as written.
+    records = sorted([*_scored_records(3), *ALL_RECORDS], key=_key)
+    blocks = native_blocks(sink.profile)
+    for record in records:
+        blocks.write(record)
+    sink.write(records)
+    sink.flush()
+    compared = 0
+    for name, table in TABLES.items():
+        expected = blocks.batch(name)
+        if not blocks.rows(name):
+            continue
+        # ClickHouse writes LowCardinality columns as such: read them as the plain type the blocks send.
+        columns = ", ".join(
+            f"CAST({col.name} AS {replace(col, low_cardinality=False).clickhouse_type(sink.profile)}) AS {col.name}"
+            if col.low_cardinality
+            else col.name
+            for col in table.columns
+        )
+        sql = f"SELECT {columns} FROM vigie.{name} FINAL ORDER BY {', '.join(table.order_by)}"
+        assert sink._session.query(sql, "Native").bytes() == expected, name
+        compared += blocks.rows(name)
+    assert compared == sum(blocks.rows(name) for name in TABLES) > 1000
+
+
+class _Probe(BaseModel):
+    probe_id: str
+    at: datetime
+    count: int
+    details: dict[str, Any] | None
+
+
+_PROBE_SPECS = {
+    "probes": [
+        ("probe_id", "String", K_STRING, -1, False, 8, False, ("probe_id",), False),
+        ("at", "DateTime64(3, 'UTC')", K_DATETIME, -1, False, 8, False, ("at",), False),
+        ("count", "UInt8", K_INT, -1, False, 1, False, ("count",), False),
+        ("details", "Nullable(String)", K_JSON, -1, True, 8, False, ("details",), False),
+    ]
+}
+
+
+def _probes() -> NativeBlocks:
+    return NativeBlocks(_PROBE_SPECS, {_Probe: ("probes", [])})
+
+
+def _strings(data: bytes, start: int, count: int) -> tuple[list[bytes], int]:
+    out = []
+    for _ in range(count):
+        size = data[start]  # every string here is shorter than 128 bytes: a one-byte length
+        out.append(data[start + 1 : start + 1 + size])
+        start += 1 + size
+    return out, start
+
+
+def test_json_documents_split_where_orjson_ends_them() -> None:
+    tricky = [
+        {"text": 'braces } { ] [ and "quotes", a \\ backslash', "n": 1.5},
+        None,
+        {"nested": {"list": [1, {"x": "}"}]}, "é": "ü\n\u2028"},
+        {},
+    ]
+    blocks = _probes()
+    for k, details in enumerate(tricky):
+        blocks.write(_Probe(probe_id=f"p{k}", at=datetime(2026, 1, 1, tzinfo=UTC), count=k, details=details))
+    data = blocks.batch("probes")
+    assert data[:2] == bytes([4, len(tricky)])  # columns, rows
+    marker = b"\x07details\x10Nullable(String)"
+    start = data.index(marker) + len(marker)
+    assert list(data[start : start + 4]) == [0, 1, 0, 0]  # the null map
+    texts, end = _strings(data, start + 4, len(tricky))
+    assert end == len(data)
+    for text, details in zip(texts, tricky, strict=True):
+        assert text == (b"" if details is None else orjson.dumps(details, option=orjson.OPT_SORT_KEYS))
+
+
+def test_rollback_drops_what_was_written_since_the_mark() -> None:
+    blocks = _probes()
+    at = datetime(2026, 3, 14, 9, 26, 53, 589_999, tzinfo=timezone(timedelta(hours=2)))
+    blocks.write(_Probe(probe_id="kept", at=at, count=255, details={"a": 1}))
+    before = blocks.batch("probes")
+    blocks.mark()
+    blocks.write(_Probe(probe_id="dropped", at=at, count=1, details=None))
+    with pytest.raises(ValueError, match=r"probes\.count: 256 does not fit in 8 bits"):
+        blocks.write(_Probe(probe_id="half", at=at, count=256, details=None))
+    blocks.rollback()
+    assert blocks.rows("probes") == 1 and blocks.batch("probes") == before
+    # 07:26:53.589 UTC in milliseconds: the offset applied, the microseconds truncated.
+    expected_ms = int(datetime(2026, 3, 14, 7, 26, 53, 589_000, tzinfo=UTC).timestamp() * 1000)
+    assert struct.pack("<q", expected_ms) in before
+    blocks.clear("probes")
+    assert blocks.rows("probes") == 0
+
+
+def test_a_model_no_table_stores_is_refused() -> None:
+    with pytest.raises(TypeError, match="no table stores str"):
+        _probes().write("not a model")
