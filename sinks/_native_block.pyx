@@ -552,7 +552,9 @@ cdef class NativeBlocks:
     ``(name, native type, kind, element kind, nullable, width in bytes, signed, path, inherited)``
     (see :func:`vigie.sinks.native_blocks.native_blocks`, which derives them from the models);
     ``roots`` maps each stored model to its table and its item tables with the list field
-    that holds their models.
+    that holds their models. ``serialization_flags``: each column header ends with a zero
+    byte ("no custom serialization"), as the native protocol wants from servers of revision
+    54454 on (ClickHouse 21.12+); the ``Native`` format and older servers have no such byte.
 
     >>> blocks = NativeBlocks({"t": [("n", "UInt16", K_INT, -1, False, 2, False, ("n",), False)]}, {})
     >>> blocks.rows("t"), len(blocks.batch("t"))
@@ -562,10 +564,15 @@ cdef class NativeBlocks:
     cdef dict _tables
     cdef dict _roots
 
-    def __init__(self, dict tables, dict roots) -> None:
+    def __init__(self, dict tables, dict roots, bint serialization_flags=False) -> None:
+        cdef _Column col
         self._tables = {
             name: _Table(name, [_Column(*spec) for spec in specs]) for name, specs in tables.items()
         }
+        if serialization_flags:
+            for table in self._tables.values():
+                for col in (<_Table>table).columns:
+                    col.header += b"\x00"
         self._roots = {
             model: _Root(self._tables[table], [(self._tables[child], via) for child, via in children])
             for model, (table, children) in roots.items()

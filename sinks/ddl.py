@@ -109,6 +109,7 @@ __all__ = [
     "json_column",
     "json_text",
     "native_blocks",
+    "native_type",
     "render_ddl",
     "rows_for",
     "validate_identifier",
@@ -800,11 +801,16 @@ _NATIVE_KINDS = {
 _INT_WIDTHS = {"UInt8": 1, "UInt16": 2, "UInt32": 4, "UInt64": 8, "Int64": 8}
 
 
+def native_type(col: Column, profile: ServerProfile) -> str:
+    """The type a Native block gives ``col`` on ``profile``: the column's own, ``LowCardinality``
+    left out (ClickHouse builds the dictionary on insert)."""
+    return dataclasses.replace(col, low_cardinality=False).clickhouse_type(profile)
+
+
 def _native_spec(col: Column, profile: ServerProfile) -> tuple[Any, ...]:
     """``col`` as :class:`~vigie.sinks._native_block.NativeBlocks` takes it."""
     kind = Kind.JSON if col.kind is Kind.MAP and not profile.map_type else col.kind
-    # Sent as the plain type: ClickHouse builds the LowCardinality dictionary on insert.
-    type_name = dataclasses.replace(col, low_cardinality=False).clickhouse_type(profile)
+    type_name = native_type(col, profile)
     width = 8
     if kind is Kind.INT:
         width = _INT_WIDTHS[col.int_type]
@@ -815,12 +821,14 @@ def _native_spec(col: Column, profile: ServerProfile) -> tuple[Any, ...]:
     return (col.name, type_name, _NATIVE_KINDS[kind], element, col.nullable, width, signed, col.path, col.inherited)
 
 
-def native_blocks(profile: ServerProfile = MODERN) -> NativeBlocks:
+def native_blocks(profile: ServerProfile = MODERN, serialization_flags: bool = False) -> NativeBlocks:
     """An empty buffer of every table as ClickHouse ``Native`` columns for ``profile``.
 
     Each written record is encoded at once into its table's columns (and its items' into the
     item table's); :meth:`~vigie.sinks._native_block.NativeBlocks.batch` gives the block an
-    ``INSERT ... FORMAT Native`` stores as is, columns in :attr:`Table.columns` order.
+    ``INSERT ... FORMAT Native`` stores as is, columns in :attr:`Table.columns` order (or, with
+    ``serialization_flags``, the body of a native-protocol data packet for a server of
+    revision 54454 or later).
 
     >>> blocks = native_blocks()
     >>> blocks.rows("scores")
@@ -832,4 +840,4 @@ def native_blocks(profile: ServerProfile = MODERN) -> NativeBlocks:
         for name, table in TABLES.items()
         if table.parent is None
     }
-    return NativeBlocks(specs, roots)
+    return NativeBlocks(specs, roots, serialization_flags)

@@ -8,13 +8,16 @@ legacy subset, ClickHouse >= 22 the modern tables.
 
 Inserts
 -------
-One ``INSERT INTO db.table (columns) VALUES`` per table and flush, sent as native columnar
-blocks (``columnar=True``): the buffered columns go to the driver as lists, converted per
-column, not per row. Datetime columns become integers in bulk (pyarrow: any offset to UTC,
-then seconds since the epoch for ``DateTime`` or milliseconds for ``DateTime64(3)``, floored),
-so no time-zone conversion happens in the driver; dicts become JSON text where the server has
-no ``Map``. Strings go as text, dead-letter ``raw`` bytes as bytes: the native protocol carries
-them unchanged, non-UTF-8 included (no base64 column needed, unlike text transports).
+One ``INSERT INTO db.table (columns) VALUES`` per table and flush. Each record written is
+encoded at once into ClickHouse ``Native`` columns for the server's profile
+(:func:`~vigie.sinks.ddl.native_blocks`, the chdb sink's Cython encoder: ``DateTime`` seconds or
+``DateTime64(3)`` milliseconds in UTC, dicts as JSON text where the server has no ``Map``, bytes
+unchanged), and a flush sends each table's block as the insert's data packet over
+clickhouse-driver's connection: the driver opens the insert and reads the server's header as
+usual, but does not convert a single value. The server's header must list the columns and
+types the block carries (a table altered by hand is refused, naming the table). A value that
+does not fit its column is refused when written (``TypeError`` naming table and column).
+Compression is not used: on loopback and local networks it costs more CPU than it saves.
 
 Failures
 --------
@@ -41,29 +44,31 @@ a native connection to a modern server is not covered by the test suite.
 from __future__ import annotations
 
 import logging
-import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import numpy as np
-import pyarrow as pa
 from clickhouse_driver import Client
+from clickhouse_driver import defines as ch_defines
 from clickhouse_driver import errors as ch_errors
+from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
+from clickhouse_driver.protocol import ClientPacketTypes
+from clickhouse_driver.varint import write_varint
+from clickhouse_driver.writer import write_binary_str
 
+from ._native_block import NativeBlocks
 from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferedSink, BufferPolicy, SinkMetrics
 from .ddl import (
     DEFAULT_DATABASE,
     DEFAULT_TTL_DAYS,
     TABLES,
-    Column,
-    ColumnBatch,
     Kind,
     ServerProfile,
     Table,
-    json_column,
+    native_blocks,
+    native_type,
     render_ddl,
     validate_identifier,
 )
@@ -75,7 +80,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MICROS = pa.timestamp("us", tz="UTC")
+# From this protocol revision on, each column of a data packet says whether it uses a custom serialization.
+_FLAGGED_REVISION = ch_defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION
 
 # Server error codes worth retrying after a pause: the same statement may succeed later.
 _RETRYABLE_SERVER_CODES = frozenset(
@@ -111,78 +117,6 @@ class NativeSinkMetrics(SinkMetrics):
 
     retries: int = 0
     """Statements re-sent after a connection or transient server error."""
-
-
-ColumnConverter = Callable[[Sequence[Any]], list[Any]]
-
-
-def epoch_integers(values: Sequence[datetime | None], per_second: int, nullable: bool = True) -> list[int | None]:
-    """Aware datetimes (any offset) as integers since the epoch in UTC, ``per_second`` units
-    per second (1: seconds, 1000: milliseconds), floored; None stays None (``ValueError`` when
-    not ``nullable``).
-
-    Runs in pyarrow and numpy, not per value in Python.
-    """
-    micros = pa.array(values, _MICROS).cast(pa.int64())
-    if micros.null_count == 0:
-        ints: list[int | None] = np.floor_divide(micros.to_numpy(), 1_000_000 // per_second).tolist()
-        return ints
-    if not nullable:
-        raise ValueError(f"{micros.null_count} missing value(s) in a column that is not Nullable")
-    filled = micros.fill_null(0).to_numpy()
-    scaled = np.floor_divide(filled, 1_000_000 // per_second).tolist()
-    valid = micros.is_valid().to_pylist()
-    return [x if ok else None for x, ok in zip(scaled, valid, strict=True)]
-
-
-# What the driver raises when a value does not fit its column (not a connection problem).
-_DATA_ERRORS = (AttributeError, TypeError, ValueError, OverflowError, struct.error, ch_errors.TypeMismatchError)
-
-_PY_TYPES: dict[Kind, tuple[type, ...]] = {
-    Kind.STRING: (str,),
-    Kind.INT: (int,),
-    Kind.FLOAT: (float, int),
-    Kind.BOOL: (bool, int),
-    Kind.DATETIME: (datetime,),
-    Kind.ARRAY: (list, tuple),
-    Kind.JSON: (dict,),
-    Kind.MAP: (dict,),
-    Kind.BYTES: (bytes,),
-}
-
-
-def _first_misfit(table: Table, columns: ColumnBatch, profile: ServerProfile) -> str | None:
-    """``table.column: value ...`` for the first value its column cannot hold (None when all fit)."""
-    for col, values in zip(table.columns, columns, strict=True):
-        expected = _PY_TYPES[col.kind]
-        for value in values:
-            if value is None and col.nullable:
-                continue
-            if not isinstance(value, expected):
-                return f"{table.name}.{col.name}: {value!r} does not fit {col.clickhouse_type(profile)}"
-    return None
-
-
-def column_converter(col: Column, profile: ServerProfile) -> ColumnConverter:
-    """The function turning one column's model values into the list the driver sends.
-
-    Always a new list: the driver rewrites column lists in place (nullable columns, datetimes),
-    and a retried insert must start from the buffered values again.
-    """
-    if col.kind is Kind.DATETIME:
-        per_second = 1000 if profile.datetime64 else 1
-        return lambda values: epoch_integers(values, per_second, col.nullable)
-    if col.kind is Kind.JSON or (col.kind is Kind.MAP and not profile.map_type):
-        return json_column
-    return list
-
-
-@dataclass(frozen=True, slots=True)
-class _NativePayload:
-    """One table's flush: the columns the driver sends, and the model values they came from."""
-
-    lists: list[list[Any]]
-    values: list[list[Any]]
 
 
 class NativeSink(BufferedSink):
@@ -264,6 +198,7 @@ class NativeSink(BufferedSink):
         bootstrap = Client(host, database="default", **self._client_kwargs)
         try:
             version = self._with_retries(lambda: bootstrap.execute("SELECT version()"), "SELECT version()")[0][0]
+            self._serialization_flags = bootstrap.connection.server_info.used_revision >= _FLAGGED_REVISION
             super().__init__(ServerProfile.parse(str(version)), policy, background=background)
             self.metrics = NativeSinkMetrics(retries=self._early_retries)
             self.server_version = str(version)
@@ -276,36 +211,56 @@ class NativeSink(BufferedSink):
             name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) VALUES"
             for name, table in TABLES.items()
         }
-        self._converters = {
-            name: [column_converter(col, self.profile) for col in table.columns] for name, table in TABLES.items()
+        # The columns and types each block carries: what the server's header must say.
+        self._headers = {
+            name: [(col.name, native_type(col, self.profile)) for col in table.columns]
+            for name, table in TABLES.items()
         }
         create_views(self.query, self.profile, self.database)
 
     # -- BufferedSink hooks -----------------------------------------------------------------
 
-    def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> _NativePayload:
-        lists: list[list[Any]] = []
-        for col, convert, values in zip(table.columns, self._converters[table.name], columns, strict=True):
-            try:
-                lists.append(convert(values))
-            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                raise ValueError(f"{table.name}.{col.name}: {exc}") from exc
-        # The model values too (a copy: the buffer's lists are emptied): a failed insert names its column from them.
-        return _NativePayload(lists, [list(values) for values in columns])
+    def _column_store(self) -> NativeBlocks:
+        return native_blocks(self.profile, serialization_flags=self._serialization_flags)
 
-    def _send(self, table: Table, payload: _NativePayload, rows: int) -> None:
+    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
+        return columns  # the store's Native block, complete
+
+    def _send(self, table: Table, payload: bytes, rows: int) -> None:
         sql = self._insert_sql[table.name]
+        header = self._headers[table.name]
+        self._with_retries(
+            lambda: self._insert_block(sql, header, payload), f"INSERT INTO {self.database}.{table.name} ({rows} rows)"
+        )
 
-        def run() -> None:
-            # Fresh lists on every attempt: the driver rewrites column lists in place.
-            try:
-                self._client.execute(sql, [list(values) for values in payload.lists], columnar=True)
-            except _DATA_ERRORS as exc:
-                # The driver's messages do not say which column: find it (only on failure).
-                misfit = _first_misfit(table, payload.values, self.profile)
-                raise ValueError(f"{misfit or table.name}: {exc}") from exc
+    def _insert_block(self, sql: str, header: list[tuple[str, str]], block: bytes) -> None:
+        """Run ``sql`` (an ``INSERT ... VALUES``) with ``block`` as its one data packet.
 
-        self._with_retries(run, f"INSERT INTO {self.database}.{table.name} ({rows} rows)")
+        The steps of clickhouse-driver's own insert (``Client.process_insert_query``), with the
+        block sent as encoded instead of built from Python values; on any error the driver
+        drops the connection (``disconnect_on_error``), so a retry starts afresh.
+        """
+        client = self._client
+        with client.disconnect_on_error(sql, None):
+            connection = client.connection
+            if (connection.server_info.used_revision >= _FLAGGED_REVISION) != self._serialization_flags:
+                raise RuntimeError(f"{self!r}: the server's protocol revision changed since the sink opened: reopen it")
+            connection.send_query(sql)
+            connection.send_external_tables(None)
+            sample = client.receive_sample_block()
+            if sample is None or list(sample.columns_with_types) != header:
+                raise RuntimeError(
+                    f"{sql.split('(', 1)[0].strip()}: the server's columns {sample and sample.columns_with_types} "
+                    f"are not the ones the sink encodes {header}"
+                )
+            out = connection.fout
+            write_varint(ClientPacketTypes.DATA, out)
+            write_binary_str("", out)  # no external table
+            BlockInfo().write(out)
+            out.write(block)
+            out.flush()
+            connection.send_data(ColumnOrientedBlock())  # an empty block ends the data
+            client.receive_end_of_insert_query()
 
     def _disconnect(self) -> None:
         self._client.disconnect()

@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import time
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -29,15 +32,12 @@ from vigie.sinks.ddl import (
     LEGACY,
     MODERN,
     TABLES,
-    ColumnLists,
     Kind,
-    ServerProfile,
     Table,
-    column_writers,
-    empty_columns,
+    native_blocks,
     render_ddl,
 )
-from vigie.sinks.native_sink import NativeSink, column_converter, epoch_integers
+from vigie.sinks.native_sink import NativeSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -206,39 +206,68 @@ def test_only_the_legacy_render_runs_on_18_16(clickhouse_server: ClickHouseServe
         client.disconnect()
 
 
-def _driver_columns(records: list[BaseModel], profile: ServerProfile) -> dict[str, dict[str, list[Any]]]:
-    """What the sink hands the driver for ``records``: per table, per column, the converted list."""
-    converted: dict[str, dict[str, list[Any]]] = {}
-    for name, columns in _buffered(records).items():
-        table = TABLES[name]
-        if columns[0]:
-            converted[name] = {
-                col.name: column_converter(col, profile)(values)
-                for col, values in zip(table.columns, columns, strict=True)
-            }
-    return converted
+def _datetime_ticks(block: bytes, name: str, type_name: str, rows: int, width: int) -> list[int]:
+    """The ``rows`` integers of datetime column ``name`` in a Native block (no null map)."""
+    header = bytes([len(name)]) + name.encode() + bytes([len(type_name)]) + type_name.encode()
+    start = block.index(header) + len(header)
+    fmt = "<q" if width == 8 else "<I"
+    return [struct.unpack_from(fmt, block, start + k * width)[0] for k in range(rows)]
 
 
-def test_columns_are_converted_for_the_server_profile() -> None:
-    """No server needed: datetimes become seconds (18.16) or milliseconds (DateTime64(3)), floored and
-    in UTC whatever the offset; dicts become JSON text without Map; bytes stay bytes; NULL stays NULL."""
+def test_blocks_follow_the_server_profile() -> None:
+    """No server needed: datetimes become UTC seconds (18.16) or milliseconds (DateTime64(3)),
+    floored, whatever the offset; 18.16's DateTime cannot hold a time before 1970: refused when written."""
     with_ms = datetime(2026, 3, 2, 9, 0, 17, 589000, tzinfo=timezone(timedelta(hours=1)))
     before_epoch = datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)
-    for profile, expected in ((LEGACY, int(T0.timestamp())), (MODERN, int(T0.timestamp()) * 1000 + 589)):
-        records: list[BaseModel] = [make_score(event_time=with_ms), make_score("s-2", event_time=before_epoch)]
-        scores = _driver_columns(records, profile)["scores"]
-        assert scores["event_time"] == [expected, -1 if profile is LEGACY else -500]  # floor, not truncation
-        assert scores["score_id"] == ["score-1", "s-2"]
-    dead = _driver_columns([make_dead_letter(NON_UTF8)], MODERN)["dead_letters"]
-    assert dead["raw"] == [NON_UTF8]
-    alert = make_alert()
-    no_eta = alert.model_copy(update={"alert_id": "alert-2", "eta": None})
-    for profile in (LEGACY, MODERN):
-        alerts = _driver_columns([alert, no_eta], profile)["alerts"]
-        assert alerts["eta"][1] is None and isinstance(alerts["eta"][0], int)  # NULL stays NULL
-        contributions = alerts["contributions"][0]
-        assert (orjson.loads(contributions) if profile is LEGACY else contributions) == alert.contributions
-    assert epoch_integers([], 1000) == []
+    modern = native_blocks(MODERN)
+    modern.write(make_score(event_time=with_ms))
+    modern.write(make_score("s-2", event_time=before_epoch))
+    ticks = _datetime_ticks(modern.batch("scores"), "event_time", "DateTime64(3, 'UTC')", 2, 8)
+    assert ticks == [int(T0.timestamp()) * 1000 + 589, -500]  # floor, not truncation
+    legacy = native_blocks(LEGACY)
+    legacy.write(make_score(event_time=with_ms))
+    assert _datetime_ticks(legacy.batch("scores"), "event_time", "DateTime('UTC')", 1, 4) == [int(T0.timestamp())]
+    with pytest.raises(ValueError, match=r"scores\.event_time: .* outside DateTime's range"):
+        legacy.write(make_score("s-2", event_time=before_epoch))
+    flagged = native_blocks(MODERN, serialization_flags=True)
+    flagged.write(make_score())
+    plain = native_blocks(MODERN)
+    plain.write(make_score())
+    # One zero byte per column after its type: "no custom serialization" (protocol revision 54454+).
+    assert len(flagged.batch("scores")) == len(plain.batch("scores")) + len(TABLES["scores"].columns)
+
+
+@integration
+def test_blocks_are_what_18_16_writes_for_the_same_rows(
+    native_sink: NativeSink, clickhouse_server: ClickHouseServer
+) -> None:
+    records = sorted(ALL_RECORDS, key=lambda r: type(r).__name__ + str(getattr(r, _ID_OF[_table_of(r)])))
+    blocks = native_blocks(LEGACY)
+    for record in records:
+        blocks.write(record)
+    native_sink.write(records)
+    native_sink.flush()
+    for name, table in TABLES.items():
+        if not blocks.rows(name):
+            continue
+        sql = (
+            f"SELECT {', '.join(c.name for c in table.columns)} FROM {native_sink.database}.{name} FINAL "
+            f"ORDER BY {', '.join(table.order_by)} FORMAT Native"
+        )
+        url = f"http://{clickhouse_server.host}:{clickhouse_server.http_port}/?" + urllib.parse.urlencode(
+            {"query": sql}
+        )
+        with urllib.request.urlopen(url, timeout=30) as response:
+            written = response.read()
+        # 18.16 prints DateTime('UTC') as DateTime in its output headers (its own zone is UTC here);
+        # the insert's header, which the sink checks, says DateTime('UTC').
+        for plain, zoned in (("DateTime", "DateTime('UTC')"), ("Nullable(DateTime)", "Nullable(DateTime('UTC'))")):
+            written = written.replace(bytes([len(plain)]) + plain.encode(), bytes([len(zoned)]) + zoned.encode())
+        assert written == blocks.batch(name), name
+
+
+def _table_of(record: BaseModel) -> str:
+    return next(n for n, t in TABLES.items() if t.model is type(record) and t.parent is None)
 
 
 # --- round trips ----------------------------------------------------------------------
@@ -328,26 +357,24 @@ def test_metrics_and_lag(native_sink: NativeSink) -> None:
 def test_a_value_that_does_not_fit_names_its_column(native_sink: NativeSink) -> None:
     good = make_score("good")
     wrong_type = good.model_copy(update={"score_id": "bad", "eur_at_stake": "a lot"})  # not validated
-    native_sink.write([good, wrong_type])
-    with pytest.raises(ValueError, match=r"scores\.eur_at_stake: 'a lot' does not fit Float64"):
-        native_sink.flush()
-    assert native_sink.metrics.buffered_rows == 2 and native_sink.metrics.failed_flushes == 1
+    with pytest.raises(TypeError, match=r"scores\.eur_at_stake: expected a number, got str"):
+        native_sink.write([good, wrong_type])  # refused when written: nothing of that call stays
     missing = good.model_copy(update={"score_id": "missing", "event_time": None})
-    columns = _buffered([missing])["scores"]
-    with pytest.raises(ValueError, match=r"scores\.event_time: "):
-        native_sink._send(TABLES["scores"], native_sink._encode(TABLES["scores"], columns, 1), 1)
-    assert _count(native_sink, "scores") == 0
-    with pytest.raises(ValueError):
-        native_sink.close()  # the rows cannot be stored: closing says so
+    with pytest.raises(TypeError, match=r"scores\.event_time: missing value"):
+        native_sink.write([missing])
+    assert native_sink.metrics.buffered_rows == 0
+    native_sink.write([good])
+    native_sink.flush()
+    assert _count(native_sink, "scores") == 1 and native_sink.metrics.failed_flushes == 0
 
 
-def _buffered(records: list[BaseModel]) -> ColumnLists:
-    """The column lists a sink buffers for ``records``."""
-    columns = empty_columns()
-    writers = column_writers(columns)
-    for record in records:
-        writers[type(record)](record)
-    return columns
+@integration
+def test_a_block_the_server_header_does_not_match_is_refused(native_sink: NativeSink) -> None:
+    native_sink._headers["scores"] = [("score_id", "String")]  # as if the table had been altered
+    native_sink.write([make_score()])
+    with pytest.raises(RuntimeError, match=r"INSERT INTO .*\.scores: the server's columns"):
+        native_sink.flush()
+    assert native_sink.metrics.buffered_rows == 1  # kept for a retry
 
 
 # --- the server going away ------------------------------------------------------------
