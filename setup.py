@@ -43,8 +43,6 @@ setup(
         "confluent-kafka>=2.16,<3",
         "clickhouse-driver>=0.2.11,<0.3",
         "chdb>=4.4,<5",
-        # The sinks hand whole columns to ClickHouse as Arrow (apache-beam caps it below 17).
-        "pyarrow>=16,<17",
         "grafana-client>=5.1,<6",
         # Exact pin: the SDK's versions carry an epoch, so a range would pick an older release.
         "grafana-foundation-sdk==1769699379!11.6.0",

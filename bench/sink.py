@@ -52,7 +52,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyarrow as pa
 from results import record
 
 from vigie.operators import ScoringPipeline
@@ -239,11 +238,6 @@ def measure_many(
     return Result(label, processes, batch, len(per_event), seconds, rows, writer_cpu, server, flushes)
 
 
-def warm_up() -> None:
-    """Load what the first flush would otherwise load (pyarrow's timestamp support imports pandas)."""
-    pa.array([datetime.now(UTC)], pa.timestamp("us", tz="UTC"))
-
-
 def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
     header = (
         "sink",
@@ -296,7 +290,6 @@ def main() -> None:
     print(f"{n_events:,} events, {n_records:,} records scored in {time.perf_counter() - t:.1f} s")
     # The stream held in memory is the bench's, not the sink's: keep the collector off it.
     gc.freeze()
-    warm_up()
 
     results: list[Result] = []
 
