@@ -107,7 +107,7 @@ Execute = Callable[[str], Any]
 
 # Root tables and (id column, time column) for the ingest materialised views.
 _INGEST_SOURCES: dict[str, tuple[str, str]] = {
-    name: (table.order_by[0], table.time_column) for name, table in TABLES.items() if table.parent is None
+    name: (table.key[0], table.time_column) for name, table in TABLES.items() if table.parent is None
 }
 INBOUND_STREAMS = ("ens", "declarations", "excise", "outcomes")
 """Tables whose rows are inbound events (the ``events`` of pipeline health)."""
@@ -126,7 +126,7 @@ def _metrics_table() -> Table:
         name="pipeline_metrics",
         model=PipelineMetrics,
         columns=tuple(model_columns(PipelineMetrics)),
-        order_by=("metric_id",),
+        key=("metric_id",),
         time_column="at",
         personal_data=False,
     )

@@ -81,7 +81,8 @@ AUDIT_TABLE = Table(
     name="audit_log",
     model=AuditEntry,
     columns=tuple(model_columns(AuditEntry)),
-    order_by=("seq",),
+    key=("seq",),
+    sorting=("seq",),  # deduplicated and read by sequence number alone, as the audit chain is
     time_column="entry_time",
     personal_data=False,  # officer ids are personal, but an audit trail must not expire by TTL
 )

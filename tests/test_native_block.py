@@ -21,6 +21,8 @@ from vigie.sinks.chdb_sink import ChdbSink
 from vigie.sinks.ddl import TABLES, native_blocks
 from vigie.streams.evaluate import build_detectors
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 @pytest.fixture()
 def sink(tmp_path: Path) -> Iterator[ChdbSink]:
@@ -31,7 +33,9 @@ def sink(tmp_path: Path) -> Iterator[ChdbSink]:
 def _key(record: BaseModel) -> str:
     for table in TABLES.values():
         if table.parent is None and isinstance(record, table.model):
-            return f"{table.name}/{getattr(record, table.order_by[0])}"
+            return (
+                f"{table.name}/{getattr(record, table.time_column).timestamp():020.3f}/{getattr(record, table.key[0])}"
+            )
     raise TypeError(type(record).__name__)
 
 
@@ -64,7 +68,12 @@ def test_blocks_are_what_clickhouse_writes_for_the_same_rows(sink: ChdbSink) -> 
             else col.name
             for col in table.columns
         )
-        sql = f"SELECT {columns} FROM vigie.{name} FINAL ORDER BY {', '.join(table.order_by)}"
+        # One output block (ClickHouse may otherwise cut the result into several); no FINAL, which
+        # merges each partition apart: every record was written once.
+        sql = (
+            f"SELECT {columns} FROM vigie.{name} ORDER BY {', '.join(table.order_by)} "
+            "SETTINGS max_block_size = 1000000, optimize_read_in_order = 0, max_threads = 1"
+        )
         assert sink._session.query(sql, "Native").bytes() == expected, name
         compared += blocks.rows(name)
     assert compared == sum(blocks.rows(name) for name in TABLES) > 1000

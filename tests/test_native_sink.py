@@ -241,7 +241,11 @@ def test_blocks_follow_the_server_profile() -> None:
 def test_blocks_are_what_18_16_writes_for_the_same_rows(
     native_sink: NativeSink, clickhouse_server: ClickHouseServer
 ) -> None:
-    records = sorted(ALL_RECORDS, key=lambda r: type(r).__name__ + str(getattr(r, _ID_OF[_table_of(r)])))
+    def sort_key(record: BaseModel) -> tuple[str, datetime, str]:
+        table = TABLES[_table_of(record)]
+        return table.name, getattr(record, table.time_column), getattr(record, table.key[0])
+
+    records = sorted(ALL_RECORDS, key=sort_key)  # as the tables' ORDER BY reads them back
     blocks = native_blocks(LEGACY)
     for record in records:
         blocks.write(record)

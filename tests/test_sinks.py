@@ -387,7 +387,7 @@ def test_column_writers_hold_what_rows_for_converts() -> None:
     for record in ALL_RECORDS:
         for name, rows in rows_for(record).items():
             for row in rows:
-                key = TABLES[name].order_by
+                key = TABLES[name].key
                 (raw,) = [t for t in buffered[name] if all(t[k] == row[k] for k in key)]
                 for col in TABLES[name].columns:
                     value, converted = raw[col.name], row[col.name]
