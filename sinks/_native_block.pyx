@@ -601,6 +601,15 @@ cdef class NativeBlocks:
                 rows += 1
         return rows
 
+    def write_all(self, records) -> None:
+        """:meth:`write` each of ``records``. Raises ``TypeError``: "no table stores X", or
+        "cannot store this X: ..." naming the table and column that refused it."""
+        for record in records:
+            try:
+                self.write(record)
+            except (KeyError, ValueError) as exc:
+                raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
+
     def mark(self) -> None:
         """Remember where every table ends, for :meth:`rollback`."""
         cdef _Table table

@@ -8,18 +8,18 @@ so a flush that fails halfway can simply be retried.
 
 Columnar path
 -------------
-:meth:`BufferedSink.write` hands each record to the buffer's :class:`ColumnStore`, which
+:meth:`BufferedSink.write` hands the records to the buffer's :class:`ColumnStore`, which
 keeps the rows in the form the transport wants, per table and column: no per-row dict or
-tuple. The default, :class:`ColumnListStore`, appends each value to one Python list per
-column (:func:`~vigie.sinks.ddl.column_writers`, generated code) and a flush converts whole
-columns for the transport (epoch integers for the native protocol's driver); chdb's sink
-encodes each value into ClickHouse ``Native`` columns as it is written
-(:func:`~vigie.sinks.ddl.native_blocks`), so its flush only joins buffers. A flush hands each
-table's rows to :meth:`BufferedSink._encode`, then :meth:`BufferedSink._send` stores the
-payload, on a sender thread when the sink was opened with ``background=True``. ``write()``
-is all-or-nothing: a record that cannot be stored (a type no table holds, a model missing a
-field; with chdb's store also a value that does not fit its column) raises ``TypeError`` and
-none of that call's records stay buffered.
+tuple. Both ClickHouse sinks (chdb and the native protocol) encode each value into ClickHouse
+``Native`` columns as it is written (:func:`~vigie.sinks.ddl.native_blocks`, Cython), so a
+flush only joins buffers into one block per table. The default, :class:`ColumnListStore`,
+appends each value to one Python list per column (:func:`~vigie.sinks.ddl.column_writers`)
+for a sink that converts whole columns itself. A flush hands each table's rows to
+:meth:`BufferedSink._encode`, then :meth:`BufferedSink._send` stores the payload, on a
+sender thread when the sink was opened with ``background=True``. ``write()`` is
+all-or-nothing: a record that cannot be stored (a type no table holds, a model missing a
+field; with the Native store also a value that does not fit its column) raises ``TypeError``
+and none of that call's records stay buffered.
 
 Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
 
@@ -149,15 +149,14 @@ class BufferPolicy:
             raise ValueError(f"max_buffer_rows ({self.max_buffer_rows}) must be >= batch_size ({self.batch_size})")
 
 
-_STORED_MODELS = frozenset(table.model for table in TABLES.values() if table.parent is None)
-
-
 class ColumnStore(Protocol):
     """Where a :class:`RowBuffer` keeps the rows it buffers, per table, in a transport's form."""
 
-    def write(self, record: BaseModel) -> int:
-        """Add ``record``'s rows (its table's and its items'; the record is a model some table
-        stores); return how many. An error may leave partial rows: :meth:`rollback` removes them."""
+    def write_all(self, records: Iterable[BaseModel]) -> None:
+        """Add each record's rows (its table's and its items'). Raises ``TypeError``: "no table
+        stores X" for a model no table holds, "cannot store this X: ..." for a record that
+        lacks a field or holds a value its column cannot take. An error may leave partial
+        rows: :meth:`rollback` removes them."""
         ...
 
     def mark(self) -> None:
@@ -182,16 +181,25 @@ class ColumnStore(Protocol):
 
 
 class ColumnListStore:
-    """Rows as one Python list per column (:func:`~vigie.sinks.ddl.column_writers`): for
-    transports that convert whole columns at flush (the native protocol's driver)."""
+    """Rows as one Python list per column (:func:`~vigie.sinks.ddl.column_writers`), values as
+    the models hold them: for a sink that converts whole columns itself at flush (the default;
+    the ClickHouse sinks use :func:`~vigie.sinks.ddl.native_blocks`)."""
 
     def __init__(self) -> None:
         self.columns: ColumnLists = empty_columns()
         self._writers = column_writers(self.columns)
         self._marks: dict[str, int] = {}
 
-    def write(self, record: BaseModel) -> int:
-        return self._writers[type(record)](record)
+    def write_all(self, records: Iterable[BaseModel]) -> None:
+        writers = self._writers
+        for record in records:
+            write = writers.get(type(record))
+            if write is None:
+                raise TypeError(f"no table stores {type(record).__name__}")
+            try:
+                write(record)
+            except Exception as exc:
+                raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
 
     def mark(self) -> None:
         self._marks = {name: len(columns[0]) for name, columns in self.columns.items()}
@@ -216,7 +224,7 @@ class RowBuffer:
     """Rows per table awaiting insertion, with the timing the flush policy needs. Not thread-safe.
 
     ``store`` holds the rows in the transport's form: by default a :class:`ColumnListStore`;
-    chdb's sink uses :func:`~vigie.sinks.ddl.native_blocks` (rows encoded as they are written).
+    the ClickHouse sinks use :func:`~vigie.sinks.ddl.native_blocks` (rows encoded as written).
     """
 
     def __init__(
@@ -239,13 +247,7 @@ class RowBuffer:
         store = self.store
         store.mark()
         try:
-            for record in records:
-                if type(record) not in _STORED_MODELS:
-                    raise TypeError(f"no table stores {type(record).__name__}")
-                try:
-                    store.write(record)
-                except Exception as exc:
-                    raise TypeError(f"cannot store this {type(record).__name__}: {exc!r}") from exc
+            store.write_all(records)
         except BaseException:
             store.rollback()  # no half-written record stays
             self.recount()
