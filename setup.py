@@ -15,7 +15,7 @@ package_dir = {"vigie": "vigie"} | {f"vigie.{name}": name for name in SUBPACKAGE
 # (GCC turns pow(x, 2.0) into x * x, which differs from libm's pow, CPython's, in the last bit).
 EXACT_FLOATS = ["-ffp-contract=off", "-fno-builtin-pow"]
 HOT_PATHS = ("_robust", "_hst", "_score", "_undervaluation", "_atypical", "_behaviour", "_excise", "_ens_risk",
-             "_ens_link", "_fusion")  # fmt: skip
+             "_ens_link", "_fusion", "_labels", "_pipeline")  # fmt: skip
 
 extensions = [
     Extension(f"vigie.operators.{name}", [f"operators/{name}.pyx"], extra_compile_args=EXACT_FLOATS)

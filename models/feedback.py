@@ -16,7 +16,6 @@ uninterrupted one would have joined.
 from __future__ import annotations
 
 import base64
-import heapq
 import sys
 from array import array
 from dataclasses import dataclass
@@ -115,7 +114,12 @@ class LabelJoin:
         self.max_pending = max_pending
         self.by_id: dict[str, PendingSubject] = {}
         self.by_ref: dict[str, str] = {}
-        self._heap: list[tuple[float, int, str]] = []
+        # The C hot paths live in vigie.operators, whose package imports this module: imported here.
+        from vigie.operators._labels import ExpiryHeap, pack_pending
+
+        self._heap = ExpiryHeap()
+        """``(expires, seq, event_id)`` of every subject remembered, earliest first (stale ones included)."""
+        self._pack = pack_pending  # PendingSubject.pack, in C
         self._seq = 0
 
     def __len__(self) -> int:
@@ -143,10 +147,10 @@ class LabelJoin:
         replaced = by_id.get(event_id)
         if replaced is not None:
             self._forget(replaced)
-        blob = PendingSubject.pack(features, contexts)
+        blob = self._pack(features, contexts)
         by_id[event_id] = PendingSubject(event_id, sys.intern(subject_type), reference, expires, seq, blob, selection)
         self.by_ref[reference] = event_id
-        heapq.heappush(self._heap, (expires, seq, event_id))
+        self._heap.push(expires, seq, event_id)
         while len(by_id) > self.max_pending:
             self._pop_earliest()
 
@@ -169,15 +173,19 @@ class LabelJoin:
 
     def evict(self, now: float) -> int:
         """Forget subjects whose expiry is before ``now``; return how many."""
+        if not self._heap.earliest() < now:
+            return 0  # nothing due: what most events find
         removed = 0
-        heap = self._heap
-        while heap and heap[0][0] < now:
-            if self._pop_earliest():
+        by_id = self.by_id
+        for seq, event_id in self._heap.pop_before(now):
+            entry = by_id.get(event_id)
+            if entry is not None and entry.seq == seq:  # else already taken or replaced: a stale heap entry
+                self._forget(entry)
                 removed += 1
         return removed
 
     def _pop_earliest(self) -> bool:
-        _, seq, event_id = heapq.heappop(self._heap)
+        _, seq, event_id = self._heap.pop()
         entry = self.by_id.get(event_id)
         if entry is None or entry.seq != seq:
             return False  # already taken or replaced: a stale heap entry
@@ -207,7 +215,6 @@ class LabelJoin:
         for row in data["pending"]:
             entry = PendingSubject.from_list(row)
             join.by_id[entry.event_id] = entry
-            join._heap.append((entry.expires, entry.seq, entry.event_id))
-        heapq.heapify(join._heap)
+            join._heap.push(entry.expires, entry.seq, entry.event_id)
         join.by_ref = dict(data["by_ref"])
         return join

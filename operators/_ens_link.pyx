@@ -3,12 +3,14 @@
 when an ENS is registered, and the frozen records built for every declaration linked to one.
 
 It must stay equal to the Python semantics: :func:`summary_json` gives the bytes orjson writes
-for ``EnsSummary.of(ens).to_list()``, and :func:`frozen` the instance the dataclass's own
+for ``EnsSummary.of(ens).to_list()``, :func:`summary_from_json` the record ``EnsSummary.from_list``
+builds from what ``orjson.loads`` reads (both through ``_json.pxi``, which writes and reads such
+JSON without orjson's allocations), and :func:`frozen` the instance the dataclass's own
 ``__init__`` builds from the same values.
 """
 
 import dataclasses
-from datetime import UTC
+from datetime import UTC, datetime
 
 import orjson
 
@@ -18,6 +20,8 @@ from cpython.datetime cimport (
 )
 from cpython.object cimport PyObject_GenericSetAttr
 from libc.stdio cimport snprintf
+
+include "_json.pxi"
 
 import_datetime()
 
@@ -50,9 +54,48 @@ cdef tuple _init_fields(cls):
     return tuple(f.name for f in fields)
 
 
+cdef object _frozen(cls, values):
+    """:func:`frozen` of the list or tuple ``values``, without a call's argument packing."""
+    cdef tuple names = _FIELDS.get(cls)
+    cdef Py_ssize_t i, n = len(values)
+    if names is None:
+        names = _FIELDS[cls] = _init_fields(cls)
+    if n != len(names):
+        raise TypeError(f"{cls.__name__} takes {len(names)} values, {n} given")
+    record = object.__new__(cls)
+    for i in range(n):
+        PyObject_GenericSetAttr(record, names[i], values[i])
+    return record
+
+
 def frozen_rows(cls, rows) -> tuple:
     """``tuple(cls(*row) for row in rows)``, each built by :func:`frozen`."""
-    return tuple([frozen(cls, *row) for row in rows])
+    return tuple([_frozen(cls, row) for row in rows])
+
+
+def summary_from_json(bytes summary, cls, item_cls):
+    """``cls.from_list(orjson.loads(summary))`` for :class:`~vigie.operators.ens_link.EnsSummary` ``cls``
+    and its item class ``item_cls``: the same record, read without orjson's allocations (``_json.pxi``).
+
+    >>> from vigie.schemas.generator import GeneratorConfig, generate
+    >>> from vigie.schemas import EntrySummaryDeclaration
+    >>> from vigie.operators.ens_link import EnsItemSummary, EnsSummary, vague_description
+    >>> stream = generate(GeneratorConfig(duration_hours=1))
+    >>> blobs = [summary_json(e, vague_description) for e, _ in stream if isinstance(e, EntrySummaryDeclaration)]
+    >>> all(summary_from_json(b, EnsSummary, EnsItemSummary) == EnsSummary.from_list(orjson.loads(b)) for b in blobs)
+    True
+    >>> name = 'Say "hi" ' + chr(92) + " co"  # a quote and a backslash: escaped, so read by orjson
+    >>> odd = orjson.dumps(["R", "e", "2026-03-02T00:00:00+00:00", "FR", name, None, [], [[1, "x", 1e-07, 2, True]]])
+    >>> summary_from_json(odd, EnsSummary, EnsItemSummary) == EnsSummary.from_list(orjson.loads(odd))
+    True
+    """
+    data = _json_loads(summary)
+    if type(data) is not list or len(data) != 8:
+        return cls.from_list(data)  # whatever it raises
+    ref, event_id, filed, country, name, consignee, routing, items = data
+    item_summaries = tuple([_frozen(item_cls, row) for row in items])
+    return _frozen(cls, (ref, event_id, datetime.fromisoformat(filed), country, name, consignee, tuple(routing),
+                         item_summaries))
 
 
 cdef str _isoformat(when):
@@ -78,9 +121,26 @@ cdef str _isoformat(when):
 
 def summary_json(ens, vague) -> bytes:
     """``orjson.dumps(EnsSummary.of(ens).to_list())``, built straight from the ENS (the same list,
-    without the objects), as an exact-size bytes object (orjson's keep an over-allocated buffer).
-    ``vague``: the description check, :func:`~vigie.operators.ens_link.vague_description`."""
+    without the objects), as an exact-size bytes object (orjson's keep an over-allocated buffer),
+    written by ``_json.pxi`` (the same bytes). ``vague``: the description check,
+    :func:`~vigie.operators.ens_link.vague_description`.
+
+    >>> from vigie.schemas.generator import GeneratorConfig, generate
+    >>> from vigie.schemas import EntrySummaryDeclaration
+    >>> from vigie.operators.ens_link import EnsSummary, vague_description
+    >>> stream = generate(GeneratorConfig(duration_hours=1))
+    >>> ens = [e for e, _ in stream if isinstance(e, EntrySummaryDeclaration)]
+    >>> all(summary_json(e, vague_description) == orjson.dumps(EnsSummary.of(e).to_list()) for e in ens)
+    True
+    """
+    cdef JsonBuffer out
     consignor = ens.consignor
+    _json_open(&out)
+    try:  # written as it is read, without the list: the common case
+        if _summary_write(&out, ens, consignor, vague):
+            return PyBytes_FromStringAndSize(out.data, out.size)
+    finally:
+        _json_close(&out)
     items = [
         [it.item_number, it.hs_code, it.gross_mass_kg, it.packages, vague(it.description)] for it in ens.goods_items
     ]
@@ -88,4 +148,30 @@ def summary_json(ens, vague) -> bytes:
         ens.ens_reference, ens.event_id, _isoformat(ens.event_time), consignor.country, consignor.name,
         ens.consignee.eori, list(ens.countries_of_routing), items,
     ]
-    return bytes(memoryview(orjson.dumps(row)))
+    return _json_dumps(row, 0)
+
+
+cdef bint _summary_write(JsonBuffer* out, ens, consignor, vague) except -1:
+    """Write :func:`summary_json`'s list straight from the ENS; False when ``_json.pxi`` is not sure of a value."""
+    _json_put(out, "[", 1)
+    for value in (ens.ens_reference, ens.event_id, _isoformat(ens.event_time), consignor.country, consignor.name,
+                  ens.consignee.eori, ens.countries_of_routing):
+        if not _json_write(out, value, 1):
+            return False
+        _json_put(out, ",", 1)
+    _json_put(out, "[", 1)
+    first = True
+    for it in ens.goods_items:
+        if not first:
+            _json_put(out, ",", 1)
+        first = False
+        _json_put(out, "[", 1)
+        for value in (it.item_number, it.hs_code, it.gross_mass_kg, it.packages):
+            if not _json_write(out, value, 2):
+                return False
+            _json_put(out, ",", 1)
+        if not _json_write(out, vague(it.description), 2):
+            return False
+        _json_put(out, "]", 1)
+    _json_put(out, "]]", 2)
+    return True

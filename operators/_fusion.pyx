@@ -12,6 +12,10 @@ So every float operation below is the one the Python code does, in the same orde
 reassociation, no fused multiply-add: setup.py builds it with ``-ffp-contract=off``), and
 Python's ``min``/``max``/``round`` are spelled out with their exact tie and NaN behaviour.
 The River models stay the source of truth: the kernel reads their weights on every call.
+
+:class:`Subject` is what the fusion knows of a subject (a C class: one is built per event), and
+:func:`decide` is ``LearnedFusion.decide`` compiled, the same Python operations on the same
+objects (the interpreter's own work per line cost more than the arithmetic).
 """
 
 from cpython cimport array
@@ -20,10 +24,17 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memmove
 
 import array
+import sys
 
 include "_exact.pxi"
 
 cdef array.array _DOUBLES = array.array("d")
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object number, int* overflow) except? -1
+
+cdef enum:
+    _ITEMS_HELD = 64  # goods items of one subject kept in C arrays while fusing (beyond: a set and a dict)
+cdef bint _PLAIN_SUM = sys.version_info < (3, 12)  # Python 3.12's sum() compensates float rounding: not this
 cdef double _FLOOR_LOGIT = -6.9  # log-odds of 0.001: "this detector saw nothing"
 
 
@@ -93,6 +104,81 @@ def detectors_stake(scores) -> float:
     return sum(per_item.values())
 
 
+cdef class Subject:
+    """What fusion needs to know about the event its scores are about.
+
+    Immutable, compared and hashed on its fields in this order, like the frozen dataclass it
+    replaces (built for every subject the engine decides on: a C class costs a tenth of one).
+
+    >>> from datetime import UTC, datetime
+    >>> subject = Subject("e1", "declaration", "26FR0002300000001A", "FR002300", datetime(2026, 3, 2, tzinfo=UTC))
+    >>> subject.operator_eori is None, subject == Subject(*subject.astuple()), subject.subject_type
+    (True, True, 'declaration')
+    >>> subject.office = "FR1"
+    Traceback (most recent call last):
+    ...
+    AttributeError: attribute 'office' of 'vigie.operators._fusion.Subject' objects is not writable
+    """
+
+    cdef readonly object event_id
+    cdef readonly object subject_type
+    """``ens``, ``declaration`` or ``excise``."""
+    cdef readonly object reference
+    cdef readonly object office
+    cdef readonly object event_time
+    """When the subject was filed (an aware ``datetime``)."""
+    cdef readonly object operator_eori
+    cdef readonly object transport_mode
+    cdef readonly object eta
+    """Expected arrival (an aware ``datetime``), when known."""
+    cdef readonly object ens_risk
+    """Fused risk of the ENS linked to a declaration, as it was when the ENS was filed."""
+    cdef readonly object declared_eur
+    """What the subject puts in play, when the runtime knows it: the customs value of a
+    declaration's goods, the excise duty declared on an excise record."""
+    cdef readonly object regime
+    """The procedure code of a declaration (``4000``, ``4200``...) or the type of an excise
+    record (``e_ad``, ``release_for_consumption``...), when the runtime knows it
+    (see :data:`~vigie.operators.fusion.RELIEF_REGIMES`)."""
+
+    __match_args__ = ("event_id", "subject_type", "reference", "office", "event_time", "operator_eori",
+                      "transport_mode", "eta", "ens_risk", "declared_eur", "regime")
+
+    def __init__(self, event_id, subject_type, reference, office, event_time, operator_eori=None,
+                 transport_mode=None, eta=None, ens_risk=None, declared_eur=None, regime=None):
+        self.event_id = event_id
+        self.subject_type = subject_type
+        self.reference = reference
+        self.office = office
+        self.event_time = event_time
+        self.operator_eori = operator_eori
+        self.transport_mode = transport_mode
+        self.eta = eta
+        self.ens_risk = ens_risk
+        self.declared_eur = declared_eur
+        self.regime = regime
+
+    def astuple(self) -> tuple:
+        """The fields in order (what equality and the hash compare)."""
+        return (self.event_id, self.subject_type, self.reference, self.office, self.event_time, self.operator_eori,
+                self.transport_mode, self.eta, self.ens_risk, self.declared_eur, self.regime)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.astuple() == (<Subject> other).astuple()
+
+    def __hash__(self):
+        return hash(self.astuple())
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={value!r}" for name, value in zip(self.__match_args__, self.astuple()))
+        return f"Subject({values})"
+
+    def __reduce__(self):
+        return Subject, self.astuple()
+
+
 cdef class FusionKernel:
     """The learned fusion's raw features, fused logit and scaler update for one subject, on C doubles.
 
@@ -140,7 +226,8 @@ cdef class FusionKernel:
     def __reduce__(self):
         return FusionKernel, self._arguments
 
-    def features(self, scores, subject, double key, double evidence, dict per_detector, dict best) -> array.array:
+    def features(self, scores, Subject subject, double key, double evidence, dict per_detector,
+                 dict best) -> array.array:
         """The learning record of ``subject`` (see the class); fills ``per_detector`` and ``best``.
 
         ``per_detector``: detector -> its highest score, ``best``: detector -> that score (the
@@ -149,9 +236,16 @@ cdef class FusionKernel:
         cdef array.array out = array.clone(_DOUBLES, self._n + 1, zero=False)
         cdef double* values = out.data.as_doubles
         cdef Py_ssize_t i, base = self._n_scores
-        cdef double clean = 1.0, declared
-        cdef set items = set()
-        cdef dict per_item = {}
+        cdef double clean = 1.0, declared, stake, staked = 0.0
+        cdef long long item_keys[_ITEMS_HELD]  # item numbers, in the order they came
+        cdef double item_stakes[_ITEMS_HELD]  # each one's largest stake (0.0: none above 0 yet)
+        cdef Py_ssize_t staked_order[_ITEMS_HELD]  # items in the order a stake above 0 came (the dict's order)
+        cdef Py_ssize_t n_items = 0, n_staked = 0, j
+        cdef long long number = 0
+        cdef bint in_c = _PLAIN_SUM  # items and stakes in the C arrays; else in a set and a dict
+        cdef int overflow = 0
+        cdef set items = None if in_c else set()
+        cdef dict per_item = None if in_c else {}
         if self._n < base + 10:
             raise IndexError(f"{self._n} features cannot hold {base} scores and the context: bind the detectors first")
         for i in range(base):
@@ -165,8 +259,39 @@ cdef class FusionKernel:
                 per_detector[detector] = score
                 best[detector] = s
             item = s.item_number or 0
-            items.add(item)
-            _keep_largest(per_item, item, s.eur_at_stake)
+            eur = s.eur_at_stake
+            if in_c:
+                if type(item) is int and type(eur) is float and n_items < _ITEMS_HELD:
+                    number = PyLong_AsLongLongAndOverflow(item, &overflow)
+                if overflow or type(item) is not int or type(eur) is not float or n_items == _ITEMS_HELD:
+                    in_c = False  # not the common case: the Python containers, filled with what the arrays hold
+                    items = {item_keys[j] for j in range(n_items)}
+                    per_item = {item_keys[staked_order[j]]: item_stakes[staked_order[j]] for j in range(n_staked)}
+            if in_c:
+                stake = eur
+                for j in range(n_items):
+                    if item_keys[j] == number:
+                        break
+                else:
+                    j = n_items
+                    n_items += 1
+                    item_keys[j] = number
+                    item_stakes[j] = 0.0
+                if stake > item_stakes[j]:  # _keep_largest: over what it holds, 0.0 when nothing
+                    if item_stakes[j] == 0.0:  # its first stake above 0: where the dict would insert it
+                        staked_order[n_staked] = j
+                        n_staked += 1
+                    item_stakes[j] = stake
+            else:
+                items.add(item)
+                _keep_largest(per_item, item, eur)
+        if in_c:
+            # sum(per_item.values()): Python 3.11 adds the floats one by one from 0.0, in the dict's order
+            for j in range(n_staked):
+                staked += item_stakes[staked_order[j]]
+        else:
+            staked = <double> sum(per_item.values())
+            n_items = len(items)
         subject_type = subject.subject_type
         slots = self._slots.get(subject_type)  # where this subject type's scores go
         for detector, score in per_detector.items():
@@ -177,7 +302,7 @@ cdef class FusionKernel:
                     values[<Py_ssize_t> position] = _clipped_logit(score)
         values[base] = _clipped_logit(1.0 - clean)
         values[base + 1] = evidence
-        values[base + 2] = log10(1.0 + <double> sum(per_item.values()))  # detectors_stake(scores)
+        values[base + 2] = log10(1.0 + staked)  # detectors_stake(scores)
         declared_eur = subject.declared_eur
         declared = <double> declared_eur if declared_eur else 0.0
         if 0.0 > declared:  # max(declared, 0.0)
@@ -189,7 +314,7 @@ cdef class FusionKernel:
             values[base + 5 + <Py_ssize_t> offset] = 1.0
         ens_risk = subject.ens_risk
         values[base + 8] = _clipped_logit(ens_risk) if ens_risk is not None else 0.0
-        values[base + 9] = log1p(<double> len(items))
+        values[base + 9] = log1p(<double> n_items)
         values[self._n] = key
         return out
 
@@ -231,6 +356,29 @@ cdef class FusionKernel:
         if raw > 30:
             return 1
         return round_float(1.0 / (1.0 + exp(-raw)), 6)
+
+    def model_input(self, array.array features, scaler) -> dict:
+        """``LearnedFusion._model_input(features)``: the classifier's input, feature name -> value in
+        feature order, the z-scores of ``scaler.transform_one(features)`` but for the unscaled
+        positions, left raw (reading marks ``scaler`` touched, as ``transform_one`` does)."""
+        cdef double* x = features.data.as_doubles
+        cdef array.array means_array = scaler.means, stds_array = scaler.stds
+        cdef double* means = means_array.data.as_doubles
+        cdef double* stds = stds_array.data.as_doubles
+        cdef Py_ssize_t i, n = self._n
+        cdef double s
+        cdef dict out = {}
+        if len(features) < n or len(means_array) < n or len(stds_array) < n:
+            raise ValueError(f"{len(features)} values for {n} features")
+        scaler.touched = True
+        for i in range(n):
+            s = stds[i]
+            self._z[i] = (x[i] - means[i]) / s if s != 0.0 else 0.0  # transform_one: (x - m) / s if s else 0.0
+        for i in range(self._n_unscaled):
+            self._z[self._unscaled[i]] = x[self._unscaled[i]]
+        for i in range(n):
+            out[self.names[i]] = self._z[i]
+        return out
 
     def learn(self, array.array features, scaler) -> None:
         """``scaler.learn_one(features)``: Welford's update of each feature's count, mean, variance and root."""
@@ -373,3 +521,77 @@ cdef class RiskWindow:
 def _window_from_list(cls, Py_ssize_t size, values) -> RiskWindow:
     """Unpickle a :class:`RiskWindow` (or subclass ``cls``) saved as its values."""
     return cls.from_list(size, values)
+
+
+def decide(fusion, scores, Subject subject, queue, decision_type):
+    """``LearnedFusion.decide(scores, subject, queue)`` (``fusion`` is the learned fusion, ``decision_type``
+    its ``FusionDecision``), compiled: the method's steps, the same calls on the same objects in the same
+    order, with Python's arithmetic on Python numbers. Every subject the engine scores comes here.
+    """
+    cdef FusionKernel kernel = fusion._kernel
+    cdef dict per_detector = {}
+    cdef dict best = {}
+    cdef dict windows = fusion.windows
+    cdef dict counts_by_key = fusion.counts
+    cdef RiskWindow local, shared, reference = None
+    cdef list counts
+    # the learning record: operator key (remembered per EORI), its control record's evidence, the features
+    eori = subject.operator_eori
+    key = fusion._operator_keys.get(eori) if eori else None
+    if key is None:
+        key = fusion._operator_key(eori)
+    operators = fusion.operators
+    controlled = operators.counts  # operators.evidence(key) is 0 for an operator never controlled: most
+    evidence = operators.evidence(key) if controlled and key >= 0 and int(key) in controlled else 0.0
+    features = kernel.features(scores, subject, key, evidence, per_detector, best)
+    # the probability, the stake and the priority
+    classifier = fusion.classifier
+    scaler = fusion.scaler
+    p = kernel.probability(features, scaler, classifier._weights, classifier.intercept)
+    stake = round_float(10.0 ** fusion._log_stake(features) - 1.0, 2)
+    decision = decision_type(p, features, None, round_float(p * stake, 2), stake, subject.event_id)
+    subject_type = subject.subject_type
+    if fusion.rank_by == "expected_eur" and subject_type != "ens":  # fusion.priority(decision, subject_type)
+        priority = p * (1.0 + stake) ** fusion.stake_elasticity
+    else:
+        priority = p
+    fusion.last_decision = decision
+    # the budget: the office's window of priorities, else its subject type's, once they hold min_fill
+    key = f"{subject.office}|{subject_type}"
+    local = windows.get(key)
+    shared = fusion.type_windows.get(subject_type)
+    min_fill = fusion.min_fill
+    if local is not None and len(local) >= min_fill:
+        reference = local
+    elif shared is not None and len(shared) >= min_fill:
+        reference = shared
+    selection = None
+    threshold = 0.5
+    if reference is None:
+        selection = "exploitation" if p >= 0.5 else None
+    else:
+        threshold = reference.threshold(fusion.capacity * (1.0 - fusion.explore_share))
+        floor = reference.threshold(fusion.capacity * fusion.band)
+        if priority > threshold:
+            selection = "exploitation"
+        elif priority > floor and fusion._draw(subject.event_id) < fusion.explore_probability:
+            selection = "exploration"
+    if local is None:
+        local = RiskWindow(fusion.window)
+        windows[key] = local
+    local.add(priority)
+    if shared is not None:
+        shared.add(priority)
+    counts = counts_by_key.get(key)
+    if counts is None:
+        counts = counts_by_key[key] = [0, 0, 0]
+    counts[0] += 1
+    # What the model read, for the alert to explain: before the scaler learns this subject.
+    z = fusion._model_input(features) if selection is not None else {}
+    kernel.learn(features, scaler)
+    if selection is None:
+        return decision
+    counts[1 if selection == "exploitation" else 2] += 1
+    decision.alert = fusion._alert(scores, subject, queue, decision, per_detector, best, z, selection, threshold,
+                                   priority)
+    return decision

@@ -6,6 +6,7 @@ depend on the detector are done here in C:
 * :func:`score_id` is ``str(uuid.uuid5(namespace, "detector/subject/item"))``: one
   ``hashlib`` call, then the version and variant bits and the hex text in C (building
   ``UUID`` objects, or slicing the hex digest in Python, costs more than the hash);
+  :func:`uuid5_text` is the same for any namespace and name (alert ids use it);
 * :func:`build_score` is what ``RiskScore.model_construct`` does for a score whose values are
   already right, without its per-field loop.
 
@@ -17,11 +18,20 @@ checks the ids against ``uuid.uuid5`` and the scores against validation.
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
 
+from cpython.datetime cimport (
+    PyDateTime_CheckExact, datetime_tzinfo, import_datetime, timedelta_days, timedelta_microseconds,
+    timedelta_seconds,
+)
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.unicode cimport PyUnicode_DecodeASCII
 
+include "_datetimes.pxi"
+
+import_datetime()
+
 import hashlib
 import uuid
+from datetime import UTC
 
 from vigie.schemas import RiskScore
 
@@ -35,13 +45,44 @@ cdef const char* _HEX = b"0123456789abcdef"
 cdef object _sha1 = hashlib.sha1
 
 
-cpdef str score_id(str detector, str subject_event_id, object item_number):
-    """Deterministic id of a score: ``str(uuid.uuid5(SCORE_NAMESPACE, f"{detector}/{subject}/{item or 0}"))``.
+cpdef object epoch_seconds(when):
+    """``when.timestamp()`` for an aware ``datetime``: the same float, from its fields in C (CPython
+    builds two ``timedelta`` objects and divides Python ints; every event time is read so).
 
-    >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(SCORE_NAMESPACE, "undervaluation/e1/2"))
+    The instant in whole microseconds, ``when``'s wall clock minus its UTC offset, is exact; below
+    2**53 microseconds (years 1685-2255), dividing it by 10**6 as doubles is the correctly rounded
+    quotient CPython computes. Anything else (naive, a subclass, out of that range) is ``when.timestamp()``.
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> zones = [UTC, timezone(timedelta(hours=-5, minutes=-30)), timezone(timedelta(seconds=1, microseconds=7))]
+    >>> times = [datetime(2026, 3, 2, 13, 45, 7, 123456, tzinfo=zone) for zone in zones]
+    >>> times += [datetime(1970, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    >>> times += [datetime(2255, 6, 5, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC), datetime(2026, 3, 2)]
+    >>> all(epoch_seconds(t) == t.timestamp() for t in times)
     True
     """
-    cdef bytes hashed = _sha1(_NAMESPACE + f"{detector}/{subject_event_id}/{item_number or 0}".encode()).digest()
+    cdef long long micros
+    if not PyDateTime_CheckExact(when):
+        return when.timestamp()
+    zone = datetime_tzinfo(when)
+    if zone is None:
+        return when.timestamp()  # naive: local time, the C library's business
+    micros = _wall_microseconds(when)
+    if zone is not UTC:
+        offset = when.utcoffset()
+        if offset is None:
+            return when.timestamp()
+        micros -= (<long long> timedelta_days(offset) * 86400 + timedelta_seconds(offset)) * 1000000
+        micros -= timedelta_microseconds(offset)
+    if not -_EXACT_MICROSECONDS < micros < _EXACT_MICROSECONDS:
+        return when.timestamp()
+    return <double> micros / 1e6
+
+
+cdef str _uuid5_text(bytes namespace, str name):
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))``: SHA-1 of the namespace's 16 bytes then the
+    name's UTF-8, its first 16 bytes with the version (5) and RFC 4122 variant bits set, as hex text."""
+    cdef bytes hashed = _sha1(namespace + name.encode()).digest()
     cdef uint8_t digest[16]
     cdef char text[36]
     cdef int i, j = 0
@@ -56,6 +97,28 @@ cpdef str score_id(str detector, str subject_event_id, object item_number):
         text[j + 1] = _HEX[digest[i] & 0x0F]
         j += 2
     return PyUnicode_DecodeASCII(text, 36, NULL)
+
+
+cpdef str uuid5_text(bytes namespace, str name):
+    """``str(uuid.uuid5(uuid.UUID(bytes=namespace), name))``, without building ``UUID`` objects.
+
+    >>> namespace = uuid.UUID("0b3e8a52-1d7c-4a43-8f0e-5c2d9e6b7a14")
+    >>> names = ["e1", "", "événement/2", "x" * 200]
+    >>> all(uuid5_text(namespace.bytes, n) == str(uuid.uuid5(namespace, n)) for n in names)
+    True
+    """
+    if len(namespace) != 16:
+        raise ValueError(f"a uuid namespace is 16 bytes, not {len(namespace)}")
+    return _uuid5_text(namespace, name)
+
+
+cpdef str score_id(str detector, str subject_event_id, object item_number):
+    """Deterministic id of a score: ``str(uuid.uuid5(SCORE_NAMESPACE, f"{detector}/{subject}/{item or 0}"))``.
+
+    >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(SCORE_NAMESPACE, "undervaluation/e1/2"))
+    True
+    """
+    return _uuid5_text(_NAMESPACE, f"{detector}/{subject_event_id}/{item_number or 0}")
 
 
 def build_score(

@@ -24,33 +24,10 @@ import orjson
 
 from vigie.schemas import RiskScore
 
-from ._score import build_score, score_id
+# epoch_seconds(when) is when.timestamp(), from the datetime's fields in C: every unit of every event reads it.
+from ._score import build_score, epoch_seconds, score_id
 
 __all__ = ["Operator", "OperatorState", "epoch_seconds", "score_id"]
-
-_last_epoch: tuple[datetime | None, float] = (None, 0.0)
-
-
-def epoch_seconds(when: datetime) -> float:
-    """``when.timestamp()``, remembered for the datetime object last asked about.
-
-    Every unit of an event carries the event's own ``event_time`` object and several
-    detectors read it in epoch seconds; an aware datetime converts slowly (its tzinfo is
-    called), so the conversion is done once per object. The cache is one tuple, swapped
-    whole, so threads sharing it read a consistent pair.
-
-    >>> from datetime import UTC
-    >>> when = datetime(2026, 3, 2, tzinfo=UTC)
-    >>> epoch_seconds(when) == when.timestamp() == epoch_seconds(when)
-    True
-    """
-    global _last_epoch
-    last = _last_epoch
-    if last[0] is when:
-        return last[1]
-    value = when.timestamp()
-    _last_epoch = (when, value)
-    return value
 
 
 class OperatorState(ABC):

@@ -21,11 +21,9 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Self
 
-import orjson
-
 from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration
 
-from ._ens_link import frozen, frozen_rows, summary_json
+from ._ens_link import frozen, frozen_rows, summary_from_json, summary_json
 from .base import OperatorState
 
 _VAGUE_TEXT = """PART PARTS SPARE SPARES ACCESSORY ACCESSORIES GIFT GIFTS FAK FREIGHT ALL KIND KINDS SAMPLE
@@ -139,7 +137,8 @@ class ArrivalInfo:
 
     @property
     def ens(self) -> EnsSummary | None:
-        return EnsSummary.from_list(orjson.loads(self.summary)) if self.summary is not None else None
+        # EnsSummary.from_list(orjson.loads(self.summary)), read in C: every linked declaration decodes one
+        return summary_from_json(self.summary, EnsSummary, EnsItemSummary) if self.summary is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +172,8 @@ class EnsLinkState(OperatorState):
 
     def remember(self, reference: str, info: ArrivalInfo) -> None:
         self.arrivals[reference] = info
-        self._oldest_eta = min(self._oldest_eta, info.eta)
+        if info.eta < self._oldest_eta:  # min(self._oldest_eta, info.eta), without the builtin's call
+            self._oldest_eta = info.eta
 
     def lookup(self, reference: str | None) -> ArrivalInfo | None:
         return self.arrivals.get(reference) if reference else None

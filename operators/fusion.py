@@ -35,12 +35,16 @@ from vigie.models.fusion import (
 )
 from vigie.schemas import Alert, RiskScore
 
-from ._fusion import FusionKernel, RiskWindow, clipped_logit, round_float
+from ._fusion import FusionKernel, RiskWindow, clipped_logit
+from ._fusion import Subject as Subject  # what fusion knows of a subject (part of this module's API)
+from ._fusion import decide as fusion_decide
 from ._fusion import detectors_stake as detectors_stake  # part of this module's API
+from ._score import uuid5_text
 from .base import OperatorState
 from .ens_link import ArrivalInfo
 
 _ALERT_NAMESPACE = uuid.UUID("0b3e8a52-1d7c-4a43-8f0e-5c2d9e6b7a14")
+_ALERT_NAMESPACE_BYTES = _ALERT_NAMESPACE.bytes  # alert ids: str(uuid.uuid5(_ALERT_NAMESPACE, subject event id))
 QUEUE_WINDOW_S = 24 * 3600.0
 
 
@@ -117,7 +121,7 @@ class NoisyOrAlerting:
         if arrival is not None:
             lead_hours = round((arrival.eta - when).total_seconds() / 3600.0, 2)
         return Alert(
-            alert_id=str(uuid.uuid5(_ALERT_NAMESPACE, first.subject_event_id)),
+            alert_id=uuid5_text(_ALERT_NAMESPACE_BYTES, first.subject_event_id),  # str(uuid.uuid5(...)), in C
             subject_event_id=first.subject_event_id,
             subject_type=first.subject_type,
             subject_reference=first.subject_reference,
@@ -237,29 +241,6 @@ class OperatorRecord:
         """Restore a :meth:`to_dict` snapshot."""
         self.controls, self.positives = data["controls"], data["positives"]
         self.counts = OrderedDict((int(k), [n, p]) for k, n, p in data["counts"])
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """What fusion needs to know about the event its scores are about."""
-
-    event_id: str
-    subject_type: str
-    """``ens``, ``declaration`` or ``excise``."""
-    reference: str
-    office: str
-    event_time: datetime
-    operator_eori: str | None = None
-    transport_mode: str | None = None
-    eta: datetime | None = None
-    ens_risk: float | None = None
-    """Fused risk of the ENS linked to a declaration, as it was when the ENS was filed."""
-    declared_eur: float | None = None
-    """What the subject puts in play, when the runtime knows it: the customs value of a
-    declaration's goods, the excise duty declared on an excise record."""
-    regime: str | None = None
-    """The procedure code of a declaration (``4000``, ``4200``...) or the type of an excise
-    record (``e_ad``, ``release_for_consumption``...), when the runtime knows it (see :data:`RELIEF_REGIMES`)."""
 
 
 @dataclass(slots=True)
@@ -426,6 +407,8 @@ class LearnedFusion:
     def _model_input(self, values: Sequence[float]) -> dict[str, float]:
         """The classifier's input for raw features ``values`` (:attr:`feature_names` order, more ignored):
         scaled, but for the :data:`_UNSCALED` terms left raw, keyed by feature name in that order."""
+        if isinstance(values, array):
+            return self._kernel.model_input(values, self.scaler)  # what follows, in C
         z = self.scaler.transform_one(values)
         for i in self._unscaled:
             z[i] = values[i]
@@ -523,54 +506,18 @@ class LearnedFusion:
 
     # --- deciding ----------------------------------------------------------------------------
     def decide(self, scores: Sequence[RiskScore], subject: Subject, queue: OfficeQueueState) -> FusionDecision:
-        """Fuse ``scores`` (all about ``subject``), update the budget, and alert if selected."""
-        per_detector: dict[str, float] = {}
-        best: dict[str, RiskScore] = {}
-        features = self._features(scores, subject, per_detector, best)
-        # round(River's predict_proba_one(self._model_input(features))[True], 6), in C
-        classifier = self.classifier
-        p = self._kernel.probability(features, self.scaler, classifier._weights, classifier.intercept)
-        stake = round_float(10.0 ** self._log_stake(features) - 1.0, 2)
-        decision = FusionDecision(p, features, None, round_float(p * stake, 2), stake, subject.event_id)
-        priority = self.priority(decision, subject.subject_type)
-        self.last_decision = decision
+        """Fuse ``scores`` (all about ``subject``), update the budget, and alert if selected.
 
-        key = f"{subject.office}|{subject.subject_type}"
-        local = self.windows.get(key)
-        reference = local if local is not None and len(local) >= self.min_fill else None
-        if reference is None:
-            shared = self.type_windows.get(subject.subject_type)
-            reference = shared if shared is not None and len(shared) >= self.min_fill else None
-        selection: str | None = None
-        threshold = 0.5
-        if reference is None:
-            selection = "exploitation" if p >= 0.5 else None
-        else:
-            threshold = reference.threshold(self.capacity * (1.0 - self.explore_share))
-            floor = reference.threshold(self.capacity * self.band)
-            if priority > threshold:
-                selection = "exploitation"
-            elif priority > floor and self._draw(subject.event_id) < self.explore_probability:
-                selection = "exploration"
-        if local is None:
-            local = self.windows[key] = RiskWindow(self.window)
-        local.add(priority)
-        if subject.subject_type in self.type_windows:
-            self.type_windows[subject.subject_type].add(priority)
-        counts = self.counts.get(key)
-        if counts is None:
-            counts = self.counts[key] = [0, 0, 0]
-        counts[0] += 1
-        # What the model read, for the alert to explain: before the scaler learns this subject.
-        z = self._model_input(features) if selection is not None else {}
-        self._kernel.learn(features, self.scaler)  # self.scaler.learn_one(features), in C
-        if selection is None:
-            return decision
-        counts[1 if selection == "exploitation" else 2] += 1
-        decision.alert = self._alert(
-            scores, subject, queue, decision, per_detector, best, z, selection, threshold, priority
-        )
-        return decision
+        The learning record (:meth:`_features`, the operator's evidence 0 unless it was controlled),
+        ``p`` (River's ``predict_proba_one``, 6 decimals), ``eur_at_stake`` (10 ** :meth:`_log_stake` - 1,
+        to the cent), the :meth:`priority`; then against the office's window of priorities (the
+        subject type's while the office's holds fewer than ``min_fill``; ``p >= 0.5`` before): an
+        exploitation pick above the ``capacity x (1 - explore_share)`` threshold, an exploration
+        pick (``_draw``) above the ``capacity x band`` one; both windows learn the priority, the
+        scaler learns the features, and a pick gets its :meth:`_alert`. Compiled
+        (:func:`~vigie.operators._fusion.decide`): every subject comes here.
+        """
+        return fusion_decide(self, scores, subject, queue, FusionDecision)
 
     def _alert(
         self,
@@ -604,7 +551,7 @@ class LearnedFusion:
         lead = round((subject.eta - subject.event_time).total_seconds() / 3600.0, 2) if subject.eta else None
         return Alert.model_construct(
             event_type="alert",
-            alert_id=str(uuid.uuid5(_ALERT_NAMESPACE, subject.event_id)),
+            alert_id=uuid5_text(_ALERT_NAMESPACE_BYTES, subject.event_id),  # str(uuid.uuid5(...)), in C
             subject_event_id=subject.event_id,
             subject_type=subject.subject_type,
             subject_reference=subject.reference,

@@ -29,20 +29,20 @@ called every ``_EVICT_EVERY`` events).
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vigie.models.feedback import LabelJoin, LabelledOutcome
-from vigie.schemas import Alert, ControlOutcome, EntrySummaryDeclaration, ExciseMovement, ImportDeclaration, RiskScore
+from vigie.schemas import Alert, ControlOutcome, RiskScore
 
+from . import _pipeline
 from .base import Operator, OperatorState, epoch_seconds
 from .ens_link import EnsLinkState
 from .fusion import LearnedFusion, NoisyOrAlerting, OfficeQueueState, Subject
 from .undervaluation import UndervaluationDetector
 
-_EVICT_EVERY = 10_000  # events between sweeps of the ENS registry and idle detector keys
+_EVICT_EVERY = _pipeline.EVICT_EVERY  # events between sweeps of the ENS registry and idle detector keys
 STATE_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -126,6 +126,7 @@ class ScoringPipeline:
         self._link = [_consumes(d, "linked_declaration") for d in self.detectors]
         self._feedback = [d for d in self.detectors if _consumes(d, "labelled_outcome")]
         self._contexts = [d for d in self.detectors if hasattr(d, "feedback_context")]
+        self._context_names = [(d, d.name) for d in self._contexts]
 
     @property
     def watermark(self) -> datetime:
@@ -139,54 +140,12 @@ class ScoringPipeline:
 
     # --- processing ------------------------------------------------------------------------------
     def process(self, event: Any) -> PipelineResult:
-        self.events_seen += 1
-        when = epoch_seconds(event.event_time)
-        if when > self._watermark_s:  # as comparing the aware datetimes, faster
-            self.watermark = event.event_time
-        if isinstance(event, EntrySummaryDeclaration):
-            self.ens.register(event)
-        if self.events_seen % _EVICT_EVERY == 0:
-            self._evict()
-        self.labels.evict(self._watermark_s)
+        """Score ``event``, fuse the scores about its subject, and remember the subject for its outcome.
 
-        result = PipelineResult(event)
-        scores = result.scores
-        linked = self.ens.link(event) if isinstance(event, ImportDeclaration) else None
-        stores = self.stores
-        if linked is None:
-            for detector in self.detectors:
-                scores.extend(detector.process(event, stores[detector.name]))
-        else:
-            for detector, wants_link in zip(self.detectors, self._link, strict=True):
-                scores.extend(detector.process(linked if wants_link else event, stores[detector.name]))
-        if isinstance(event, ControlOutcome):
-            self._learn_outcome(event)
-        if not result.scores:
-            return result
-
-        if isinstance(self.alerting, NoisyOrAlerting):
-            if isinstance(event, ImportDeclaration):
-                queue = self._queue(event.customs_office)
-                result.alert = self.alerting.decide(result.scores, self.ens.lookup(event.ens_reference), queue)
-            self._remember(event, result, when, None)
-            return result
-        own = scores
-        event_id = event.event_id
-        if any(score.subject_event_id != event_id for score in scores):
-            own = [score for score in scores if score.subject_event_id == event_id]
-            self._decide_later(event_id, scores, result)
-        if not own:
-            return result
-        subject = self._subject(event, own)
-        if subject is None:
-            return result
-        decision = self.alerting.decide(own, subject, self._queue(subject.office))
-        result.alert = decision.alert
-        result.fused_risk = decision.probability
-        if isinstance(event, EntrySummaryDeclaration):
-            self.ens_risk[event.ens_reference] = decision.probability
-        self._remember(event, result, when, decision.features, subject, own)
-        return result
+        The steps are the module's list; they run compiled (:mod:`._pipeline`: every event goes
+        through this glue, and the interpreter's work per line cost more than the steps).
+        """
+        return _pipeline.process(self, event, PipelineResult)
 
     def _decide_later(self, event_id: str, scores: list[RiskScore], result: PipelineResult) -> None:
         """Fuse each earlier subject's later findings on their own (:meth:`decide_finding`)."""
@@ -217,23 +176,11 @@ class ScoringPipeline:
             queue = self.queues[office] = OfficeQueueState()
         return queue
 
-    def _subject(self, event: Any, scores: list[RiskScore]) -> Subject | None:
-        first = scores[0]
-        if isinstance(event, EntrySummaryDeclaration):
-            return Subject(event.event_id, "ens", event.ens_reference, event.first_office_of_entry, event.event_time,
-                           event.consignee.eori, str(event.transport_mode), event.eta)  # fmt: skip
-        if isinstance(event, ImportDeclaration):
-            arrival = self.ens.lookup(event.ens_reference)
-            ens_risk = self.ens_risk.get(event.ens_reference) if event.ens_reference else None
-            return Subject(
-                event.event_id, "declaration", event.mrn, event.customs_office, event.event_time, event.importer_eori,
-                arrival.transport_mode if arrival else str(event.transport_mode_at_border),
-                arrival.eta if arrival else None, ens_risk,
-            )  # fmt: skip
-        if isinstance(event, ExciseMovement):
-            return Subject(event.event_id, "excise", first.subject_reference, first.office, event.event_time,
-                           event.operator_eori)  # fmt: skip
-        return None
+    def _subject(self, event: Any, scores: list[RiskScore], kind: int) -> Subject:
+        """The subject of ``event``, an ENS, a declaration or an excise record (``kind``, see
+        :func:`._pipeline.kind_of`), with ``scores`` about it: its reference, office, time and operator; for a
+        declaration, the arrival its ENS announced and the ENS's fused risk (compiled, :mod:`._pipeline`)."""
+        return _pipeline.subject_of(self, event, scores, kind)
 
     def _remember(
         self,
@@ -247,26 +194,11 @@ class ScoringPipeline:
         """Keep what the outcome of this subject will need to teach the fusion and the detectors.
 
         ``when``: the event time in epoch seconds (the caller has it already); ``scores``: the
-        scores about this event's own subject (default: all of the result's).
+        scores about this event's own subject (default: all of the result's). Per detector with a
+        ``feedback_context``, what it asks to keep about its scores; the subject waits
+        ``LabelJoin.expiry`` of its time and arrival (compiled, :mod:`._pipeline`).
         """
-        if isinstance(event, ControlOutcome):
-            return
-        scores = result.scores if scores is None else scores
-        first = scores[0]
-        contexts: dict[str, Any] = {}
-        for detector in self._contexts:
-            own = [s for s in scores if s.detector == detector.name]
-            if own:
-                context = detector.feedback_context(own)  # type: ignore[attr-defined]
-                if context is not None:
-                    contexts[detector.name] = context
-        eta = subject.eta if subject is not None else None
-        expires = self.labels.expiry(when, eta.timestamp() if eta is not None else None)
-        selection = result.alert.selection if result.alert is not None else ""
-        self.labels.remember(
-            event.event_id, first.subject_type, first.subject_reference, expires,
-            features if features is not None else array("d"), contexts, selection,
-        )  # fmt: skip
+        _pipeline.remember(self, event, result, when, features, subject, scores)
 
     def _learn_outcome(self, outcome: ControlOutcome) -> None:
         if not outcome.controlled:
