@@ -10,7 +10,8 @@ Run one or more workers of one deployment (they share the partitions of a consum
 Topology
 --------
 Two agents per worker, each consuming in batches (up to ``batch_size`` messages, cut as soon
-as no more are waiting, so an idle stream adds no wait and batches grow with the load) and
+as no more are waiting, so a stream that keeps up adds no wait; while Kafka holds more of the
+partition, a batch waits up to ``BATCH_LINGER_S`` for it, so batches grow with the load) and
 calling the runtime-free stages of :mod:`vigie.streams.faust_stages` (read its docstring for
 the topology and why). Each batch first goes through an :class:`InOrderGate`, which makes
 sure no offset is skipped (Faust can drop a fetched message around a rebalance):
@@ -37,18 +38,31 @@ librdkafka producer (confluent-kafka; idempotent; murmur2 partitioner, as Faust 
 client) rather than Faust's: Faust's per-message cost was about half of the worker's time.
 Faust's own producer writes the table's changelog.
 
+Consuming: Faust's aiokafka consumer, with the broker's wait for a fetch that finds no new data
+cut from Faust's 1.5 s to ``FETCH_MAX_WAIT_S`` (50 ms): aiokafka has one fetch in flight per
+broker, and a long fetch of the quiet partitions held back the busy ones (the worker idled over
+half of a backlog drain).
+
 State: the ``fusion`` table (``store='memory://'``, compacted changelog topic
 ``<app id>-fusion-changelog``), restored when a worker starts or takes the fusion partition
 over. Writes name their changelog partition (the fusion partition). Topics and changelog
 all have the same number of partitions, so Faust co-assigns partition ``p`` of everything to
 one worker.
 
-Delivery: at least once, replays absorbed. A batch is acknowledged only after its messages
-are delivered (the producer is flushed) and the sink is flushed; fusion messages only once a
-checkpoint covers them, after their output was delivered. If producing or the sink fails,
-the worker exits at once (code 70) *without* committing, and is restarted by its supervisor:
-the batch is read again. A replay may send the same score or alert (same id, same content)
-to Kafka twice; the sink keeps one (``ReplacingMergeTree``, read with ``FINAL``).
+Delivery: at least once, replays absorbed. An agent does not wait for its output to be
+delivered: it goes on with the next batches (at most ``batches_in_flight`` per agent await
+their delivery; beyond, it waits) while the producer's delivery reports are served from the
+event loop (after each batch, and by a task polling every 0.5 to 10 ms). An input batch is
+acknowledged once every message it produced is reported delivered, and every earlier batch of
+that agent was acknowledged first (:class:`InFlight`: Faust commits a partition's consecutive
+acknowledged offsets, and would commit past an unacknowledged one). When a sink is configured,
+it has stored a batch's records before the batch is tracked (one sink flush per batch). Fusion
+messages are acknowledged only once a checkpoint covers them, and a checkpoint is taken only
+once every fuse batch before it is delivered. If a message fails (after librdkafka's retries)
+or the sink fails, the worker exits at once (code 70) *without* committing, and is restarted by
+its supervisor: every batch not acknowledged is read again. A replay may send the same score
+or alert (same id, same content) to Kafka twice; the sink keeps one (``ReplacingMergeTree``,
+read with ``FINAL``).
 
 Dead letters: the message value is the original bytes, unchanged; the key is the dead-letter
 id; headers ``vigie.reason``, ``vigie.field``, ``vigie.source`` (``kafka:TOPIC:PARTITION:OFFSET``),
@@ -59,20 +73,25 @@ id; headers ``vigie.reason``, ``vigie.field``, ``vigie.source`` (``kafka:TOPIC:P
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import time
+import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, NoReturn, TypeVar
 
 import faust
 import typer
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import BaseModel
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
@@ -93,9 +112,12 @@ from .topics import DEFAULT_PREFIX, LARGE_MESSAGE_BYTES, TopicNames, create_topi
 
 __all__ = [
     "FAIL_STOP_EXIT_CODE",
+    "Delivery",
+    "InFlight",
     "InOrderGate",
     "OutputProducer",
     "PartitionedTable",
+    "ProduceFailed",
     "TableStore",
     "VigieFaustApp",
     "WorkerSettings",
@@ -103,6 +125,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("vigie.streams.faust")
+
+T = TypeVar("T")
 
 FAIL_STOP_EXIT_CODE = 70
 """Exit code of a worker that stopped because Kafka or the sink failed mid-batch."""
@@ -116,6 +140,30 @@ CHECKPOINT_TIME_SHARE = 0.1
 IDLE_CHECKPOINT_POLL_S = 1.0
 """Seconds between checks for fusion messages left unacknowledged on a quiet stream (they get a checkpoint
 once one is due, as after a batch)."""
+
+FETCH_MAX_WAIT_S = 0.05
+"""Seconds the broker may hold a fetch that finds no new data (Faust fixes 1.5 s). aiokafka keeps one fetch
+in flight per broker and, once a partition's records have been buffered for 0.1 s, fetches the *other*
+partitions: a fetch of quiet ones (outcomes, excise, the assignor's) then blocked the next fetch of the busy
+ones for 1.5 s, and the worker idled more than half of a backlog drain. The price: a quiet worker sends
+about 1 / this many fetches per second."""
+
+BATCH_LINGER_S = 0.02
+"""At most this many seconds a batch waits for more messages, and only while Kafka holds more of its partition
+than was read (a backlog): Faust hands messages over one by one, so an agent that no longer waits for deliveries
+would otherwise take them one at a time. A stream that keeps up is cut at once, as before."""
+
+BATCH_LINGER_STEP_S = 0.001
+"""Seconds between looks at the agent's queue while a batch lingers."""
+
+BATCHES_IN_FLIGHT = 8
+"""Batches per agent whose output may be on its way to Kafka at once; an agent reading past that waits
+(back-pressure: bounds the input held unacknowledged and librdkafka's queue)."""
+
+DELIVERY_POLL_MIN_S = 0.0005
+DELIVERY_POLL_MAX_S = 0.01
+"""Seconds between polls of the producer's delivery reports: from the min, doubling while none comes, up to
+the max (a delivery takes a few milliseconds; an outage must not spin the loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +179,17 @@ class WorkerSettings:
     batch_size: int = 2000
     """Messages per batch at most (input messages for ingest; packed fusion messages for fuse). A batch is
     cut as soon as no more messages are waiting: batches grow with the load, an idle stream adds no wait."""
+    batches_in_flight: int = BATCHES_IN_FLIGHT
+    """Batches per agent whose output may be on its way to Kafka at once (back-pressure beyond)."""
     sink: str = "none"
     """``none``, ``chdb:PATH`` (embedded ClickHouse; one worker process per path) or ``clickhouse://...``."""
     threshold: float | None = None
     """None: the pipeline's default (learned) fusion; a number: noisy-OR alerting at that threshold."""
     fusion_checkpoint_s: float = 5.0
     """Seconds between checkpoints of the pipeline at least; the fusion offsets are committed at that pace."""
+    checkpoint_in_child: bool = True
+    """Serialise checkpoints in a forked child process while the pipeline goes on (where ``os.fork`` exists);
+    False: on the event loop, the fuse agent waiting meanwhile (about 0.5 s per 40 MB of state)."""
     data_dir: Path = Path("vigie-data/faust")
     commit_interval_s: float = 1.0
     session_timeout_s: float = 30.0
@@ -200,12 +253,43 @@ class ProduceFailed(RuntimeError):
     """The broker did not acknowledge some message (after librdkafka's own retries)."""
 
 
+class Delivery:
+    """The delivery reports still awaited for what one batch produced.
+
+    :attr:`pending` counts the batch's messages not reported yet (0: all delivered, or failed);
+    :attr:`error` is the first failure reported (None: none). A failure is also appended to the
+    producer-wide ``errors`` list, so that the worker stops at once, whichever batch it hit.
+    """
+
+    __slots__ = ("error", "errors", "pending")
+
+    def __init__(self, errors: list[str]) -> None:
+        self.pending = 0
+        self.error: str | None = None
+        self.errors = errors
+
+    @property
+    def done(self) -> bool:
+        """Whether every message of the batch was reported (delivered, or failed: see :attr:`error`)."""
+        return self.pending == 0
+
+    def report(self, err: KafkaError | None, message: Message) -> None:
+        """librdkafka's delivery report of one message (called from the producer's ``poll``)."""
+        self.pending -= 1
+        if err is not None:
+            failure = f"{message.topic()}: {err}"
+            self.errors.append(failure)
+            if self.error is None:
+                self.error = failure
+
+
 class OutputProducer:
     """One librdkafka producer for everything the stages emit.
 
     Idempotent (retries write no duplicates), murmur2 partitioner (as Faust, aiokafka and the
-    Java client: the fusion key lands in the partition the fuse agent reads). Only failed
-    deliveries call back; :meth:`flush` raises :class:`ProduceFailed` when any happened.
+    Java client: the fusion key lands in the partition the fuse agent reads). :meth:`produce`
+    returns the batch's :class:`Delivery`, which the delivery reports count down when
+    :meth:`poll` serves them; :meth:`poll` raises :class:`ProduceFailed` once any message failed.
     """
 
     def __init__(self, bootstrap: str, client_id: str) -> None:
@@ -219,36 +303,29 @@ class OutputProducer:
                 "partitioner": "murmur2_random",
                 "linger.ms": 2,
                 "message.max.bytes": LARGE_MESSAGE_BYTES,
-                "delivery.report.only.error": True,
-                "on_delivery": self._delivered,
                 "logger": logging.getLogger("vigie.streams.faust.rdkafka"),
             }
         )
 
-    def _delivered(self, err: KafkaError | None, message: Message) -> None:
-        if err is not None:
-            self.errors.append(f"{message.topic()}: {err}")
-
-    def produce(self, messages: Iterable[OutMessage]) -> None:
+    def produce(self, messages: list[OutMessage]) -> Delivery:
+        """Queue ``messages`` (librdkafka sends them in the background); their delivery, still pending."""
+        delivery = Delivery(self.errors)
+        report = delivery.report
         produce = self._producer.produce
         for m in messages:
             while True:
                 try:
-                    produce(m.topic, m.value, m.key, headers=m.headers or None)
+                    produce(m.topic, m.value, m.key, headers=m.headers or None, on_delivery=report)
                     break
                 except BufferError:  # librdkafka's queue is full: let it drain
                     self._producer.poll(0.05)
-            self.produced += 1
+            delivery.pending += 1
+        self.produced += len(messages)
+        return delivery
 
-    async def flush(self) -> None:
-        """Wait (without blocking the loop) until every message produced so far is delivered."""
-        pause = 0.0005
-        while len(self._producer) > 0:
-            self._producer.poll(0)
-            if len(self._producer) == 0:
-                break
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)  # a broker outage must not spin the loop
+    def poll(self) -> None:
+        """Serve the delivery reports that have arrived, without waiting; :class:`ProduceFailed` if any failed."""
+        self._producer.poll(0)
         if self.errors:
             raise ProduceFailed("; ".join(self.errors[:5]))
 
@@ -256,6 +333,64 @@ class OutputProducer:
         """Flush (blocking) for at most ``timeout`` seconds; the messages still undelivered."""
         remaining: int = self._producer.flush(timeout)
         return remaining
+
+
+class InFlight(Generic[T]):
+    """Batches whose output is on its way to Kafka, released in the order they were produced.
+
+    Each entry is a batch's :class:`Delivery` and a payload (the ingest agent's: the batch's input
+    events, to acknowledge once released). :meth:`release` hands back the payloads of the oldest
+    batches whose messages are all delivered and stops at the first one still pending, even when
+    later batches are delivered already: a partition's offsets must be acknowledged in order.
+    Faust commits, per partition, the first run of consecutive acknowledged offsets, and its check
+    for a hole in front of that run lets one unacknowledged offset through (it tests
+    ``min(acked) - committed > 1``) and is skipped before the first commit: acknowledging a later
+    batch before an earlier one could commit past a message whose output is not delivered.
+
+    ``limit`` is the back-pressure: an agent waits while that many batches are in flight.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        self.limit = limit
+        self._entries: deque[tuple[Delivery, T]] = deque()
+        self.most = 0
+        """The most batches that were in flight at once."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, delivery: Delivery, payload: T) -> None:
+        """Track one more batch, produced after every batch tracked so far."""
+        self._entries.append((delivery, payload))
+        self.most = max(self.most, len(self._entries))
+
+    def release(self) -> list[T]:
+        """The payloads of the oldest batches now delivered, oldest first (forgotten here).
+
+        Raises :class:`ProduceFailed` when the oldest batch had a message fail: it is never
+        released, and nothing after it is.
+        """
+        released: list[T] = []
+        entries = self._entries
+        while entries and entries[0][0].done:
+            delivery, payload = entries[0]
+            if delivery.error is not None:
+                raise ProduceFailed(delivery.error)
+            entries.popleft()
+            released.append(payload)
+        return released
+
+    def pending(self) -> list[Delivery]:
+        """The deliveries of the batches tracked now, oldest first."""
+        return [delivery for delivery, _ in self._entries]
+
+    def reset(self) -> int:
+        """Forget every batch (their payloads will never be released); how many there were."""
+        dropped = len(self._entries)
+        self._entries.clear()
+        return dropped
 
 
 class InOrderGate:
@@ -377,6 +512,27 @@ class InOrderGate:
         await self.app.consumer.seek_wait({tp: offset})
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    """Faust's aiokafka consumer thread, with the fetch wait of :data:`FETCH_MAX_WAIT_S`."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Not a Faust setting; aiokafka reads it when the consumer starts (its fetcher is created then).
+        consumer._fetch_max_wait_ms = round(1000 * FETCH_MAX_WAIT_S)
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):  # type: ignore[misc]
+    """Faust's Kafka transport (``kafka://``) with :class:`_ConsumerThread`."""
+
+    Consumer = _Consumer
+
+
 class _Worker(faust.Worker):  # type: ignore[misc]
     """A Faust worker whose libraries log at INFO at most: their DEBUG records format every message."""
 
@@ -386,7 +542,43 @@ class _Worker(faust.Worker):  # type: ignore[misc]
             logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
-def _fail_stop(what: str, exc: BaseException) -> None:
+def _serialise_in_child(fuse: FuseStage, read_fd: int, write_fd: int) -> NoReturn:
+    """The whole life of a forked child: write ``fuse.snapshot()`` to the pipe and exit.
+
+    The child has only the forking thread (librdkafka's, aiokafka's and the executor's threads stay
+    in the parent), so it touches none of the parent's clients, runs none of its clean-up
+    (``os._exit``) and leaves signals to their defaults (a signal must not reach the parent's loop
+    through the inherited wakeup descriptor).
+    """
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+        os.close(read_fd)
+        view = memoryview(fuse.snapshot())
+        while view:
+            view = view[os.write(write_fd, view) :]
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def _receive_snapshot(pid: int, read_fd: int) -> bytes:
+    """Read a child's snapshot to the end of its pipe and reap the child (in a thread: both block)."""
+    with open(read_fd, "rb") as pipe:
+        blob = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"the child process serialising the checkpoint exited with {code}")
+    return blob
+
+
+def _fail_stop(what: str, exc: BaseException) -> NoReturn:
     """Exit now, without committing: the unacknowledged batch will be read again."""
     log.critical("%s failed (%r): exiting without committing offsets; restart the worker", what, exc, exc_info=exc)
     logging.shutdown()
@@ -443,6 +635,9 @@ class VigieFaustApp:
             processing_guarantee="at_least_once",
             **settings.extra_faust,
         )
+        # Before anything (topics, tables) makes the app create its default transport.
+        assert self.app._transport is None, "the app's transport was created before it could be replaced"
+        self.app.transport = _Transport(self.app.conf.broker_consumer, self.app)
         self.producer = OutputProducer(settings.bootstrap, client_id)
         self._offsets_reader: Consumer | None = None
         self._offsets_lock = asyncio.Lock()
@@ -459,14 +654,29 @@ class VigieFaustApp:
         self.checkpoints_taken = 0
         self.checkpoint_seconds = 0.0
         self.last_checkpoint_seconds = 0.0
+        self.waits_for_delivery = 0
+        """Times an agent waited for deliveries: back-pressure, or a checkpoint waiting for the output it covers."""
         self._fusion_unacked: list[Any] = []
         self._fuse_stream: Any = None
+        self._ingest_stream: Any = None
+        self._ingest_in_flight: InFlight[list[Any]] = InFlight(settings.batches_in_flight)
+        """Ingest batches produced, not yet delivered; their input events are acknowledged once released."""
+        self._fuse_in_flight: InFlight[None] = InFlight(settings.batches_in_flight)
+        """Fuse batches produced, not yet delivered; a checkpoint waits until none is left."""
+        self._generation = 0
+        """Bumped when partitions are revoked: a batch or checkpoint that waited across a revocation stops there."""
+        self._fork = settings.checkpoint_in_child and hasattr(os, "fork")
+        self._child: int | None = None
+        """Process id of the child serialising a checkpoint, while one does."""
+        self._checkpointing: asyncio.Future[None] | None = None
+        """A checkpoint under way (its snapshot taken, not yet written)."""
         self._fuse_lock = asyncio.Lock()  # a batch and its checkpoint, or an idle checkpoint: one at a time
         self._last_checkpoint = time.monotonic()
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.timer(GATE_WATCH_INTERVAL_S)(self._watch_gates)
         self.app.timer(IDLE_CHECKPOINT_POLL_S)(self._checkpoint_if_idle)
+        self.app.task(self._pump_deliveries)
         self._agents()
 
     def stats(self) -> str:
@@ -474,8 +684,10 @@ class VigieFaustApp:
         return (
             f"{self.batches} batches; {self.ingest.accepted} events ingested; {self.ingest.rejected} dead-lettered; "
             f"{self.fuse.fused} events fused; {self.fuse.duplicates} duplicate(s) skipped; "
-            f"{self.fuse.failed} failed in the pipeline; {self.checkpoints_taken} checkpoint(s) in "
-            f"{self.checkpoint_seconds:.1f} s; {self.producer.produced} messages produced; "
+            f"{self.fuse.failed} failed in the pipeline; {self.checkpoints_taken} checkpoint(s), "
+            f"{self.checkpoint_seconds:.1f} s of them on the event loop; {self.producer.produced} messages produced; "
+            f"{max(self._ingest_in_flight.most, self._fuse_in_flight.most)} batch(es) in flight at most; "
+            f"{self.waits_for_delivery} wait(s) for deliveries; "
             f"{self.fuse.cache.hits if self.fuse.cache is not None else 0} decodes saved; "
             f"{sum(g.seeks for g in self.gates)} seek(s) back to a skipped offset; "
             f"{sum(g.redelivered for g in self.gates)} re-delivered message(s) dropped"
@@ -486,6 +698,9 @@ class VigieFaustApp:
         undelivered = self.producer.close()
         if undelivered:
             log.warning("%d message(s) not delivered at stop: their batches were not acknowledged", undelivered)
+        if self._child is not None:  # a checkpoint still being serialised: not written, its messages replayed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._child, signal.SIGKILL)
         if self._offsets_reader is not None:
             self._offsets_reader.close()
             self._offsets_reader = None
@@ -522,8 +737,14 @@ class VigieFaustApp:
                 raise outcome
 
     async def _on_revoked(self, sender: Any, revoked: Any = (), **kwargs: Any) -> None:
-        """Fusion messages not acknowledged yet will be read again: forget them, and the state built on them."""
+        """Messages not acknowledged yet will be read again: forget them, and the fusion state built on them.
+
+        Ingest batches still in flight are forgotten too (never acknowledged here: read again). Fuse
+        batches in flight stay tracked: a later checkpoint still waits for their delivery.
+        """
+        self._generation += 1
         self._fusion_unacked.clear()
+        self._ingest_in_flight.reset()
         self.fuse.invalidate()
         for gate in self.gates:
             gate.reset()
@@ -560,29 +781,104 @@ class VigieFaustApp:
         return table
 
     def _checkpoint_due(self) -> bool:
+        if self._checkpointing is not None:  # one at a time: the next is due once this one is written
+            return False
         spacing = max(self.settings.fusion_checkpoint_s, self.last_checkpoint_seconds / CHECKPOINT_TIME_SHARE)
         return time.monotonic() - self._last_checkpoint >= spacing
 
     async def _checkpoint(self, stream: Any) -> None:
-        """Checkpoint the pipeline, then acknowledge the fusion messages it covers. Hold ``_fuse_lock``."""
+        """Checkpoint the pipeline, then acknowledge the fusion messages it covers. Hold ``_fuse_lock``.
+
+        A checkpoint is written only once every fuse batch it covers is delivered: a restart skips
+        the events it covers (their watermarks), so their scores and alerts must be in Kafka by
+        then. A revocation meanwhile cancels the checkpoint (the state is stale).
+
+        In a child process (``checkpoint_in_child``, where ``os.fork`` exists): the fork is the
+        snapshot, a copy-on-write copy of the pipeline between two batches; the child serialises it
+        while this process goes on scoring, and :meth:`_finish_checkpoint` writes it and
+        acknowledges what it covers. Else on the event loop, the agent waiting meanwhile.
+        """
+        if self._fork and self.fuse.loaded:
+            self._start_checkpoint(stream)
+            return
+        generation = self._generation
+        await self._serve_until(lambda: len(self._fuse_in_flight) == 0)
+        if generation != self._generation:
+            return
         began = time.perf_counter()
         written = self.fuse.checkpoint()
         elapsed = time.perf_counter() - began
+        self._checkpointed(stream, self._fusion_unacked, written, elapsed, elapsed)
+        self._fusion_unacked.clear()
+
+    def _checkpointed(self, stream: Any, covered: list[Any], written: int, seconds: float, on_loop: float) -> None:
+        """Acknowledge the fusion messages a checkpoint just written covers; count it (``seconds`` from its
+        snapshot to now, ``on_loop`` of them spent on the event loop)."""
         self.checkpoints_taken += 1
-        self.checkpoint_seconds += elapsed
-        self.last_checkpoint_seconds = elapsed
-        unacked = self._fusion_unacked
-        for event in unacked:
-            await stream.ack(event)
+        self.checkpoint_seconds += on_loop
+        self.last_checkpoint_seconds = seconds
+        self._ack(stream, covered)
+        self._last_checkpoint = time.monotonic()
         log.debug(
-            "checkpoint %d: %d bytes in %.0f ms, %d fusion messages acknowledged",
+            "checkpoint %d: %d bytes in %.0f ms (%.0f ms on the event loop), %d fusion messages acknowledged",
             self.fuse.seq,
             written,
-            1000 * elapsed,
-            len(unacked),
+            1000 * seconds,
+            1000 * on_loop,
+            len(covered),
         )
-        unacked.clear()
-        self._last_checkpoint = time.monotonic()
+
+    def _start_checkpoint(self, stream: Any) -> None:
+        """Fork a child serialising the pipeline as it is now; :meth:`_finish_checkpoint` takes it from there."""
+        covered, self._fusion_unacked = self._fusion_unacked, []
+        deliveries = self._fuse_in_flight.pending()  # the output of every batch the snapshot covers
+        began = time.perf_counter()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _serialise_in_child(self.fuse, read_fd, write_fd)
+        os.close(write_fd)
+        self._child = pid
+        forking = time.perf_counter() - began
+        finish = self._finish_checkpoint(stream, covered, deliveries, pid, read_fd, began, forking, self._generation)
+        self._checkpointing = asyncio.ensure_future(finish)
+
+    async def _finish_checkpoint(
+        self,
+        stream: Any,
+        covered: list[Any],
+        deliveries: list[Delivery],
+        pid: int,
+        read_fd: int,
+        began: float,
+        forking: float,
+        generation: int,
+    ) -> None:
+        """Receive the child's snapshot; once the output it covers is delivered, write it and acknowledge."""
+        try:
+            try:
+                blob = await asyncio.to_thread(_receive_snapshot, pid, read_fd)
+            except Exception as exc:  # the child failed: next time on the event loop, covering these too
+                log.warning("checkpoint in a child process failed (%r): checkpoints stay on the event loop", exc)
+                self._fork = False
+                self.checkpoint_seconds += forking
+                if generation == self._generation:
+                    self._fusion_unacked[:0] = covered
+                return
+            finally:
+                self._child = None
+            await self._serve_until(lambda: all(d.done for d in deliveries))
+            async with self._fuse_lock:
+                if generation != self._generation:
+                    return  # revoked meanwhile: what it covers will be read again
+                writing = time.perf_counter()
+                written = self.fuse.save(blob)
+                on_loop = forking + time.perf_counter() - writing
+                self._checkpointed(stream, covered, written, time.perf_counter() - began, on_loop)
+        except Exception as exc:
+            _fail_stop("writing a checkpoint", exc)
+        finally:
+            self._checkpointing = None
 
     async def _checkpoint_if_idle(self) -> None:
         """Checkpoint fusion messages still unacknowledged when no batch came to do it.
@@ -598,6 +894,63 @@ class VigieFaustApp:
             if self._fusion_unacked and self._checkpoint_due():
                 await self._checkpoint(stream)
 
+    # -- deliveries and acknowledgements -------------------------------------------------------
+
+    def _ack(self, stream: Any, events: list[Any]) -> None:
+        """Acknowledge ``events`` on ``stream``, in order, without yielding to the loop.
+
+        What Faust's ``Stream.ack`` does (the event's ack, then the sensors), without a coroutine
+        per message: an ingest batch is acknowledged in one step, which no commit can split.
+        """
+        sensors = self.app.sensors
+        for event in events:
+            message = event.message
+            last = event.ack()
+            sensors.on_stream_event_out(message.tp, message.offset, stream, event)
+            if last:
+                sensors.on_message_out(message.tp, message.offset, message)
+
+    def _serve_deliveries(self) -> int:
+        """Serve the delivery reports that arrived; acknowledge the ingest batches now delivered, oldest
+        first. Returns the batches released. Exits the worker (without committing) if a message failed."""
+        try:
+            self.producer.poll()
+            released = len(self._fuse_in_flight.release())
+            for events in self._ingest_in_flight.release():
+                self._ack(self._ingest_stream, events)
+                released += 1
+        except Exception as exc:
+            _fail_stop("producing (a delivery report)", exc)
+        return released
+
+    async def _serve_until(self, done: Callable[[], bool]) -> None:
+        """Serve delivery reports, without blocking the loop, until ``done()`` (checked after each serving)."""
+        self._serve_deliveries()
+        if done():
+            return
+        self.waits_for_delivery += 1
+        pause = DELIVERY_POLL_MIN_S
+        while not done():
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, DELIVERY_POLL_MAX_S)
+            self._serve_deliveries()
+
+    async def _wait_for_room(self, in_flight: InFlight[Any]) -> None:
+        """Back-pressure: wait until ``in_flight`` can take one more batch."""
+        await self._serve_until(lambda: len(in_flight) < in_flight.limit)
+
+    async def _pump_deliveries(self) -> None:
+        """Serve delivery reports for the worker's whole life: an ingest batch is acknowledged soon after
+        its delivery, while the agents go on reading (they also serve them after each batch)."""
+        pause = DELIVERY_POLL_MIN_S
+        while True:
+            released = self._serve_deliveries()
+            # Fast while deliveries come; backs off to the max while none does (a quiet stream, a slow broker).
+            pause = DELIVERY_POLL_MIN_S if released else min(pause * 2, DELIVERY_POLL_MAX_S)
+            await asyncio.sleep(pause)
+
+    # -- the agents ----------------------------------------------------------------------------
+
     def _agents(self) -> None:
         size = self.settings.batch_size
         ingest_gate, fuse_gate = self.gates
@@ -605,38 +958,66 @@ class VigieFaustApp:
         async def batches(stream: Any) -> AsyncIterator[list[Any]]:
             """The stream's events in batches of up to ``size``, cut as soon as nothing more is waiting.
 
-            No wait to fill a batch (an idle stream adds no latency); under load the batches grow
-            while the previous one is processed. Acknowledgements are left to the caller. Faust's
-            ``take_events``/``noack_take`` are not used: their buffer hung a worker under load here.
+            Nothing waiting means: none in the agent's queue, and Kafka holds nothing past the last
+            message's offset (its partition's high-water mark, as of the last fetch). While Kafka holds
+            more, the batch waits for it up to :data:`BATCH_LINGER_S` (a backlog: batches grow to
+            ``size``); a stream that keeps up adds no wait. Acknowledgements are left to the caller.
+            Faust's ``take_events``/``noack_take`` are not used: their buffer hung a worker under load here.
             """
             waiting = stream.channel.queue
+            consumer = self.app.consumer
             batch: list[Any] = []
+            started = 0.0
             async for event in stream.noack().events():
+                if not batch:
+                    started = time.monotonic()
                 batch.append(event)
+                if len(batch) < size and waiting.empty():
+                    message = event.message
+                    try:
+                        end = consumer.highwater(message.tp)
+                    except Exception:  # e.g. the partition revoked meanwhile: cut the batch as it is
+                        end = None
+                    deadline = started + BATCH_LINGER_S
+                    while (
+                        waiting.qsize() < size - len(batch)
+                        and end is not None
+                        and end > message.offset + 1 + waiting.qsize()
+                        and time.monotonic() < deadline
+                    ):
+                        await asyncio.sleep(BATCH_LINGER_STEP_S)
                 if len(batch) >= size or waiting.empty():
                     yield batch
                     batch = []
 
         async def ingest(stream: Any) -> None:
-            # Acknowledged once processed, delivered and sunk; held-back messages never are.
+            # Acknowledged once processed, sunk and delivered, in order (see InFlight); held-back messages never are.
+            self._ingest_stream = stream
+            in_flight = self._ingest_in_flight
             async for events in batches(stream):
                 admitted = await ingest_gate.admit(events)
                 if admitted:
-                    await self._run("ingest", self.ingest.process, admitted)
-                for event in admitted:
-                    await stream.ack(event)
+                    generation = self._generation
+                    delivery = await self._run("ingest", self.ingest.process, admitted)
+                    if generation == self._generation:  # else revoked meanwhile: read again, never acknowledged
+                        in_flight.add(delivery, admitted)
+                await self._wait_for_room(in_flight)
 
         async def fuse(stream: Any) -> None:
-            # Acknowledged only once a checkpoint covers them: a restart resumes from there.
+            # Acknowledged only once a checkpoint covers them, after their output was delivered.
             self._fuse_stream = stream
+            in_flight = self._fuse_in_flight
             async for events in batches(stream):
                 async with self._fuse_lock:
+                    generation = self._generation
                     admitted = await fuse_gate.admit(events)
                     if admitted:
-                        await self._run("fuse", self.fuse.process, admitted)
-                    self._fusion_unacked.extend(admitted)
-                    if self._checkpoint_due():
-                        await self._checkpoint(stream)
+                        in_flight.add(await self._run("fuse", self.fuse.process, admitted), None)
+                    if generation == self._generation:  # else revoked meanwhile: the state is restored again
+                        self._fusion_unacked.extend(admitted)
+                        if self._checkpoint_due():
+                            await self._checkpoint(stream)
+                await self._wait_for_room(in_flight)
 
         self.app.agent(self._raw_topic(*self.names.inputs), name="vigie-ingest")(ingest)
         self.app.agent(self._raw_topic(self.names.fusion), name="vigie-fuse")(fuse)
@@ -647,7 +1028,12 @@ class VigieFaustApp:
         sink.write(records)
         sink.flush()
 
-    async def _run(self, stage: str, process: Callable[[list[InMessage]], StageOutput], events: list[Any]) -> None:
+    async def _run(self, stage: str, process: Callable[[list[InMessage]], StageOutput], events: list[Any]) -> Delivery:
+        """Process a batch, queue its output for Kafka and store its records (when a sink is configured).
+
+        Returns the output's delivery, still pending: the caller acknowledges the batch once it is
+        done. The sink, being synchronous, is waited for here (in a thread).
+        """
         batch = [
             InMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
@@ -656,12 +1042,11 @@ class VigieFaustApp:
         output = process(batch)
         computed = time.perf_counter()
         try:
-            self.producer.produce(output.messages)
+            delivery = self.producer.produce(output.messages)
             if self.sink is not None and output.records:
                 # In a thread: the event loop keeps fetching and heart-beating while the store
                 # works (both agents' batches take turns on the sink's lock there, not here).
                 await asyncio.to_thread(self._store, self.sink, output.records)
-            await self.producer.flush()
         except Exception as exc:
             _fail_stop(f"{stage}: producing or writing to the sink", exc)
         self.batches += 1
@@ -674,6 +1059,7 @@ class VigieFaustApp:
             1000 * (computed - began),
             1000 * (time.perf_counter() - computed),
         )
+        return delivery
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,6 +1138,10 @@ def worker_command(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Messages per batch at most (a batch is cut when none are waiting).")
     ] = 2000,
+    batches_in_flight: Annotated[
+        int,
+        typer.Option(min=1, help="Batches per agent whose output may await its delivery at once (back-pressure)."),
+    ] = BATCHES_IN_FLIGHT,
     threshold: Annotated[
         float | None,
         typer.Option(min=0.0, max=1.0, help="Use noisy-OR alerting at this fused risk (default: the learned fusion)."),
@@ -759,6 +1149,13 @@ def worker_command(
     fusion_checkpoint: Annotated[
         float, typer.Option(min=0.1, help="Seconds between checkpoints of the pipeline at least (and its commits).")
     ] = 5.0,
+    checkpoint_in_child: Annotated[
+        bool,
+        typer.Option(
+            "--checkpoint-in-child/--checkpoint-in-loop",
+            help="Serialise checkpoints in a forked child while scoring goes on, or on the event loop.",
+        ),
+    ] = True,
     data_dir: Annotated[Path, typer.Option(help="Faust's local data directory.")] = Path("vigie-data/faust"),
     session_timeout: Annotated[
         float, typer.Option(min=6.0, help="Seconds before a silent worker's partitions are reassigned.")
@@ -778,9 +1175,11 @@ def worker_command(
         replication_factor=replication_factor,
         create_topics=create,
         batch_size=batch_size,
+        batches_in_flight=batches_in_flight,
         sink=sink,
         threshold=threshold,
         fusion_checkpoint_s=fusion_checkpoint,
+        checkpoint_in_child=checkpoint_in_child,
         data_dir=data_dir,
         session_timeout_s=session_timeout,
         commit_interval_s=commit_interval,

@@ -42,7 +42,11 @@ what was not committed) are exact: the checkpoint records, per input partition, 
 input offset fused (:attr:`FuseStage.watermarks`); an event at or below it is a duplicate
 (ingest forwarded it again) and is skipped. Fusion messages are acknowledged only once a
 checkpoint covers them, so a restarted fuse stage re-reads from its checkpoint and computes
-again exactly what it computed before: the same scores and alerts, with the same ids.
+again exactly what it computed before: the same scores and alerts, with the same ids. A
+checkpoint is :meth:`FuseStage.snapshot` (the state and watermarks, serialised: the only step
+that reads the pipeline) then :meth:`FuseStage.save` (the table writes); the worker takes the
+snapshot in a forked copy of itself and saves it later, acknowledging only the messages fused
+before the fork, so the checkpoint and what it covers still match exactly.
 """
 
 from __future__ import annotations
@@ -400,6 +404,11 @@ class FuseStage:
         """Forget the in-memory pipeline: the next batch restores the last checkpoint."""
         self._loaded = False
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the in-memory pipeline is the live one (False: the next batch or snapshot restores it)."""
+        return self._loaded
+
     def _ensure_loaded(self) -> None:
         if self._loaded:
             return
@@ -430,14 +439,25 @@ class FuseStage:
         self._loaded = True
 
     def checkpoint(self) -> int:
-        """Save the pipeline's state and the watermarks; return the bytes written.
+        """Save the pipeline's state and the watermarks; return the bytes written (:meth:`save` of :meth:`snapshot`)."""
+        return self.save(self.snapshot())
+
+    def snapshot(self) -> bytes:
+        """The pipeline's state and the watermarks now, serialised (what :meth:`save` writes).
+
+        The only step of a checkpoint that reads the pipeline: it can run in a forked copy of the
+        process (the worker does), while the pipeline goes on; the snapshot is the state at the fork.
+        """
+        self._ensure_loaded()
+        state = {"v": WIRE_VERSION, "pipeline": self.pipeline.state_dict(), "w": self.watermarks}
+        return orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def save(self, blob: bytes) -> int:
+        """Write ``blob`` (from :meth:`snapshot`) as the next checkpoint; return its bytes.
 
         The new checkpoint's chunks go first, then the manifest naming it, then the previous
         checkpoint's chunks are deleted: a crash at any point leaves one whole checkpoint.
         """
-        self._ensure_loaded()
-        state = {"v": WIRE_VERSION, "pipeline": self.pipeline.state_dict(), "w": self.watermarks}
-        blob = orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
         previous, previous_chunks = self.seq, self._chunks
         self.seq += 1
         chunks = [blob[i : i + CHECKPOINT_CHUNK] for i in range(0, len(blob), CHECKPOINT_CHUNK)]
