@@ -56,11 +56,10 @@ from results import record
 
 from vigie.operators import ScoringPipeline
 from vigie.schemas.generator import GeneratorConfig, generate
-from vigie.sinks._native_block import NativeBlocks
-from vigie.sinks.base import BufferedSink, BufferPolicy
+from vigie.sinks.base import BufferedSink, BufferPolicy, NativeBlockSink
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.sinks.clickhouse_server import ClickHouseServer, server_installed
-from vigie.sinks.ddl import MODERN, Table, native_blocks
+from vigie.sinks.ddl import MODERN, Table
 from vigie.sinks.native_sink import NativeSink
 from vigie.sinks.views import create_views
 from vigie.streams.evaluate import build_detectors
@@ -84,18 +83,12 @@ def scored_stream(hours: float, detectors: str) -> list[list[Any]]:
     return per_event
 
 
-class NullSink(BufferedSink):
+class NullSink(NativeBlockSink):
     """Rows encoded as chdb's sink encodes them (Native blocks), each flush's blocks then
     dropped: the cost of the Python side of the chdb sink, an upper bound for that sink."""
 
     def __init__(self, batch_size: int) -> None:
         super().__init__(MODERN, _policy(batch_size))
-
-    def _column_store(self) -> NativeBlocks:
-        return native_blocks(MODERN)
-
-    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
-        return columns
 
     def _send(self, table: Table, payload: bytes, rows: int) -> None:
         pass

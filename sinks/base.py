@@ -49,7 +49,8 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
-from .ddl import MODERN, TABLES, ColumnLists, ServerProfile, Table, column_writers, empty_columns
+from ._native_block import NativeBlocks
+from .ddl import MODERN, TABLES, ColumnLists, ServerProfile, Table, column_writers, empty_columns, native_blocks
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -58,6 +59,7 @@ __all__ = [
     "BufferedSink",
     "ColumnListStore",
     "ColumnStore",
+    "NativeBlockSink",
     "RowBuffer",
     "Sink",
     "SinkMetrics",
@@ -589,3 +591,18 @@ class BufferedSink(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class NativeBlockSink(BufferedSink):
+    """A :class:`BufferedSink` whose rows are ClickHouse ``Native`` blocks
+    (:func:`~vigie.sinks.ddl.native_blocks` for the sink's profile): a flush's payload for a
+    table is its block, complete. The chdb and native-protocol sinks are these."""
+
+    _serialization_flags = False
+    """Whether each column header carries the serialization byte (native protocol, revision 54454+)."""
+
+    def _column_store(self) -> NativeBlocks:
+        return native_blocks(self.profile, serialization_flags=self._serialization_flags)
+
+    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
+        return columns

@@ -34,15 +34,13 @@ from typing import Any
 import chdb.session
 import orjson
 
-from ._native_block import NativeBlocks
-from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferedSink, BufferPolicy
+from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferPolicy, NativeBlockSink
 from .ddl import (
     DEFAULT_DATABASE,
     DEFAULT_TTL_DAYS,
     TABLES,
     ServerProfile,
     Table,
-    native_blocks,
     render_ddl,
     validate_identifier,
 )
@@ -110,7 +108,7 @@ def _parse_rows(data: bytes) -> list[dict[str, Any]]:
         return [json.loads(line.decode("utf-8", "surrogateescape")) for line in data.splitlines() if line]
 
 
-class ChdbSink(BufferedSink):
+class ChdbSink(NativeBlockSink):
     """:class:`~vigie.sinks.base.Sink` into a chdb data directory, tables created on open.
 
     >>> with ChdbSink(Path("vigie-data/store")) as sink:  # doctest: +SKIP
@@ -162,12 +160,6 @@ class ChdbSink(BufferedSink):
             name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) {_INSERT_SETTINGS}"
             for name, table in TABLES.items()
         }
-
-    def _column_store(self) -> NativeBlocks:
-        return native_blocks(self.profile)
-
-    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
-        return columns  # the store's Native block, complete
 
     def _send(self, table: Table, payload: bytes, rows: int) -> None:
         # chdb releases the GIL while ClickHouse parses and writes the parts.

@@ -31,14 +31,15 @@ there is a scheduled ``ALTER TABLE ... DROP PARTITION``.
 
 Rows
 ----
-Two row shapes, both from code generated once per model:
+Three row shapes:
 
-* :func:`column_writers` (what the sinks use): each record appends its values to one list per
-  column of its table (and of its item table), exactly as the model holds them (aware
-  ``datetime`` in any offset, ``bool``, ``dict``, ``bytes``). A sink converts whole *columns*
-  at flush time, in bulk, for its transport: Arrow arrays for chdb, epoch integers for the
-  native protocol. No per-row dict, tuple or encoding: bench/sink.py measures the whole path
-  per scored event.
+* :func:`native_blocks` (what the ClickHouse sinks use): each record's values are encoded at
+  once into ClickHouse ``Native`` columns (a Cython encoder), one block per table at flush.
+  No per-row dict or tuple: bench/sink.py measures the whole path per scored event.
+* :func:`column_writers` (generated once per model): each record appends its values to one
+  list per column of its table (and of its item table), exactly as the model holds them
+  (aware ``datetime`` in any offset, ``bool``, ``dict``, ``bytes``), for a sink that converts
+  whole columns itself.
 * :func:`rows_for`: one dict per row, values already converted for a server profile
   (datetimes in UTC, booleans 0/1, dicts as JSON text where the profile has no ``Map``), for
   callers that want to read rows (tests, tools). About 2 us for a score, 8 us for a
@@ -51,8 +52,8 @@ Dead-letter bytes
 -----------------
 ``dead_letters.raw`` is a ``String`` holding the original bytes unchanged (ClickHouse
 strings are byte strings): ``SELECT raw`` returns them, ``length(raw) = raw_size``. The
-sinks send ``raw`` as bytes directly (Arrow binary into chdb, the native protocol into a
-server, the only way on 18.16). Text transports cannot carry arbitrary bytes, so on modern
+sinks send ``raw`` as bytes directly (a Native ``String``, into chdb and over the native
+protocol, the only way on 18.16). Text transports cannot carry arbitrary bytes, so on modern
 servers the table also has an ``EPHEMERAL`` column ``raw_base64`` and ``raw`` defaults to
 ``base64Decode(raw_base64)``: a JSON insert sends ``raw_base64``. To read the bytes back
 through JSON, select ``base64Encode(raw)`` (or ``hex(raw)``) and decode on the client.
@@ -107,7 +108,6 @@ __all__ = [
     "Table",
     "column_writers",
     "empty_columns",
-    "json_column",
     "json_text",
     "native_blocks",
     "native_type",
@@ -570,18 +570,6 @@ def _to_utc(value: datetime) -> datetime:
 def json_text(value: Any) -> str:
     """A dict as the JSON text stored in a ``String`` column: keys sorted, so equal dicts give equal text."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def json_column(values: Sequence[Any]) -> list[str | None]:
-    """A column of dicts as the JSON documents :func:`json_text` gives; None stays None.
-
-    Text, not orjson's bytes: a column of kept ``bytes`` costs about four times the encoding
-    itself (orjson allocates each outside Python's small-object allocator, then shrinks it),
-    while decoding each one to a ``str`` frees those buffers at once (bench/sink.py).
-    """
-    dumps = orjson.dumps
-    option = orjson.OPT_SORT_KEYS
-    return [None if value is None else dumps(value, option=option).decode() for value in values]
 
 
 def _converter(col: Column, profile: ServerProfile) -> Convert | None:

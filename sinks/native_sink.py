@@ -58,8 +58,7 @@ from clickhouse_driver.protocol import ClientPacketTypes
 from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str
 
-from ._native_block import NativeBlocks
-from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferedSink, BufferPolicy, SinkMetrics
+from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferPolicy, NativeBlockSink, SinkMetrics
 from .ddl import (
     DEFAULT_DATABASE,
     DEFAULT_TTL_DAYS,
@@ -67,7 +66,6 @@ from .ddl import (
     Kind,
     ServerProfile,
     Table,
-    native_blocks,
     native_type,
     render_ddl,
     validate_identifier,
@@ -119,7 +117,7 @@ class NativeSinkMetrics(SinkMetrics):
     """Statements re-sent after a connection or transient server error."""
 
 
-class NativeSink(BufferedSink):
+class NativeSink(NativeBlockSink):
     """:class:`~vigie.sinks.base.Sink` into a ClickHouse server, tables created on connect.
 
     >>> with NativeSink("127.0.0.1", 9000) as sink:  # doctest: +SKIP
@@ -219,12 +217,6 @@ class NativeSink(BufferedSink):
         create_views(self.query, self.profile, self.database)
 
     # -- BufferedSink hooks -----------------------------------------------------------------
-
-    def _column_store(self) -> NativeBlocks:
-        return native_blocks(self.profile, serialization_flags=self._serialization_flags)
-
-    def _encode(self, table: Table, columns: bytes, rows: int) -> bytes:
-        return columns  # the store's Native block, complete
 
     def _send(self, table: Table, payload: bytes, rows: int) -> None:
         sql = self._insert_sql[table.name]
