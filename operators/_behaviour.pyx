@@ -14,7 +14,6 @@ positive (the schema's masses and values, the configuration's rates and windows)
 
 import math
 
-from cpython.object cimport PyObject_GenericGetDict
 from libc.math cimport exp, fabs, log, pow, sqrt
 from libc.stdlib cimport free, malloc
 
@@ -31,10 +30,7 @@ cdef enum:
 cdef int _SIGNALS = 4  # unit value, origin, chapter, volume: the order of behaviour.SIGNALS
 
 
-cdef inline dict _fields(event: object):
-    """The field values of a pydantic event by name: its ``__dict__``, read without the detour of one
-    attribute look-up (through the model's ``__getattr__`` hook) per field."""
-    return PyObject_GenericGetDict(event, NULL)
+include "_fields.pxi"
 
 
 # --- Page-Hinkley -------------------------------------------------------------------------------

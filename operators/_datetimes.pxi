@@ -1,12 +1,14 @@
 # Datetime arithmetic from a datetime's fields in C, shared by the hot paths that read event
-# times (``include "_datetimes.pxi"``, a textual include; the including module calls
+# times and the sinks' encoder (``include "_datetimes.pxi"``, a textual include; the including module calls
 # ``import_datetime()`` before using it). Every result is what CPython's own datetime
 # arithmetic gives: whole microseconds are exact integers, and below 2**53 of them one
 # division of two exact doubles is the correctly rounded quotient CPython computes.
 
 from cpython.datetime cimport (
-    datetime_day, datetime_hour, datetime_microsecond, datetime_minute, datetime_month, datetime_second, datetime_year,
+    datetime_day, datetime_hour, datetime_microsecond, datetime_minute, datetime_month, datetime_second,
+    datetime_tzinfo, datetime_year, timedelta_days, timedelta_microseconds, timedelta_seconds,
 )
+from datetime import UTC as _UTC_ZONE
 
 cdef long long _EXACT_MICROSECONDS = 1LL << 53  # whole microseconds below this are exact doubles (years 1685-2255)
 
@@ -30,3 +32,22 @@ cdef inline long long _wall_microseconds(when) noexcept:
         + datetime_second(when)
     )
     return seconds * 1000000 + datetime_microsecond(when)
+
+
+cdef inline bint _utc_microseconds(when, long long* micros) except -1:
+    """Set ``micros`` to the microseconds from 1970-01-01 UTC to ``when`` (its wall clock minus its
+    UTC offset) and answer True; False, ``micros`` untouched, when ``when`` is naive or its zone
+    gives no offset (the caller decides what such a time means)."""
+    cdef long long wall
+    zone = datetime_tzinfo(when)
+    if zone is None:
+        return False
+    wall = _wall_microseconds(when)
+    if zone is not _UTC_ZONE:
+        offset = when.utcoffset()
+        if offset is None:
+            return False
+        wall -= (<long long>timedelta_days(offset) * 86400 + timedelta_seconds(offset)) * 1000000
+        wall -= timedelta_microseconds(offset)
+    micros[0] = wall
+    return True

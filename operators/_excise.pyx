@@ -10,40 +10,16 @@ the masses summed item by item in the goods' order as ``sum`` does, the heaviest
 first of the heaviest as ``max`` gives, the same state written.
 """
 
-import datetime as _datetime
-
-from cpython.datetime cimport datetime_tzinfo, import_datetime
-from cpython.object cimport PyObject_GenericGetDict
+from cpython.datetime cimport import_datetime
 
 from .base import epoch_seconds
 
 from vigie.schemas import EntrySummaryDeclaration, ExciseMovement, ImportDeclaration
 
-include "_datetimes.pxi"
-
 import_datetime()
-cdef object _DATETIME = _datetime.datetime
-cdef object _UTC = _datetime.UTC
 
 
-cdef inline dict _fields(event: object):
-    """The field values of a pydantic event by name: its ``__dict__``, read without the detour of one
-    attribute look-up (through the model's ``__getattr__`` hook) per field."""
-    return PyObject_GenericGetDict(event, NULL)
-
-
-cdef double _timestamp(when: object):
-    """``when.timestamp()`` of an aware datetime, from its fields when its zone is UTC.
-
-    CPython divides the whole microseconds since the epoch by 10**6 as integers, correctly rounded: for
-    fewer than 2**53 microseconds, that is one division of two exact doubles, done here."""
-    cdef long long microseconds
-    if type(when) is not _DATETIME or datetime_tzinfo(when) is not _UTC:
-        return when.timestamp()
-    microseconds = _wall_microseconds(when)
-    if not -_EXACT_MICROSECONDS < microseconds < _EXACT_MICROSECONDS:
-        return when.timestamp()
-    return <double>microseconds / 1e6
+include "_fields.pxi"
 
 
 cdef class EnsMass:
@@ -198,7 +174,7 @@ def learn_ens(EnsMass unit, state: object) -> None:
     state.ens = {"id": unit.event_id, "t": filed, "gross": unit.gross_kg, "n": unit.n_items}
     # An ENS is filed up to weeks before arrival; its declaration comes after: idle from its ETA (the later
     # of the two, compared in epoch seconds, which order instants as the datetimes do).
-    state.touch(filed if unit.eta is None else max(filed, _timestamp(unit.eta)))
+    state.touch(filed if unit.eta is None else max(filed, <double>epoch_seconds(unit.eta)))
 
 
 def overdue(dict open_eads, arc: object, double now, double deadline_s) -> tuple | None:

@@ -18,10 +18,7 @@ checks the ids against ``uuid.uuid5`` and the scores against validation.
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
 
-from cpython.datetime cimport (
-    PyDateTime_CheckExact, datetime_tzinfo, import_datetime, timedelta_days, timedelta_microseconds,
-    timedelta_seconds,
-)
+from cpython.datetime cimport PyDateTime_CheckExact, import_datetime
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.unicode cimport PyUnicode_DecodeASCII
 
@@ -62,18 +59,8 @@ cpdef object epoch_seconds(when):
     True
     """
     cdef long long micros
-    if not PyDateTime_CheckExact(when):
-        return when.timestamp()
-    zone = datetime_tzinfo(when)
-    if zone is None:
-        return when.timestamp()  # naive: local time, the C library's business
-    micros = _wall_microseconds(when)
-    if zone is not UTC:
-        offset = when.utcoffset()
-        if offset is None:
-            return when.timestamp()
-        micros -= (<long long> timedelta_days(offset) * 86400 + timedelta_seconds(offset)) * 1000000
-        micros -= timedelta_microseconds(offset)
+    if not PyDateTime_CheckExact(when) or not _utc_microseconds(when, &micros):
+        return when.timestamp()  # a subclass; naive (local time, the C library's business)
     if not -_EXACT_MICROSECONDS < micros < _EXACT_MICROSECONDS:
         return when.timestamp()
     return <double> micros / 1e6

@@ -21,19 +21,19 @@ buffer ends and :meth:`NativeBlocks.rollback` goes back there.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.datetime cimport PyDateTime_Check, datetime_tzinfo, import_datetime, timedelta_days, timedelta_microseconds, timedelta_seconds
+from cpython.datetime cimport PyDateTime_Check, import_datetime
 from cpython.dict cimport PyDict_Next
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from cpython.object cimport PyObject, PyObject_GenericGetDict
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 import orjson
-from datetime import UTC
 
 include "../operators/_datetimes.pxi"
+include "../operators/_fields.pxi"
 
 import_datetime()
 
@@ -41,18 +41,7 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     double PyFloat_AsDouble(object value) except? -1.0
 
-# Column kinds (the codes NativeBlocks' column specs use).
-K_STRING = 0
-K_BYTES = 1
-K_INT = 2
-K_FLOAT = 3
-K_BOOL = 4
-K_DATETIME = 5
-K_JSON = 6
-K_ARRAY = 7
-K_MAP = 8
-
-cdef enum:
+cdef enum:  # column kinds
     C_STRING = 0
     C_BYTES = 1
     C_INT = 2
@@ -63,8 +52,18 @@ cdef enum:
     C_ARRAY = 7
     C_MAP = 8
 
+# The same codes for Python: what NativeBlocks' column specs name.
+K_STRING = C_STRING
+K_BYTES = C_BYTES
+K_INT = C_INT
+K_FLOAT = C_FLOAT
+K_BOOL = C_BOOL
+K_DATETIME = C_DATETIME
+K_JSON = C_JSON
+K_ARRAY = C_ARRAY
+K_MAP = C_MAP
+
 cdef Py_ssize_t _SHRINK_ABOVE = 16 << 20  # a buffer grown past 16 MiB (a huge dead letter) is freed when emptied
-cdef object _UTC = UTC
 cdef object _DUMPS = orjson.dumps
 cdef object _SORT_KEYS = orjson.OPT_SORT_KEYS
 
@@ -220,21 +219,14 @@ cdef inline int _int(Buf* b, object value, int width, bint signed) except -1:
     return _put(b, &u32, 4)
 
 
-cdef inline int64_t _utc_microseconds(object value) except? -1:
+cdef inline int64_t _epoch_microseconds(object value) except? -1:
     """Microseconds from 1970-01-01 UTC to ``value`` (a naive datetime is taken as UTC)."""
+    cdef long long micros
     if not PyDateTime_Check(value):
         raise TypeError(f"expected datetime, got {type(value).__name__}")
-    cdef int64_t wall = _wall_microseconds(value)
-    tz = datetime_tzinfo(value)
-    if tz is None or tz is _UTC:
-        return wall
-    offset = value.utcoffset()
-    if offset is None:
-        return wall
-    return wall - (
-        (<int64_t>timedelta_days(offset) * 86400 + timedelta_seconds(offset)) * 1000000
-        + timedelta_microseconds(offset)
-    )
+    if not _utc_microseconds(value, &micros):
+        micros = _wall_microseconds(value)  # naive, or a zone without an offset: UTC, as pyarrow took it
+    return micros
 
 
 cdef class _Column:
@@ -338,7 +330,7 @@ cdef class _Column:
         if kind == C_FLOAT:
             return _float(&self.data, value)
         if kind == C_DATETIME:
-            ticks = _utc_microseconds(value) // self.tick
+            ticks = _epoch_microseconds(value) // self.tick
             if self.width == 8:
                 return _put(&self.data, &ticks, 8)
             if ticks < 0 or ticks > 0xFFFFFFFF:
@@ -480,7 +472,7 @@ cdef class _Table:
                     value = fields[col.key]
                 else:
                     nested = fields[col.nested]
-                    value = None if nested is None else PyObject_GenericGetDict(nested, NULL)[col.key]
+                    value = None if nested is None else _fields(nested)[col.key]
                 col.put(value)
         except KeyError as exc:
             raise KeyError(f"{self.name}.{(<_Column>self.columns[i]).name}: the record has no {exc}") from None
@@ -593,11 +585,11 @@ cdef class NativeBlocks:
         if found is None:
             raise TypeError(f"no table stores {type(record).__name__}")
         root = <_Root>found
-        fields = PyObject_GenericGetDict(record, NULL)
+        fields = _fields(record)
         root.table.put_row(fields, None)
         for table, via in root.children:
             for item in fields[via]:
-                table.put_row(PyObject_GenericGetDict(item, NULL), fields)
+                table.put_row(_fields(item), fields)
                 rows += 1
         return rows
 
