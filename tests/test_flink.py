@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -723,6 +724,163 @@ def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest
     wrong = list(parse.process_element(Row(encode_event(ens()), "p.declarations", 0, 13), None))  # type: ignore[arg-type]
     (letter,) = [o[1] for o in wrong]
     assert b"does not belong on topic" in letter[2]["vigie.reason"] and letter[1] == encode_event(ens())
+
+
+class _KeyedStore:
+    """Flink keyed state for the functions called directly: one value or list per (state name, current key)."""
+
+    def __init__(self) -> None:
+        self.key = ""
+        self.values: dict[tuple[str, str], Any] = {}
+        self.lists: dict[tuple[str, str], list[Any]] = {}
+
+    def copy(self) -> _KeyedStore:
+        """What a checkpoint holds (the pickles Flink would keep: copies, not the live objects)."""
+        import pickle
+
+        other = _KeyedStore()
+        other.values = pickle.loads(pickle.dumps(self.values))
+        other.lists = pickle.loads(pickle.dumps(self.lists))
+        return other
+
+
+class _Value:
+    def __init__(self, store: _KeyedStore, name: str) -> None:
+        self.store, self.name = store, name
+
+    def value(self) -> Any:
+        return self.store.values.get((self.name, self.store.key))
+
+    def update(self, value: Any) -> None:
+        self.store.values[(self.name, self.store.key)] = value
+
+
+class _List(_Value):
+    def get(self) -> list[Any]:
+        return list(self.store.lists.get((self.name, self.store.key), []))
+
+    def add(self, value: Any) -> None:
+        self.store.lists.setdefault((self.name, self.store.key), []).append(value)
+
+    def clear(self) -> None:
+        self.store.lists.pop((self.name, self.store.key), None)
+
+
+class _Context:
+    """Runtime context and process-function context at once (what the functions call)."""
+
+    def __init__(self, store: _KeyedStore) -> None:
+        self.store = store
+        self.timers: set[tuple[str, int]] = set()
+        self.watermark = -(2**63)
+
+    def get_state(self, descriptor: Any) -> _Value:
+        return _Value(self.store, descriptor.name)
+
+    def get_list_state(self, descriptor: Any) -> _List:
+        return _List(self.store, descriptor.name)
+
+    def timer_service(self) -> _Context:
+        return self
+
+    def register_event_time_timer(self, timestamp: int) -> None:
+        self.timers.add((self.store.key, timestamp))
+
+    def current_watermark(self) -> int:
+        return self.watermark
+
+    def get_current_key(self) -> str:
+        return self.store.key
+
+
+def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_identically(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The score stage's keyed state (snapshot + log of units) called directly: its scores are the
+    detectors' own in process; a subtask restored from a copy of the state mid-stream (empty cache)
+    gives the same scores and deadline findings as the uninterrupted one; logs stay bounded."""
+    from pyflink.common import Row
+
+    from vigie.streams import flink_job
+    from vigie.streams.flink_job import ParseAndSplit, ScoreUnits
+
+    monkeypatch.setattr(flink_job, "worker_logging", lambda: None)  # this process's logging is not a worker's
+    monkeypatch.setattr(ScoreUnits, "SNAPSHOT_EVERY", 5)  # snapshots and replays happen often
+    keyed_names = ("undervaluation", "atypical_flow", "operator_behaviour", "excise")
+    settings = FlinkJobSettings(input_topic="all", detectors=keyed_names)
+    events = [e for e, _ in generate(GeneratorConfig(seed=3, duration_hours=0.5))]
+    events += _timer_events(max(events, key=lambda e: e.event_time))
+    parse = ParseAndSplit(settings)
+    parse.open(None)  # type: ignore[arg-type]
+    units = [
+        record
+        for offset, event in enumerate(events)
+        for record in parse.process_element(Row(encode_event(event), "all", 0, offset), None)  # type: ignore[arg-type]
+        if record[0] == "u"
+    ]
+    reference = {d.name: d for d in make_detectors(keyed_names)}
+    stores: dict[str, dict[str, Any]] = {name: {} for name in reference}
+    want = []
+    for record in units:
+        _, route, _, _, name, _, _ = record
+        detector, key = reference[name], route.split("/", 1)[1]
+        state = stores[name].setdefault(key, detector.new_state())
+        score = detector.score_one(pickle.loads(record[6]), state)
+        detector.learn_one(pickle.loads(record[6]), state)
+        want.append(None if score is None else encode_event(score))
+    assert sum(w is not None for w in want) > len(units) // 3  # real scores are compared
+
+    def run(stage: ScoreUnits, context: _Context, records: list[Any]) -> list[bytes | None]:
+        got = []
+        for record in records:
+            context.store.key = record[1]
+            ((_, _, _, _, fields),) = stage.process_element(record, context)  # type: ignore[arg-type]
+            got.append(None if fields is None else encode_event(RiskScore.model_construct(**fields)))
+        return got
+
+    def fire(stage: ScoreUnits, context: _Context, until_ms: int) -> list[str]:
+        """Deadline timers due by ``until_ms``, fired in time order; the subjects found overdue."""
+        context.watermark = until_ms
+        found = []
+        for key, timestamp in sorted(context.timers, key=lambda t: t[1]):
+            if timestamp <= until_ms:
+                context.store.key = key
+                for _, scores in stage.on_timer(timestamp, context):  # type: ignore[arg-type]
+                    found += [fields["subject_event_id"] for fields in scores]
+        return found
+
+    whole_context = _Context(_KeyedStore())
+    whole = ScoreUnits(settings)
+    whole.open(whole_context)  # type: ignore[arg-type]
+    assert run(whole, whole_context, units) == want
+
+    cut = len(units) // 2
+    first_context = _Context(_KeyedStore())
+    first = ScoreUnits(settings)
+    first.open(first_context)  # type: ignore[arg-type]
+    got = run(first, first_context, units[:cut])
+    restored_context = _Context(first_context.store.copy())
+    restored_context.timers = set(first_context.timers)
+    restored = ScoreUnits(settings)
+    restored.open(restored_context)  # type: ignore[arg-type]
+    got += run(restored, restored_context, units[cut:])
+    assert got == want
+
+    logs = restored_context.store.lists
+    assert logs and max(len(entries) for entries in logs.values()) < ScoreUnits.SNAPSHOT_EVERY
+    assert any(name == "operator-state" for name, _ in restored_context.store.values)  # snapshots were taken
+
+    # Deadlines: the same overdue e-ADs, once, whether the state was restored or not, and again after a
+    # restore that follows the timers (the expiry is in the log: nothing is reported twice).
+    clock = int(events[-1].event_time.timestamp() * 1000)
+    overdue = fire(whole, whole_context, clock - 1)
+    assert "timer-ead-a" in overdue and "timer-ead-b" not in overdue
+    assert fire(restored, restored_context, clock - 1) == overdue
+    after = _Context(restored_context.store.copy())
+    after.timers = set(restored_context.timers)
+    again = ScoreUnits(settings)
+    again.open(after)  # type: ignore[arg-type]
+    assert fire(again, after, clock - 1) == []
 
 
 def test_cli_rejects_bad_options_and_finds_checkpoints(tmp_path: Path) -> None:
