@@ -11,8 +11,8 @@ Topology (``P`` = topic prefix, :mod:`vigie.streams.topics`)::
     P.ens, P.declarations,     SQL Kafka source, format raw (original bytes) + topic/partition/offset
     P.excise, P.outcomes  -->  parse (p): decode_event + topic check ------------> P.dead-letter (side output)
                                  |  every keyed detector's units(event), one record per unit,
-                                 |  then the event's envelope (its bytes, its unit count)
-                                 |  key_by "detector/state key" (envelopes: by event)
+                                 |  the last one carrying the event's envelope (its bytes, its unit count)
+                                 |  key_by "detector/state key" (an event without units: its envelope, by event)
                                  v
                                score (p): score_learn_one (score, then learn) on the state key's keyed
                                  |  state (a snapshot + a log of units since); deadline rules register
@@ -415,10 +415,11 @@ class PipelineCore:
 # Records between the stages (pickled tuples) and towards Kafka (rows)
 # --------------------------------------------------------------------------------------------
 #
-# parse -> score:     ("u", route key, event time ms, event uid, detector, unit index, pickled unit)
-#                     ("e", "event/<uid>", event time ms, event uid, raw bytes, unit count), after its units
-# score -> pipeline:  ("e", event uid, raw bytes, unit count)
-#                     ("s", event uid, detector, unit index, score fields | None)
+# parse -> score:     ("u", route key, event time ms, event uid, detector, unit index, pickled unit, envelope)
+#                     ("e", "event/<uid>", event time ms, event uid, raw bytes, 0)   an event without units
+# score -> pipeline:  ("e", event uid, raw bytes, 0)
+#                     ("s", event uid, detector, unit index, score fields | None, envelope)
+# Envelope: (raw bytes, unit count) on an event's last unit, None on the others.
 #                     ("t", [score fields, ...])   deadline scores of one overdue subject
 # Event uid: "topic:partition:offset", unique even when an integrator re-sends an event_id.
 
@@ -510,12 +511,15 @@ class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
             rejected = EventRejected(f"internal error while splitting into units: {exc!r}")
             yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
             return
-        for route, name, index, unit in units:
-            # Pickled here, not by Flink: the score stage logs these very bytes in its keyed state.
-            yield ("u", route, when, uid, name, index, pickle.dumps(unit, pickle.HIGHEST_PROTOCOL))
-        # The envelope travels through the score stage too (passed on as it is): one Python
-        # hop less than a side output unioned before the pipeline stage.
-        yield ("e", f"event/{uid}", when, uid, raw, len(units))
+        # The event's envelope (its bytes, its unit count) rides on its last unit: every record
+        # costs a Python hop in each stage, more than the scoring itself. Units are pickled here,
+        # not by Flink: the score stage logs these very bytes in its keyed state.
+        last = len(units) - 1
+        for position, (route, name, index, unit) in enumerate(units):
+            envelope = (raw, len(units)) if position == last else None
+            yield ("u", route, when, uid, name, index, pickle.dumps(unit, pickle.HIGHEST_PROTOCOL), envelope)
+        if not units:  # on its own, through the score stage (passed on as it is)
+            yield ("e", f"event/{uid}", when, uid, raw, 0)
 
 
 class UnitTime(TimestampAssigner):  # type: ignore[misc]
@@ -611,7 +615,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
             _, _, _, uid, raw, count = value
             yield ("e", uid, raw, count)
             return
-        _, route, when, uid, name, index, pickled_unit = value
+        _, route, when, uid, name, index, pickled_unit, envelope = value
         self.stream_time_ms = max(self.stream_time_ms, when)
         detector = self.detectors[name]
         cached = self._load(route, name)
@@ -626,7 +630,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
             for deadline in rule.deadlines(key, unit, state):
                 # +1 ms: the detectors' deadline tests are "strictly after".
                 ctx.timer_service().register_event_time_timer(int(deadline * 1000) + 1)
-        yield ("s", uid, name, index, _fields(score))
+        yield ("s", uid, name, index, _fields(score), envelope)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         end_of_input = ctx.timer_service().current_watermark() >= MAX_WATERMARK
@@ -714,9 +718,12 @@ class RunPipeline(KeyedProcessFunction):  # type: ignore[misc]
             entry[0], entry[1] = value[2], value[3]
             self.order.append(uid)
         else:
-            _, _, name, index, fields = value
+            _, _, name, index, fields, envelope = value
             entry[2].setdefault(name, {})[index] = fields
             entry[3] += 1
+            if envelope is not None:  # the event's last unit
+                entry[0], entry[1] = envelope
+                self.order.append(uid)
         while self.order:
             raw, count, gathered, received = self.pending[self.order[0]]
             if raw is None or received < count:

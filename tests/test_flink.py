@@ -703,7 +703,7 @@ def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest
     """The parse function on the four-topic layout (called directly, no cluster)."""
     from pyflink.common import Row
 
-    from tests.factories import declaration, ens
+    from tests.factories import declaration, ens, outcome
     from vigie.streams import flink_job
     from vigie.streams.flink_job import ParseAndSplit
 
@@ -720,7 +720,12 @@ def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest
         (f"excise/ens:{decl.ens_reference}", "excise", 0),
     ]
     assert units[0][2] == int(decl.event_time.timestamp() * 1000) and units[0][3] == "p.declarations:0:12"
-    assert out[-1] == ("e", "event/p.declarations:0:12", units[0][2], "p.declarations:0:12", encode_event(decl), 2)
+    # The envelope (the event's bytes, its unit count) rides on the last unit; an event without units sends it alone.
+    assert [u[7] for u in units] == [None, (encode_event(decl), 2)]
+    result = outcome()
+    (alone,) = parse.process_element(Row(encode_event(result), "p.outcomes", 0, 3), None)  # type: ignore[arg-type]
+    assert alone == ("e", "event/p.outcomes:0:3", int(result.event_time.timestamp() * 1000), "p.outcomes:0:3",
+                     encode_event(result), 0)  # fmt: skip
     wrong = list(parse.process_element(Row(encode_event(ens()), "p.declarations", 0, 13), None))  # type: ignore[arg-type]
     (letter,) = [o[1] for o in wrong]
     assert b"does not belong on topic" in letter[2]["vigie.reason"] and letter[1] == encode_event(ens())
@@ -822,7 +827,7 @@ def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_ide
     stores: dict[str, dict[str, Any]] = {name: {} for name in reference}
     want = []
     for record in units:
-        _, route, _, _, name, _, _ = record
+        _, route, _, _, name, _, _, _ = record
         detector, key = reference[name], route.split("/", 1)[1]
         state = stores[name].setdefault(key, detector.new_state())
         score = detector.score_one(pickle.loads(record[6]), state)
@@ -834,7 +839,8 @@ def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_ide
         got = []
         for record in records:
             context.store.key = record[1]
-            ((_, _, _, _, fields),) = stage.process_element(record, context)  # type: ignore[arg-type]
+            ((_, _, _, _, fields, envelope),) = stage.process_element(record, context)  # type: ignore[arg-type]
+            assert envelope == record[7]  # passed on to the pipeline stage
             got.append(None if fields is None else encode_event(RiskScore.model_construct(**fields)))
         return got
 
