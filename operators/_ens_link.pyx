@@ -19,13 +19,15 @@ from cpython.datetime cimport (
     datetime_second, datetime_tzinfo, datetime_year, import_datetime,
 )
 from cpython.object cimport PyObject_GenericSetAttr
-from libc.stdio cimport snprintf
+from cpython.unicode cimport PyUnicode_DecodeASCII
 
 include "_json.pxi"
+include "_fields.pxi"
 
 import_datetime()
 
 cdef dict _FIELDS = {}  # frozen dataclass -> its field names, in __init__ order
+cdef object _new = object.__new__  # bound once: ``object.__new__(cls)`` written out looks the method up per call
 
 
 def frozen(cls, *values):
@@ -38,7 +40,7 @@ def frozen(cls, *values):
         names = _FIELDS[cls] = _init_fields(cls)
     if len(values) != len(names):
         raise TypeError(f"{cls.__name__} takes {len(names)} values, {len(values)} given")
-    record = object.__new__(cls)
+    record = _new(cls)
     for i in range(len(names)):
         PyObject_GenericSetAttr(record, names[i], values[i])
     return record
@@ -62,7 +64,7 @@ cdef object _frozen(cls, values):
         names = _FIELDS[cls] = _init_fields(cls)
     if n != len(names):
         raise TypeError(f"{cls.__name__} takes {len(names)} values, {n} given")
-    record = object.__new__(cls)
+    record = _new(cls)
     for i in range(n):
         PyObject_GenericSetAttr(record, names[i], values[i])
     return record
@@ -98,25 +100,40 @@ def summary_from_json(bytes summary, cls, item_cls):
                          item_summaries))
 
 
+cdef inline int _digits(char* text, int at, int value, int width) noexcept:
+    """Write ``value`` (0 <= value < 10**width) as ``width`` digits, zero-padded, at ``text[at]``; returns the end."""
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        text[at + i] = c"0" + <char>(value % 10)
+        value //= 10
+    return at + width
+
+
 cdef str _isoformat(when):
-    """``when.isoformat()``; written here for a datetime in UTC (``+00:00``), the common case."""
+    """``when.isoformat()``; written here for a datetime in UTC (``+00:00``), the common case
+    (``%04d-%02d-%02dT%02d:%02d:%02d[.%06d]+00:00``, the digits written without snprintf's parsing)."""
     cdef char text[40]
     cdef int n, microsecond
     if not PyDateTime_CheckExact(when) or datetime_tzinfo(when) is not UTC:
         return when.isoformat()
+    n = _digits(text, 0, datetime_year(when), 4)  # 1 to 9999: always 4 digits
+    text[n] = c"-"
+    n = _digits(text, n + 1, datetime_month(when), 2)
+    text[n] = c"-"
+    n = _digits(text, n + 1, datetime_day(when), 2)
+    text[n] = c"T"
+    n = _digits(text, n + 1, datetime_hour(when), 2)
+    text[n] = c":"
+    n = _digits(text, n + 1, datetime_minute(when), 2)
+    text[n] = c":"
+    n = _digits(text, n + 1, datetime_second(when), 2)
     microsecond = datetime_microsecond(when)
     if microsecond:
-        n = snprintf(
-            text, sizeof(text), "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00", datetime_year(when),
-            datetime_month(when), datetime_day(when), datetime_hour(when), datetime_minute(when),
-            datetime_second(when), microsecond,
-        )
-    else:
-        n = snprintf(
-            text, sizeof(text), "%04d-%02d-%02dT%02d:%02d:%02d+00:00", datetime_year(when), datetime_month(when),
-            datetime_day(when), datetime_hour(when), datetime_minute(when), datetime_second(when),
-        )
-    return text[:n].decode("ascii")
+        text[n] = c"."
+        n = _digits(text, n + 1, microsecond, 6)
+    memcpy(text + n, b"+00:00", 6)
+    n += 6
+    return PyUnicode_DecodeASCII(text, n, NULL)
 
 
 def summary_json(ens, vague) -> bytes:
@@ -137,7 +154,7 @@ def summary_json(ens, vague) -> bytes:
     consignor = ens.consignor
     _json_open(&out)
     try:  # written as it is read, without the list: the common case
-        if _summary_write(&out, ens, consignor, vague):
+        if _summary_write(&out, _fields(ens), _fields(consignor), vague):
             return PyBytes_FromStringAndSize(out.data, out.size)
     finally:
         _json_close(&out)
@@ -151,26 +168,29 @@ def summary_json(ens, vague) -> bytes:
     return _json_dumps(row, 0)
 
 
-cdef bint _summary_write(JsonBuffer* out, ens, consignor, vague) except -1:
-    """Write :func:`summary_json`'s list straight from the ENS; False when ``_json.pxi`` is not sure of a value."""
+cdef bint _summary_write(JsonBuffer* out, dict ens, dict consignor, vague) except -1:
+    """Write :func:`summary_json`'s list straight from the ENS, given by the field values of it and of its
+    consignor (``_fields.pxi``); False when ``_json.pxi`` is not sure of a value."""
+    cdef dict item
     _json_put(out, "[", 1)
-    for value in (ens.ens_reference, ens.event_id, _isoformat(ens.event_time), consignor.country, consignor.name,
-                  ens.consignee.eori, ens.countries_of_routing):
+    for value in (ens["ens_reference"], ens["event_id"], _isoformat(ens["event_time"]), consignor["country"],
+                  consignor["name"], _fields(ens["consignee"])["eori"], ens["countries_of_routing"]):
         if not _json_write(out, value, 1):
             return False
         _json_put(out, ",", 1)
     _json_put(out, "[", 1)
     first = True
-    for it in ens.goods_items:
+    for it in ens["goods_items"]:
         if not first:
             _json_put(out, ",", 1)
         first = False
+        item = _fields(it)
         _json_put(out, "[", 1)
-        for value in (it.item_number, it.hs_code, it.gross_mass_kg, it.packages):
+        for value in (item["item_number"], item["hs_code"], item["gross_mass_kg"], item["packages"]):
             if not _json_write(out, value, 2):
                 return False
             _json_put(out, ",", 1)
-        if not _json_write(out, vague(it.description), 2):
+        if not _json_write(out, vague(item["description"]), 2):
             return False
         _json_put(out, "]", 1)
     _json_put(out, "]]", 2)

@@ -7,7 +7,9 @@ float operations in the same order (libm's ``log`` and ``exp`` are what :mod:`ma
 the correctly rounded decimals ``round`` and float formatting give, the same dict insertion
 order in the state, and the same checkpoint (the state is the Python
 :class:`~vigie.operators.ens_risk.EnsRiskState`). A score and the learning that follows it
-share their look-ups (:func:`score_learn_one`).
+share their look-ups (:func:`score_learn_one`); the detector's ``process`` loop, its units read
+from the events' field values and its scores built without a keyword call into ``risk_score``
+are here too (``tests/test_ens_hot_paths.py`` compares each with its Python reference).
 """
 
 cimport cython
@@ -15,8 +17,9 @@ from cpython.datetime cimport PyDateTime_CheckExact, datetime_tzinfo, import_dat
 from libc.math cimport exp, log
 
 from vigie.models.feedback import LabelledOutcome
-from vigie.operators.base import epoch_seconds
-from vigie.operators.ens_link import LinkedDeclaration, vague_description
+from vigie.operators._score import build_score, score_id
+from vigie.operators.base import Operator, epoch_seconds
+from vigie.operators.ens_link import EnsSummary, LinkedDeclaration, vague_description
 from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration
 
 
@@ -35,6 +38,12 @@ FLAG_PRIORS: dict[str, float] = {
 }
 # Prior log-odds added by each signal at full severity (before outcomes adjust them).
 FLAGS: tuple[str, ...] = tuple(FLAG_PRIORS)
+
+cdef tuple _FLAG_NAMES = FLAGS
+cdef double _FLAG_PRIOR[8]  # FLAG_PRIORS by position, read in C (the dict is the reference)
+for _i, _name in enumerate(FLAGS):
+    _FLAG_PRIOR[_i] = FLAG_PRIORS[_name]
+del _i, _name
 
 # Positions in FLAGS (bit i of a flag mask is FLAGS[i]).
 cdef enum:
@@ -78,6 +87,7 @@ cdef inline double _sigmoid(double x) noexcept:
 
 
 include "_datetimes.pxi"
+include "_fields.pxi"
 
 
 cdef double _hours_between(start, end) except? -1.0:
@@ -111,7 +121,12 @@ cdef class EnsItem:
         self.consignee_eori, self.consignor_country = consignee_eori, consignor_country
         self.consignor_name, self.hs6, self.route_start = consignor_name, hs6, route_start
         self.gross_mass_kg, self.packages, self.vague = gross_mass_kg, packages, vague
-        self.chapter = hs6[:2]
+        self.chapter = _chapter(hs6)
+
+
+cdef inline object _chapter(code):
+    """``code[:2]``, the HS chapter of an HS or CN code (sliced in C when it is a str, as it always is)."""
+    return (<str>code)[:2] if type(code) is str else code[:2]
 
 
 cdef class DeclaredItem:
@@ -145,8 +160,9 @@ cdef class DeclaredItem:
 
     cdef void _derive(self) except *:
         """Set what follows from the fields: ``cn6`` and ``chapter``."""
-        self.cn6 = self.cn_code[:6]
-        self.chapter = self.ens_hs6[:2] if self.ens_hs6 else self.cn_code[:2]
+        cn_code = self.cn_code
+        self.cn6 = (<str>cn_code)[:6] if type(cn_code) is str else cn_code[:6]
+        self.chapter = _chapter(self.ens_hs6) if self.ens_hs6 else _chapter(cn_code)
 
     @property
     def linked(self) -> bool:
@@ -156,6 +172,15 @@ cdef class DeclaredItem:
 def units(detector, event):
     """The detector's ``units(event)``: ``(state key, unit)`` pairs, a list but for control
     feedback (the detector's ``_feedback_units``)."""
+    cdef type kind = type(event)
+    # The exact classes first (none is a subclass of another): an isinstance() on a pydantic
+    # model class goes through its metaclass.
+    if kind is EntrySummaryDeclaration:
+        return ens_units(event)
+    if kind is LinkedDeclaration:
+        return declared_units(event.declaration, event.ens)
+    if kind is ImportDeclaration:
+        return declared_units(event, None)
     if isinstance(event, EntrySummaryDeclaration):
         return ens_units(event)
     if isinstance(event, LinkedDeclaration):
@@ -167,42 +192,53 @@ def units(detector, event):
     return ()
 
 
-def ens_units(ens) -> list:
-    """``(HS chapter, EnsItem)`` per goods item of an ENS (what EnsSummary.of keeps, read straight from it)."""
-    event_id, reference, filed, eta = ens.event_id, ens.ens_reference, ens.event_time, ens.eta
-    office, mode = ens.first_office_of_entry, str(ens.transport_mode)
-    consignee, consignor = ens.consignee.eori, ens.consignor
-    country, name = consignor.country, consignor.name
-    route_start = ens.countries_of_routing[0]
+cpdef list ens_units(ens):
+    """``(HS chapter, EnsItem)`` per goods item of an ENS (what EnsSummary.of keeps, read straight
+    from it: the pydantic models' field values, ``_fields.pxi``)."""
+    cdef dict fields = _fields(ens), consignor = _fields(fields["consignor"]), item
+    event_id, reference, filed, eta = fields["event_id"], fields["ens_reference"], fields["event_time"], fields["eta"]
+    office, mode = fields["first_office_of_entry"], str(fields["transport_mode"])
+    consignee = _fields(fields["consignee"])["eori"]
+    country, name = consignor["country"], consignor["name"]
+    route_start = fields["countries_of_routing"][0]
     cdef list units = []
     cdef EnsItem unit
-    for it in ens.goods_items:
+    for it in fields["goods_items"]:
+        item = _fields(it)
         unit = EnsItem.__new__(EnsItem)
-        unit.event_id, unit.ens_reference, unit.item_number = event_id, reference, it.item_number
+        unit.event_id, unit.ens_reference, unit.item_number = event_id, reference, item["item_number"]
         unit.filed, unit.eta, unit.office, unit.transport_mode = filed, eta, office, mode
         unit.consignee_eori, unit.consignor_country, unit.consignor_name = consignee, country, name
-        unit.hs6, unit.gross_mass_kg, unit.packages = it.hs_code, it.gross_mass_kg, it.packages
-        unit.vague, unit.route_start, unit.chapter = vague_description(it.description), route_start, unit.hs6[:2]
+        unit.hs6, unit.gross_mass_kg, unit.packages = item["hs_code"], item["gross_mass_kg"], item["packages"]
+        unit.vague, unit.route_start = vague_description(item["description"]), route_start
+        unit.chapter = _chapter(unit.hs6)
         units.append((unit.chapter, unit))
     return units
 
 
-def declared_units(decl, ens) -> list:
+cpdef list declared_units(decl, ens):
     """``(HS chapter, DeclaredItem)`` per goods item of a declaration, with its ENS item when
     ``ens`` (an EnsSummary or None) has one of the same number; the chapter is the ENS HS6's."""
-    event_id, mrn, when = decl.event_id, decl.mrn, decl.event_time
-    office, importer = decl.customs_office, decl.importer_eori
+    cdef dict fields = _fields(decl), item
+    event_id, mrn, when = fields["event_id"], fields["mrn"], fields["event_time"]
+    office, importer = fields["customs_office"], fields["importer_eori"]
     cdef list units = []
     cdef DeclaredItem unit
-    for item in decl.goods_items:
+    cdef bint summary = type(ens) is EnsSummary  # its items looked up here as its item() does, without the call
+    ens_items = ens.items if summary else None
+    for it in fields["goods_items"]:
+        item = _fields(it)
         unit = DeclaredItem.__new__(DeclaredItem)
-        unit.event_id, unit.mrn, unit.item_number, unit.event_time = event_id, mrn, item.item_number, when
-        unit.office, unit.importer_eori, unit.cn_code = office, importer, item.cn_code
-        unit.origin_country, unit.dispatch_country = item.origin_country, item.dispatch_country
-        unit.net_mass_kg, unit.customs_value_eur = item.net_mass_kg, item.customs_value_eur
-        unit.duty_rate_pct = item.duty_rate_pct
-        unit.taxes_eur = item.duty_eur + item.vat_eur + (item.excise_eur or 0.0)
-        ens_item = ens.item(unit.item_number) if ens is not None else None
+        unit.event_id, unit.mrn, unit.item_number, unit.event_time = event_id, mrn, item["item_number"], when
+        unit.office, unit.importer_eori, unit.cn_code = office, importer, item["cn_code"]
+        unit.origin_country, unit.dispatch_country = item["origin_country"], item["dispatch_country"]
+        unit.net_mass_kg, unit.customs_value_eur = item["net_mass_kg"], item["customs_value_eur"]
+        unit.duty_rate_pct = item["duty_rate_pct"]
+        unit.taxes_eur = item["duty_eur"] + item["vat_eur"] + (item["excise_eur"] or 0.0)
+        if summary:
+            ens_item = _summary_item(ens_items, unit.item_number)
+        else:
+            ens_item = ens.item(unit.item_number) if ens is not None else None
         if ens_item is not None:
             unit.ens_reference, unit.ens_hs6 = ens.ens_reference, ens_item.hs6
             unit.ens_gross_mass_kg = ens_item.gross_mass_kg
@@ -213,18 +249,29 @@ def declared_units(decl, ens) -> list:
     return units
 
 
+cdef object _summary_item(items, long number):
+    """``EnsSummary.item(number)`` of a summary whose items are ``items``: the first with that
+    ``item_number``, None if none."""
+    for it in items:
+        if it.item_number == number:
+            return it
+    return None
+
+
 def feedback_context(detector, scores) -> list | None:
     """What to remember about a scored subject so that its control can teach this detector.
 
     One row per scored item: ``[item_number, chapter key, hs6, country, flag mask]``.
     """
     cdef list rows = []
+    cdef dict values  # the score's field values (_fields.pxi)
     for score in scores:
-        fields = score.reason_fields
+        values = _fields(score)
+        fields = values["reason_fields"]
         chapter = fields.get("chapter")
         if chapter is None:
             continue
-        rows.append([score.item_number, chapter, fields["hs6"], fields["country"], int(fields["flag_mask"] or 0)])
+        rows.append([values["item_number"], chapter, fields["hs6"], fields["country"], int(fields["flag_mask"] or 0)])
     return rows or None
 
 
@@ -241,27 +288,31 @@ cdef double _rate(dict groups, key, double prior, double weight, double* control
     return (hits + weight * prior) / (n + weight)
 
 
-cdef double _group_rate(detector, dict groups, hs6, country, double* controls, double* positives) except? -1.0:
-    """Shrunk hit rate of (``hs6``, ``country``), backing off to the HS6, the country, the chapter
-    and ``prior_rate`` as the detector's module says; its controls and positives into the pointers."""
+# The group keys of one item's (hs6, country), built once for its rate and its amount recovered, and
+# only when the chapter has groups (None otherwise: nothing to look up): "hs6|country", "hs6|*", "*|country".
+cdef double _group_rate(
+    detector, dict groups, pair_key, hs6_key, country_key, double* controls, double* positives,
+) except? -1.0:
+    """Shrunk hit rate of (hs6, country) (its group keys), backing off to the HS6, the country, the
+    chapter and ``prior_rate`` as the detector's module says; its controls and positives into the pointers."""
     cdef double prior = detector.prior_rate, weight, r0, rc, rh, l0, blended, unused
     if not groups:  # no control learned in this chapter yet: every level is the prior
         controls[0] = positives[0] = 0.0
         return _sigmoid(_logit(prior) + _logit(prior) - _logit(prior))
     weight = detector.prior_weight
     r0 = _rate(groups, "*|*", prior, weight, &unused, &unused)
-    rc = _rate(groups, f"*|{country}", r0, weight, &unused, &unused)
-    rh = _rate(groups, f"{hs6}|*", r0, weight, &unused, &unused)
+    rc = _rate(groups, country_key, r0, weight, &unused, &unused)
+    rh = _rate(groups, hs6_key, r0, weight, &unused, &unused)
     l0 = _logit(r0)
     blended = _sigmoid((l0 if rc == r0 else _logit(rc)) + (l0 if rh == r0 else _logit(rh)) - l0)
-    return _rate(groups, f"{hs6}|{country}", blended, weight, controls, positives)
+    return _rate(groups, pair_key, blended, weight, controls, positives)
 
 
-cdef double _mean_recovered(dict groups, hs6, country) except? -1.0:
+cdef double _mean_recovered(dict groups, pair_key, hs6_key, country_key) except? -1.0:
     """EUR recovered per positive control of the closest group that has one (0 if none)."""
     if not groups:
         return 0.0
-    for key in (f"{hs6}|{country}", f"{hs6}|*", f"*|{country}", "*|*"):
+    for key in (pair_key, hs6_key, country_key, "*|*"):
         g = groups.get(key)
         if g is not None and g[1] > 0:
             return g[2] / g[1]
@@ -270,9 +321,8 @@ cdef double _mean_recovered(dict groups, hs6, country) except? -1.0:
 
 cdef double _flag_weight(detector, dict flags, int flag, double base_rate) except? -1.0:
     """Log-odds signal ``FLAGS[flag]`` adds at full severity: its prior, moved towards what outcomes showed."""
-    name = FLAGS[flag]
-    cdef double prior_w = FLAG_PRIORS[name], observed, weight
-    counts = flags.get(name)
+    cdef double prior_w = _FLAG_PRIOR[flag], observed, weight
+    counts = flags.get(_FLAG_NAMES[flag])
     if counts is None or counts[0] == 0:
         return prior_w
     observed = _logit((counts[1] + 0.5) / (counts[0] + 1.0)) - _logit(base_rate)
@@ -302,7 +352,9 @@ cdef inline void _add(Signals* signals, list texts, int flag, double severity, s
     texts.append(text)
 
 
-cdef str _combine(detector, state, hs6, country, Signals* signals, list texts, Combined* out):
+cdef str _combine(
+    detector, state, dict groups, pair_key, hs6_key, country_key, Signals* signals, list texts, Combined* out,
+):
     """Score = sigmoid(logit(similar hit rate) + sum of weight x severity of the active signals),
     with the hit rate's figures, into ``out``; returns the active signals' texts, heaviest first
     (ties in the order found), joined by "; "."""
@@ -310,7 +362,7 @@ cdef str _combine(detector, state, hs6, country, Signals* signals, list texts, C
     cdef double w[MAX_SIGNALS]
     cdef int order[MAX_SIGNALS]
     cdef int active = 0, i, j, k
-    out.rate = _group_rate(detector, state.groups, hs6, country, &out.controls, &out.positives)
+    out.rate = _group_rate(detector, groups, pair_key, hs6_key, country_key, &out.controls, &out.positives)
     out.mask = 0
     logit = _logit(out.rate)
     if signals.n:
@@ -349,6 +401,31 @@ cdef _running_mean(list acc, double value, double horizon=200.0):
     acc[1] = mean + (value - mean) / _min(count, horizon)
 
 
+cdef object _base_risk_score = Operator.risk_score
+cdef object _operator_process = Operator.process
+
+
+cdef object _risk_score(
+    detector, subject_event_id, str subject_type, subject_reference, item_number, event_time, office,
+    operator_eori, cn_code, origin_country, double score, double eur_at_stake, str reason, dict fields,
+):
+    """``detector.risk_score(...)`` with these values: :meth:`~vigie.operators.base.Operator.risk_score`'s
+    own two calls made from here (no keyword call into Python), unless the detector's class overrides it."""
+    if type(detector).risk_score is not _base_risk_score:
+        return detector.risk_score(
+            subject_event_id=subject_event_id, subject_type=subject_type, subject_reference=subject_reference,
+            item_number=item_number, event_time=event_time, office=office, operator_eori=operator_eori,
+            cn_code=cn_code, origin_country=origin_country, score=score, eur_at_stake=eur_at_stake, reason=reason,
+            reason_fields=fields,
+        )
+    name = detector.name
+    return build_score(
+        name, score_id(name, subject_event_id, item_number), subject_event_id, subject_type, subject_reference,
+        item_number, event_time, office, operator_eori, cn_code, origin_country, score,
+        exact_round(eur_at_stake, 2), reason, fields,
+    )
+
+
 # --- one ENS item -------------------------------------------------------------------------------
 cdef object _UNKNOWN = object()  # a look-up scoring did not make (learning makes it)
 
@@ -359,6 +436,7 @@ cdef object _score_ens(detector, EnsItem unit, state, double when, bint learn):
     cdef list texts = []
     cdef Combined c
     cdef str found
+    cdef dict groups
     cdef double maturity, taxes, lead_h, novelty
     cdef bint new_consignee = False, new_pair = False
     seen, pair, last = _UNKNOWN, None, _UNKNOWN
@@ -373,20 +451,24 @@ cdef object _score_ens(detector, EnsItem unit, state, double when, bint learn):
     maturity = _min(1.0, state.n_ens / max(warmup, 1))
     if consignee and maturity > 0:
         novelty = detector.novelty_s
-        seen = state.consignees.get(consignee)
+        seen = (<dict?>state.consignees).get(consignee)
         new_consignee = seen is None or when - seen[1] > novelty
         if new_consignee:
             text = f"consignee {consignee} new to HS chapter {unit.chapter}"
             _add(&signals, texts, NEW_CONSIGNEE, maturity, text)
         else:
             pair = f"{consignee}|{unit.consignor_name}"
-            last = state.pairs.get(pair)
+            last = (<dict?>state.pairs).get(pair)
             new_pair = last is None or when - last > novelty
             if new_pair:
                 text = f"consignor {unit.consignor_name!r} new for this consignee"
                 _add(&signals, texts, NEW_PAIR, maturity, text)
-    found = _combine(detector, state, hs6, country, &signals, texts, &c)
-    ref = state.refs.get(hs6)
+    groups = state.groups
+    pair_key = hs6_key = country_key = None
+    if groups:
+        pair_key, hs6_key, country_key = f"{hs6}|{country}", f"{hs6}|*", f"*|{country}"
+    found = _combine(detector, state, groups, pair_key, hs6_key, country_key, &signals, texts, &c)
+    ref = (<dict?>state.refs).get(hs6)
     taxes = exp(ref.tax[1]) * unit.gross_mass_kg if ref is not None and ref.tax[0] > 0 else 0.0
     lead_h = _hours_between(unit.filed, unit.eta)
     tail = f"; such goods usually pay about {exact_fixed(taxes, 0, True)} EUR of duty and taxes." if taxes > 0 else "."
@@ -410,10 +492,9 @@ cdef object _score_ens(detector, EnsItem unit, state, double when, bint learn):
         "lead_time_hours": exact_round(lead_h, 2),
         "estimated_taxes_eur": exact_round(taxes, 2),
     }
-    score = detector.risk_score(
-        subject_event_id=unit.event_id, subject_type="ens", subject_reference=unit.ens_reference,
-        item_number=unit.item_number, event_time=unit.filed, office=unit.office, operator_eori=consignee,
-        cn_code=None, origin_country=country, score=c.score, eur_at_stake=taxes, reason=reason, reason_fields=fields,
+    score = _risk_score(
+        detector, unit.event_id, "ens", unit.ens_reference, unit.item_number, unit.filed, unit.office, consignee,
+        None, country, c.score, taxes, reason, fields,
     )
     if learn:
         _learn_ens(unit, state, when, seen, pair, last)
@@ -435,7 +516,7 @@ cdef _learn_ens(EnsItem unit, state, double when, seen, pair, last):
     consignee = unit.consignee_eori
     if not consignee:
         return
-    consignees = state.consignees
+    cdef dict consignees = state.consignees, pairs
     if seen is _UNKNOWN:
         seen = consignees.get(consignee)
     if seen is None:
@@ -461,6 +542,7 @@ cdef object _score_declared(detector, DeclaredItem unit, state, ref):
     cdef list texts = []
     cdef Combined c
     cdef str found, head, text
+    cdef dict groups
     cdef double duty_gap = 0.0, ratio = 0.0, expected_ratio = 0.0, centre, spread, z, stake
     cdef double gross, median, mad, usual
     cdef bint linked = unit.ens_hs6 is not None, has_ratio = False
@@ -505,8 +587,12 @@ cdef object _score_declared(detector, DeclaredItem unit, state, ref):
                     f"HS {ens_hs6}: goods weighed but not declared?"
                 )
                 _add(&signals, texts, MASS_GAP, _min(1.0, (z - 3.0) / 3.0), text)
-    found = _combine(detector, state, hs6, country, &signals, texts, &c)
-    stake = _max(c.score * _mean_recovered(state.groups, hs6, country), c.score * unit.taxes_eur)
+    groups = state.groups
+    pair_key = hs6_key = country_key = None
+    if groups:  # the group keys, for the rate and the amount recovered
+        pair_key, hs6_key, country_key = f"{hs6}|{country}", f"{hs6}|*", f"*|{country}"
+    found = _combine(detector, state, groups, pair_key, hs6_key, country_key, &signals, texts, &c)
+    stake = _max(c.score * _mean_recovered(groups, pair_key, hs6_key, country_key), c.score * unit.taxes_eur)
     if duty_gap > 0:
         stake = _max(stake, unit.customs_value_eur * duty_gap / 100.0 * (1.0 + <double>detector.vat_rate))
     if linked:
@@ -531,11 +617,10 @@ cdef object _score_declared(detector, DeclaredItem unit, state, ref):
         "similar_positives": c.positives,
         "similar_hit_rate": exact_round(c.rate, 4),
     }
-    return detector.risk_score(
-        subject_event_id=unit.event_id, subject_type="declaration", subject_reference=unit.mrn,
-        item_number=unit.item_number, event_time=unit.event_time, office=unit.office,
-        operator_eori=unit.importer_eori, cn_code=unit.cn_code, origin_country=unit.origin_country, score=c.score,
-        eur_at_stake=stake, reason=f"{head}{_similar_text(hs6, country, &c)}.", reason_fields=fields,
+    return _risk_score(
+        detector, unit.event_id, "declaration", unit.mrn, unit.item_number, unit.event_time, unit.office,
+        unit.importer_eori, unit.cn_code, unit.origin_country, c.score, stake,
+        f"{head}{_similar_text(hs6, country, &c)}.", fields,
     )
 
 
@@ -556,10 +641,20 @@ cdef _learn_declared(DeclaredItem unit, state, ref, double when):
 
 cdef inline object _reference(DeclaredItem unit, state):
     """The HsReference of a linked item's ENS HS6, None if unlinked or not learned yet."""
-    return state.refs.get(unit.ens_hs6) if unit.ens_hs6 is not None else None
+    return (<dict?>state.refs).get(unit.ens_hs6) if unit.ens_hs6 is not None else None
 
 
 # --- entry points -------------------------------------------------------------------------------
+cdef double _epoch(when) except? -1.0:
+    """:func:`~vigie.operators.base.epoch_seconds` of ``when`` (``when.timestamp()``): the same
+    microseconds divided the same way, without the Python call; anything unusual is its business."""
+    cdef long long micros
+    if PyDateTime_CheckExact(when) and _utc_microseconds(when, &micros):
+        if -_EXACT_MICROSECONDS < micros < _EXACT_MICROSECONDS:
+            return <double>micros / 1e6
+    return epoch_seconds(when)
+
+
 cdef _tick(detector, state, double when):
     """Count one learn call; every SWEEP_EVERY, forget what idled past the novelty horizon."""
     ticks = state.ticks = state.ticks + 1
@@ -570,7 +665,7 @@ cdef _tick(detector, state, double when):
 def score_one(detector, unit, state):
     """The detector's score of ``unit`` against ``state`` (not mutated); None for control feedback."""
     if isinstance(unit, EnsItem):
-        return _score_ens(detector, unit, state, epoch_seconds((<EnsItem>unit).filed), False)
+        return _score_ens(detector, unit, state, _epoch((<EnsItem>unit).filed), False)
     if isinstance(unit, DeclaredItem):
         return _score_declared(detector, unit, state, _reference(unit, state))
     return None
@@ -580,10 +675,10 @@ def learn_one(detector, unit, state) -> None:
     """Update ``state`` with ``unit`` (control feedback: the detector's ``_learn_feedback``)."""
     cdef double when
     if isinstance(unit, EnsItem):
-        when = epoch_seconds((<EnsItem>unit).filed)
+        when = _epoch((<EnsItem>unit).filed)
         _learn_ens(unit, state, when, _UNKNOWN, None, _UNKNOWN)
     elif isinstance(unit, DeclaredItem):
-        when = epoch_seconds((<DeclaredItem>unit).event_time)
+        when = _epoch((<DeclaredItem>unit).event_time)
         _learn_declared(unit, state, _reference(unit, state), when)
     else:
         detector._learn_feedback(unit, state)
@@ -591,14 +686,14 @@ def learn_one(detector, unit, state) -> None:
     _tick(detector, state, when)
 
 
-def score_learn_one(detector, unit, state):
-    """:func:`score_one` then :func:`learn_one`, sharing their look-ups; returns the score."""
+cdef object _score_learn(detector, unit, state):
+    """:func:`score_learn_one`, callable from C."""
     cdef double when
     if isinstance(unit, EnsItem):
-        when = epoch_seconds((<EnsItem>unit).filed)
+        when = _epoch((<EnsItem>unit).filed)
         result = _score_ens(detector, unit, state, when, True)
     elif isinstance(unit, DeclaredItem):
-        when = epoch_seconds((<DeclaredItem>unit).event_time)
+        when = _epoch((<DeclaredItem>unit).event_time)
         ref = _reference(unit, state)
         result = _score_declared(detector, unit, state, ref)
         _learn_declared(unit, state, ref, when)
@@ -608,3 +703,30 @@ def score_learn_one(detector, unit, state):
         result = None
     _tick(detector, state, when)
     return result
+
+
+def score_learn_one(detector, unit, state):
+    """:func:`score_one` then :func:`learn_one`, sharing their look-ups; returns the score."""
+    return _score_learn(detector, unit, state)
+
+
+def process(detector, event, store):
+    """The detector's ``process``: :meth:`~vigie.operators.base.Operator.process` (score then learn
+    every unit of ``event`` against the keyed ``store``, each state written back) with its loop in C."""
+    cdef list scores = []
+    cdef bint plain = type(store) is dict  # any other mapping through its own get and __setitem__
+    kind = type(detector)
+    if kind.units is not units or kind.score_learn_one is not score_learn_one:  # a subclass's own: its loop
+        return _operator_process(detector, event, store)
+    for key, unit in units(detector, event):
+        state = (<dict>store).get(key) if plain else store.get(key)
+        if state is None:
+            state = detector.new_state()
+        score = _score_learn(detector, unit, state)
+        if score is not None:
+            scores.append(score)
+        if plain:
+            (<dict>store)[key] = state
+        else:
+            store[key] = state
+    return scores

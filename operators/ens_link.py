@@ -180,10 +180,14 @@ class EnsLinkState(OperatorState):
 
     def link(self, declaration: ImportDeclaration) -> LinkedDeclaration:
         """The declaration with the summary of its ENS, when the registry holds it."""
-        info = self.lookup(declaration.ens_reference)
+        # self.lookup(reference) and info.ens written out: this runs for every declaration.
+        reference = declaration.ens_reference
+        info = self.arrivals.get(reference) if reference else None
         if info is None:  # frozen(LinkedDeclaration, ...): LinkedDeclaration(...), faster (see EnsSummary.from_list)
             return frozen(LinkedDeclaration, declaration, None, None)
-        return frozen(LinkedDeclaration, declaration, info.ens, info.eta)
+        summary = info.summary
+        ens = summary_from_json(summary, EnsSummary, EnsItemSummary) if summary is not None else None
+        return frozen(LinkedDeclaration, declaration, ens, info.eta)
 
     def evict_before(self, now: datetime) -> int:
         """Forget arrivals whose ETA is older than ``now - retention``; return how many."""

@@ -219,6 +219,7 @@ class EnsPreArrivalDetector(Operator[EnsUnit, EnsRiskState]):
 
     # --- units, scoring and learning: C functions (operators/_ens_risk.pyx), bound as methods --------
     units = _ens_risk.units
+    process = _ens_risk.process  # Operator.process, its loop in C
     score_one = _ens_risk.score_one
     learn_one = _ens_risk.learn_one
     score_learn_one = _ens_risk.score_learn_one
