@@ -23,10 +23,14 @@ from libc.math cimport copysign, exp, fabs, fmod, log10, pow
 
 cimport cython
 
-from ._robust import UnitValueWindow
-from .base import epoch_seconds
+from vigie.schemas import ImportDeclaration
+
+from ._robust import RankedWindow
+from ._score import build_score, score_id
+from .base import Operator, epoch_seconds
 
 include "_exact.pxi"
+include "_fields.pxi"
 
 FEATURES = (
     "value_per_kg",
@@ -156,13 +160,13 @@ def item_flows(event) -> list:
     cdef ItemFlow unit
     cdef dict item
     # A pydantic model keeps its fields in __dict__: reading them there skips the model's attribute hook.
-    cdef dict declaration = event.__dict__
+    cdef dict declaration = _fields(event)
     event_id, mrn, when = declaration["event_id"], declaration["mrn"], declaration["event_time"]
     office, importer = declaration["customs_office"], declaration["importer_eori"]
     procedure, mode = declaration["procedure_code"], str(declaration["transport_mode_at_border"])
     out = []
     for goods in declaration["goods_items"]:
-        item = goods.__dict__
+        item = _fields(goods)
         unit = ItemFlow.__new__(ItemFlow)
         unit.event_id, unit.mrn, unit.event_time, unit.office = event_id, mrn, when, office
         unit.importer_eori, unit.procedure_code, unit.transport_mode = importer, procedure, mode
@@ -253,7 +257,8 @@ cdef class ChapterModel:
         if window is None:
             if len(self.groups) >= self.max_groups:
                 _evict_oldest(self.groups, {k: w.last_seen for k, w in self.groups.items()})
-            window = UnitValueWindow(self.group_window)
+            # Sorted as it is fed: the median is read off it, with no selection per item.
+            window = RankedWindow(self.group_window)
             self.groups[name] = window
         window.add(value, when)
 
@@ -395,32 +400,67 @@ cdef class FlowScorer:
     def score(self, ItemFlow unit, ChapterModel state, risk_score):
         """The unit's score against the state, which is not changed, built by ``risk_score``
         (the detector's :meth:`~.base.Operator.risk_score`)."""
-        return self._step(unit, state, risk_score, False)
+        return self._step(unit, state, risk_score, False, None, epoch_seconds(unit.event_time))
 
     def learn(self, ItemFlow unit, ChapterModel state) -> None:
         """Learn the unit."""
-        self._step(unit, state, None, True)
+        self._step(unit, state, None, True, None, epoch_seconds(unit.event_time))
 
     def score_learn(self, ItemFlow unit, ChapterModel state, risk_score):
         """:meth:`score` then :meth:`learn`, extracting the features and scoring them with the trees once."""
-        return self._step(unit, state, risk_score, True)
+        return self._step(unit, state, risk_score, True, None, epoch_seconds(unit.event_time))
 
-    cdef object _step(self, ItemFlow unit, ChapterModel state, object risk_score, bint learn):
-        """Score the unit with ``risk_score`` (unless None), then, with ``learn``, learn it."""
+    def process(self, detector, event, store) -> list:
+        """``Operator.process(detector, event, store)`` for an ``AtypicalFlowDetector`` ``detector``: the same
+        scores and states, with the loop over the items in C and the scores built as
+        :meth:`~.base.Operator.risk_score` builds them. A subclass that overrides a step goes through
+        ``Operator.process``."""
+        cdef list scores = []
+        cdef ItemFlow unit
+        if not _plain(type(detector)):
+            return Operator.process(detector, event, store)
+        if not isinstance(event, ImportDeclaration):
+            return scores
+        pairs = item_flows(event)
+        if not pairs:
+            return scores
+        name = detector.name
+        unit = pairs[0][1]
+        when = epoch_seconds(unit.event_time)  # one event: one time
+        for key, unit in pairs:
+            state = store.get(key)
+            if state is None:
+                state = detector.new_state()
+            scores.append(self._step(unit, <ChapterModel?> state, None, True, name, when))
+            store[key] = state
+        return scores
+
+    cdef object _step(
+        self, ItemFlow unit, ChapterModel state, object risk_score, bint learn, object name, object when
+    ):
+        """Score the unit (event time ``when``, epoch s) with ``risk_score``, or as
+        :meth:`~.base.Operator.risk_score` does for the detector ``name`` (unless both are None), then,
+        with ``learn``, learn it."""
         cdef Item item
         cn4 = unit.cn_code[:4]
         group = f"{cn4}:{unit.origin_country}"
         pair = f"{unit.importer_eori}|{cn4}"
-        when = epoch_seconds(unit.event_time)
         reference = self._reference(state, group, cn4)
         self._point(unit, state, reference, pair, when, &item)
         raw = self._raw_score(state, &item, learn)
         result = None
-        if risk_score is not None:
+        if risk_score is not None or name is not None:
             if raw is None or state.calibration.size < self.min_calibration:
                 score, reason, fields = self._warm_up_score(unit, state)
             else:
                 score, reason, fields = self._score_point(unit, state, &item, raw, reference)
+        if name is not None:  # what Operator.risk_score builds, without its keyword call
+            result = build_score(
+                name, score_id(name, unit.event_id, unit.item_number), unit.event_id, "declaration", unit.mrn,
+                unit.item_number, unit.event_time, unit.office, unit.importer_eori, unit.cn_code,
+                unit.origin_country, score, 0.0, reason, fields,
+            )  # fmt: skip
+        elif risk_score is not None:
             result = risk_score(
                 subject_event_id=unit.event_id,
                 subject_type="declaration",
@@ -546,8 +586,8 @@ cdef class FlowScorer:
             verdict = "within the usual range of"
         head = (
             f"Item {unit.item_number} (CN {unit.cn_code} from {unit.origin_country}) is {verdict} chapter "
-            f"{unit.cn_code[:2]}'s recent flows: isolation {raw:.3f} vs {median:.3f} typical, "
-            f"{_rarity_text(rarity, window)}"
+            f"{unit.cn_code[:2]}'s recent flows: isolation {exact_fixed(raw, 3, False)} vs "
+            f"{exact_fixed(median, 3, False)} typical, {_rarity_text(rarity, window)}"
         )
         if details:
             reason = f"{head}; stands out: " + "; ".join(details) + "."
@@ -579,11 +619,15 @@ cdef class FlowScorer:
         if feature == 0:
             typical = pow(10.0, mean * 7.0 - 2.0)
             return (
-                f"value {unit.customs_value_eur / unit.net_mass_kg:,.2f} EUR/kg vs about {typical:,.2f} typical"
+                f"value {exact_fixed(unit.customs_value_eur / unit.net_mass_kg, 2, True)} EUR/kg vs about "
+                f"{exact_fixed(typical, 2, True)} typical"
             )
         if feature == 1:
             typical = pow(10.0, mean * 10.0 - 2.0)
-            return f"net mass {unit.net_mass_kg:,.0f} kg vs about {typical:,.0f} kg typical"
+            return (
+                f"net mass {exact_fixed(unit.net_mass_kg, 0, True)} kg vs about {exact_fixed(typical, 0, True)} kg "
+                "typical"
+            )
         cn4 = unit.cn_code[:4]
         if feature == 2:
             if reference is None:
@@ -591,12 +635,18 @@ cdef class FlowScorer:
             median = item.ref_median
             ratio = pow(10.0, item.log_vpk - median)
             where = f"CN4 {cn4} from {unit.origin_country}" if ":" in reference[0] else f"CN4 {cn4}"
-            return f"value per kg {ratio:.2g} times the median of {where} ({pow(10.0, median):,.2f} EUR/kg)"
-        share = f"{100.0 * mean:.0f}% of the chapter's recent items"
+            return (
+                f"value per kg {ratio:.2g} times the median of {where} "
+                f"({exact_fixed(pow(10.0, median), 2, True)} EUR/kg)"
+            )
+        share = f"{exact_fixed(100.0 * mean, 0, False)}% of the chapter's recent items"
         if feature == 3:
             if item.x[3]:
                 return f"dispatched from {unit.dispatch_country}, origin {unit.origin_country} (so are {share})"
-            return f"dispatched from its origin {unit.origin_country}, unlike {100.0 * mean:.0f}% of recent items"
+            return (
+                f"dispatched from its origin {unit.origin_country}, unlike {exact_fixed(100.0 * mean, 0, False)}% of "
+                "recent items"
+            )
         if feature == 4:
             if item.x[4]:
                 return f"importer {unit.importer_eori} never declared CN4 {cn4} before (new pairs: {share})"
@@ -607,7 +657,24 @@ cdef class FlowScorer:
             return f"procedure {unit.procedure_code} (not 4000 for {share})"
         mode_share = state._mode_share(item.mode)
         mode = "post" if unit.transport_mode == "postal" else unit.transport_mode
-        return f"transport by {mode} ({100.0 * mode_share:.0f}% of the chapter's recent items)"
+        return f"transport by {mode} ({exact_fixed(100.0 * mode_share, 0, False)}% of the chapter's recent items)"
+
+
+cdef tuple _HOOKS = ("units", "new_state", "score_one", "learn_one", "score_learn_one", "risk_score")
+cdef dict _plain_classes = {}
+
+
+cdef bint _plain(type cls) except -1:
+    """Whether ``cls`` (an ``AtypicalFlowDetector``) overrides none of the steps :meth:`FlowScorer.process`
+    runs in C; cached per class (a class patched after its first event keeps its first answer)."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        from .atypical import AtypicalFlowDetector
+
+        plain = _plain_classes[cls] = not any(
+            name in vars(klass) for klass in cls.__mro__[: cls.__mro__.index(AtypicalFlowDetector)] for name in _HOOKS
+        )
+    return plain
 
 
 cdef inline bint _before(const double* standouts, int a, int b) noexcept:
@@ -626,5 +693,8 @@ cdef str _rarity_text(double share, Py_ssize_t window):
     if share >= 0.5:
         return "as isolated as half of the recent items or more"
     if share * <double> window < 1.0:
-        return f"more isolated than all of the last {window} items (tail estimate: 1 in {1.0 / share:,.0f})"
-    return f"as isolated as about 1 in {1.0 / share:,.0f} recent items"
+        return (
+            f"more isolated than all of the last {window} items (tail estimate: 1 in "
+            f"{exact_fixed(1.0 / share, 0, True)})"
+        )
+    return f"as isolated as about 1 in {exact_fixed(1.0 / share, 0, True)} recent items"

@@ -17,7 +17,10 @@ import math
 from libc.math cimport exp, fabs, log, pow, sqrt
 from libc.stdlib cimport free, malloc
 
-from .base import epoch_seconds
+from vigie.schemas import ImportDeclaration
+
+from ._score import build_score, score_id
+from .base import Operator, epoch_seconds
 
 include "_exact.pxi"
 
@@ -472,6 +475,9 @@ cdef class Features:
 
     def entry_features(self) -> dict:
         """What the recent window keeps of these features: ``uv_lr``, ``no`` (new origins), ``nc`` (new chapters)."""
+        return self._entry_features()
+
+    cdef dict _entry_features(self):
         return {"uv_lr": self.uv_log_ratio, "no": list(self.new_origins), "nc": list(self.new_chapters)}
 
 
@@ -511,6 +517,7 @@ cdef class BehaviourCore:
     cdef double count_cap
     cdef double min_score
     cdef double vat_rate
+    cdef object fmt_time  # behaviour._fmt_time: epoch s -> "YYYY-MM-DD HH:MM" (cached there)
 
     def __init__(self, detector: object, tuple signals, double vat_rate) -> None:
         cdef int i
@@ -543,10 +550,16 @@ cdef class BehaviourCore:
         self.count_cap = detector.count_cap
         self.min_score = detector.min_score
         self.vat_rate = vat_rate
+        from .behaviour import _fmt_time  # loaded by now: the detector is being built
+
+        self.fmt_time = _fmt_time
 
     # --- units --------------------------------------------------------------------------------
     def profile(self, event: object) -> DeclarationProfile:
         """The :class:`DeclarationProfile` of an import declaration."""
+        return self._profile(event)
+
+    cdef DeclarationProfile _profile(self, object event):
         cdef dict fields = _fields(event), item
         cdef list items = []
         cdef ItemProfile profile
@@ -637,8 +650,9 @@ cdef class BehaviourCore:
             feats.chapter_share = len(new_c) / <double>len(items)
             feats.origin_excess = <double>feats.origin_share - base._novelty_rate("origins")
             feats.chapter_excess = <double>feats.chapter_share - base._novelty_rate("chapters")
-            feats.new_origins = tuple(dict.fromkeys(new_o))
-            feats.new_chapters = tuple(dict.fromkeys(new_c))
+            # Distinct codes in order of appearance (most declarations have none: no dict to build then).
+            feats.new_origins = tuple(dict.fromkeys(new_o)) if new_o else ()
+            feats.new_chapters = tuple(dict.fromkeys(new_c)) if new_c else ()
         # Volume: recent declaration rate against the baseline rate.
         base_rate = base._rate()
         window = state.window
@@ -670,6 +684,9 @@ cdef class BehaviourCore:
         """The numbers of the score of ``unit``: None under ``min_score``, else ``(levels, parts,
         onsets, behaviour, new, score)``, the first three per signal (``a_k``, ``w_k a_k c_k``, and the
         onsets of the tests this declaration would make cross their threshold)."""
+        return self._score(unit, state, feats)
+
+    cdef tuple _score(self, DeclarationProfile unit, object state, Features feats):
         cdef dict tests = state.tests
         cdef object change = state.change
         cdef dict changed = None if change is None else change["signals"]
@@ -718,9 +735,149 @@ cdef class BehaviourCore:
             score,
         )
 
+    # --- the whole step -------------------------------------------------------------------------
+    def process(self, detector: object, event: object, store: object) -> list:
+        """``detector.process(event, store)`` (an ``OperatorBehaviourDetector``): score then learn the one
+        unit of an import declaration, with no Python step between the profile, the features, the
+        score's numbers and the learning; the sentences of a reported score (a few declarations in a
+        hundred) are the detector's ``_reason``. A subclass that overrides a step goes through
+        ``Operator.process``."""
+        cdef DeclarationProfile unit
+        cdef Features feats
+        if not _plain(type(detector)):
+            return Operator.process(detector, event, store)
+        if not isinstance(event, ImportDeclaration):
+            return []
+        unit = self._profile(event)
+        key = unit.importer_eori
+        state = store.get(key)
+        if state is None:
+            state = detector.state_type()  # Operator.new_state, without its call
+        feats = self.features(unit, state)
+        numbers = self._score(unit, state, feats)
+        score = None if numbers is None else self._reason(detector, unit, state, feats, numbers, True)
+        self._learn(unit, state, feats)
+        store[key] = state
+        return [] if score is None else [score]
+
+    def reason(
+        self, detector: object, DeclarationProfile unit, object state, Features feats, tuple numbers
+    ) -> object:
+        """``detector._reason(unit, state, feats, numbers)`` (the score of a declaration whose numbers
+        :meth:`score` gave), its main sentences and fields built in C; the change's details and the
+        new importer's sentence (rarer) are still the detector's."""
+        return self._reason(detector, unit, state, feats, numbers, False)
+
+    cdef object _reason(
+        self, object detector, DeclarationProfile unit, object state, Features feats, tuple numbers, bint direct
+    ):
+        """See :meth:`reason`; with ``direct``, the score is built as ``Operator.risk_score`` builds it
+        (the detector does not override it), without its keyword call."""
+        cdef dict levels, parts, onsets, fields
+        cdef list confirmed, sentences
+        cdef double behaviour, new, score, at_stake, vat_4200, best
+        cdef ItemProfile main, item
+        cdef str building, this
+        levels, parts, onsets, behaviour_, new_, score_ = numbers
+        behaviour, new, score = behaviour_, new_, score_
+        signals = self.signals
+        change = state.change
+        when = unit.when
+        fmt_time = self.fmt_time
+
+        confirmed = [s for s in signals if levels[s] >= 1.0 and parts[s] > 0.0]
+        since = None
+        detected = None
+        if confirmed:
+            if change is not None:
+                since, detected = change["since"], change["detected"]
+            if onsets:
+                first_onset = min(onsets.values())
+                since = first_onset if since is None else min(since, first_onset)
+                detected = detected if detected is not None else when
+        total = unit.total_value_eur
+        at_stake = feats.uv_stake_eur if parts["unit_value"] > 0 else 0.0
+        vat_4200 = 0.0
+        if unit.procedure_code == "4200" and new >= self.min_score:
+            # Python's sum, as the reference (its float summation may change across versions).
+            duty = sum([item.customs_value_eur * item.duty_rate_pct / 100.0 for item in unit.items])
+            vat_4200 = self.vat_rate * (total + duty)
+            at_stake += vat_4200
+
+        sentences = []
+        fields = {
+            "behaviour_score": exact_round(behaviour, 4),
+            "new_importer_score": exact_round(new, 4),
+            "declarations_seen": float(state.seen),
+            "baseline_declarations": float(state.baseline.n),
+            "changed_signals": ",".join(confirmed) or None,
+            "change_since": fmt_time(since) if since is not None else None,
+            "change_detected": fmt_time(detected) if detected is not None else None,
+        }
+        if confirmed:
+            assert since is not None and detected is not None
+            detail = detector._change_details(unit, state, feats, confirmed, since, fields)
+            sentences.append(
+                f"Importer {unit.importer_eori}: behaviour change since {fmt_time(since)} "
+                f"(detected {fmt_time(detected)}): {'; '.join(detail or confirmed)}."
+            )
+        elif behaviour >= self.min_score:
+            building = signals[0]  # max(SIGNALS, key=parts.get): the first of the largest
+            best = parts[building]
+            for signal in signals[1:]:
+                if parts[signal] > best:
+                    building, best = signal, parts[signal]
+            sentences.append(
+                f"Importer {unit.importer_eori}: possible behaviour change building up on "
+                f"{building.replace('_', ' ')} (Page-Hinkley test at "
+                f"{exact_fixed(100.0 * 2.0 * <double> levels[building], 0, False)} % of its alarm threshold; "
+                f"{state.baseline.n} declarations of history)."
+            )
+        this = _this_declaration(feats)
+        if this and (confirmed or behaviour >= self.min_score):
+            sentences.append(this)
+        if new >= self.min_score:
+            sentences.append(detector._new_importer_sentence(unit, state, vat_4200))
+            fields["first_seen"] = fmt_time(state.first_seen) if state.first_seen is not None else None
+            fields["value_seen_eur"] = round(state.value_seen, 2)
+        fields["declaration_value_eur"] = exact_round(total, 2)
+        fields["eur_at_stake"] = exact_round(at_stake, 2)
+        if not unit.items:
+            raise ValueError("max() arg is an empty sequence")
+        main = unit.items[0]  # max(unit.items, key=customs value): the first of the largest
+        for item in unit.items[1:]:
+            if item.customs_value_eur > main.customs_value_eur:
+                main = item
+        score = _min(1.0, _max(0.0, score))
+        if direct:
+            name = detector.name
+            return build_score(
+                name, score_id(name, unit.event_id, None), unit.event_id, "declaration", unit.mrn, None,
+                unit.event_time, unit.office, unit.importer_eori, main.cn_code, main.origin, score,
+                exact_round(at_stake, 2), " ".join(sentences), fields,
+            )  # fmt: skip
+        return detector.risk_score(
+            subject_event_id=unit.event_id,
+            subject_type="declaration",
+            subject_reference=unit.mrn,
+            item_number=None,
+            event_time=unit.event_time,
+            office=unit.office,
+            operator_eori=unit.importer_eori,
+            cn_code=main.cn_code,
+            origin_country=main.origin,
+            score=score,
+            eur_at_stake=at_stake,
+            reason=" ".join(sentences),
+            reason_fields=fields,
+        )
+
     # --- learning -----------------------------------------------------------------------------
     def learn(self, DeclarationProfile unit, object state, Features feats) -> None:
         """Learn ``unit`` given its features."""
+        self._learn(unit, state, feats)
+
+    cdef void _learn(self, DeclarationProfile unit, object state, Features feats) except *:
         cdef double when = unit.when
         cdef bint deviates = feats._deviates()
         cdef dict tests = state.tests
@@ -750,7 +907,7 @@ cdef class BehaviourCore:
             {
                 "t": when,
                 "v": unit.total_value_eur,
-                "f": feats.entry_features(),
+                "f": feats._entry_features(),
                 "items": [[item.group, item.log_uv, item.origin, item.chapter] for item in unit.items[: self.max_items]],
                 "dev": deviates,
                 "q": change is not None and deviates,
@@ -820,6 +977,50 @@ cdef class BehaviourCore:
                     weakest = candidate
             del counts[weakest]
         counts[key] = counts.get(key, 0.0) + 1.0
+
+
+cdef tuple _HOOKS = (
+    "units", "new_state", "score_one", "learn_one", "score_learn_one", "_score", "_reason", "_this_declaration",
+    "risk_score",
+)
+
+
+cdef str _this_declaration(Features feats):
+    """``OperatorBehaviourDetector._this_declaration(unit, feats)``: the sentence on the declaration's most
+    deviating item ("" when none is 1 robust SD below its reference)."""
+    cdef double declared, reference, below
+    if feats.uv_item is None or feats.uv_z is None or feats.uv_z > -1.0:
+        return ""
+    _, cn, origin, declared_, reference_ = feats.uv_item
+    declared, reference = declared_, reference_
+    if reference == 0.0:
+        raise ZeroDivisionError("float division by zero")
+    below = 100.0 * (1.0 - declared / reference)
+    basis = feats.uv_basis
+    text = (
+        f"This declaration: CN {cn} from {origin} at {exact_fixed(declared, 2, True)} EUR/{basis}, "
+        f"{exact_fixed(below, 0, False)} % below its usual {exact_fixed(reference, 2, True)} EUR/{basis}"
+    )
+    if feats.uv_stake_eur > 0:
+        text += f"; duty and VAT on the shortfall {exact_fixed(feats.uv_stake_eur, 0, True)} EUR"
+    return text + "."
+cdef dict _plain_classes = {}
+
+
+cdef bint _plain(type cls) except -1:
+    """Whether ``cls`` (an ``OperatorBehaviourDetector``) overrides none of the steps
+    :meth:`BehaviourCore.process` runs in C; cached per class (a class patched after its first event
+    keeps its first answer)."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        from .behaviour import OperatorBehaviourDetector
+
+        plain = _plain_classes[cls] = not any(
+            name in vars(klass)
+            for klass in cls.__mro__[: cls.__mro__.index(OperatorBehaviourDetector)]
+            for name in _HOOKS
+        )
+    return plain
 
 
 cdef void _register_change(object state, dict detected, double when):

@@ -329,6 +329,16 @@ cdef class RankedWindow(UnitValueWindow):
             self._fresh = True
         return self._median, self._mad
 
+    cpdef double median(self):
+        """The median of the values held (nan when empty), read off the sorted copy: the first
+        number of :meth:`median_mad`, without computing the MAD."""
+        cdef Py_ssize_t n = self.seen if self.seen < self.capacity else self.capacity
+        if n == 0:
+            return float("nan")
+        if self._fresh:
+            return self._median
+        return _sorted_median(self._sorted, n)
+
     cpdef double quantile(self, double q):
         """The ``q`` quantile of the values held, interpolated linearly (numpy's default method);
         the same double operations as ``low + (high - low) * (q * (n - 1) - int(q * (n - 1)))``."""
@@ -376,6 +386,33 @@ def first_holding(list windows, double at_least) -> int:
             if held >= at_least:
                 return i
     return -1
+
+
+def first_median_mad(list windows, double at_least) -> tuple:
+    """``(index, median, MAD, size)`` of the first of ``windows`` (None: never fed) that holds at
+    least ``at_least`` values, read as :meth:`UnitValueWindow.median_mad` reads them; when none
+    does, ``(-1, nan, nan, seen)`` with ``seen`` the first window's :attr:`~UnitValueWindow.seen`
+    (0 when it was never fed). :func:`first_holding` then ``median_mad`` in one C call.
+
+    >>> small, large = RankedWindow(8), RankedWindow(8)
+    >>> for value in (1.0, 2.0, 3.0, 4.0, 100.0):
+    ...     large.add(value, 0.0)
+    >>> small.add(7.0, 0.0)
+    >>> first_median_mad([None, small, large], 3), first_median_mad([small, large], 6)
+    ((2, 3.0, 1.0, 5), (-1, nan, nan, 1))
+    """
+    cdef Py_ssize_t i, held
+    cdef UnitValueWindow window
+    for i in range(len(windows)):
+        if windows[i] is not None:
+            window = <UnitValueWindow?> windows[i]
+            held = window.seen if window.seen < window.capacity else window.capacity
+            if held >= at_least:
+                median, mad = window.median_mad()
+                return i, median, mad, held
+    if not windows or windows[0] is None:
+        return -1, float("nan"), float("nan"), 0
+    return -1, float("nan"), float("nan"), (<UnitValueWindow?> windows[0]).seen
 
 
 def add_to_each(list windows, double value, double when) -> None:

@@ -14,10 +14,12 @@ from libc.math cimport exp, isfinite, log
 
 from vigie.schemas import ImportDeclaration
 
-from ._robust import RankedWindow, add_to_each, first_holding
-from .base import epoch_seconds
+from ._robust import RankedWindow, add_to_each, first_median_mad
+from ._score import build_score, score_id
+from .base import Operator, epoch_seconds
 
 include "_exact.pxi"
+include "_fields.pxi"
 
 LEVELS = (("CN8", 8), ("CN6", 6), ("CN4", 4), ("chapter", 2))
 """Back-off hierarchy: level name and how many leading digits of the CN code it keeps."""
@@ -93,41 +95,63 @@ cdef double _divide(double x, double y) except? -1.0:
     return x / y
 
 
-cdef object _score(object detector, ItemUnitValue unit, list windows):
+cdef class _Config:
+    """The detector's numbers, read once per event (a C struct rather than attribute look-ups per item)."""
+
+    cdef object min_observations  # as given (an int, or a float): it is quoted in the reason
+    cdef double at_least
+    cdef double min_spread
+    cdef double z_half
+    cdef double vat_rate
+    cdef object name
+    cdef bint direct  # build scores without the detector's risk_score (it is Operator's, not overridden)
+
+
+cdef _Config _config(object detector, bint direct):
+    cdef _Config config = _Config.__new__(_Config)
+    config.min_observations = detector.min_observations
+    config.at_least = config.min_observations
+    config.min_spread = detector.min_spread
+    config.z_half = detector.z_half
+    config.vat_rate = detector.vat_rate
+    config.name = detector.name
+    config.direct = direct
+    return config
+
+
+cdef object _score(object detector, _Config config, ItemUnitValue unit, list windows):
     """The score of ``unit`` against its CN8, CN6, CN4 and chapter windows (None: never fed)."""
-    min_observations = detector.min_observations
-    cdef Py_ssize_t level_index = first_holding(windows, min_observations)
+    # (level index, median, MAD, values held), or (-1, nan, nan, values the CN8 window has seen)
+    reference = first_median_mad(windows, config.at_least)
+    cdef Py_ssize_t level_index = reference[0]
     if level_index < 0:
-        cn8 = windows[0]
-        have = cn8.seen if cn8 is not None else 0
+        have = reference[3]
         reason = (
             f"No reference unit value yet for CN {unit.cn_code} from {unit.origin_country}: "
-            f"{have} declaration(s) seen, {min_observations} needed at some level of CN8/CN6/CN4/chapter."
+            f"{have} declaration(s) seen, {config.min_observations} needed at some level of CN8/CN6/CN4/chapter."
         )
-        return _risk_score(detector, unit, 0.0, 0.0, reason, {"level": None, "observations": float(have)})
+        return _risk_score(detector, config, unit, 0.0, 0.0, reason, {"level": None, "observations": float(have)})
 
     level = _LEVEL_NAMES[level_index]
-    window = windows[level_index]
-    median_mad = window.median_mad()
-    cdef double median = median_mad[0], mad = median_mad[1]
-    cdef double min_spread = detector.min_spread, spread = _MAD_TO_SIGMA * mad
+    cdef double median = reference[1], mad = reference[2]
+    cdef double min_spread = config.min_spread, spread = _MAD_TO_SIGMA * mad
     if min_spread > spread:  # max(spread, min_spread)
         spread = min_spread
     cdef double quantity = unit.quantity, value = unit.customs_value_eur
     cdef double declared_uv = _divide(value, quantity)
     cdef double z = _divide(median - _log(declared_uv), spread)
-    cdef double z_half = detector.z_half
+    cdef double z_half = config.z_half
     cdef double score = 1.0 / (1.0 + _exp(-(z - z_half)))
     cdef double reference_uv = _exp(median)
     cdef double shortfall = reference_uv * quantity - value
     if not shortfall > 0.0:  # max(0.0, shortfall)
         shortfall = 0.0
-    cdef double duty_rate_pct = unit.duty_rate_pct, vat_rate = detector.vat_rate
+    cdef double duty_rate_pct = unit.duty_rate_pct, vat_rate = config.vat_rate
     cdef double duty = shortfall * duty_rate_pct / 100.0
     cdef double vat = (shortfall + duty) * vat_rate
     cdef double below_pct = 100.0 * (1.0 - _divide(declared_uv, reference_uv))
     per = unit.basis
-    cdef Py_ssize_t size = window.size
+    size = reference[3]
     # One join per reason: the group and the basis of the reference are written in place.
     if below_pct > 0:
         reason = (
@@ -145,7 +169,7 @@ cdef object _score(object detector, ItemUnitValue unit, list windows):
         )
     fields = {
         "level": level,
-        "observations": <double> size,
+        "observations": <double> <Py_ssize_t> size,
         "reference_unit_value_eur": exact_round(reference_uv, 4),
         "declared_unit_value_eur": exact_round(declared_uv, 4),
         "unit": per,
@@ -155,10 +179,19 @@ cdef object _score(object detector, ItemUnitValue unit, list windows):
         "duty_at_stake_eur": exact_round(duty, 2),
         "vat_at_stake_eur": exact_round(vat, 2),
     }
-    return _risk_score(detector, unit, score, duty + vat, reason, fields)
+    return _risk_score(detector, config, unit, score, duty + vat, reason, fields)
 
 
-cdef object _risk_score(object detector, ItemUnitValue unit, double score, double at_stake, str reason, dict fields):
+cdef object _risk_score(
+    object detector, _Config config, ItemUnitValue unit, double score, double at_stake, str reason, dict fields
+):
+    if config.direct:  # what Operator.risk_score builds, without its keyword call
+        name = config.name
+        return build_score(
+            name, score_id(name, unit.event_id, unit.item_number), unit.event_id, "declaration", unit.mrn,
+            unit.item_number, unit.event_time, unit.office, unit.importer_eori, unit.cn_code, unit.origin_country,
+            score, exact_round(at_stake, 2), reason, fields,
+        )  # fmt: skip
     return detector.risk_score(
         subject_event_id=unit.event_id,
         subject_type="declaration",
@@ -176,9 +209,8 @@ cdef object _risk_score(object detector, ItemUnitValue unit, double score, doubl
     )
 
 
-def units(detector, event):
-    """The ``(state key, item)`` pairs of ``event``: one per goods item of an import declaration,
-    keyed by origin and CN chapter (``"CN:61"``); none for any other event."""
+cdef list _units(object event):
+    """See :func:`units`."""
     if not isinstance(event, ImportDeclaration):
         return []
     cdef list pairs = []
@@ -186,13 +218,13 @@ def units(detector, event):
     cdef dict fields
     # Pydantic keeps a model's field values in its __dict__: reading them there skips the
     # BaseModel.__getattr__ hook that every attribute look-up on a model goes through.
-    cdef dict declaration = event.__dict__
+    cdef dict declaration = _fields(event)
     event_id, mrn, when, office, importer = (
         declaration["event_id"], declaration["mrn"], declaration["event_time"], declaration["customs_office"],
         declaration["importer_eori"],
     )
     for item in declaration["goods_items"]:
-        fields = item.__dict__
+        fields = _fields(item)
         quantity, basis = fields["supplementary_units"], fields["supplementary_unit_code"]
         if not (quantity and basis):
             quantity, basis = fields["net_mass_kg"], "kg"
@@ -213,14 +245,22 @@ def units(detector, event):
     return pairs
 
 
+def units(detector, event):
+    """The ``(state key, item)`` pairs of ``event``: one per goods item of an import declaration,
+    keyed by origin and CN chapter (``"CN:61"``); none for any other event."""
+    return _units(event)
+
+
 def score_one(detector, ItemUnitValue unit not None, state):
     """The score of ``unit`` against ``state`` (a ``UnitValueState``), which is left as it was."""
     windows = state.windows
-    return _score(detector, unit, [windows.get(name) for name in window_names(unit.cn_code, unit.basis)])
+    return _score(
+        detector, _config(detector, False), unit, [windows.get(name) for name in window_names(unit.cn_code, unit.basis)]
+    )
 
 
-def score_learn_one(detector, ItemUnitValue unit not None, state):
-    """:func:`score_one` then learn ``unit``, looking each window up once."""
+cdef object _score_learn(object detector, _Config config, ItemUnitValue unit, object state, object when):
+    """:func:`score_one` then learn ``unit`` (event time ``when``, epoch s), looking each window up once."""
     cdef dict windows = state.windows
     cdef list found = []
     capacity = state.capacity
@@ -229,8 +269,53 @@ def score_learn_one(detector, ItemUnitValue unit not None, state):
         if window is None:
             window = windows[name] = RankedWindow(capacity)  # empty: scores as if absent
         found.append(window)
-    score = _score(detector, unit, found)
+    score = _score(detector, config, unit, found)
     cdef double value = _log(_divide(unit.customs_value_eur, unit.quantity))
-    when = epoch_seconds(unit.event_time)
     add_to_each(found, value, when)
     return score
+
+
+def score_learn_one(detector, ItemUnitValue unit not None, state):
+    """:func:`score_one` then learn ``unit``, looking each window up once."""
+    return _score_learn(detector, _config(detector, False), unit, state, epoch_seconds(unit.event_time))
+
+
+cdef tuple _HOOKS = ("units", "new_state", "score_one", "learn_one", "score_learn_one", "risk_score")
+cdef dict _plain_classes = {}
+
+
+cdef bint _plain(type cls) except -1:
+    """Whether ``cls`` (an ``UndervaluationDetector``) overrides none of the steps :func:`process` runs
+    in C; cached per class (a class patched after its first event keeps its first answer)."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        from .undervaluation import UndervaluationDetector
+
+        plain = _plain_classes[cls] = not any(
+            name in vars(klass)
+            for klass in cls.__mro__[: cls.__mro__.index(UndervaluationDetector)]
+            for name in _HOOKS
+        )
+    return plain
+
+
+def process(detector, event, store):
+    """``Operator.process(detector, event, store)`` for an ``UndervaluationDetector``: the same scores and
+    states, with the per-item steps in C (the configuration and the event time read once per event).
+    A subclass that overrides a step goes through ``Operator.process``."""
+    if not _plain(type(detector)):
+        return Operator.process(detector, event, store)
+    cdef list pairs = _units(event)
+    cdef list scores = []
+    if not pairs:
+        return scores
+    cdef _Config config = _config(detector, True)
+    cdef ItemUnitValue unit = pairs[0][1]
+    when = epoch_seconds(unit.event_time)  # one event: one time
+    for key, unit in pairs:
+        state = store.get(key)
+        if state is None:
+            state = detector.new_state()
+        scores.append(_score_learn(detector, config, unit, state, when))
+        store[key] = state
+    return scores

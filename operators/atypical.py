@@ -45,7 +45,7 @@ novelty feature.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any, ClassVar, Self
 
 from vigie.schemas import ImportDeclaration, RiskScore
@@ -54,7 +54,6 @@ from ._atypical import FEATURES, MODES, ChapterModel, FlowScorer, ItemFlow, item
 from ._hst import HalfSpaceTrees
 from ._robust import RankedWindow
 from .base import Operator, OperatorState
-from .undervaluation import UnitValueWindow
 
 __all__ = ["FEATURES", "MODES", "AtypicalFlowDetector", "AtypicalFlowState", "ItemFlow"]
 
@@ -100,7 +99,7 @@ class AtypicalFlowState(ChapterModel, OperatorState):
         self.max_groups = max_groups
         self.max_pairs = max_pairs
         self.alpha = alpha
-        self.groups: dict[str, UnitValueWindow] = {}
+        self.groups: dict[str, RankedWindow] = {}  # sorted as fed: each item reads a median
         self.pairs: dict[str, float] = {}
         self.last_sweep = 0.0
         self.seen = 0
@@ -137,7 +136,7 @@ class AtypicalFlowState(ChapterModel, OperatorState):
             data["calibration_window"],
             data["alpha"],
         )
-        state.groups = {k: UnitValueWindow.from_dict(w, state.group_window) for k, w in data["groups"].items()}
+        state.groups = {k: RankedWindow.from_dict(w, state.group_window) for k, w in data["groups"].items()}
         state.pairs = dict(data["pairs"])
         state.last_sweep = data["last_sweep"]
         state.seen = data["seen"]
@@ -267,3 +266,7 @@ class AtypicalFlowDetector(Operator[ItemFlow, AtypicalFlowState]):
     def score_learn_one(self, unit: ItemFlow, state: AtypicalFlowState) -> RiskScore:
         """:meth:`score_one` then :meth:`learn_one`, extracting the features and scoring them with the trees once."""
         return self._core.score_learn(unit, state, self.risk_score)
+
+    def process(self, event: Any, store: MutableMapping[str, AtypicalFlowState]) -> list[RiskScore]:
+        """:meth:`Operator.process`, with the loop over the items in C (unless a subclass overrides a step)."""
+        return self._core.process(self, event, store)

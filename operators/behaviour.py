@@ -77,8 +77,11 @@ evicted), four tests of five numbers each. Baseline counts are halved whenever t
 more than ``count_cap``, so old habits fade. A few kB per importer, whatever its history.
 
 **Speed.** What runs for every declaration (its units, features, the score's numbers, the
-learning step), the Page-Hinkley test and the baseline are in C (:mod:`._behaviour`), equal
-bit for bit to the Python arithmetic; the sentences of a reported score are built here.
+learning step, and :meth:`~OperatorBehaviourDetector.process` that chains them), the Page-Hinkley
+test and the baseline are in C (:mod:`._behaviour`), equal bit for bit to the Python arithmetic.
+So is a reported score's main text (``BehaviourCore.reason``); the change's details and the new
+importer's sentence are built here, and :meth:`~OperatorBehaviourDetector._reason` is the Python
+reference the C text is tested against (``tests/test_detector_hot_paths.py``).
 """
 
 from __future__ import annotations
@@ -168,7 +171,10 @@ class BehaviourState(OperatorState):
         self.last_seen = 0.0
         self.baseline = Baseline()
         self.window: list[dict[str, Any]] = []
-        self.tests: dict[str, PageHinkley] = {s: PageHinkley() for s in SIGNALS}
+        # One test per signal (no comprehension: a new importer comes every few declarations).
+        self.tests: dict[str, PageHinkley] = dict(
+            zip(SIGNALS, (PageHinkley(), PageHinkley(), PageHinkley(), PageHinkley()), strict=True)
+        )
         self.change: dict[str, Any] | None = None
         # Features of the unit just scored, reused by learn_one (a cache, not state: never saved).
         self.memo: tuple[str, int, Features] | None = None
@@ -356,22 +362,22 @@ class OperatorBehaviourDetector(Operator[DeclarationProfile, BehaviourState]):
         return score
 
     def process(self, event: Any, store: MutableMapping[str, BehaviourState]) -> list[RiskScore]:
-        """:meth:`Operator.process` for the one unit an import declaration gives, with fewer calls per event."""
-        if not isinstance(event, ImportDeclaration):
-            return []
-        key = event.importer_eori
-        state = store.get(key)
-        if state is None:
-            state = BehaviourState()
-        score = self.score_learn_one(self._core.profile(event), state)
-        store[key] = state
-        return [] if score is None else [score]
+        """:meth:`Operator.process` for the one unit an import declaration gives, the steps in C
+        (``BehaviourCore.process``; a subclass that overrides a step goes through ``Operator.process``)."""
+        return self._core.process(self, event, store)
 
     def _score(self, unit: DeclarationProfile, state: BehaviourState, feats: Features) -> RiskScore | None:
         """The score of ``unit`` given its :meth:`features` (None under ``min_score``)."""
         numbers = self._core.score(unit, state, feats)
         if numbers is None:
             return None
+        return self._reason(unit, state, feats, numbers)
+
+    def _reason(
+        self, unit: DeclarationProfile, state: BehaviourState, feats: Features, numbers: tuple[Any, ...]
+    ) -> RiskScore:
+        """The score of ``unit`` given its :meth:`features` and the numbers ``BehaviourCore.score`` gave
+        for them (``levels``, ``parts``, ``onsets``, ``behaviour``, ``new``, ``score``): its sentences and fields."""
         levels, parts, onsets, behaviour, new, score = numbers
         change = state.change
         when = unit.when

@@ -17,7 +17,7 @@ text as the Python expressions they replace.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any, ClassVar, Self
 
 from vigie.schemas import RiskScore
@@ -121,3 +121,7 @@ class UndervaluationDetector(Operator[ItemUnitValue, UnitValueState]):
     def score_learn_one(self, unit: ItemUnitValue, state: UnitValueState) -> RiskScore:
         """:meth:`score_one` then :meth:`learn_one`, looking each window up once."""
         return _undervaluation.score_learn_one(self, unit, state)
+
+    def process(self, event: Any, store: MutableMapping[str, UnitValueState]) -> list[RiskScore]:
+        """:meth:`Operator.process`, with the per-item loop in C (unless a subclass overrides a step)."""
+        return _undervaluation.process(self, event, store)
