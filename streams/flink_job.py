@@ -67,9 +67,13 @@ offsets its source had: a job started unbounded stays unbounded after a restore,
 ``bounded``.
 
 Speed: every event crosses three Python stages; in thread mode they share one interpreter,
-so one GIL: the job runs at roughly the in-process pipeline's cost plus Flink's per-record
-and state-access costs, about 1,000 events/s on one slot here (``bench/flink.py``). More
-slots scale the parse and score stages only where there are free cores.
+so one GIL. What bounds the job is not the scoring but Flink's cost per record: an event is
+~3 records (one per keyed unit) between parse, score and pipeline, and each record costs a
+Java-Python hop with a pickle each way in every stage it enters, plus its state access.
+On one slot here that is 400-500 events/s on a 4,000-event backlog and about 4 ms of JVM CPU
+per event, against ~0.15 ms in process (``bench/flink.py``; on a short run the JIT compiler
+takes a quarter of the JVM's CPU). More slots scale the parse and score stages only where
+there are free cores.
 
 Kafka message formats (the same as the Faust workers'): scores keyed by subject event id,
 alerts keyed by office, both JSON with header ``vigie.id``; dead letters keyed by their id,
