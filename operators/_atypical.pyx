@@ -661,20 +661,13 @@ cdef class FlowScorer:
 
 
 cdef tuple _HOOKS = ("units", "new_state", "score_one", "learn_one", "score_learn_one", "risk_score")
-cdef dict _plain_classes = {}
+cdef object _detector_class():
+    from .atypical import AtypicalFlowDetector
+
+    return AtypicalFlowDetector
 
 
-cdef bint _plain(type cls) except -1:
-    """Whether ``cls`` (an ``AtypicalFlowDetector``) overrides none of the steps :meth:`FlowScorer.process`
-    runs in C; cached per class (a class patched after its first event keeps its first answer)."""
-    plain = _plain_classes.get(cls)
-    if plain is None:
-        from .atypical import AtypicalFlowDetector
-
-        plain = _plain_classes[cls] = not any(
-            name in vars(klass) for klass in cls.__mro__[: cls.__mro__.index(AtypicalFlowDetector)] for name in _HOOKS
-        )
-    return plain
+include "_steps.pxi"
 
 
 cdef inline bint _before(const double* standouts, int a, int b) noexcept:

@@ -1004,23 +1004,13 @@ cdef str _this_declaration(Features feats):
     if feats.uv_stake_eur > 0:
         text += f"; duty and VAT on the shortfall {exact_fixed(feats.uv_stake_eur, 0, True)} EUR"
     return text + "."
-cdef dict _plain_classes = {}
+cdef object _detector_class():
+    from .behaviour import OperatorBehaviourDetector
+
+    return OperatorBehaviourDetector
 
 
-cdef bint _plain(type cls) except -1:
-    """Whether ``cls`` (an ``OperatorBehaviourDetector``) overrides none of the steps
-    :meth:`BehaviourCore.process` runs in C; cached per class (a class patched after its first event
-    keeps its first answer)."""
-    plain = _plain_classes.get(cls)
-    if plain is None:
-        from .behaviour import OperatorBehaviourDetector
-
-        plain = _plain_classes[cls] = not any(
-            name in vars(klass)
-            for klass in cls.__mro__[: cls.__mro__.index(OperatorBehaviourDetector)]
-            for name in _HOOKS
-        )
-    return plain
+include "_steps.pxi"
 
 
 cdef void _register_change(object state, dict detected, double when):

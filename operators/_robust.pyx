@@ -377,13 +377,19 @@ def first_holding(list windows, double at_least) -> int:
     >>> first_holding([None, small, large], 3), first_holding([small, large], 6)
     (2, -1)
     """
-    cdef Py_ssize_t i, held
+    cdef Py_ssize_t held
+    return _first_holding(windows, at_least, &held)
+
+
+cdef Py_ssize_t _first_holding(list windows, double at_least, Py_ssize_t* held) except -2:
+    """:func:`first_holding`, also setting ``held`` to how many values that window holds."""
+    cdef Py_ssize_t i
     cdef UnitValueWindow window
     for i in range(len(windows)):
         if windows[i] is not None:
             window = <UnitValueWindow?> windows[i]
-            held = window.seen if window.seen < window.capacity else window.capacity
-            if held >= at_least:
+            held[0] = window.seen if window.seen < window.capacity else window.capacity
+            if held[0] >= at_least:
                 return i
     return -1
 
@@ -401,15 +407,11 @@ def first_median_mad(list windows, double at_least) -> tuple:
     >>> first_median_mad([None, small, large], 3), first_median_mad([small, large], 6)
     ((2, 3.0, 1.0, 5), (-1, nan, nan, 1))
     """
-    cdef Py_ssize_t i, held
-    cdef UnitValueWindow window
-    for i in range(len(windows)):
-        if windows[i] is not None:
-            window = <UnitValueWindow?> windows[i]
-            held = window.seen if window.seen < window.capacity else window.capacity
-            if held >= at_least:
-                median, mad = window.median_mad()
-                return i, median, mad, held
+    cdef Py_ssize_t held
+    cdef Py_ssize_t i = _first_holding(windows, at_least, &held)
+    if i >= 0:
+        median, mad = (<UnitValueWindow> windows[i]).median_mad()
+        return i, median, mad, held
     if not windows or windows[0] is None:
         return -1, float("nan"), float("nan"), 0
     return -1, float("nan"), float("nan"), (<UnitValueWindow?> windows[0]).seen

@@ -281,22 +281,13 @@ def score_learn_one(detector, ItemUnitValue unit not None, state):
 
 
 cdef tuple _HOOKS = ("units", "new_state", "score_one", "learn_one", "score_learn_one", "risk_score")
-cdef dict _plain_classes = {}
+cdef object _detector_class():
+    from .undervaluation import UndervaluationDetector
+
+    return UndervaluationDetector
 
 
-cdef bint _plain(type cls) except -1:
-    """Whether ``cls`` (an ``UndervaluationDetector``) overrides none of the steps :func:`process` runs
-    in C; cached per class (a class patched after its first event keeps its first answer)."""
-    plain = _plain_classes.get(cls)
-    if plain is None:
-        from .undervaluation import UndervaluationDetector
-
-        plain = _plain_classes[cls] = not any(
-            name in vars(klass)
-            for klass in cls.__mro__[: cls.__mro__.index(UndervaluationDetector)]
-            for name in _HOOKS
-        )
-    return plain
+include "_steps.pxi"
 
 
 def process(detector, event, store):
