@@ -8,9 +8,11 @@ checkpoints on, exactly-once sinks) and times, with a ``read_uncommitted`` consu
 output topics: the Python-side build (gateway JVM, table environment), job submission to
 the first score written, to the first alert written and committed (visible to
 ``read_committed`` readers, i.e. after a checkpoint), and the drain of the backlog (first
-score written to the job's end). Records the figures in bench/RESULTS.md under "flink".
+score written to the job's end). Records the figures in bench/RESULTS.md under "flink" (the
+job's fused layout, the default at one slot) or "flink, split layout".
 
-Run: .venv/bin/python bench/flink.py [--hours 2] [--rate 1500] [--layout topics|mixed] [--mode thread|process]
+Run: .venv/bin/python bench/flink.py [--hours 2] [--rate 1500] [--layout topics|mixed]
+     [--job-layout fused|split] [--mode thread|process]
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--layout", choices=("topics", "mixed"), default="topics")
     parser.add_argument("--mode", choices=("thread", "process"), default="thread")
+    parser.add_argument("--job-layout", choices=("fused", "split"), default="fused", help="the job's layout")
     parser.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds")
     parser.add_argument("--detectors", default="", help="comma-separated; empty: the pipeline's defaults")
     parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
@@ -144,7 +147,7 @@ def main() -> None:
         bootstrap=bootstrap, prefix=prefix, input_topic=mixed, bounded=True, execution_mode=args.mode,
         checkpoint_interval_ms=int(args.checkpoint_interval * 1000), checkpoint_dir=work / "checkpoints",
         log_dir=work / "flink-log", detectors=detectors, group_id=f"bench-{prefix}",
-        transactional_id_prefix=f"bench-{prefix}",
+        transactional_id_prefix=f"bench-{prefix}", layout=args.job_layout,
     )  # fmt: skip
     try:
         from confluent_kafka import Producer
@@ -204,11 +207,12 @@ def main() -> None:
         return
     load = os.getloadavg()[0]
     committed_scores, committed_alerts = watch.counts[settings.names.scores], watch.counts[settings.names.alerts]
+    fused = args.job_layout == "fused"
     record(
-        "flink",
+        "flink" if fused else "flink, split layout",
         command=(
             f".venv/bin/python bench/flink.py --hours {args.hours:g} --rate {args.rate:g} --layout {args.layout} "
-            f"--mode {args.mode} --checkpoint-interval {args.checkpoint_interval:g}"
+            f"--job-layout {args.job_layout} --mode {args.mode} --checkpoint-interval {args.checkpoint_interval:g}"
             + (f" --detectors {args.detectors}" if args.detectors else "")
         ),
         table=[
@@ -234,10 +238,16 @@ def main() -> None:
             "CPU: user + system time of the Flink JVM (Python functions included, thread mode) from submission "
             "to the job's end, start-up and checkpoints included; unlike wall time it does not depend on what "
             "else the machine runs. "
-            "Every event crosses parse, score (keyed state: a log entry per unit, a snapshot every "
-            "100 entries of a key) and the single "
-            "pipeline subtask (fusion, ENS link, runtime-fed detectors), which bounds the rate: it runs the same "
-            "code as the in-process pipeline plus Flink's per-record and state costs.",
+            + (
+                "Fused layout: each event is one record into one Python function that decodes it and runs the "
+                "in-process pipeline (keyed state: a log entry per event, a snapshot every "
+                f"{settings.snapshot_every:,} events)."
+                if fused
+                else "Split layout: every event crosses parse, score (keyed state: a log entry per unit, a snapshot "
+                "every 100 entries of a key) and the single pipeline subtask (fusion, ENS link, runtime-fed "
+                "detectors), which bounds the rate: the same code as the in-process pipeline plus Flink's "
+                "per-record and state costs."
+            ),
             f"Publish (plain producer, no validation): {n / publish_s:,.0f} events/s.",
             f"{datetime.now(UTC).date()}, Python {platform.python_version()}, {platform.machine()}, "
             f"{os.cpu_count()} cores shared with the broker (JVM), the Flink JVM and the bench's consumers; "

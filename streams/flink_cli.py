@@ -207,6 +207,13 @@ def run_command(
         float, typer.Option(help="Seconds between checkpoints; 0 turns them off (sinks at least once).")
     ] = 10.0,
     parallelism: Annotated[int, typer.Option(min=1, help="Parallelism of the parse and score stages.")] = 1,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="'fused' (one subtask decodes, scores and fuses: fewest records), 'split' (parse and score "
+            "stages at --parallelism, then the pipeline stage) or 'auto' (fused at parallelism 1)."
+        ),
+    ] = "auto",
     sink: Annotated[
         str,
         typer.Option(
@@ -241,6 +248,8 @@ def run_command(
         raise typer.BadParameter("expected 'noisy-or' or 'learned'", param_hint="--fusion")
     if mode not in ("thread", "process"):
         raise typer.BadParameter("expected 'thread' or 'process'", param_hint="--mode")
+    if layout not in ("auto", "fused", "split"):
+        raise typer.BadParameter("expected 'auto', 'fused' or 'split'", param_hint="--layout")
     if state_backend not in ("hashmap", "rocksdb"):
         raise typer.BadParameter("expected 'hashmap' or 'rocksdb'", param_hint="--state-backend")
     settings = FlinkJobSettings(
@@ -250,6 +259,7 @@ def run_command(
         group_id=group_id,
         bounded=bounded,
         parallelism=parallelism,
+        layout=layout,  # type: ignore[arg-type]
         checkpoint_interval_ms=int(checkpoint_interval * 1000),
         checkpoint_dir=checkpoint_dir,
         from_checkpoint=resolve_checkpoint(from_checkpoint, checkpoint_dir),

@@ -6,7 +6,16 @@ Run it with ``vigie flink run`` (:mod:`vigie.streams.flink_cli`) or from Python:
 
     run_job(FlinkJobSettings(bootstrap="127.0.0.1:9092", bounded=True))   # returns when the input is drained
 
-Topology (``P`` = topic prefix, :mod:`vigie.streams.topics`)::
+Two layouts (``FlinkJobSettings.layout``; ``auto``: fused at parallelism 1, split above).
+
+*Fused* (:class:`ScoreEvents`): the four sources, keyed to one subtask that decodes each
+event (rejects -> ``P.dead-letter``), runs a real :class:`~vigie.operators.ScoringPipeline`
+on it (every detector, fusion, ENS link, outcome join) and fires the deadline rules whose
+time the stream passed (:class:`EventCore`) -> ``P.scores``, ``P.alerts``. One record per
+event crosses into Python and its state is one snapshot plus a log of event bytes, so it
+costs little beyond the in-process pipeline; it cannot use more than one slot.
+
+*Split*, to scale the keyed detectors out (``P`` = topic prefix, :mod:`vigie.streams.topics`)::
 
     P.ens, P.declarations,     SQL Kafka source, format raw (original bytes) + topic/partition/offset
     P.excise, P.outcomes  -->  parse (p): decode_event + topic check ------------> P.dead-letter (side output)
@@ -66,14 +75,14 @@ must be the same (same settings but the checkpoint). A restored job keeps the st
 offsets its source had: a job started unbounded stays unbounded after a restore, even with
 ``bounded``.
 
-Speed: every event crosses three Python stages; in thread mode they share one interpreter,
-so one GIL. What bounds the job is not the scoring but Flink's cost per record: an event is
-~3 records (one per keyed unit) between parse, score and pipeline, and each record costs a
-Java-Python hop with a pickle each way in every stage it enters, plus its state access.
-On one slot here that is 400-500 events/s on a 4,000-event backlog and about 4 ms of JVM CPU
-per event, against ~0.15 ms in process (``bench/flink.py``; on a short run the JIT compiler
-takes a quarter of the JVM's CPU). More slots scale the parse and score stages only where
-there are free cores.
+Speed: in the split layout every event crosses three Python stages; in thread mode they
+share one interpreter, so one GIL. What bounds it is not the scoring but Flink's cost per
+record: an event is ~3 records (one per keyed unit) between parse, score and pipeline, and
+each record costs a Java-Python hop with a pickle each way in every stage it enters, plus
+its state access (about 2.5 ms of JVM CPU per event on one slot here, against ~0.15 ms in
+process). The fused layout sends one record per event through one Python function; its
+figures are in ``bench/RESULTS.md`` (``bench/flink.py --job-layout``). More slots scale
+the split layout's parse and score stages only where there are free cores.
 
 Kafka message formats (the same as the Faust workers'): scores keyed by subject event id,
 alerts keyed by office, both JSON with header ``vigie.id``; dead letters keyed by their id,
@@ -89,6 +98,7 @@ cannot be loaded there at all, which is why ClickHouse is fed from the output to
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import logging
 import os
@@ -109,6 +119,7 @@ import orjson
 from pyflink.common import Configuration, Duration, Row, Types, WatermarkStrategy
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
+    DataStream,
     KeyedProcessFunction,
     KeySelector,
     OutputTag,
@@ -133,6 +144,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DETECTOR_CLASSES",
+    "EventCore",
     "FlinkJob",
     "FlinkJobSettings",
     "GatheredScores",
@@ -192,6 +204,11 @@ class FlinkJobSettings:
     """Stop at the offsets that were the latest when the job started (backfills, tests, benches)."""
     parallelism: int = 1
     """Parallelism of the parse and score stages (the pipeline stage is always 1)."""
+    layout: Literal["auto", "fused", "split"] = "auto"
+    """``fused``: one subtask decodes, scores and fuses each event (:class:`ScoreEvents`), one
+    record per event through Flink. ``split``: parse and score stages at ``parallelism``, then
+    the pipeline stage (:class:`ScoreUnits`, :class:`RunPipeline`). ``auto``: fused at
+    parallelism 1, split above."""
     checkpoint_interval_ms: int = 10_000
     """0 turns checkpointing off (and the Kafka sinks fall back to at least once)."""
     checkpoint_dir: Path = Path("vigie-data/flink/checkpoints")
@@ -239,6 +256,11 @@ class FlinkJobSettings:
     @property
     def checkpointing(self) -> bool:
         return self.checkpoint_interval_ms > 0
+
+    @property
+    def fused(self) -> bool:
+        """True when the job runs the fused layout (see :attr:`layout`)."""
+        return self.layout == "fused" or (self.layout == "auto" and self.parallelism == 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,6 +437,77 @@ class PipelineCore:
         self.pipeline.load_state_dict(orjson.loads(data))
 
 
+class EventCore:
+    """The fused layout's logic without Flink: a real :class:`ScoringPipeline` plus deadline timers.
+
+    :meth:`process` scores one event exactly as the in-process pipeline does, then wakes the
+    deadline rules (:func:`deadline_rule`) whose time has come: a rule's deadlines are
+    collected after each event it learned, and one falls due once the stream's watermark
+    (latest event time - ``out_of_orderness_s`` - 1 ms, as Flink's bounded-out-of-orderness
+    watermark) passes it; each overdue subject's scores are then fused on their own
+    (:meth:`ScoringPipeline.decide_finding`). Everything, pending deadlines included, is in
+    :meth:`state_bytes`, and a core fed the same events from the same state gives the same
+    outputs: that is how the Flink function restores (snapshot + replay).
+    """
+
+    def __init__(self, settings: FlinkJobSettings) -> None:
+        self.pipeline = make_pipeline(settings)
+        self.rules = [(d.name, d, rule) for d in self.pipeline.detectors if (rule := deadline_rule(d)) is not None]
+        self.lag_ms = int(settings.out_of_orderness_s * 1000)
+        self.stream_time_ms = -(2**63)
+        self.due: list[tuple[int, str, str]] = []
+        """Heap of (wake-up time in ms, detector, state key), each at most once."""
+        self._queued: set[tuple[int, str, str]] = set()
+
+    def process(self, event: Any) -> tuple[PipelineResult, list[tuple[list[RiskScore], Alert | None]]]:
+        """The event's result, then the deadline findings it made due (scores of one subject, its alert)."""
+        result = self.pipeline.process(event)
+        for name, detector, rule in self.rules:
+            store = self.pipeline.stores[name]
+            for key, unit in detector.units(event):
+                state = store.get(key)
+                if state is None:
+                    continue
+                for deadline in rule.deadlines(key, unit, state):
+                    # +1 ms: the detectors' deadline tests are "strictly after" (as the split layout's timers).
+                    self._queue((int(deadline * 1000) + 1, name, key))
+        self.stream_time_ms = max(self.stream_time_ms, int(event.event_time.timestamp() * 1000))
+        return result, self._fire(self.stream_time_ms - self.lag_ms - 1)
+
+    def _queue(self, entry: tuple[int, str, str]) -> None:
+        if entry not in self._queued:
+            self._queued.add(entry)
+            heapq.heappush(self.due, entry)
+
+    def _fire(self, watermark_ms: int) -> list[tuple[list[RiskScore], Alert | None]]:
+        findings: list[tuple[list[RiskScore], Alert | None]] = []
+        rules = {name: rule for name, _, rule in self.rules}
+        while self.due and self.due[0][0] <= watermark_ms:
+            entry = heapq.heappop(self.due)
+            self._queued.discard(entry)
+            at_ms, name, key = entry
+            state = self.pipeline.stores[name].get(key)
+            if state is None:  # the key was swept as idle: nothing left to report
+                continue
+            by_subject: dict[str, list[RiskScore]] = {}
+            for score in rules[name].expire(key, state, datetime.fromtimestamp(at_ms / 1000.0, UTC)):
+                by_subject.setdefault(score.subject_event_id, []).append(score)
+            findings += [(scores, self.pipeline.decide_finding(scores)) for scores in by_subject.values()]
+        return findings
+
+    def state_bytes(self) -> bytes:
+        state = {"pipeline": self.pipeline.state_dict(), "due": self.due, "stream_time_ms": self.stream_time_ms}
+        return orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def load_state_bytes(self, data: bytes) -> None:
+        state = orjson.loads(data)
+        self.pipeline.load_state_dict(state["pipeline"])
+        self.due = [(int(t), str(n), str(k)) for t, n, k in state["due"]]
+        heapq.heapify(self.due)
+        self._queued = set(self.due)
+        self.stream_time_ms = int(state["stream_time_ms"])
+
+
 # --------------------------------------------------------------------------------------------
 # Records between the stages (pickled tuples) and towards Kafka (rows)
 # --------------------------------------------------------------------------------------------
@@ -524,6 +617,91 @@ class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
             yield ("u", route, when, uid, name, index, pickle.dumps(unit, pickle.HIGHEST_PROTOCOL), envelope)
         if not units:  # on its own, through the score stage (passed on as it is)
             yield ("e", f"event/{uid}", when, uid, raw, 0)
+
+
+class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
+    """The fused layout: decode, score and fuse each event in one subtask (:class:`EventCore`).
+
+    One record per event crosses from Flink into Python, against about three per event and
+    stage in the split layout, where each record's hop and pickles cost more than its scoring.
+    Keyed state (one key, ``pipeline``): ``snapshot``, the core's state at some point, and
+    ``log``, the bytes of every valid event processed since (replayed on restore), retaken
+    every ``snapshot_every`` events. Rejected messages go to the dead-letter side output.
+    """
+
+    def __init__(self, settings: FlinkJobSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        worker_logging()
+        load_operators()
+        pickled = Types.PICKLED_BYTE_ARRAY()
+        self.snapshot = runtime_context.get_state(ValueStateDescriptor("snapshot", pickled))
+        self.log = runtime_context.get_list_state(ListStateDescriptor("log", pickled))
+        self.core: EventCore | None = None
+        self.logged = 0
+        self.names = self.settings.names
+        self.mixed = self.settings.input_topic is not None
+
+    def _start(self) -> EventCore:
+        core = EventCore(self.settings)
+        snapshot = self.snapshot.value()
+        if snapshot is not None:
+            core.load_state_bytes(snapshot)
+        replayed = 0
+        for raw in self.log.get() or ():
+            self._apply(core, decode_event(raw))
+            replayed += 1
+        self.logged = replayed
+        if snapshot is not None or replayed:
+            log.info("scoring stage of %s (group %s) restored: snapshot %s, %d event(s) replayed",
+                     self.settings.job_name, self.settings.group_id,
+                     "loaded" if snapshot is not None else "none", replayed)  # fmt: skip
+        return core
+
+    @staticmethod
+    def _apply(core: EventCore, event: Any) -> tuple[PipelineResult, list[tuple[list[RiskScore], Alert | None]]] | None:
+        """``core.process(event)``; None when a detector failed on it (the same on replay)."""
+        try:
+            return core.process(event)
+        except Exception:
+            log.exception("scoring %s %s failed", event.event_type, event.event_id)
+            return None
+
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        if self.core is None:
+            self.core = self._start()
+        raw = bytes(value[0]) if value[0] is not None else b""
+        topic, partition, offset = value[1], int(value[2]), int(value[3])
+        try:
+            event = decode_event(raw)
+            if not self.mixed:
+                check_topic(self.names.kind_of(topic), event)
+        except EventRejected as rejected:
+            yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
+            return
+        done = self._apply(self.core, event)
+        if done is None:  # keep the bytes, say why
+            rejected = EventRejected("internal error while scoring (see the job's log)")
+            yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
+        else:
+            result, findings = done
+            for score in result.scores:
+                yield _score_row(score)
+            for alert in result.alerts:
+                yield ALERTS, _alert_row(alert)
+            for scores, finding in findings:
+                for score in scores:
+                    yield _score_row(score)
+                if finding is not None:
+                    yield ALERTS, _alert_row(finding)
+        self.logged += 1
+        if self.logged >= self.settings.snapshot_every:
+            self.snapshot.update(self.core.state_bytes())
+            self.log.clear()
+            self.logged = 0
+        else:
+            self.log.add(raw)
 
 
 class UnitTime(TimestampAssigner):  # type: ignore[misc]
@@ -1017,6 +1195,28 @@ def build_job(settings: FlinkJobSettings) -> FlinkJob:
     t_env.execute_sql(_sink_ddl(settings, dead_table, names.dead_letter, "dead-letter", settings.parallelism))
 
     rows = t_env.to_data_stream(t_env.from_path(source_table))
+    if settings.fused:
+        outputs = (
+            rows.key_by(PipelineKey(), key_type=Types.STRING())
+            .process(ScoreEvents(settings), output_type=KAFKA_ROW)
+            .name("score")
+            .uid("vigie-score-events")
+            .set_parallelism(1)
+            .set_max_parallelism(1)
+        )
+        dead_letters = outputs.get_side_output(DEAD_LETTERS)
+    else:
+        outputs, dead_letters = _split_stages(settings, rows)
+    statements = t_env.create_statement_set()
+    statements.add_insert(scores_table, t_env.from_data_stream(outputs))
+    statements.add_insert(alerts_table, t_env.from_data_stream(outputs.get_side_output(ALERTS)))
+    statements.add_insert(dead_table, t_env.from_data_stream(dead_letters))
+    statements.attach_as_datastream()
+    return FlinkJob(settings, env, t_env, conf_values)
+
+
+def _split_stages(settings: FlinkJobSettings, rows: DataStream) -> tuple[DataStream, DataStream]:
+    """The split layout's parse, score and pipeline stages: (score rows with the alerts side output, dead letters)."""
     parsed = (
         rows.process(ParseAndSplit(settings), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse").uid("vigie-parse")
     )
@@ -1044,12 +1244,7 @@ def build_job(settings: FlinkJobSettings) -> FlinkJob:
         .set_parallelism(1)
         .set_max_parallelism(1)
     )
-    statements = t_env.create_statement_set()
-    statements.add_insert(scores_table, t_env.from_data_stream(outputs))
-    statements.add_insert(alerts_table, t_env.from_data_stream(outputs.get_side_output(ALERTS)))
-    statements.add_insert(dead_table, t_env.from_data_stream(parsed.get_side_output(DEAD_LETTERS)))
-    statements.attach_as_datastream()
-    return FlinkJob(settings, env, t_env, conf_values)
+    return outputs, parsed.get_side_output(DEAD_LETTERS)
 
 
 def run_job(settings: FlinkJobSettings) -> None:

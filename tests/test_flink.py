@@ -40,6 +40,7 @@ from vigie.sinks.base import SinkMetrics
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.streams.flink_cli import SinkLoader, flink_app
 from vigie.streams.flink_job import (
+    EventCore,
     FlinkJobSettings,
     PipelineCore,
     build_job,
@@ -130,6 +131,52 @@ def test_stand_in_pipeline_gives_the_in_process_results_whatever_order_unit_scor
     assert alert is None or (alert.subject_type == "excise" and alert.office == "unknown")
     if fusion == "noisy-or":
         assert alert is not None and alert.fused_risk >= 0.99
+
+
+def _outputs(core: EventCore, events: list[Any]) -> list[bytes]:
+    """Everything a fused core emits for ``events``, encoded, in its order."""
+    out: list[bytes] = []
+    for event in events:
+        result, findings = core.process(event)
+        out += [encode_event(r) for r in [*result.scores, *result.alerts]]
+        for scores, alert in findings:
+            out += [encode_event(r) for r in [*scores, *([alert] if alert else [])]]
+    return out
+
+
+@pytest.mark.parametrize("fusion", ["noisy-or", "learned"])
+def test_fused_core_scores_as_in_process_fires_deadlines_and_restores_identically(fusion: str) -> None:
+    settings = FlinkJobSettings(detectors=DETECTORS, fusion=fusion, out_of_orderness_s=600.0)  # type: ignore[arg-type]
+    events = [e for e, _ in generate(GeneratorConfig(seed=17, duration_hours=1.5))]
+    events += _timer_events(max(events, key=lambda e: e.event_time))
+    reference = make_pipeline(settings)
+    expected = [reference.process(e) for e in events]
+
+    core = EventCore(settings)
+    findings: list[tuple[list[RiskScore], Alert | None]] = []
+    for event, want in zip(events, expected, strict=True):
+        result, found = core.process(event)
+        assert [encode_event(s) for s in result.scores] == [encode_event(s) for s in want.scores]
+        assert [encode_event(a) for a in result.alerts] == [encode_event(a) for a in want.alerts]
+        findings += found
+    # The clock record 8 days on makes e-AD A overdue (nothing came from its consignor); B was received.
+    overdue = {scores[0].subject_event_id: (scores, alert) for scores, alert in findings}
+    assert "timer-ead-a" in overdue and "timer-ead-b" not in overdue
+    scores, _ = overdue["timer-ead-a"]
+    assert scores[0].detector == "excise" and scores[0].score > 0.9 and "no report of receipt" in scores[0].reason
+    assert len(findings) == len(overdue)  # each overdue e-AD once
+    assert not any(key == "ledger:FRTIMERA00001" for _, _, key in core.due)
+
+    # Restored mid-stream from its bytes (pending deadlines included), a core continues identically.
+    middle = len(events) // 2
+    first, second = EventCore(settings), EventCore(settings)
+    _outputs(first, events[:middle])
+    pending = len(first.due)
+    second.load_state_bytes(first.state_bytes())
+    assert len(second.due) == pending > 0 and second.stream_time_ms == first.stream_time_ms
+    rest = _outputs(first, events[middle:])
+    assert _outputs(second, events[middle:]) == rest
+    assert any(b"timer-ead-a" in line for line in rest)
 
 
 def test_excise_deadline_rule_reports_an_open_e_ad_at_its_deadline_once() -> None:
@@ -299,8 +346,9 @@ def _timer_events(last: Any) -> list[Any]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("layout", ["fused", "split"])
 def test_flink_job_scores_like_the_in_process_runner(
-    kafka_broker: KafkaBroker, flink_log_dir: Path, tmp_path: Path
+    kafka_broker: KafkaBroker, flink_log_dir: Path, tmp_path: Path, layout: str
 ) -> None:
     """One bounded run on one input partition: scores and alerts event by event as the in-process
     runner, dead letters with reason and bytes, injected frauds alerted, a deadline gap alerted."""
@@ -324,8 +372,9 @@ def test_flink_job_scores_like_the_in_process_runner(
         settings = FlinkJobSettings(
             bootstrap=kafka_broker.bootstrap_servers, prefix=prefix, input_topic=topic, bounded=True,
             checkpoint_interval_ms=2000, checkpoint_dir=tmp_path / "chk", detectors=DETECTORS, snapshot_every=700,
-            group_id=f"vigie-flink-{prefix}", transactional_id_prefix=f"vigie-flink-{prefix}",
+            group_id=f"vigie-flink-{prefix}", transactional_id_prefix=f"vigie-flink-{prefix}", layout=layout,
         )  # fmt: skip
+        assert settings.fused == (layout == "fused")
         build_job(settings).execute()
         out = _read(kafka_broker.bootstrap_servers, [prefix + "scores", prefix + "alerts", prefix + "dead-letter"])
         # `--sink chdb:PATH`: the committed outputs and the valid input events, into embedded ClickHouse.
@@ -420,8 +469,9 @@ def test_flink_job_scores_like_the_in_process_runner(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("layout", ["fused", "split"])
 def test_flink_job_resumes_from_its_last_checkpoint_exactly_once(
-    kafka_broker: KafkaBroker, flink_log_dir: Path, tmp_path: Path
+    kafka_broker: KafkaBroker, flink_log_dir: Path, tmp_path: Path, layout: str
 ) -> None:
     """The job is cancelled while events are still coming in, then restored from its last retained
     checkpoint: the committed outputs hold every score and alert once, in the in-process runner's
@@ -440,7 +490,7 @@ def test_flink_job_resumes_from_its_last_checkpoint_exactly_once(
     settings = FlinkJobSettings(
         bootstrap=bootstrap, prefix=prefix, input_topic=topic, checkpoint_interval_ms=1000,
         checkpoint_dir=tmp_path / "chk", detectors=DETECTORS, snapshot_every=300, group_id=f"vigie-flink-{prefix}",
-        transactional_id_prefix=f"vigie-flink-{prefix}",
+        transactional_id_prefix=f"vigie-flink-{prefix}", layout=layout,
     )  # fmt: skip
     outputs = [prefix + "scores", prefix + "alerts", prefix + "dead-letter"]
 
