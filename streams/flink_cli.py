@@ -293,7 +293,7 @@ def run_command(
             f"is for a job submitted by Flink: {CLUSTER_SUBMISSION}; without it the job runs on a local MiniCluster",
             param_hint="--cluster",
         )
-    tune_garbage_collector()  # the job's Python operators run in this process (thread mode)
+    tune_garbage_collector()  # this process loads the sink; the job's functions tune their own interpreter
     job = build_job(settings)
     client = job.submit()
     typer.echo(f"job {client.get_job_id()} submitted ({', '.join(settings.input_topics)})", err=True)

@@ -300,6 +300,27 @@ def load_operators(modules: Iterable[str] = ()) -> None:
             raise errors[0]
 
 
+_gc_tuned: list[bool] = []
+_gc_lock = threading.Lock()
+
+
+def worker_setup() -> None:
+    """What every Python function of the job does in ``open``: :func:`worker_logging`, and the
+    scoring process's garbage-collector thresholds (:func:`vigie.streams.runner.tune_garbage_collector`)
+    once per interpreter. In thread mode that interpreter lives in the Flink JVM, not in the
+    process that built the job, so the submitter's own tuning does not reach it."""
+    worker_logging()
+    if _gc_tuned:
+        return
+    load_operators(["vigie.streams.runner"])  # it imports the operators: from a Python thread
+    from .runner import tune_garbage_collector
+
+    with _gc_lock:
+        if not _gc_tuned:
+            tune_garbage_collector()
+            _gc_tuned.append(True)
+
+
 def worker_logging() -> None:
     """Send the Python logs of the job's functions to ``$FLINK_LOG_DIR/vigie-flink-python.log``.
 
@@ -579,7 +600,7 @@ class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        worker_logging()
+        worker_setup()
         detectors = make_detectors(self.settings.detectors)
         self.keyed = [d for d in detectors if not runtime_fed(d)]
         self.names = self.settings.names
@@ -633,7 +654,7 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        worker_logging()
+        worker_setup()
         load_operators()
         pickled = Types.PICKLED_BYTE_ARRAY()
         self.snapshot = runtime_context.get_state(ValueStateDescriptor("snapshot", pickled))
@@ -745,7 +766,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        worker_logging()
+        worker_setup()
         detectors = make_detectors(self.settings.detectors)
         self.detectors = {d.name: d for d in detectors if not runtime_fed(d)}
         self.rules = {name: rule for name, d in self.detectors.items() if (rule := deadline_rule(d)) is not None}
@@ -850,7 +871,7 @@ class RunPipeline(KeyedProcessFunction):  # type: ignore[misc]
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        worker_logging()
+        worker_setup()
         load_operators()
         pickled = Types.PICKLED_BYTE_ARRAY()
         self.snapshot = runtime_context.get_state(ValueStateDescriptor("snapshot", pickled))
