@@ -672,8 +672,11 @@ class VigieFaustApp:
         """A checkpoint under way (its snapshot taken, not yet written)."""
         self._fuse_lock = asyncio.Lock()  # a batch and its checkpoint, or an idle checkpoint: one at a time
         self._last_checkpoint = time.monotonic()
+        self._stopping = False
+        """Set when the worker shuts down: no checkpoint is written from then on."""
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
         self.app.timer(GATE_WATCH_INTERVAL_S)(self._watch_gates)
         self.app.timer(IDLE_CHECKPOINT_POLL_S)(self._checkpoint_if_idle)
         self.app.task(self._pump_deliveries)
@@ -749,6 +752,13 @@ class VigieFaustApp:
         for gate in self.gates:
             gate.reset()
 
+    async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        """No checkpoint from now on, and one under way is dropped (what it covers is read again after a
+        restart, as after a revocation). Faust stops its producer after this: a checkpoint written later
+        would reach the table's changelog after it closed, and the worker would crash on its way out."""
+        self._stopping = True
+        self._generation += 1
+
     async def _on_assigned(self, sender: Any, assigned: Any = (), **kwargs: Any) -> None:
         """Whoever owns the fusion partition now starts from its last checkpoint (restored by Faust)."""
         self.fuse.invalidate()
@@ -781,7 +791,7 @@ class VigieFaustApp:
         return table
 
     def _checkpoint_due(self) -> bool:
-        if self._checkpointing is not None:  # one at a time: the next is due once this one is written
+        if self._stopping or self._checkpointing is not None:  # one at a time: the next once this one is written
             return False
         spacing = max(self.settings.fusion_checkpoint_s, self.last_checkpoint_seconds / CHECKPOINT_TIME_SHARE)
         return time.monotonic() - self._last_checkpoint >= spacing

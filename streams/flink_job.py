@@ -108,7 +108,7 @@ import sys
 import tempfile
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -593,6 +593,21 @@ def dead_letter_row(raw: bytes, topic: str, partition: int, offset: int, rejecte
 # --------------------------------------------------------------------------------------------
 
 
+def accept_input(value: Row, names: TopicNames, mixed: bool) -> tuple[bytes, str, int, int, Any]:
+    """A source row's bytes, topic, partition and offset, then its decoded event or the
+    :class:`EventRejected` saying why not (invalid, or not the event type of its topic unless
+    ``mixed``)."""
+    raw = bytes(value[0]) if value[0] is not None else b""
+    topic, partition, offset = value[1], int(value[2]), int(value[3])
+    try:
+        event = decode_event(raw)
+        if not mixed:
+            check_topic(names.kind_of(topic), event)
+    except EventRejected as rejected:
+        return raw, topic, partition, offset, rejected
+    return raw, topic, partition, offset, event
+
+
 class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
     """Decode and validate each message; dead-letter what fails; split events into keyed units."""
 
@@ -607,14 +622,9 @@ class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
         self.mixed = self.settings.input_topic is not None
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        raw = bytes(value[0]) if value[0] is not None else b""
-        topic, partition, offset = value[1], int(value[2]), int(value[3])
-        try:
-            event = decode_event(raw)
-            if not self.mixed:
-                check_topic(self.names.kind_of(topic), event)
-        except EventRejected as rejected:
-            yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
+        raw, topic, partition, offset, event = accept_input(value, self.names, self.mixed)
+        if isinstance(event, EventRejected):
+            yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, event)
             return
         uid = f"{topic}:{partition}:{offset}"
         when = int(event.event_time.timestamp() * 1000)
@@ -640,6 +650,48 @@ class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
             yield ("e", f"event/{uid}", when, uid, raw, 0)
 
 
+class SnapshotLog:
+    """One key's state in Flink as a *snapshot* (ValueState ``snapshot``) plus a *log* (ListState
+    ``log``) of what was applied since, the snapshot retaken every ``every`` entries.
+
+    Writing a whole state after every event would cost more than scoring it; appending the
+    entry costs little. A restored subtask loads the snapshot and replays the log through the
+    same calls, which give the same state.
+    """
+
+    def __init__(self, runtime_context: RuntimeContext, every: int) -> None:
+        pickled = Types.PICKLED_BYTE_ARRAY()
+        self.snapshot = runtime_context.get_state(ValueStateDescriptor("snapshot", pickled))
+        self.log = runtime_context.get_list_state(ListStateDescriptor("log", pickled))
+        self.every = every
+        self.logged = 0
+
+    def restore(self, what: str, settings: FlinkJobSettings, load: Callable[[bytes], None],
+                apply: Callable[[Any], Any]) -> None:  # fmt: skip
+        """``load`` the snapshot if there is one, then ``apply`` each log entry in order; logs what it did."""
+        snapshot = self.snapshot.value()
+        if snapshot is not None:
+            load(snapshot)
+        replayed = 0
+        for entry in self.log.get() or ():
+            apply(entry)
+            replayed += 1
+        self.logged = replayed
+        if snapshot is not None or replayed:
+            log.info("%s of %s (group %s) restored: snapshot %s, %d event(s) replayed", what, settings.job_name,
+                     settings.group_id, "loaded" if snapshot is not None else "none", replayed)  # fmt: skip
+
+    def record(self, entry: Any, state_bytes: Callable[[], bytes]) -> None:
+        """Log ``entry``, just applied, or retake the snapshot (``state_bytes()``) and clear the log."""
+        self.logged += 1
+        if self.logged >= self.every:
+            self.snapshot.update(state_bytes())
+            self.log.clear()
+            self.logged = 0
+        else:
+            self.log.add(entry)
+
+
 class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
     """The fused layout: decode, score and fuse each event in one subtask (:class:`EventCore`).
 
@@ -656,28 +708,15 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         worker_setup()
         load_operators()
-        pickled = Types.PICKLED_BYTE_ARRAY()
-        self.snapshot = runtime_context.get_state(ValueStateDescriptor("snapshot", pickled))
-        self.log = runtime_context.get_list_state(ListStateDescriptor("log", pickled))
+        self.state = SnapshotLog(runtime_context, self.settings.snapshot_every)
         self.core: EventCore | None = None
-        self.logged = 0
         self.names = self.settings.names
         self.mixed = self.settings.input_topic is not None
 
     def _start(self) -> EventCore:
         core = EventCore(self.settings)
-        snapshot = self.snapshot.value()
-        if snapshot is not None:
-            core.load_state_bytes(snapshot)
-        replayed = 0
-        for raw in self.log.get() or ():
-            self._apply(core, decode_event(raw))
-            replayed += 1
-        self.logged = replayed
-        if snapshot is not None or replayed:
-            log.info("scoring stage of %s (group %s) restored: snapshot %s, %d event(s) replayed",
-                     self.settings.job_name, self.settings.group_id,
-                     "loaded" if snapshot is not None else "none", replayed)  # fmt: skip
+        self.state.restore("scoring stage", self.settings, core.load_state_bytes,
+                           lambda raw: self._apply(core, decode_event(raw)))  # fmt: skip
         return core
 
     @staticmethod
@@ -692,14 +731,9 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         if self.core is None:
             self.core = self._start()
-        raw = bytes(value[0]) if value[0] is not None else b""
-        topic, partition, offset = value[1], int(value[2]), int(value[3])
-        try:
-            event = decode_event(raw)
-            if not self.mixed:
-                check_topic(self.names.kind_of(topic), event)
-        except EventRejected as rejected:
-            yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
+        raw, topic, partition, offset, event = accept_input(value, self.names, self.mixed)
+        if isinstance(event, EventRejected):
+            yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, event)
             return
         done = self._apply(self.core, event)
         if done is None:  # keep the bytes, say why
@@ -716,13 +750,7 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
                     yield _score_row(score)
                 if finding is not None:
                     yield ALERTS, _alert_row(finding)
-        self.logged += 1
-        if self.logged >= self.settings.snapshot_every:
-            self.snapshot.update(self.core.state_bytes())
-            self.log.clear()
-            self.logged = 0
-        else:
-            self.log.add(raw)
+        self.state.record(raw, self.core.state_bytes)
 
 
 class UnitTime(TimestampAssigner):  # type: ignore[misc]
@@ -873,29 +901,15 @@ class RunPipeline(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         worker_setup()
         load_operators()
-        pickled = Types.PICKLED_BYTE_ARRAY()
-        self.snapshot = runtime_context.get_state(ValueStateDescriptor("snapshot", pickled))
-        self.log = runtime_context.get_list_state(ListStateDescriptor("log", pickled))
+        self.state = SnapshotLog(runtime_context, self.settings.snapshot_every)
         self.core: PipelineCore | None = None
-        self.logged = 0
         # uid -> [raw | None, unit count | None, {detector: {index: score fields | None}}, scores received]
         self.pending: dict[str, list[Any]] = {}
         self.order: deque[str] = deque()
 
     def _start(self) -> PipelineCore:
         core = PipelineCore(self.settings)
-        snapshot = self.snapshot.value()
-        if snapshot is not None:
-            core.load_state_bytes(snapshot)
-        replayed = 0
-        for entry in self.log.get() or ():
-            self._apply(core, entry)
-            replayed += 1
-        self.logged = replayed
-        if snapshot is not None or replayed:
-            log.info("pipeline stage of %s (group %s) restored: snapshot %s, %d event(s) replayed",
-                     self.settings.job_name, self.settings.group_id,
-                     "loaded" if snapshot is not None else "none", replayed)  # fmt: skip
+        self.state.restore("pipeline stage", self.settings, core.load_state_bytes, lambda e: self._apply(core, e))
         return core
 
     @staticmethod
@@ -951,13 +965,7 @@ class RunPipeline(KeyedProcessFunction):  # type: ignore[misc]
             alerts = [alert] if alert is not None else []
         for alert in alerts:
             yield ALERTS, _alert_row(alert)
-        self.logged += 1
-        if self.logged >= self.settings.snapshot_every:
-            self.snapshot.update(self.core.state_bytes())
-            self.log.clear()
-            self.logged = 0
-        else:
-            self.log.add(entry)
+        self.state.record(entry, self.core.state_bytes)
 
 
 # --------------------------------------------------------------------------------------------
