@@ -3,7 +3,7 @@
 Generates a seeded stream once, encodes it to JSON lines in memory, then times on one process:
 decoding only; scoring with the default detectors (what `vigie run` runs); the issue's end to
 end figure, parse + all five detectors + learned fusion + the sink buffer (records appended,
-as a sink holds them before a flush); the same for the reference pipeline built from plain
+as a sink holds them until it flushes 20,000, then let go); the same for the reference pipeline built from plain
 River estimators and pydantic models (bench/reference.py) in the same run; and the whole path
 into embedded ClickHouse (chdb) as `vigie run` does it. Prints the figures and records them in
 bench/RESULTS.md under "pipeline".
@@ -33,6 +33,35 @@ from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.streams.runner import InProcessRunner, tune_garbage_collector
 
+SINK_BATCH_ROWS = 20_000
+"""Records a sink holds before it flushes them (``bench/sink.py`` measures 20,000 to 100,000)."""
+
+
+class SinkBuffer:
+    """Records held as a sink holds them until it flushes ``batch`` of them, then let go.
+
+    A sink encodes each record as it is written and sends a batch per flush, so no record stays
+    alive for the whole run. A list kept to the end would not stand for that: the garbage
+    collector would walk every record of the run again at each of its full collections.
+    """
+
+    def __init__(self, batch: int = SINK_BATCH_ROWS) -> None:
+        self.batch = batch
+        self.rows: list[Any] = []
+        self.flushed = 0
+
+    def append(self, record: Any) -> None:
+        self.rows.append(record)
+
+    def extend(self, records: Any) -> None:
+        self.rows.extend(records)
+        if len(self.rows) >= self.batch:
+            self.flushed += len(self.rows)
+            self.rows = []
+
+    def __len__(self) -> int:
+        return self.flushed + len(self.rows)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,7 +87,7 @@ def main() -> None:
         pipeline.process(event)
     score_s = time.perf_counter() - t
 
-    def vigie_all(raw: bytes, buffer: list[Any], pipeline: ScoringPipeline) -> None:
+    def vigie_all(raw: bytes, buffer: SinkBuffer, pipeline: ScoringPipeline) -> None:
         event = decode_event(raw)
         result = pipeline.process(event)
         buffer.append(event)
@@ -66,14 +95,14 @@ def main() -> None:
         buffer.extend(result.alerts)
 
     full = ScoringPipeline(all_detectors())
-    buffer: list[Any] = []
+    buffer = SinkBuffer()
     t = time.perf_counter()
     for raw in lines:
         vigie_all(raw, buffer, full)
     full_s = time.perf_counter() - t
     full_records = len(buffer)
 
-    reference = ReferencePipeline()
+    reference = ReferencePipeline(SinkBuffer())
     t = time.perf_counter()
     for raw in lines:
         reference.process(decode_event(raw))

@@ -16,7 +16,7 @@ models), then per goods item River estimators held in dicts keyed like Vigie's s
   detector scores, learning from control outcomes; an alert above 0.5.
 
 Each score is a validated :class:`~vigie.schemas.RiskScore` (the plain way to build a pydantic
-model), appended with the event to a list standing for the sink's buffer. It is a yardstick
+model), appended with the event to ``buffer``, standing for the sink's (a list by default). It is a yardstick
 for speed, not a detector: its scores are not evaluated.
 """
 
@@ -58,7 +58,7 @@ def _sigmoid(x: float) -> float:
 class ReferencePipeline:
     """Score then learn each event with River estimators in dicts; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, buffer: Any = None) -> None:
         self.median: dict[str, stats.RollingQuantile] = {}
         self.iqr: dict[str, stats.RollingIQR] = {}
         self.hst: dict[str, compose.Pipeline] = {}
@@ -68,7 +68,7 @@ class ReferencePipeline:
         self.pairs: dict[str, int] = {}
         self.fusion = preprocessing.StandardScaler() | linear_model.LogisticRegression()
         self.pending: dict[str, dict[str, float]] = {}
-        self.buffer: list[Any] = []
+        self.buffer: Any = [] if buffer is None else buffer
 
     def _score(self, detector: str, event: Any, reference: str, office: str, score: float, item: int | None,
                reason: str) -> RiskScore:  # fmt: skip
