@@ -945,6 +945,8 @@ def test_cli_rejects_bad_options_and_finds_checkpoints(tmp_path: Path) -> None:
     cli = CliRunner()
     result = cli.invoke(flink_app, ["run", "--fusion", "bayes"])
     assert result.exit_code == 2 and "noisy-or" in result.output
+    result = cli.invoke(flink_app, ["run", "--layout", "merged"])
+    assert result.exit_code == 2 and "'fused' or 'split'" in result.output
     result = cli.invoke(flink_app, ["run", "--from-checkpoint", "latest", "--checkpoint-dir", str(tmp_path)])
     assert result.exit_code == 2 and "no complete checkpoint" in result.output
     assert cli.invoke(flink_app, ["checkpoints", str(tmp_path)]).exit_code == 1
@@ -953,6 +955,12 @@ def test_cli_rejects_bad_options_and_finds_checkpoints(tmp_path: Path) -> None:
     (chk / "_metadata").write_bytes(b"x")
     result = cli.invoke(flink_app, ["checkpoints", str(tmp_path)])
     assert result.exit_code == 0 and result.output.strip() == str(chk)
+
+
+def test_layout_follows_the_parallelism_unless_named() -> None:
+    assert FlinkJobSettings().fused and not FlinkJobSettings(parallelism=2).fused
+    assert FlinkJobSettings(parallelism=2, layout="fused").fused
+    assert not FlinkJobSettings(layout="split").fused
 
 
 def test_auto_resumes_from_the_newest_checkpoint_or_starts_fresh(tmp_path: Path) -> None:
