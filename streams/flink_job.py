@@ -79,7 +79,7 @@ Speed: in the split layout every event crosses three Python stages; in thread mo
 share one interpreter, so one GIL. What bounds it is not the scoring but Flink's cost per
 record: an event is ~3 records (one per keyed unit) between parse, score and pipeline, and
 each record costs a Java-Python hop with a pickle each way in every stage it enters, plus
-its state access (about 2.5 ms of JVM CPU per event on one slot here, against ~0.15 ms in
+its state access (2.5-3 ms of JVM CPU per event on one slot here, against ~0.15 ms in
 process). The fused layout sends one record per event through one Python function; its
 figures are in ``bench/RESULTS.md`` (``bench/flink.py --job-layout``). More slots scale
 the split layout's parse and score stages only where there are free cores.
