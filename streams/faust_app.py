@@ -54,8 +54,10 @@ delivered: it goes on with the next batches (at most ``batches_in_flight`` per a
 their delivery; beyond, it waits) while the producer's delivery reports are served from the
 event loop (after each batch, and by a task polling every 0.5 to 10 ms). An input batch is
 acknowledged once every message it produced is reported delivered, and every earlier batch of
-that agent was acknowledged first (:class:`InFlight`: Faust commits a partition's consecutive
-acknowledged offsets, and would commit past an unacknowledged one). When a sink is configured,
+that agent was acknowledged first (:class:`InFlight`). Offsets are committed (every
+``commit_interval_s`` and at stop) up to the last acknowledged one of each partition
+(:class:`CommitLedger`), not from Faust's own acknowledgement tracking, which can commit past a
+message never processed around a rebalance or a seek. When a sink is configured,
 it has stored a batch's records before the batch is tracked (one sink flush per batch). Fusion
 messages are acknowledged only once a checkpoint covers them, and a checkpoint is taken only
 once every fuse batch before it is delivered. If a message fails (after librdkafka's retries)
@@ -82,7 +84,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Generic, NoReturn, TypeVar
@@ -341,11 +343,8 @@ class InFlight(Generic[T]):
     Each entry is a batch's :class:`Delivery` and a payload (the ingest agent's: the batch's input
     events, to acknowledge once released). :meth:`release` hands back the payloads of the oldest
     batches whose messages are all delivered and stops at the first one still pending, even when
-    later batches are delivered already: a partition's offsets must be acknowledged in order.
-    Faust commits, per partition, the first run of consecutive acknowledged offsets, and its check
-    for a hole in front of that run lets one unacknowledged offset through (it tests
-    ``min(acked) - committed > 1``) and is skipped before the first commit: acknowledging a later
-    batch before an earlier one could commit past a message whose output is not delivered.
+    later batches are delivered already: a partition's offsets must be acknowledged in order, since
+    the :class:`CommitLedger` commits a partition up to its last acknowledged offset.
 
     ``limit`` is the back-pressure: an agent waits while that many batches are in flight.
     """
@@ -512,6 +511,53 @@ class InOrderGate:
         await self.app.consumer.seek_wait({tp: offset})
 
 
+class CommitLedger:
+    """Per gated partition, the offset below which every message is done: what the group may commit.
+
+    Faust's own acknowledgement bookkeeping is off for the gated topics (their ``acks`` are off):
+    it acknowledges the messages its stream skips around a rebalance (never processed), and after
+    a seek back it "fills the gap" it sees between offsets with offsets not processed yet. Both can
+    commit past a message never processed; and the duplicates the gap filling leaves in its list
+    made a restarted worker commit one offset per commit (seen on the real broker: a partition
+    still 120 offsets behind 30 s after every event was scored).
+
+    Here a message is done once its batch is acknowledged: an ingest batch once its output is
+    delivered, a fusion message once a checkpoint covers it. The :class:`InOrderGate` admits each
+    partition's offsets in order, none skipped, and batches are acknowledged in that order, so
+    the last acknowledged offset + 1 is exact.
+
+    >>> from faust.types import TP
+    >>> ledger = CommitLedger()
+    >>> for offset in (7, 8, 9):
+    ...     ledger.advance(TP("vigie.ens", 0), offset)
+    >>> ledger.due({TP("vigie.ens", 0): 7})
+    {TP(topic='vigie.ens', partition=0): 10}
+    >>> ledger.due({TP("vigie.ens", 0): 10})
+    {}
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[Any, int] = {}
+
+    def advance(self, tp: Any, offset: int) -> None:
+        """``offset`` of ``tp`` is done (and every offset before it, by the gate's order)."""
+        if offset >= self._done.get(tp, 0):
+            self._done[tp] = offset + 1
+
+    def due(self, committed: Mapping[Any, int | None]) -> dict[Any, int]:
+        """The offsets to commit: each partition's done offset above its ``committed`` one (None: none)."""
+        due: dict[Any, int] = {}
+        for tp, done in self._done.items():
+            last = committed.get(tp)
+            if last is None or done > last:
+                due[tp] = done
+        return due
+
+    def reset(self) -> None:
+        """Forget every partition: after a revocation each is read again from its committed offset."""
+        self._done.clear()
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
     """Faust's aiokafka consumer thread, with the fetch wait of :data:`FETCH_MAX_WAIT_S`."""
 
@@ -523,14 +569,29 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[mi
 
 
 class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    """Faust's consumer, committing the gated partitions' offsets from the transport's :class:`CommitLedger`.
+
+    Each of Faust's commits (every ``commit_interval_s``, and when the consumer stops) takes
+    what Faust's acknowledgements allow (its other topics) plus the ledger's due offsets.
+    """
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def _filter_committable_offsets(self, tps: Iterable[Any]) -> dict[Any, int]:
+        offsets: dict[Any, int] = super()._filter_committable_offsets(tps)
+        offsets.update(self.transport.ledger.due(self._committed_offset))
+        return offsets
+
 
 class _Transport(faust_aiokafka.Transport):  # type: ignore[misc]
-    """Faust's Kafka transport (``kafka://``) with :class:`_ConsumerThread`."""
+    """Faust's Kafka transport (``kafka://``) with :class:`_Consumer` and its :class:`CommitLedger`."""
 
     Consumer = _Consumer
+
+    def __init__(self, url: Any, app: faust.App, ledger: CommitLedger) -> None:
+        super().__init__(url, app)
+        self.ledger = ledger
 
 
 class _Worker(faust.Worker):  # type: ignore[misc]
@@ -637,7 +698,8 @@ class VigieFaustApp:
         )
         # Before anything (topics, tables) makes the app create its default transport.
         assert self.app._transport is None, "the app's transport was created before it could be replaced"
-        self.app.transport = _Transport(self.app.conf.broker_consumer, self.app)
+        self.ledger = CommitLedger()
+        self.app.transport = _Transport(self.app.conf.broker_consumer, self.app, self.ledger)
         self.producer = OutputProducer(settings.bootstrap, client_id)
         self._offsets_reader: Consumer | None = None
         self._offsets_lock = asyncio.Lock()
@@ -748,6 +810,7 @@ class VigieFaustApp:
         self._generation += 1
         self._fusion_unacked.clear()
         self._ingest_in_flight.reset()
+        self.ledger.reset()
         self.fuse.invalidate()
         for gate in self.gates:
             gate.reset()
@@ -770,6 +833,7 @@ class VigieFaustApp:
     def _raw_topic(self, *names: str) -> Any:
         return self.app.topic(
             *names,
+            acks=False,  # committed from the ledger, not from Faust's acknowledgements (see CommitLedger)
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
@@ -910,12 +974,15 @@ class VigieFaustApp:
         """Acknowledge ``events`` on ``stream``, in order, without yielding to the loop.
 
         What Faust's ``Stream.ack`` does (the event's ack, then the sensors), without a coroutine
-        per message: an ingest batch is acknowledged in one step, which no commit can split.
+        per message, and the ledger's advance (what is committed): an ingest batch is acknowledged
+        in one step, which no commit can split.
         """
         sensors = self.app.sensors
+        advance = self.ledger.advance
         for event in events:
             message = event.message
             last = event.ack()
+            advance(message.tp, message.offset)
             sensors.on_stream_event_out(message.tp, message.offset, stream, event)
             if last:
                 sensors.on_message_out(message.tp, message.offset, message)

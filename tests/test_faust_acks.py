@@ -162,6 +162,29 @@ def test_the_worker_acknowledges_ingest_batches_in_order_and_not_after_a_revocat
     assert worker_app._serve_deliveries() == 0 and acked[-1] == 21
 
 
+def test_commits_follow_the_acknowledged_batches_not_fausts_own_acknowledgements(worker_app: VigieFaustApp) -> None:
+    consumer = worker_app.app.consumer
+    tp = TP("t.declarations", 0)
+    consumer._committed_offset[tp] = 7  # as Faust sets it from the group's committed offsets on assignment
+    assert all(not agent.channel.acks for agent in worker_app.app.agents.values()), "Faust tracks none of them"
+    assert consumer._filter_committable_offsets([]) == {}, "nothing acknowledged yet"
+
+    # Faust's stream acknowledges a message it skips (fetched before a rebalance): with acks off
+    # for the topic, that commits nothing past the offsets the worker processed.
+    skipped = SimpleNamespace(acked=False, tp=tp, offset=40, topic=tp.topic)
+    assert consumer.ack(skipped) is False
+    worker_app._ack(object(), [_Event([], offset) for offset in range(7, 12)])
+    assert consumer._filter_committable_offsets([]) == {tp: 12}
+    consumer._committed_offset[tp] = 12
+    assert consumer._filter_committable_offsets([]) == {}, "committed already"
+    worker_app._ack(object(), [_Event([], 12)])
+    assert consumer._filter_committable_offsets([]) == {tp: 13}
+
+    # After a revocation the partition is read again from its committed offset: nothing is due.
+    asyncio.run(worker_app._on_revoked(None, revoked=set()))
+    assert consumer._filter_committable_offsets([]) == {}
+
+
 def test_waiting_for_room_serves_deliveries_until_a_batch_is_released(worker_app: VigieFaustApp) -> None:
     producer = _FakeProducer()
     worker_app.producer = producer  # type: ignore[assignment]
