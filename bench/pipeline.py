@@ -142,7 +142,7 @@ def main() -> None:
             "cruder signals, see bench/reference.py). Targets: 50,000 events/s and 4x the reference.",
             "One Python process, garbage collector tuned as the runtimes tune it (vigie.streams.runner."
             "tune_garbage_collector, for both pipelines); chdb inserts may use its own threads.",
-            "Measured while other test jobs shared the 2 cores: figures are lower bounds.",
+            "The machine's speed varies by up to 40% between runs (README): compare pipelines within one run.",
         ],
     )
 
