@@ -81,9 +81,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -558,14 +559,90 @@ class CommitLedger:
         self._done.clear()
 
 
+class ReadOffsets(defaultdict[Any, int | None]):
+    """Faust's read offset per partition (its drain loop drops a fetched message below it), holding
+    the offset of a seek until the message there is read.
+
+    Faust's drain loop records each message's offset as it hands the message on, from a batch it
+    may have fetched before a seek back: an offset recorded after the seek overwrites the sought
+    one, and the drain loop then drops the messages the seek was for (seen: a hole sought back
+    to, and refilled only when :class:`InOrderGate`'s watch sought again 6 s later). A pinned
+    partition's read offset ignores later offsets until the sought one itself is recorded.
+    Written from two threads (the drain loop on the event loop, the seek on the consumer
+    thread), hence the lock.
+
+    >>> offsets = ReadOffsets()
+    >>> offsets["p"] = 20
+    >>> offsets.pin("p", 12)
+    >>> offsets["p"] = 21  # fetched before the seek: the seek's offset stays
+    >>> offsets["p"]
+    12
+    >>> offsets["p"] = 12  # the sought message: unpinned
+    >>> offsets["p"] = 13
+    >>> offsets["p"], offsets.pinned
+    (13, {})
+    """
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None)  # as Faust's: no offset read yet
+        self.pinned: dict[Any, int] = {}
+        """Partition -> the offset it was sought to, until the message there is read."""
+        self._lock = threading.Lock()
+
+    def pin(self, tp: Any, offset: int) -> None:
+        """``tp`` was sought to ``offset``: hold it there until the message at ``offset`` is read."""
+        with self._lock:
+            self.pinned[tp] = offset
+            super().__setitem__(tp, offset)
+
+    def __setitem__(self, tp: Any, offset: int | None) -> None:
+        with self._lock:
+            pinned = self.pinned.get(tp)
+            if pinned is not None:
+                if offset is not None and offset > pinned:
+                    return  # read from a batch fetched before the seek
+                del self.pinned[tp]
+            super().__setitem__(tp, offset)
+
+    def __delitem__(self, tp: Any) -> None:
+        with self._lock:
+            self.pinned.pop(tp, None)
+            super().__delitem__(tp)
+
+    def pop(self, tp: Any, *default: Any) -> Any:
+        with self._lock:
+            self.pinned.pop(tp, None)
+            return super().pop(tp, *default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        # Faust's seek to the committed offsets after a rebalance: those replace any seek of ours.
+        with self._lock:
+            new = dict(*args, **kwargs)
+            for tp in new:
+                self.pinned.pop(tp, None)
+            super().update(new)
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
-    """Faust's aiokafka consumer thread, with the fetch wait of :data:`FETCH_MAX_WAIT_S`."""
+    """Faust's aiokafka consumer thread, with the fetch wait of :data:`FETCH_MAX_WAIT_S`, and seeks
+    that pin the read offset (:class:`ReadOffsets`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Not a Faust setting; aiokafka reads it when the consumer starts (its fetcher is created then).
         consumer._fetch_max_wait_ms = round(1000 * FETCH_MAX_WAIT_S)
         return consumer
+
+    async def _seek_wait(self, consumer: Any, partitions: Mapping[Any, int]) -> None:
+        # Faust's, with the read offset pinned instead of set: see ReadOffsets.
+        read_offsets: ReadOffsets = self.consumer._read_offset
+        for tp, offset in partitions.items():
+            consumer.seek(tp, offset)
+            read_offsets.pin(tp, offset)
+        await asyncio.wait_for(
+            asyncio.gather(*[consumer.position(tp) for tp in partitions]),
+            timeout=self.app.conf.broker_request_timeout,
+        )
 
 
 class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
@@ -574,6 +651,10 @@ class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     Each of Faust's commits (every ``commit_interval_s``, and when the consumer stops) takes
     what Faust's acknowledgements allow (its other topics) plus the ledger's due offsets.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = ReadOffsets()
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -22,6 +22,7 @@ from vigie.streams.faust_app import (
     Delivery,
     InFlight,
     ProduceFailed,
+    ReadOffsets,
     VigieFaustApp,
     WorkerSettings,
 )
@@ -215,6 +216,54 @@ def test_the_consumer_waits_at_most_the_short_fetch_wait(worker_app: VigieFaustA
 
     consumer = asyncio.run(create())
     assert consumer._fetch_max_wait_ms == round(1000 * FETCH_MAX_WAIT_S) < 1500
+
+
+class _FakeAiokafkaConsumer:
+    """What Faust's seek asks of aiokafka's consumer."""
+
+    def __init__(self) -> None:
+        self.sought: list[tuple[TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+    async def position(self, tp: TP) -> int:
+        return dict(self.sought)[tp]
+
+
+def test_a_seek_holds_the_read_offset_until_the_sought_message_is_read(worker_app: VigieFaustApp) -> None:
+    """Faust's drain loop drops a fetched message below its partition's read offset, and records
+    the offsets of a batch fetched before a seek after it: the seek's offset must win."""
+    faust_consumer = worker_app.app.consumer
+    read_offsets = faust_consumer._read_offset
+    assert isinstance(read_offsets, ReadOffsets)
+    tp, other = TP("t.declarations", 0), TP("t.ens", 0)
+    read_offsets[tp] = 20  # the drain loop read up to 20; offsets 12-19 never reached the agent
+    read_offsets[other] = 5
+    aiokafka_consumer = _FakeAiokafkaConsumer()
+    asyncio.run(faust_consumer._thread._seek_wait(aiokafka_consumer, {tp: 12}))
+    assert aiokafka_consumer.sought == [(tp, 12)] and read_offsets[tp] == 12
+
+    for offset in (21, 22):  # the rest of the batch fetched before the seek
+        read_offsets[tp] = offset
+    assert read_offsets[tp] == 12, "offsets 12-20 read again are not dropped"
+    read_offsets[other] = 6
+    assert read_offsets[other] == 6, "other partitions move on"
+    read_offsets[tp] = 12  # the sought message
+    read_offsets[tp] = 13
+    assert read_offsets[tp] == 13 and read_offsets.pinned == {}
+
+    # Faust's own seeks and revocations replace a pin.
+    read_offsets.pin(tp, 30)
+    read_offsets.update({tp: 40})
+    assert read_offsets[tp] == 40 and read_offsets.pinned == {}
+    read_offsets.pin(tp, 30)
+    read_offsets[tp] = None  # Faust's seek to offset 0
+    assert read_offsets[tp] is None and read_offsets.pinned == {}
+    read_offsets.pin(tp, 30)
+    read_offsets.pop(tp, None)  # revoked
+    assert tp not in read_offsets and read_offsets.pinned == {}
+    assert read_offsets[tp] is None, "a partition never read has no read offset, as in Faust"
 
 
 # -- checkpoints serialised in a forked child ---------------------------------------------------
