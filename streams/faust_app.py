@@ -41,7 +41,8 @@ Faust's own producer writes the table's changelog.
 Consuming: Faust's aiokafka consumer, with the broker's wait for a fetch that finds no new data
 cut from Faust's 1.5 s to ``FETCH_MAX_WAIT_S`` (50 ms): aiokafka has one fetch in flight per
 broker, and a long fetch of the quiet partitions held back the busy ones (the worker idled over
-half of a backlog drain).
+half of a backlog drain). A seek back holds the partition's read offset until the sought message
+is read (:class:`ReadOffsets`): Faust's drain loop would drop it otherwise.
 
 State: the ``fusion`` table (``store='memory://'``, compacted changelog topic
 ``<app id>-fusion-changelog``), restored when a worker starts or takes the fusion partition
@@ -646,7 +647,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[mi
 
 
 class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's consumer, committing the gated partitions' offsets from the transport's :class:`CommitLedger`.
+    """Faust's consumer, committing the gated partitions' offsets from the transport's :class:`CommitLedger`,
+    its read offsets a :class:`ReadOffsets`.
 
     Each of Faust's commits (every ``commit_interval_s``, and when the consumer stops) takes
     what Faust's acknowledgements allow (its other topics) plus the ledger's due offsets.
