@@ -19,12 +19,12 @@ import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pytest
 from clickhouse_driver.errors import NetworkError, ServerException
 from pydantic import BaseModel
 
 from tests import factories
+from tests.stored import read_back
 from vigie.schemas import Alert, DeadLetter, RiskScore
 from vigie.sinks.base import Sink
 from vigie.sinks.clickhouse_server import ClickHouseServer, ClickHouseServerError
@@ -32,8 +32,6 @@ from vigie.sinks.ddl import (
     LEGACY,
     MODERN,
     TABLES,
-    Kind,
-    Table,
     native_blocks,
     render_ddl,
 )
@@ -85,60 +83,6 @@ ALL_RECORDS: list[BaseModel] = [
     make_alert(),
     make_dead_letter(NON_UTF8),
 ]
-
-_ID_OF = {
-    "ens": "event_id",
-    "declarations": "event_id",
-    "excise": "event_id",
-    "outcomes": "event_id",
-    "scores": "score_id",
-    "alerts": "alert_id",
-    "dead_letters": "dead_letter_id",
-}
-
-
-# --- reading rows back into models ---------------------------------------------------
-
-
-def _decode(kind: Kind, value: Any) -> Any:
-    if value is not None and (kind is Kind.JSON or kind is Kind.MAP):  # MAP is JSON text on 18.16
-        return orjson.loads(value)
-    return value
-
-
-def _nest(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    flattened: set[str] = set()
-    for col in table.columns:
-        if col.inherited:
-            continue
-        target = data
-        for part in col.path[:-1]:
-            flattened.add(part)
-            target = target.setdefault(part, {})
-        target[col.path[-1]] = _decode(col.kind, row[col.name])
-    for key in flattened:  # a flattened optional model whose columns are all NULL was absent
-        if all(v is None for v in data[key].values()):
-            data[key] = None
-    return data
-
-
-def read_back(sink: NativeSink, record: BaseModel) -> BaseModel:
-    """Rebuild ``record`` from its table (and item table) in the sink's database."""
-    name = next(n for n, t in TABLES.items() if t.model is type(record) and t.parent is None)
-    table, id_column = TABLES[name], _ID_OF[name]
-    record_id = getattr(record, id_column)
-    rows = sink.query(f"SELECT * FROM {sink.database}.{name} FINAL WHERE {id_column} = '{record_id}'")
-    assert len(rows) == 1, rows
-    data = _nest(table, rows[0])
-    for child in TABLES.values():
-        if child.parent == name:
-            assert child.via is not None
-            items = sink.query(
-                f"SELECT * FROM {sink.database}.{child.name} FINAL WHERE event_id = '{record_id}' ORDER BY item_number"
-            )
-            data[child.via] = [_nest(child, item) for item in items]
-    return table.model.model_validate(data)
 
 
 def _count(sink: NativeSink, table: str, final: bool = True) -> int:

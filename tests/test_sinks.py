@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests import factories
+from tests.stored import read_back
 from vigie.schemas import (
     Alert,
     ControlOutcome,
@@ -191,68 +192,6 @@ ALL_RECORDS = [
     make_alert(),
     make_dead_letter(b'\xff\xfe\x00{"a": "\\u00e9"}\n\r\t\x80 end'),
 ]
-
-
-# --- reading rows back into models ---------------------------------------------------
-
-
-def _decode(kind: Kind, value: Any) -> Any:
-    if value is None:
-        return None
-    if kind is Kind.JSON:
-        return orjson.loads(value)
-    if kind is Kind.BYTES:
-        return value.encode("utf-8", "surrogateescape")  # how query() hands back non-UTF-8
-    return value
-
-
-def _nest(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    flattened: set[str] = set()
-    for col in table.columns:
-        if col.inherited:
-            continue
-        target = data
-        for part in col.path[:-1]:
-            flattened.add(part)
-            target = target.setdefault(part, {})
-        target[col.path[-1]] = _decode(col.kind, row[col.name])
-    # A flattened optional model whose columns are all NULL was absent.
-    for key in flattened:
-        if all(v is None for v in data[key].values()):
-            data[key] = None
-    return data
-
-
-def read_back(sink: Sink, table_name: str, id_column: str, record_id: str) -> BaseModel:
-    """Rebuild the model stored under ``record_id`` from its table (and item table)."""
-    table = TABLES[table_name]
-    rows = sink.query(f"SELECT * FROM vigie.{table_name} FINAL WHERE {id_column} = '{record_id}'")
-    assert len(rows) == 1, rows
-    data = _nest(table, rows[0])
-    for child in TABLES.values():
-        if child.parent == table_name:
-            assert child.via is not None
-            items = sink.query(
-                f"SELECT * FROM vigie.{child.name} FINAL WHERE event_id = '{record_id}' ORDER BY item_number"
-            )
-            data[child.via] = [_nest(child, item) for item in items]
-    return table.model.model_validate(data)
-
-
-_ID_OF = {
-    "ens": "event_id",
-    "declarations": "event_id",
-    "excise": "event_id",
-    "outcomes": "event_id",
-    "scores": "score_id",
-    "alerts": "alert_id",
-    "dead_letters": "dead_letter_id",
-}
-
-
-def _root_table(record: BaseModel) -> str:
-    return next(name for name, t in TABLES.items() if t.model is type(record) and t.parent is None)
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -438,10 +377,8 @@ def test_every_record_type_round_trips(sink: ChdbSink) -> None:
     sink.write(ALL_RECORDS)
     sink.flush()
     for record in ALL_RECORDS:
-        table = _root_table(record)
-        id_column = _ID_OF[table]
-        back = read_back(sink, table, id_column, getattr(record, id_column))
-        assert back.model_dump() == record.model_dump(), table
+        back = read_back(sink, record)
+        assert back.model_dump() == record.model_dump(), type(record).__name__
 
 
 def test_declaration_with_three_items(sink: ChdbSink) -> None:
