@@ -66,6 +66,14 @@ def _run(detector: ExciseDetector, events: list[Any], store: dict[str, ExciseSta
     return [score for event in events for score in detector.process(event, store)]
 
 
+def _ead_and_receipt(**receipt: Any) -> tuple[Any, Any]:
+    """An e-AD (1,000 l of spirits at 40 % for MRN) and its report of receipt 30 h later with ``receipt``'s fields."""
+    ead = excise(event_id="ead-1", arc=_arc(1), import_mrn=MRN)
+    fields = {"event_id": "rcp-1", "event_time": _at(30), "record_type": "report_of_receipt", "arc": _arc(1),
+              "import_mrn": MRN} | receipt  # fmt: skip
+    return ead, excise(**fields)
+
+
 def _only(scores: list[RiskScore], subject: str) -> RiskScore:
     mine = [s for s in scores if s.subject_event_id == subject]
     assert len(mine) == 1, mine
@@ -247,13 +255,7 @@ def test_full_release_accounts_for_the_import() -> None:
 
 def test_receipt_shortage_against_its_ead() -> None:
     detector = ExciseDetector()
-    ead = excise(event_id="ead-1", arc=_arc(1), import_mrn=MRN)
-    receipt = excise(
-        event_id="rcp-1",
-        event_time=_at(30),
-        record_type="report_of_receipt",
-        arc=_arc(1),
-        import_mrn=MRN,
+    ead, receipt = _ead_and_receipt(
         volume_litres=900.0,
         dispatched_quantity=1000.0,
         received_quantity=900.0,
@@ -269,17 +271,8 @@ def test_receipt_shortage_against_its_ead() -> None:
 
 def test_receipt_that_understates_what_was_dispatched() -> None:
     # The receipt claims 900 l were dispatched and received: only the e-AD shows 100 l missing.
-    ead = excise(event_id="ead-1", arc=_arc(1), import_mrn=MRN)
-    receipt = excise(
-        event_id="rcp-1",
-        event_time=_at(30),
-        record_type="report_of_receipt",
-        arc=_arc(1),
-        import_mrn=MRN,
-        volume_litres=900.0,
-        dispatched_quantity=900.0,
-        received_quantity=900.0,
-        duty_declared_eur=6480.0,
+    ead, receipt = _ead_and_receipt(
+        volume_litres=900.0, dispatched_quantity=900.0, received_quantity=900.0, duty_declared_eur=6480.0
     )
     score = _only(_run(ExciseDetector(), [ead, receipt]), "rcp-1")
     assert set(score.reason_fields["findings"].split(",")) == {"dispatched_vs_ead", "short_vs_ead"}
@@ -287,17 +280,7 @@ def test_receipt_that_understates_what_was_dispatched() -> None:
 
 
 def test_strength_that_moves_between_records() -> None:
-    ead = excise(event_id="ead-1", arc=_arc(1), import_mrn=MRN)
-    receipt = excise(
-        event_id="rcp-1",
-        event_time=_at(30),
-        record_type="report_of_receipt",
-        arc=_arc(1),
-        import_mrn=MRN,
-        alcohol_strength_pct=43.0,
-        received_quantity=1000.0,
-        duty_declared_eur=7740.0,
-    )
+    ead, receipt = _ead_and_receipt(alcohol_strength_pct=43.0, received_quantity=1000.0, duty_declared_eur=7740.0)
     score = _only(_run(ExciseDetector(), [ead, receipt]), "rcp-1")
     assert "alcoholic strength 43.0 % vol where the e-AD said 40.0 % vol" in score.reason
 
