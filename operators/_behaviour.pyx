@@ -84,6 +84,8 @@ cdef class PageHinkley:
     [False, False, False, False, False, False, False, True]
     >>> ph.onset, round(ph.statistic(params), 3)
     (5.0, 1.873)
+    >>> ph
+    PageHinkley(n=8, mean=0.375, cusum=1.3726609047212852, extreme=-0.4999000099995, onset=5.0)
     """
 
     cdef public long n
@@ -136,6 +138,10 @@ cdef class PageHinkley:
         self._extreme, self._has_extreme = s.extreme, True
         self._onset, self._has_onset = s.onset, s.has_onset
         return self._stat(p) > p.threshold
+
+    def __repr__(self) -> str:
+        return (f"PageHinkley(n={self.n}, mean={self.mean!r}, cusum={self.cusum!r}, extreme={self.extreme!r}, "
+                f"onset={self.onset!r})")
 
     def statistic(self, p: object) -> float:
         """Current test statistic (>= 0); an alarm is raised when it exceeds the threshold."""
@@ -296,6 +302,10 @@ cdef class Baseline:
                 free(work)
         cached = self._references[group] = (median, mad, n)
         return cached
+
+    def __repr__(self) -> str:
+        return (f"<Baseline of {self.n} declarations: {len(self.times)} leaving times, {len(self.origins)} origins, "
+                f"{len(self.chapters)} chapters, {len(self.uv)} unit-value groups>")
 
     def to_dict(self) -> dict:
         return {

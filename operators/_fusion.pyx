@@ -226,6 +226,9 @@ cdef class FusionKernel:
     def __reduce__(self):
         return FusionKernel, self._arguments
 
+    def __repr__(self) -> str:
+        return f"FusionKernel({len(self.names)} features: {', '.join(self.names)})"
+
     def features(self, scores, Subject subject, double key, double evidence, dict per_detector,
                  dict best) -> array.array:
         """The learning record of ``subject`` (see the class); fills ``per_detector`` and ``best``.
@@ -423,6 +426,8 @@ cdef class RiskWindow:
     ...     window.add(i / 100)
     >>> window.threshold(0.05)  # 5 % of the window lies strictly above it
     0.94
+    >>> window
+    RiskWindow(size=100, held=100, lowest=0.0, highest=0.99)
     """
 
     cdef readonly Py_ssize_t size
@@ -447,6 +452,12 @@ cdef class RiskWindow:
 
     def __dealloc__(self):
         free(self._sorted)
+
+    def __repr__(self) -> str:
+        if self._count == 0:
+            return f"RiskWindow(size={self.size}, held=0)"
+        return (f"RiskWindow(size={self.size}, held={self._count}, lowest={self._sorted[0]!r}, "
+                f"highest={self._sorted[self._count - 1]!r})")
 
     def __len__(self) -> int:
         return self._count

@@ -43,6 +43,8 @@ cdef class ExpiryHeap:
     (10.0, 2, 'a')
     >>> heap.pop_before(25.0), len(heap), heap.earliest()
     ([(3, 'b'), (4, 'd')], 1, 30.0)
+    >>> heap
+    ExpiryHeap(waiting=1, earliest=30.0)
     """
 
     cdef Entry* _entries
@@ -59,6 +61,9 @@ cdef class ExpiryHeap:
         for i in range(self._count):
             Py_XDECREF(self._entries[i].event_id)
         free(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ExpiryHeap(waiting={self._count}, earliest={self.earliest()!r})"
 
     def __len__(self) -> int:
         return self._count

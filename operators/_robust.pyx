@@ -104,6 +104,8 @@ cdef class UnitValueWindow:
     ...     window.add(value, 10.0)
     >>> window.size, window.seen, window.held(), window.median_mad()
     (4, 5, [100.0, 2.0, 3.0, 4.0], (3.5, 1.0))
+    >>> window
+    UnitValueWindow(capacity=4, size=4, seen=5, median=3.5, mad=1.0, last_seen=10.0)
     >>> UnitValueWindow.from_dict(window.to_dict(), 4).to_dict() == window.to_dict()
     True
     """
@@ -180,6 +182,11 @@ cdef class UnitValueWindow:
         memcpy(self._work, self._values, n * sizeof(double))
         qsort(self._work, n, sizeof(double), _compare)
         return [self._work[i] for i in range(n)]
+
+    def __repr__(self) -> str:
+        median, mad = self.median_mad()
+        return (f"{type(self).__name__}(capacity={self.capacity}, size={self.size}, seen={self.seen}, "
+                f"median={median!r}, mad={mad!r}, last_seen={self.last_seen!r})")
 
     def to_dict(self) -> dict:
         return {"values": self.held(), "pos": self.pos, "seen": self.seen, "last": self.last_seen}

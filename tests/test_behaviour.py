@@ -326,3 +326,16 @@ def test_a_late_declaration_older_than_the_change_onset_is_scored() -> None:
     )
     assert sentences == ["declaration rate well above its usual rate"]
     assert "declarations_per_day" not in fields
+
+
+def test_an_importers_baseline_reads_at_a_glance() -> None:
+    store: dict[str, Any] = {}
+    _run(OperatorBehaviourDetector(), _steady(200, random.Random(5)), store)
+    [state] = store.values()
+    baseline = state.baseline
+    assert baseline.n > 150 and len(baseline.origins) == 2, "CN and BD"
+    assert repr(baseline) == (
+        f"<Baseline of {baseline.n} declarations: {len(baseline.times)} leaving times, 2 origins, "
+        f"{len(baseline.chapters)} chapters, {len(baseline.uv)} unit-value groups>"
+    )
+    assert repr(state.tests["unit_value"]).startswith(f"PageHinkley(n={state.tests['unit_value'].n}, mean=")

@@ -356,3 +356,11 @@ def test_pipeline_memory_is_bounded_by_time() -> None:
     assert len(pipeline.labels) == 0
     pipeline.ens.evict_before(pipeline.watermark + timedelta(days=60))
     assert not pipeline.ens.arrivals
+
+
+def test_the_fusion_kernel_names_its_features() -> None:
+    fusion = LearnedFusion()
+    fusion.bind(["undervaluation", "atypical_flow"])
+    kernel = fusion._kernel
+    assert kernel.names[:2] == ("ens:undervaluation", "ens:atypical_flow")
+    assert repr(kernel) == f"FusionKernel({len(kernel.names)} features: {', '.join(kernel.names)})"
