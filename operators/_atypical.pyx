@@ -208,6 +208,10 @@ cdef class ChapterModel:
     cdef double _share[N_MODES]
     cdef bint _shared  # whether the mode shares exist yet
 
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__}: {self.seen} items learned, {len(self.groups)} unit-value windows, "
+                f"{len(self.pairs)} (importer, CN4) pairs>")
+
     @property
     def mean(self) -> list:
         """Exponentially weighted mean of each feature, in ``FEATURES`` order."""

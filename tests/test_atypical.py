@@ -164,6 +164,11 @@ def test_state_memory_is_bounded() -> None:
         assert len(state.pairs) <= 50 and len(state.groups) <= 20
     assert len(state.pairs) >= 45  # evictions drop a tenth at a time, not everything
     assert f"FR{399:014d}|{cn[:4]}" in state.pairs  # the newest is kept
+    assert repr(state) == (
+        f"<AtypicalFlowState: {state.seen} items learned, {len(state.groups)} unit-value windows, "
+        f"{len(state.pairs)} (importer, CN4) pairs>"
+    )
+    assert state.seen == 400
 
 
 def test_state_round_trips_exactly() -> None:
