@@ -416,7 +416,8 @@ class KafkaBroker(LocalServer):
                 raise KafkaBrokerError("metadata lists no broker")
             return answer
 
-        if not self.detach and "__consumer_offsets" not in self._poll_until_ready(metadata).topics:
+        topics = self._poll_until_ready(metadata).topics  # detached too: `vigie dev kafka up` returns once it serves
+        if not self.detach and "__consumer_offsets" not in topics:
             self._warm_up_group_coordinator()
 
     def _warm_up_group_coordinator(self) -> None:

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -193,6 +194,20 @@ def test_killed_broker_restarts_with_its_data(kafka_broker_factory: Callable[...
         f"Kafka {KAFKA_VERSION}: up in {after_kill:.1f}s after SIGKILL (restart() {restart_seconds:.1f}s), "
         f"in {broker.last_start_seconds:.1f}s after a clean stop"
     )
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_start_waits_until_the_broker_answers_metadata_detached_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detach: bool
+) -> None:
+    """``vigie dev kafka up`` (a detached broker) returned before its broker served: a client
+    right after it met a closed port while the JVM was still starting (seen on a loaded machine)."""
+    broker = KafkaBroker(tmp_path / "kafka", detach=detach)
+    probes: list[Any] = []
+    answer = SimpleNamespace(brokers={1: object()}, topics={"__consumer_offsets": object()})
+    monkeypatch.setattr(broker, "_poll_until_ready", lambda probe: probes.append(probe) or answer)
+    broker._wait_ready()
+    assert len(probes) == 1, "readiness is awaited"
 
 
 def test_dev_kafka_up_status_down(tmp_path: Path) -> None:
