@@ -3,9 +3,9 @@
 Every detector builds several scores per event, so the two costs of a score that do not
 depend on the detector are done here in C:
 
-* :func:`score_id` is ``str(uuid.uuid5(namespace, "detector/subject/item"))``: one
-  ``hashlib`` call, then the version and variant bits and the hex text in C (building
-  ``UUID`` objects, or slicing the hex digest in Python, costs more than the hash);
+* :func:`score_id` is ``str(uuid.uuid5(namespace, "detector/subject/item"))``: a copy of a SHA-1
+  already fed the namespace, fed the name, then the version and variant bits and the hex text
+  in C (building ``UUID`` objects, or slicing the hex digest in Python, costs more than the hash);
   :func:`uuid5_text` is the same for any namespace and name (alert ids use it);
 * :func:`build_score` is what ``RiskScore.model_construct`` does for a score whose values are
   already right, without its per-field loop.
@@ -40,6 +40,7 @@ cdef frozenset _FIELDS = frozenset(RiskScore.model_fields)
 cdef object _new = object.__new__
 cdef const char* _HEX = b"0123456789abcdef"
 cdef object _sha1 = hashlib.sha1
+cdef object _SCORE_SHA1 = _sha1(_NAMESPACE)
 
 
 cpdef object epoch_seconds(when):
@@ -66,10 +67,28 @@ cpdef object epoch_seconds(when):
     return <double> micros / 1e6
 
 
-cdef str _uuid5_text(bytes namespace, str name):
-    """``str(uuid.uuid5(UUID(bytes=namespace), name))``: SHA-1 of the namespace's 16 bytes then the
-    name's UTF-8, its first 16 bytes with the version (5) and RFC 4122 variant bits set, as hex text."""
-    cdef bytes hashed = _sha1(namespace + name.encode()).digest()
+cdef dict _PRIMED = {}
+"""Namespace bytes -> a SHA-1 already fed them: copying it costs less than a new hash (OpenSSL
+looks the algorithm up by name on every ``hashlib.sha1()``) and the namespace is hashed once."""
+cdef int _PRIMED_MAX = 64  # ids use two namespaces; a caller inventing more must not grow this for ever
+
+
+cdef object _primed(bytes namespace):
+    primed = _PRIMED.get(namespace)
+    if primed is None:
+        primed = _sha1(namespace)
+        if len(_PRIMED) < _PRIMED_MAX:
+            _PRIMED[namespace] = primed
+    return primed
+
+
+cdef str _uuid5_text(object primed, str name):
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` given ``primed``, a SHA-1 fed the namespace's 16
+    bytes: the hash of those then the name's UTF-8, its first 16 bytes with the version (5) and
+    RFC 4122 variant bits set, as hex text."""
+    hasher = primed.copy()
+    hasher.update(name.encode())
+    cdef bytes hashed = hasher.digest()
     cdef uint8_t digest[16]
     cdef char text[36]
     cdef int i, j = 0
@@ -96,7 +115,7 @@ cpdef str uuid5_text(bytes namespace, str name):
     """
     if len(namespace) != 16:
         raise ValueError(f"a uuid namespace is 16 bytes, not {len(namespace)}")
-    return _uuid5_text(namespace, name)
+    return _uuid5_text(_primed(namespace), name)
 
 
 cpdef str score_id(str detector, str subject_event_id, object item_number):
@@ -105,7 +124,7 @@ cpdef str score_id(str detector, str subject_event_id, object item_number):
     >>> score_id("undervaluation", "e1", 2) == str(uuid.uuid5(SCORE_NAMESPACE, "undervaluation/e1/2"))
     True
     """
-    return _uuid5_text(_NAMESPACE, f"{detector}/{subject_event_id}/{item_number or 0}")
+    return _uuid5_text(_SCORE_SHA1, f"{detector}/{subject_event_id}/{item_number or 0}")
 
 
 def build_score(
