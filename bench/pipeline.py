@@ -2,8 +2,9 @@
 
 Generates a seeded stream once, encodes it to JSON lines in memory, then times on one process:
 decoding only; scoring with the default detectors (what `vigie run` runs); the issue's end to
-end figure, parse + all five detectors + learned fusion + the sink buffer (records appended,
-as a sink holds them until it flushes 20,000, then let go); the same for the reference pipeline built from plain
+end figure, parse + all five detectors + learned fusion + the sink buffer (the ClickHouse sinks'
+write path without the database: records encoded into Native blocks as written, flushed and
+dropped, :class:`EncodingSink`); the same for the reference pipeline built from plain
 River estimators and pydantic models (bench/reference.py) in the same run; and the whole path
 into embedded ClickHouse (chdb) as `vigie run` does it. Prints the figures and records them in
 bench/RESULTS.md under "pipeline".
@@ -30,37 +31,52 @@ from results import record
 from vigie.operators import ScoringPipeline, all_detectors
 from vigie.schemas import decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
+from vigie.sinks.base import BufferPolicy, NativeBlockSink
 from vigie.sinks.chdb_sink import ChdbSink
-from vigie.streams.runner import InProcessRunner, tune_garbage_collector
-
-SINK_BATCH_ROWS = 20_000
-"""Records a sink holds before it flushes them (``bench/sink.py`` measures 20,000 to 100,000)."""
+from vigie.sinks.ddl import MODERN, Table
+from vigie.streams.runner import WRITE_BATCH, InProcessRunner, tune_garbage_collector
 
 
-class SinkBuffer:
-    """Records held as a sink holds them until it flushes ``batch`` of them, then let go.
+class EncodingSink(NativeBlockSink):
+    """The ClickHouse sinks' write path without the database: what `vigie run` does with a record
+    up to the insert.
 
-    A sink encodes each record as it is written and sends a batch per flush, so no record stays
-    alive for the whole run. A list kept to the end would not stand for that: the garbage
-    collector would walk every record of the run again at each of its full collections.
+    Records are encoded into ``Native`` column blocks as they are written (as the chdb and
+    native-protocol sinks do, with the chdb sink's flush policy and the modern server's column
+    types), a flush joins each table's block, and :meth:`_send`, which would store it, counts
+    its rows and lets it go. Writing per record batch as the in-process runner does
+    (``WRITE_BATCH`` events) is :meth:`extend`.
     """
 
-    def __init__(self, batch: int = SINK_BATCH_ROWS) -> None:
-        self.batch = batch
-        self.rows: list[Any] = []
-        self.flushed = 0
-
-    def append(self, record: Any) -> None:
-        self.rows.append(record)
+    def __init__(self) -> None:
+        super().__init__(MODERN, BufferPolicy(), background=False)
+        self.sent = 0
+        self.records = 0
+        self._records_waiting: list[Any] = []
+        self._events = 0
 
     def extend(self, records: Any) -> None:
-        self.rows.extend(records)
-        if len(self.rows) >= self.batch:
-            self.flushed += len(self.rows)
-            self.rows = []
+        """One event's records (the event, its scores, its alerts): written every ``WRITE_BATCH`` events."""
+        self._records_waiting.extend(records)
+        self._events += 1
+        if self._events % WRITE_BATCH == 0:
+            self.drain()
 
-    def __len__(self) -> int:
-        return self.flushed + len(self.rows)
+    def drain(self) -> None:
+        """Write what is pending and flush it."""
+        self.records += len(self._records_waiting)
+        self.write(self._records_waiting)
+        self._records_waiting = []
+        self.flush()
+
+    def _send(self, table: Table, payload: Any, rows: int) -> None:
+        self.sent += rows
+
+    def _disconnect(self) -> None:
+        pass
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        raise RuntimeError("an EncodingSink has no database to query")
 
 
 def main() -> None:
@@ -87,27 +103,27 @@ def main() -> None:
         pipeline.process(event)
     score_s = time.perf_counter() - t
 
-    def vigie_all(raw: bytes, buffer: SinkBuffer, pipeline: ScoringPipeline) -> None:
+    def vigie_all(raw: bytes, sink: EncodingSink, pipeline: ScoringPipeline) -> None:
         event = decode_event(raw)
         result = pipeline.process(event)
-        buffer.append(event)
-        buffer.extend(result.scores)
-        buffer.extend(result.alerts)
+        sink.extend([event, *result.scores, *result.alerts])
 
     full = ScoringPipeline(all_detectors())
-    buffer = SinkBuffer()
+    sink = EncodingSink()
     t = time.perf_counter()
     for raw in lines:
-        vigie_all(raw, buffer, full)
+        vigie_all(raw, sink, full)
+    sink.drain()
     full_s = time.perf_counter() - t
-    full_records = len(buffer)
+    full_records = sink.records
 
-    reference = ReferencePipeline(SinkBuffer())
+    reference = ReferencePipeline(EncodingSink())
     t = time.perf_counter()
     for raw in lines:
         reference.process(decode_event(raw))
+    reference.buffer.drain()
     reference_s = time.perf_counter() - t
-    reference_records = len(reference.buffer)
+    reference_records = reference.buffer.records
 
     with tempfile.TemporaryDirectory() as tmp:
         sink = ChdbSink(Path(tmp) / "ch")
@@ -120,8 +136,8 @@ def main() -> None:
     rows = [
         ("decode (pydantic, strict)", n / decode_s),
         ("score, default detectors (all five), learned fusion, events decoded before", n / score_s),
-        ("parse + all five detectors + learned fusion + sink buffer", n / full_s),
-        ("reference: parse + plain River estimators + pydantic scores + buffer", n / reference_s),
+        ("parse + all five detectors + learned fusion + sink buffer (Native encoding)", n / full_s),
+        ("reference: parse + plain River estimators + pydantic scores + the same sink buffer", n / reference_s),
         ("end to end into chdb (`vigie run` path, all five detectors, learned fusion)", n / end_to_end_s),
     ]
     for name, rate in rows:
@@ -138,7 +154,7 @@ def main() -> None:
             f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, "
             f"{platform.processor() or platform.machine()}",
             f"Vigie, all five detectors, against the plain River + pydantic reference in the same run: "
-            f"{ratio:.2f}x ({full_records:,} vs {reference_records:,} records buffered; the reference computes "
+            f"{ratio:.2f}x ({full_records:,} vs {reference_records:,} records written; the reference computes "
             "cruder signals, see bench/reference.py). Targets: 50,000 events/s and 4x the reference.",
             "One Python process, garbage collector tuned as the runtimes tune it (vigie.streams.runner."
             "tune_garbage_collector, for both pipelines); chdb inserts may use its own threads.",
