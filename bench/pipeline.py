@@ -34,7 +34,7 @@ from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.sinks.base import BufferPolicy, NativeBlockSink
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.sinks.ddl import MODERN, Table
-from vigie.streams.runner import WRITE_BATCH, InProcessRunner, tune_garbage_collector
+from vigie.streams.runner import RUNNER_GC_THRESHOLDS, WRITE_BATCH, InProcessRunner, tune_garbage_collector
 
 
 class EncodingSink(NativeBlockSink):
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--rate", type=float, default=1500.0)
     args = parser.parse_args()
-    tune_garbage_collector()  # as `vigie run`, the Faust worker and the Flink job do; both pipelines gain
+    tune_garbage_collector(RUNNER_GC_THRESHOLDS)  # as `vigie run` does; both pipelines gain
 
     config = GeneratorConfig(seed=7, duration_hours=args.hours, rate_per_hour=args.rate)
     t = time.perf_counter()
@@ -156,8 +156,8 @@ def main() -> None:
             f"Vigie, all five detectors, against the plain River + pydantic reference in the same run: "
             f"{ratio:.2f}x ({full_records:,} vs {reference_records:,} records written; the reference computes "
             "cruder signals, see bench/reference.py). Targets: 50,000 events/s and 4x the reference.",
-            "One Python process, garbage collector tuned as the runtimes tune it (vigie.streams.runner."
-            "tune_garbage_collector, for both pipelines); chdb inserts may use its own threads.",
+            "One Python process, garbage collector tuned as `vigie run` tunes it (vigie.streams.runner."
+            "RUNNER_GC_THRESHOLDS, for both pipelines); chdb inserts may use its own threads.",
             "The machine's speed varies by up to 40% between runs (README): compare pipelines within one run.",
         ],
     )

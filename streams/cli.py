@@ -25,7 +25,7 @@ from .kafka_dev import dev_app
 from .live import LiveAlertView
 from .publish import publish_command
 from .replay import replay_command
-from .runner import RunSummary, run_file, tune_garbage_collector
+from .runner import RUNNER_GC_THRESHOLDS, RunSummary, run_file, tune_garbage_collector
 
 app = typer.Typer(
     help="Vigie: streaming customs risk engine. `vigie run` scores a generated stream into embedded ClickHouse.",
@@ -119,7 +119,7 @@ def run(
     alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
     pipeline = ScoringPipeline(alerting=alerting)
     sink = ChdbSink(data_dir / "clickhouse")
-    tune_garbage_collector()
+    tune_garbage_collector(RUNNER_GC_THRESHOLDS)
     try:
         if live:
             with LiveAlertView(console, total_lines=total) as view:

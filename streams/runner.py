@@ -25,22 +25,35 @@ WRITE_BATCH = 2_000
 """Events per call to the sink (it buffers further and flushes by size and time)."""
 
 GC_THRESHOLDS = (50_000, 20, 100)
-"""``gc.set_threshold`` of a scoring process (CPython's default: 700, 10, 10)."""
+"""``gc.set_threshold`` of a streaming scoring process, a Faust worker or a Flink function
+(CPython's default: 700, 10, 10): young collections stay short, for latency."""
+
+RUNNER_GC_THRESHOLDS = (500_000, 20, 100)
+"""``gc.set_threshold`` of the in-process runner (``vigie run``).
+
+The runner holds ``WRITE_BATCH`` events' records (about 38,000 tracked objects) until it hands
+them to the sink, and its learned state grows meanwhile (about 8,000 per batch before idle keys
+are swept), so young collections at 50,000 kept walking objects that were all alive: on the 24 h stream,
+34 young and one middle collection, 26-29 us per event (about 8%), pauses up to 240-384 ms,
+for nothing: a full collection after such a run finds no cyclic garbage. At 500,000 that run
+has no collection at all (measured with ``gc.callbacks``, 2026-11-23).
+"""
 
 
-def tune_garbage_collector() -> tuple[int, int, int]:
+def tune_garbage_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> tuple[int, int, int]:
     """Make the cyclic garbage collector run less often in a scoring process; returns the old thresholds.
 
     Scoring allocates many short-lived objects (decoded events, scores, dicts) that reference
     counting frees, and builds few cycles; but every young collection promotes survivors into
     the old generations, whose collections walk the whole learned state (hundreds of thousands
     of keys on a long run). At CPython's defaults that costs about a fifth of the CPU of the
-    five-detector pipeline; at :data:`GC_THRESHOLDS` it costs a few percent (bench/pipeline.py).
+    five-detector pipeline; at :data:`GC_THRESHOLDS` it costs a few percent (bench/pipeline.py),
+    at :data:`RUNNER_GC_THRESHOLDS` nothing measurable for the in-process runner.
     Objects alive at start-up (modules, reference tables) are frozen out of collections.
     """
     old = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*thresholds)
     return old
 
 

@@ -190,6 +190,6 @@ def test_crash_and_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path) -
 def test_vigie_run_tunes_the_garbage_collector(generated_run: Path) -> None:
     import gc
 
-    from vigie.streams.runner import GC_THRESHOLDS
+    from vigie.streams.runner import RUNNER_GC_THRESHOLDS
 
-    assert gc.get_threshold() == GC_THRESHOLDS  # set by the `vigie run` of the fixture, in this process
+    assert gc.get_threshold() == RUNNER_GC_THRESHOLDS  # set by the `vigie run` of the fixture, in this process
