@@ -165,6 +165,8 @@ class VigiePublisher:
         """
         from confluent_kafka import KafkaException
 
+        if self._closed:
+            raise RuntimeError("this VigiePublisher is closed: open a new one to publish more")
         kind = resolve_input_kind(topic)
         self.report.read += 1
         try:
@@ -202,15 +204,21 @@ class VigiePublisher:
 
     def flush(self, timeout: float = 60.0) -> int:
         """Wait for delivery reports; returns how many messages are still undelivered (0 is good)."""
+        if self._closed:
+            return 0  # close() flushed and reported what was left
         remaining: int = self._producer.flush(timeout)
         return remaining
 
     def close(self, timeout: float = 60.0) -> None:
-        """Flush; records still undelivered after ``timeout`` are reported as not delivered."""
+        """Flush, then release the producer and its connections; records still undelivered after
+        ``timeout`` are reported as not delivered. Publishing afterwards raises ``RuntimeError``."""
         if self._closed:
             return
-        self._closed = True
         remaining = self.flush(timeout)
+        self._closed = True
+        # Without this the librdkafka handle lived until garbage collection, reconnecting (and
+        # logging each refusal) to a broker that had gone.
+        self._producer.close()
         if remaining:
             self._reject(
                 Rejection(

@@ -54,6 +54,16 @@ def test_prepare_rejects_with_field_and_reason() -> None:
         VigiePublisher("127.0.0.1:1").publish("scores", b"{}")
 
 
+def test_a_closed_publisher_refuses_to_publish() -> None:
+    publisher = VigiePublisher("127.0.0.1:1")
+    with publisher:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        publisher.publish("declarations", orjson.dumps(declaration_dict()))
+    assert publisher.flush() == 0
+    assert publisher.report.ok
+
+
 def test_rejections_read_like_compiler_errors() -> None:
     assert str(Rejection("events.jsonl", 17, "goods_items.0.net_mass_kg", "too small")) == (
         "events.jsonl:17: rejected at goods_items.0.net_mass_kg: too small"
