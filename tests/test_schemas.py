@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import jsonschema
@@ -115,6 +116,32 @@ def test_missing_event_type() -> None:
 def test_naive_datetime_rejected() -> None:
     rejected = _rejection(declaration_dict(event_time="2026-03-02T08:00:00"))
     assert rejected.field == "event_time" and "timezone" in rejected.reason
+
+
+@pytest.mark.parametrize(
+    ("written", "offset"),
+    [
+        ("2026-03-02T08:00:00Z", timedelta(0)),
+        ("2026-03-02T08:00:00+00:00", timedelta(0)),
+        ("2026-03-02T09:00:00.25+01:00", timedelta(hours=1)),
+        ("2026-03-02T02:30:00-05:30", timedelta(hours=-5, minutes=-30)),
+    ],
+)
+def test_decoded_times_keep_their_offset_in_a_standard_zone(written: str, offset: timedelta) -> None:
+    """Times come out in datetime.timezone (UTC itself for +00:00), never pydantic's TzInfo, whose
+    offset is a call into Python each time two times are compared or subtracted: same instant, same
+    wall clock, same offset, written back the same way."""
+    event = decode_event(_raw(ens_dict(event_time=written, eta=written)))
+    parsed = datetime.fromisoformat(written)
+    for value in (event.event_time, event.eta):
+        assert type(value.tzinfo) is timezone
+        assert value.utcoffset() == offset and value == parsed
+        assert value.replace(tzinfo=None) == parsed.replace(tzinfo=None)
+    if offset == timedelta(0):
+        assert event.event_time.tzinfo is UTC
+    assert decode_event(encode_event(event)) == event
+    written_back = datetime.fromisoformat(json.loads(encode_event(event))["event_time"])
+    assert written_back == parsed and written_back.utcoffset() == offset
 
 
 def test_duplicate_item_numbers_rejected() -> None:
