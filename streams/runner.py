@@ -3,7 +3,8 @@
 It is the thinnest possible shell around :class:`~vigie.operators.ScoringPipeline`:
 decode each line with the shared codec, dead-letter what fails, process the rest in input
 order, hand every record to the sink in batches, and checkpoint the learned state together
-with the input position after each flush.
+with the input position after each flush. Lines are decoded :data:`DECODE_BATCH` at a time,
+then scored one by one in order: decoding holds no state, so the results are the same.
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from vigie.models.persistence import load_checkpoint, save_checkpoint
 from vigie.operators import PipelineResult, ScoringPipeline
-from vigie.schemas import EventRejected, dead_letter, decode_event
+from vigie.schemas import EventRejected, InboundEvent, dead_letter, decode_event
 from vigie.sinks.base import Sink
 
 WRITE_BATCH = 2_000
 """Events per call to the sink (it buffers further and flushes by size and time)."""
+
+DECODE_BATCH = 256
+"""Lines decoded together before they are scored. Why: decoding (pydantic's validators) and
+scoring each push the other's code and data out of the CPU caches; alternating them per line
+made each about a fifth slower than when run apart (2026-11-23, 8 h stream: 170 us per event
+decoded and scored line by line, 140-150 us in batches of 16 to 2,000). Sink writes and
+checkpoints still fall on the same lines. An input that is a live feed would wait for a batch
+to fill: ``vigie run`` reads files (live feeds go through Kafka or the console's engine)."""
 
 GC_THRESHOLDS = (50_000, 20, 100)
 """``gc.set_threshold`` of a streaming scoring process, a Faust worker or a Flink function
@@ -129,46 +139,63 @@ class InProcessRunner:
         started = time.perf_counter()
         batch: list[Any] = []
         line_no = 0
-        for line_no, raw in enumerate(lines, start=1):
-            if line_no <= skip:
-                summary.lines_skipped += 1
-                continue
-            summary.lines_read += 1
-            if not raw.strip():
-                continue
-            try:
-                event = decode_event(raw)
-            except EventRejected as rejected:
-                letter = dead_letter(raw, f"{source}:{line_no}", rejected)
-                batch.append(letter)
-                summary.dead_letters += 1
-                summary.dead_letter_reasons[rejected.field or "(event)"] += 1
-                continue
-            result = self.pipeline.process(event)
-            summary.events_by_type[event.event_type] += 1
-            summary.scores += len(result.scores)
-            batch.append(event)
-            batch.extend(result.scores)
-            if result.alert is not None or result.later_alerts:
-                alerts = result.alerts
-                summary.alerts += len(alerts)
-                batch.extend(alerts)
-            if self.on_result is not None:
-                self.on_result(result)
-            if summary.lines_read % WRITE_BATCH == 0:
-                self.sink.write(batch)
-                batch = []
-                summary.seconds = time.perf_counter() - started
-                if self.on_progress is not None:
-                    self.on_progress(summary)
-            if self.checkpoint_path is not None and summary.lines_read % self.checkpoint_every == 0:
-                self._checkpoint(batch, source, line_no)
-                batch = []
+        numbered = enumerate(lines, start=1)
+        while chunk := list(islice(numbered, DECODE_BATCH)):
+            # Skipped and blank lines are not decoded (None); the rest are events or their rejection.
+            decoded = [_decode(raw) if n > skip and raw.strip() else None for n, raw in chunk]
+            for (line_no, raw), event in zip(chunk, decoded, strict=True):
+                batch = self._line(source, line_no, raw, event, skip, summary, batch, started)
         self._checkpoint(batch, source, max(line_no, skip))
         summary.seconds = time.perf_counter() - started
         if self.on_progress is not None:
             self.on_progress(summary)
         return summary
+
+    def _line(
+        self,
+        source: str,
+        line_no: int,
+        raw: bytes,
+        event: InboundEvent | EventRejected | None,
+        skip: int,
+        summary: RunSummary,
+        batch: list[Any],
+        started: float,
+    ) -> list[Any]:
+        """Account for one line, score its event, write and checkpoint when due; returns the records
+        not yet handed to the sink."""
+        if line_no <= skip:
+            summary.lines_skipped += 1
+            return batch
+        summary.lines_read += 1
+        if event is None:
+            return batch  # a blank line
+        if isinstance(event, EventRejected):
+            batch.append(dead_letter(raw, f"{source}:{line_no}", event))
+            summary.dead_letters += 1
+            summary.dead_letter_reasons[event.field or "(event)"] += 1
+            return batch
+        result = self.pipeline.process(event)
+        summary.events_by_type[event.event_type] += 1
+        summary.scores += len(result.scores)
+        batch.append(event)
+        batch.extend(result.scores)
+        if result.alert is not None or result.later_alerts:
+            alerts = result.alerts
+            summary.alerts += len(alerts)
+            batch.extend(alerts)
+        if self.on_result is not None:
+            self.on_result(result)
+        if summary.lines_read % WRITE_BATCH == 0:
+            self.sink.write(batch)
+            batch = []
+            summary.seconds = time.perf_counter() - started
+            if self.on_progress is not None:
+                self.on_progress(summary)
+        if self.checkpoint_path is not None and summary.lines_read % self.checkpoint_every == 0:
+            self._checkpoint(batch, source, line_no)
+            batch = []
+        return batch
 
     def _checkpoint(self, batch: list[Any], source: str, lines: int) -> None:
         # Results reach the sink before the checkpoint that claims them.
@@ -176,6 +203,14 @@ class InProcessRunner:
         self.sink.flush()
         if self.checkpoint_path is not None:
             save_checkpoint(self.checkpoint_path, self.pipeline.state_dict(), {"source": source, "lines": lines})
+
+
+def _decode(raw: bytes) -> InboundEvent | EventRejected:
+    """The event ``raw`` holds, or why it is rejected."""
+    try:
+        return decode_event(raw)
+    except EventRejected as rejected:
+        return rejected
 
 
 def run_file(

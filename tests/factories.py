@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel
+
 from vigie.schemas import (
     Alert,
     ControlOutcome,
@@ -14,6 +16,7 @@ from vigie.schemas import (
     ImportDeclaration,
     RiskScore,
 )
+from vigie.sinks.base import SinkMetrics
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -215,3 +218,23 @@ def dead_letter(raw: bytes, dead_letter_id: str = "dl-1", received_at: datetime 
         "raw": raw,
     }
     return DeadLetter(**{**data, **overrides})
+
+
+class MemorySink:
+    """A :class:`~vigie.sinks.base.Sink` keeping records in a list (for the in-process runner)."""
+
+    def __init__(self) -> None:
+        self.records: list[BaseModel] = []
+        self.metrics = SinkMetrics()
+
+    def write(self, records: Any) -> None:
+        self.records.extend(records)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        raise AssertionError(f"a MemorySink only keeps what is written: nothing may query it ({sql!r})")

@@ -30,13 +30,11 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
 
-from tests.factories import excise
+from tests.factories import MemorySink, excise
 from vigie.operators.excise import ExciseDetector, ExciseRecord, ExciseState
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, dead_letter, decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
-from vigie.sinks.base import SinkMetrics
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.streams.flink_cli import SinkLoader, flink_app
 from vigie.streams.flink_job import (
@@ -62,26 +60,6 @@ DETECTORS = ("undervaluation", "ens_pre_arrival", "excise")
 # --------------------------------------------------------------------------------------------
 # Without a cluster
 # --------------------------------------------------------------------------------------------
-
-
-class MemorySink:
-    """A :class:`~vigie.sinks.base.Sink` keeping records in a list (for the in-process runner)."""
-
-    def __init__(self) -> None:
-        self.records: list[BaseModel] = []
-        self.metrics = SinkMetrics()
-
-    def write(self, records: Any) -> None:
-        self.records.extend(records)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def query(self, sql: str) -> list[dict[str, Any]]:
-        raise AssertionError(f"the loader only writes; it must not query the sink ({sql!r})")
 
 
 @pytest.mark.parametrize("fusion", ["noisy-or", "learned"])

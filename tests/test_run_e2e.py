@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.factories import T0
 from vigie.operators import ScoringPipeline
 from vigie.schemas.generator import GeneratorConfig, write_stream
 from vigie.sinks.chdb_sink import ChdbSink
@@ -131,6 +132,42 @@ def test_bad_lines_are_dead_lettered_and_the_run_continues(tmp_path: Path) -> No
     assert stored == sum(
         1 for line in good[:100] if b'"event_type":"declaration"' in line or b'"event_type":"ens"' in line
     )
+
+
+@pytest.mark.parametrize("skip", [0, 10])
+def test_decoding_lines_in_batches_changes_nothing(monkeypatch: pytest.MonkeyPatch, skip: int) -> None:
+    """The runner decodes DECODE_BATCH lines ahead of scoring them: batches that cut through bad,
+    blank and skipped lines give exactly what decoding line by line gave."""
+    from tests.factories import MemorySink
+    from vigie.schemas import DeadLetter, encode_event
+    from vigie.schemas.generator import generate
+    from vigie.streams import runner as runner_module
+
+    lines = [encode_event(event) for event, _ in generate(GeneratorConfig(seed=4, duration_hours=0.5))]
+    lines[3:3] = [b'{"event_type": "ens"', b"", b"   ", b'{"event_type": "outcome"}']
+    lines.insert(12, b"\xff not json")
+
+    def run(batch: int) -> tuple[runner_module.RunSummary, list[bytes]]:
+        monkeypatch.setattr(runner_module, "DECODE_BATCH", batch)
+        sink = MemorySink()
+        summary = runner_module.InProcessRunner(ScoringPipeline(), sink).run("mem", iter(lines), skip=skip)
+        # A dead letter's received_at is the clock's: compare the rest of it.
+        records = [
+            encode_event(r.model_copy(update={"received_at": T0})) if isinstance(r, DeadLetter) else encode_event(r)
+            for r in sink.records
+        ]
+        return summary, records
+
+    line_by_line, batched = run(1), run(3)
+    assert batched[1] == line_by_line[1]
+    for name in ("lines_read", "lines_skipped", "events_by_type", "scores", "alerts", "dead_letter_reasons"):
+        assert getattr(batched[0], name) == getattr(line_by_line[0], name), name
+    summary = batched[0]
+    assert summary.lines_skipped == skip and summary.lines_read == len(lines) - skip
+    assert summary.dead_letters == (3 if skip == 0 else 1) and summary.scores > 0
+    letters = [r for r in batched[1] if b'"dead_letter"' in r]
+    expected_lines = [4, 7, 13] if skip == 0 else [13]
+    assert [json.loads(r)["source"] for r in letters] == [f"mem:{n}" for n in expected_lines]
 
 
 class Crash(RuntimeError):
