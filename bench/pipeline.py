@@ -100,9 +100,10 @@ def cpu_seconds(work: Callable[[], Any]) -> float:
     """CPU seconds of this process spent in ``work()``: what one dedicated core would take, unlike
     wall time not stretched by the machine's other jobs (the stages it times are single-threaded).
 
-    The previous run's pipeline is collected first, outside the time: its learned state holds
-    reference cycles (about 260,000 objects on 8 h), which a young collection during the next run
-    found and freed in 200-400 ms, charged to that run. ``vigie run`` keeps one pipeline."""
+    What earlier runs left is collected first, outside the time: the reference pipeline's River
+    models hold reference cycles (HalfSpaceTrees' nodes, PageHinkley's bound methods: about
+    260,000 objects on 8 h), which a young collection during the next run freed in 200-400 ms,
+    charged to that run whichever pipeline it timed. Vigie's pipeline leaves no cycles."""
     gc.collect()
     started = time.process_time()
     work()
@@ -159,7 +160,7 @@ def main() -> None:
         reference_s = min(reference_s, cpu_seconds(lambda: records.update(reference=run_reference())))
     full_records, reference_records = records["vigie"], records["reference"]
 
-    gc.collect()  # the last in-process run's pipeline (see cpu_seconds)
+    gc.collect()  # what the last reference run left (see cpu_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         sink = ChdbSink(Path(tmp) / "ch")
         runner = InProcessRunner(ScoringPipeline(), sink)
