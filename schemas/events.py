@@ -74,7 +74,7 @@ def standard_zone(value: datetime) -> datetime:
     zone = value.tzinfo
     if type(zone) is timezone:
         return value
-    offset = zone.utcoffset(value)  # not value.utcoffset(): it checks what the zone answers, AwareDatetime has
+    offset = zone.utcoffset(value)  # value.utcoffset() would check the answer again: AwareDatetime did
     standard = _ZONES.get(offset)
     if standard is None:
         standard = timezone(offset)
