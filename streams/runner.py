@@ -140,11 +140,13 @@ class InProcessRunner:
         batch: list[Any] = []
         line_no = 0
         numbered = enumerate(lines, start=1)
+        for _ in islice(numbered, skip):  # covered by the checkpoint: read past, not decoded
+            summary.lines_skipped += 1
         while chunk := list(islice(numbered, DECODE_BATCH)):
-            # Skipped and blank lines are not decoded (None); the rest are events or their rejection.
-            decoded = [_decode(raw) if n > skip and raw.strip() else None for n, raw in chunk]
+            # Blank lines are not decoded (None); the rest are events or their rejection.
+            decoded = [_decode(raw) if raw.strip() else None for _, raw in chunk]
             for (line_no, raw), event in zip(chunk, decoded, strict=True):
-                batch = self._line(source, line_no, raw, event, skip, summary, batch, started)
+                batch = self._line(source, line_no, raw, event, summary, batch, started)
         self._checkpoint(batch, source, max(line_no, skip))
         summary.seconds = time.perf_counter() - started
         if self.on_progress is not None:
@@ -157,16 +159,12 @@ class InProcessRunner:
         line_no: int,
         raw: bytes,
         event: InboundEvent | EventRejected | None,
-        skip: int,
         summary: RunSummary,
         batch: list[Any],
         started: float,
     ) -> list[Any]:
         """Account for one line, score its event, write and checkpoint when due; returns the records
         not yet handed to the sink."""
-        if line_no <= skip:
-            summary.lines_skipped += 1
-            return batch
         summary.lines_read += 1
         if event is None:
             return batch  # a blank line
