@@ -40,7 +40,6 @@ cdef frozenset _FIELDS = frozenset(RiskScore.model_fields)
 cdef object _new = object.__new__
 cdef const char* _HEX = b"0123456789abcdef"
 cdef object _sha1 = hashlib.sha1
-cdef object _SCORE_SHA1 = _sha1(_NAMESPACE)
 
 
 cpdef object epoch_seconds(when):
@@ -80,6 +79,9 @@ cdef object _primed(bytes namespace):
         if len(_PRIMED) < _PRIMED_MAX:
             _PRIMED[namespace] = primed
     return primed
+
+
+cdef object _SCORE_SHA1 = _primed(_NAMESPACE)  # score ids skip even the look-up
 
 
 cdef str _uuid5_text(object primed, str name):
