@@ -79,10 +79,13 @@ Speed: in the split layout every event crosses three Python stages; in thread mo
 share one interpreter, so one GIL. What bounds it is not the scoring but Flink's cost per
 record: an event is ~3 records (one per keyed unit) between parse, score and pipeline, and
 each record costs a Java-Python hop with a pickle each way in every stage it enters, plus
-its state access (2.5-3 ms of JVM CPU per event on one slot here, against ~0.15 ms in
+its state access (about 1.6 ms of JVM CPU per event on one slot here, against ~0.1 ms in
 process). The fused layout sends one record per event through one Python function; its
 figures are in ``bench/RESULTS.md`` (``bench/flink.py --job-layout``). More slots scale
-the split layout's parse and score stages only where there are free cores.
+the split layout's parse and score stages only where there are free cores. Keyed stages
+take their key from the first field of their records, read by Flink's own selector
+(:func:`_keyed_by_first_field`): PyFlink's ``key_by`` with a Python key selector would add
+a Python function, a hop and a copy of each record, before every keyed stage.
 
 Kafka message formats (the same as the Faust workers'): scores keyed by subject event id,
 alerts keyed by office, both JSON with header ``vigie.id``; dead letters keyed by their id,
@@ -121,7 +124,7 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
     DataStream,
     KeyedProcessFunction,
-    KeySelector,
+    KeyedStream,
     OutputTag,
     ProcessFunction,
     RuntimeContext,
@@ -540,10 +543,16 @@ class EventCore:
 # Envelope: (raw bytes, unit count) on an event's last unit, None on the others.
 #                     ("t", [score fields, ...])   deadline scores of one overdue subject
 # Event uid: "topic:partition:offset", unique even when an integrator re-sends an event_id.
+# Each record travels as Row(key of the next stage, tuple) (KEYED_RECORD), keyed by that first field in Java.
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 KAFKA_ROW = Types.ROW_NAMED(["k", "v", "headers"], [_BYTES, _BYTES, Types.MAP(Types.STRING(), _BYTES)])
 """A Kafka record for the SQL sinks: key, value, headers."""
+
+KEYED_RECORD = Types.ROW([Types.STRING(), Types.PICKLED_BYTE_ARRAY()])
+"""A record between the split layout's stages: the next stage's key, then the (pickled) record."""
+PIPELINE = "pipeline"
+"""The one key of the stages that run on one subtask (the fused stage, the split layout's pipeline)."""
 
 DEAD_LETTERS = OutputTag("dead-letters", KAFKA_ROW)
 ALERTS = OutputTag("alerts", KAFKA_ROW)
@@ -645,9 +654,11 @@ class ParseAndSplit(ProcessFunction):  # type: ignore[misc]
         last = len(units) - 1
         for position, (route, name, index, unit) in enumerate(units):
             envelope = (raw, len(units)) if position == last else None
-            yield ("u", route, when, uid, name, index, pickle.dumps(unit, pickle.HIGHEST_PROTOCOL), envelope)
+            unit_record = ("u", route, when, uid, name, index, pickle.dumps(unit, pickle.HIGHEST_PROTOCOL), envelope)
+            yield Row(route, unit_record)
         if not units:  # on its own, through the score stage (passed on as it is)
-            yield ("e", f"event/{uid}", when, uid, raw, 0)
+            route = f"event/{uid}"
+            yield Row(route, ("e", route, when, uid, raw, 0))
 
 
 class SnapshotLog:
@@ -757,17 +768,7 @@ class UnitTime(TimestampAssigner):  # type: ignore[misc]
     """Event time of a unit record (milliseconds), for the watermarks that drive deadline timers."""
 
     def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-        return int(value[2])
-
-
-class UnitRoute(KeySelector):  # type: ignore[misc]
-    def get_key(self, value: Any) -> str:
-        return str(value[1])
-
-
-class PipelineKey(KeySelector):  # type: ignore[misc]
-    def get_key(self, value: Any) -> str:
-        return "pipeline"
+        return int(value[1][2])
 
 
 class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
@@ -844,7 +845,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         if value[0] == "e":
             _, _, _, uid, raw, count = value
-            yield ("e", uid, raw, count)
+            yield Row(PIPELINE, ("e", uid, raw, count))
             return
         _, route, when, uid, name, index, pickled_unit, envelope = value
         self.stream_time_ms = max(self.stream_time_ms, when)
@@ -861,7 +862,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
             for deadline in rule.deadlines(key, unit, state):
                 # +1 ms: the detectors' deadline tests are "strictly after".
                 ctx.timer_service().register_event_time_timer(int(deadline * 1000) + 1)
-        yield ("s", uid, name, index, _fields(score), envelope)
+        yield Row(PIPELINE, ("s", uid, name, index, _fields(score), envelope))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         end_of_input = ctx.timer_service().current_watermark() >= MAX_WATERMARK
@@ -881,7 +882,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
             for score in scores:
                 by_subject.setdefault(score.subject_event_id, []).append(_fields(score))
             for subject_scores in by_subject.values():
-                yield ("t", subject_scores)
+                yield Row(PIPELINE, ("t", subject_scores))
 
 
 class RunPipeline(KeyedProcessFunction):  # type: ignore[misc]
@@ -1223,10 +1224,9 @@ def build_job(settings: FlinkJobSettings) -> FlinkJob:
     t_env.execute_sql(_sink_ddl(settings, alerts_table, names.alerts, "alerts", 1))
     t_env.execute_sql(_sink_ddl(settings, dead_table, names.dead_letter, "dead-letter", settings.parallelism))
 
-    rows = t_env.to_data_stream(t_env.from_path(source_table))
     if settings.fused:
         outputs = (
-            rows.key_by(PipelineKey(), key_type=Types.STRING())
+            _pipeline_keyed_source(t_env, source_table)
             .process(ScoreEvents(settings), output_type=KAFKA_ROW)
             .name("score")
             .uid("vigie-score-events")
@@ -1235,7 +1235,7 @@ def build_job(settings: FlinkJobSettings) -> FlinkJob:
         )
         dead_letters = outputs.get_side_output(DEAD_LETTERS)
     else:
-        outputs, dead_letters = _split_stages(settings, rows)
+        outputs, dead_letters = _split_stages(settings, t_env.to_data_stream(t_env.from_path(source_table)))
     statements = t_env.create_statement_set()
     statements.add_insert(scores_table, t_env.from_data_stream(outputs))
     statements.add_insert(alerts_table, t_env.from_data_stream(outputs.get_side_output(ALERTS)))
@@ -1244,11 +1244,43 @@ def build_job(settings: FlinkJobSettings) -> FlinkJob:
     return FlinkJob(settings, env, t_env, conf_values)
 
 
+SOURCE_ROW = Types.ROW_NAMED(
+    ["raw", "topic", "partition", "offset"], [_BYTES, Types.STRING(), Types.INT(), Types.LONG()]
+)
+"""A source row as the keyed stages get it: the message's bytes, topic, partition and offset."""
+
+
+def _keyed_by_first_field(stream: DataStream, value_type: Any) -> KeyedStream:
+    """``stream``, rows ``(key string, value)``, keyed by their first field in Java; keyed stages get the value.
+
+    ``key_by`` with a Python key selector puts a Python function before the keyed stage: each
+    record, bytes and all, crosses into Python and back to get its key, which costs about as
+    much as the crossing into the stage itself. Here the key is already the record's first
+    field and Flink's own row-field selector (PyFlink's ``KeyByKeySelector``) reads it.
+    """
+    from pyflink.java_gateway import get_gateway
+
+    key_type = Types.ROW([Types.STRING()]).get_java_type_info()
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), key_type)
+    return KeyedStream(j_keyed, value_type, stream)
+
+
+def _pipeline_keyed_source(t_env: StreamTableEnvironment, source_table: str) -> KeyedStream:
+    """The source's rows (:data:`SOURCE_ROW`) under the fused stage's one key, ``pipeline``, set in SQL.
+
+    ``to_append_stream`` (not ``to_data_stream``): Flink's keyed Python operator takes rows typed
+    as ``RowTypeInfo``, which only the former gives.
+    """
+    query = f"SELECT '{PIPELINE}' AS k, ROW(`raw`, `topic`, `partition`, `offset`) AS v FROM {source_table}"
+    keyed_rows = t_env.to_append_stream(
+        t_env.sql_query(query), Types.ROW_NAMED(["k", "v"], [Types.STRING(), SOURCE_ROW])
+    )
+    return _keyed_by_first_field(keyed_rows, SOURCE_ROW)
+
+
 def _split_stages(settings: FlinkJobSettings, rows: DataStream) -> tuple[DataStream, DataStream]:
     """The split layout's parse, score and pipeline stages: (score rows with the alerts side output, dead letters)."""
-    parsed = (
-        rows.process(ParseAndSplit(settings), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse").uid("vigie-parse")
-    )
+    parsed = rows.process(ParseAndSplit(settings), output_type=KEYED_RECORD).name("parse").uid("vigie-parse")
     units = parsed
     if any(deadline_rule(d) is not None for d in make_detectors(settings.detectors) if not runtime_fed(d)):
         # Event time only matters to deadline timers: without them, no watermark operator per unit.
@@ -1260,13 +1292,13 @@ def _split_stages(settings: FlinkJobSettings, rows: DataStream) -> tuple[DataStr
         )
         units = parsed.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("vigie-event-time")
     unit_scores = (
-        units.key_by(UnitRoute(), key_type=Types.STRING())
-        .process(ScoreUnits(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        _keyed_by_first_field(units, Types.PICKLED_BYTE_ARRAY())
+        .process(ScoreUnits(settings), output_type=KEYED_RECORD)
         .name("score")
         .uid("vigie-score")
     )
     outputs = (
-        unit_scores.key_by(PipelineKey(), key_type=Types.STRING())
+        _keyed_by_first_field(unit_scores, Types.PICKLED_BYTE_ARRAY())
         .process(RunPipeline(settings), output_type=KAFKA_ROW)
         .name("pipeline")
         .uid("vigie-pipeline")

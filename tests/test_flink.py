@@ -741,7 +741,9 @@ def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest
     parse.open(None)  # type: ignore[arg-type]
     decl = declaration()
     out = list(parse.process_element(Row(encode_event(decl), "p.declarations", 0, 12), None))  # type: ignore[arg-type]
-    units = [o for o in out if o[0] == "u"]
+    # Each record leaves as Row(the score stage's key, the record), keyed on that first field by Flink.
+    assert all(isinstance(o, Row) and o[0] == o[1][1] for o in out)
+    units = [o[1] for o in out if o[1][0] == "u"]
     # Keyed detectors only (the ENS pre-arrival detector runs in the pipeline stage), each unit on its state key.
     assert [(u[1], u[4], u[5]) for u in units] == [
         ("undervaluation/CN:61", "undervaluation", 0),
@@ -752,7 +754,8 @@ def test_parse_stage_checks_the_topic_and_splits_keyed_units(monkeypatch: pytest
     assert [u[7] for u in units] == [None, (encode_event(decl), 2)]
     result = outcome()
     (alone,) = parse.process_element(Row(encode_event(result), "p.outcomes", 0, 3), None)  # type: ignore[arg-type]
-    assert alone == ("e", "event/p.outcomes:0:3", int(result.event_time.timestamp() * 1000), "p.outcomes:0:3",
+    assert alone[0] == "event/p.outcomes:0:3"
+    assert alone[1] == ("e", "event/p.outcomes:0:3", int(result.event_time.timestamp() * 1000), "p.outcomes:0:3",
                      encode_event(result), 0)  # fmt: skip
     wrong = list(parse.process_element(Row(encode_event(ens()), "p.declarations", 0, 13), None))  # type: ignore[arg-type]
     (letter,) = [o[1] for o in wrong]
@@ -848,7 +851,7 @@ def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_ide
     units = [
         record
         for offset, event in enumerate(events)
-        for record in parse.process_element(Row(encode_event(event), "all", 0, offset), None)  # type: ignore[arg-type]
+        for _, record in parse.process_element(Row(encode_event(event), "all", 0, offset), None)  # type: ignore[arg-type]
         if record[0] == "u"
     ]
     reference = {d.name: d for d in make_detectors(keyed_names)}
@@ -867,7 +870,8 @@ def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_ide
         got = []
         for record in records:
             context.store.key = record[1]
-            ((_, _, _, _, fields, envelope),) = stage.process_element(record, context)  # type: ignore[arg-type]
+            ((key, (_, _, _, _, fields, envelope)),) = stage.process_element(record, context)  # type: ignore[arg-type]
+            assert key == "pipeline"  # the pipeline stage's one key
             assert envelope == record[7]  # passed on to the pipeline stage
             got.append(None if fields is None else encode_event(RiskScore.model_construct(**fields)))
         return got
@@ -879,7 +883,7 @@ def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_ide
         for key, timestamp in sorted(context.timers, key=lambda t: t[1]):
             if timestamp <= until_ms:
                 context.store.key = key
-                for _, scores in stage.on_timer(timestamp, context):  # type: ignore[arg-type]
+                for _, (_, scores) in stage.on_timer(timestamp, context):  # type: ignore[arg-type]
                     found += [fields["subject_event_id"] for fields in scores]
         return found
 
