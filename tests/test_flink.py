@@ -394,7 +394,7 @@ def test_flink_job_scores_like_the_in_process_runner(
     for message in score_messages:  # keyed by subject, id in a header
         body = json.loads(message.value())
         assert message.key() == body["subject_event_id"].encode()
-        assert dict(message.headers())["vigie.id"] == body["score_id"].encode()
+        assert message.headers() == [("vigie.id", body["score_id"].encode())]
     scored = Counter(json.loads(s)["subject_event_id"] for s in want_scores)
     assert len(scored) > 0.9 * sum(1 for e in events if e.event_type in ("ens", "declaration"))
 
@@ -418,6 +418,10 @@ def test_flink_job_scores_like_the_in_process_runner(
     assert abs(RiskScore.model_validate(gap).event_time - due) < timedelta(seconds=1)  # at the deadline itself
 
     got_alerts = [m.value() for m in out[prefix + "alerts"]]
+    for message in out[prefix + "alerts"]:  # keyed by office, id in a header (as the scores)
+        body = json.loads(message.value())
+        assert message.key() == body["office"].encode()
+        assert message.headers() == [("vigie.id", body["alert_id"].encode())]
     deadline_subjects = {s["subject_event_id"] for s in deadline_scores}
     assert [a for a in got_alerts if json.loads(a)["subject_event_id"] not in deadline_subjects] == want_alerts
     gap_alerts = [json.loads(a) for a in got_alerts if json.loads(a)["subject_event_id"] == "timer-ead-a"]
