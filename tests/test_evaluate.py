@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from vigie.operators import ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
 from vigie.operators.fusion import LearnedFusion
 from vigie.operators.pipeline import PipelineResult
-from vigie.schemas import ControlOutcome, RiskScore
+from vigie.schemas import Alert, ControlOutcome, RiskScore
 from vigie.schemas.generator import GeneratorConfig
 from vigie.streams.evaluate import (
     TOP_SHARES,
+    AlertRecord,
     PrequentialEvaluator,
     Record,
     Truth,
@@ -89,6 +91,26 @@ def test_report_ranks_fused_and_each_detector() -> None:
     assert report.lead_times_h and report.median_lead_h is not None
     data = report.to_dict()
     assert data["ranking"]["fused"]["5%"]["precision"] == report.ranking["fused"][0.05].precision
+
+
+def test_lead_time_counts_each_fraud_once_from_its_first_alert() -> None:
+    """A fraud alerted on its ENS before arrival, then on its declaration after, has the ENS alert's lead,
+    reported in the part of the run where that first alert came: not a negative lead in the later part."""
+    evaluator = PrequentialEvaluator(_pipeline())
+    eta = T0 + timedelta(hours=30)
+    evaluator.ens_eta = {"c1": eta, "c2": eta}
+
+    def alert(event_id: str, hours: float, order: int, consignment: str) -> AlertRecord:
+        raised = Alert.model_construct(
+            alert_id=event_id, subject_event_id=event_id, event_time=T0 + timedelta(hours=hours)
+        )
+        return AlertRecord(raised, order, Truth(1000.0, consignment))
+
+    # c1: its ENS alerted 24 h ahead (order 1), its declaration 2 h after arrival (order 8); c2 first alerted at 9.
+    evaluator.alerts = [alert("ens-1", 6, 1, "c1"), alert("decl-1", 32, 8, "c1"), alert("ens-2", 27, 9, "c2")]
+    assert sorted(evaluator._lead_times()) == [3.0, 24.0]
+    assert evaluator._lead_times(since_order=5) == [3.0]  # c2 only; c1 belongs to the earlier part
+    assert evaluator._lead_times(since_order=10) == []
 
 
 def test_fused_ranking_is_the_engines_priority() -> None:
