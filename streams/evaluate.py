@@ -682,6 +682,7 @@ def save_png(path: Path, curves: dict[str, list[float]], detector_names: Sequenc
 
 
 def _median_text(hours: list[float]) -> str:
+    """The median of ``hours`` as results text ("22.4 h"), "-" when there are none."""
     return f"{statistics.median(hours):.1f} h" if hours else "-"
 
 
@@ -704,12 +705,9 @@ def record_results(command: str, report: EvaluationReport, late: EvaluationRepor
         precision = r.ranking["fused"][0.05].precision
         return f"{precision:.3f} / {r.base_rate:.3f} = {precision / max(r.base_rate, 1e-9):.1f}x"
 
-    def lead(r: EvaluationReport) -> str:
-        return f"{r.median_lead_h:.1f} h" if r.median_lead_h is not None else "-"
-
     rows.append(("revenue at top 10 %", ">= 0.90", *each(lambda r: f"{r.ranking['fused'][0.10].revenue:.3f}")))
     rows.append(("precision at top 5 % / base rate", ">= 5x", *each(ratio)))
-    rows.append(("median lead time, ENS-borne frauds", ">= 2 h", *each(lead)))
+    rows.append(("median lead time, ENS-borne frauds", ">= 2 h", *each(lambda r: _median_text(r.lead_times_h))))
     for name in report.ranking:
 
         def figures(r: EvaluationReport, name: str = name) -> str:
