@@ -255,8 +255,8 @@ def main() -> None:
             ("same events in process (`ScoringPipeline.process`, no I/O)", f"{in_process:,.0f} events/s"),
         ],
         notes=[
-            f"Parallelism {slots} ({slots} slot{'s' if slots > 1 else ''}; input topics of {slots} partition"
-            f"{'s' if slots > 1 else ''}), python.execution-mode={args.mode}, checkpoints every "
+            f"Parallelism {slots} ({slot_text}; input topics of {slots} partition{'s' if slots > 1 else ''}), "
+            f"python.execution-mode={args.mode}, checkpoints every "
             f"{args.checkpoint_interval:g} s, exactly-once Kafka sinks, bounded source; detectors: "
             + (", ".join(detectors) or "the pipeline's defaults")
             + f", fusion {settings.fusion}.",
