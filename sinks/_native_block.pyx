@@ -140,25 +140,45 @@ cdef inline void _empty(Buf* b) noexcept:
         b.cap = 0
 
 
+# The bytes that change the scanner's state: inside a string only its end and escapes,
+# outside one the quotes and brackets. A table look-up per byte skips the rest (keys, digits).
+cdef bint _IN_STRING_STOP[256]
+cdef bint _OUTSIDE_STOP[256]
+memset(_IN_STRING_STOP, 0, sizeof(_IN_STRING_STOP))
+memset(_OUTSIDE_STOP, 0, sizeof(_OUTSIDE_STOP))
+_IN_STRING_STOP[<unsigned char>b'"'] = True
+_IN_STRING_STOP[<unsigned char>b'\\'] = True
+_OUTSIDE_STOP[<unsigned char>b'"'] = True
+_OUTSIDE_STOP[<unsigned char>b'{'] = True
+_OUTSIDE_STOP[<unsigned char>b'}'] = True
+_OUTSIDE_STOP[<unsigned char>b'['] = True
+_OUTSIDE_STOP[<unsigned char>b']'] = True
+
+
 cdef Py_ssize_t _document_end(const char* text, Py_ssize_t i, Py_ssize_t n) except -1:
     """Where the JSON value starting at ``text[i]`` ends (exclusive): an object, or ``null``."""
     cdef int depth = 0
-    cdef bint quoted = False
     cdef char c
     if text[i] == b'n':
         return i + 4
     while i < n:
+        while i < n and not _OUTSIDE_STOP[<unsigned char>text[i]]:
+            i += 1
+        if i == n:
+            break
         c = text[i]
-        if quoted:
-            if c == b'\\':
-                i += 1  # the escaped character cannot end the string
-            elif c == b'"':
-                quoted = False
-        elif c == b'"':
-            quoted = True
+        if c == b'"':
+            i += 1
+            while i < n:
+                while i < n and not _IN_STRING_STOP[<unsigned char>text[i]]:
+                    i += 1
+                if i < n and text[i] == b'\\':
+                    i += 2  # the escaped character cannot end the string
+                    continue
+                break  # the closing quote (or the end of the text)
         elif c == b'{' or c == b'[':
             depth += 1
-        elif c == b'}' or c == b']':
+        else:  # '}' or ']'
             depth -= 1
             if depth == 0:
                 return i + 1

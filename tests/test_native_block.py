@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Iterator
 from dataclasses import replace
@@ -128,6 +129,49 @@ def test_json_documents_split_where_orjson_ends_them() -> None:
     assert end == len(data)
     for text, details in zip(texts, tricky, strict=True):
         assert text == (b"" if details is None else orjson.dumps(details, option=orjson.OPT_SORT_KEYS))
+
+
+def _random_document(rng: random.Random, depth: int = 0) -> Any:
+    """A JSON-able value heavy in what the splitter must not stop at: quotes, backslashes and
+    brackets inside strings, escapes next to closing quotes, nesting."""
+    alphabet = 'ab"\\{}[],:\n\u00e9\u2028 0'
+    kind = rng.randrange(6 if depth < 3 else 3)
+    if kind == 0:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(8)))
+    if kind == 1:
+        return rng.choice([0, -1.5, 1e300, True, False, None])
+    if kind == 2:
+        return rng.random()
+    if kind == 3:
+        return [_random_document(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {f"k{rng.choice(alphabet)}{i}": _random_document(rng, depth + 1) for i in range(rng.randrange(5))}
+
+
+def test_json_documents_split_like_orjson_on_random_documents() -> None:
+    rng = random.Random(11)
+    documents: list[dict[str, Any] | None] = [
+        None if rng.random() < 0.1 else {f"d{k}": _random_document(rng) for k in range(rng.randrange(1, 4))}
+        for _ in range(2_000)
+    ]
+    blocks = _probes()
+    for k, details in enumerate(documents):
+        blocks.write(_Probe(probe_id=f"p{k}", at=datetime(2026, 1, 1, tzinfo=UTC), count=k % 200, details=details))
+    data = blocks.batch("probes")
+    marker = b"\x07details\x10Nullable(String)"
+    start = data.index(marker) + len(marker) + len(documents)  # past the null map
+    for details in documents:
+        size, shift = 0, 0
+        while True:  # the LEB128 length
+            byte = data[start]
+            start += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        expected = b"" if details is None else orjson.dumps(details, option=orjson.OPT_SORT_KEYS)
+        assert data[start : start + size] == expected
+        start += size
+    assert start == len(data)
 
 
 def test_rollback_drops_what_was_written_since_the_mark() -> None:
