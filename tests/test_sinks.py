@@ -31,6 +31,7 @@ from vigie.schemas import (
     Party,
     RiskScore,
 )
+from vigie.sinks import base
 from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink
 from vigie.sinks.chdb_sink import ChdbPathBusy, ChdbSink
 from vigie.sinks.ddl import (
@@ -510,6 +511,34 @@ def test_buffer_delay_and_backoff() -> None:
     assert buffer.size == 0 and not buffer.due() and buffer.peek("scores")[0] == []
 
 
+def test_size_flush_sends_big_table_groups_and_small_ones_wait_for_their_clock() -> None:
+    clock = _Clock()
+    buffer = RowBuffer(BufferPolicy(batch_size=40, max_delay_s=2.0, max_buffer_rows=400), clock=clock)
+    buffer.write([make_alert(f"a{k}") for k in range(2)])  # 2 rows: under an eighth of a batch
+    clock.now = 1.0
+    buffer.write([make_ens(f"e{k}") for k in range(2)])  # 2 headers + 4 items: a group of 6
+    buffer.write([make_score(f"s{k}") for k in range(32)])
+    assert buffer.size == 40 and buffer.due()
+    # Scores (the largest) and the ENS group (6 >= 40 / 8), the items with their header;
+    # the two alerts stay.
+    assert buffer.due_tables() == ["ens", "ens_items", "scores"]
+    for name in buffer.due_tables():
+        buffer.discard(name)
+    assert buffer.size == 2 and not buffer.due() and buffer.due_tables() == []
+    clock.now = 2.0  # the alerts' first row is max_delay_s old: their own clock sends them
+    assert buffer.due() and buffer.due_tables() == ["alerts"]
+    buffer.discard("alerts")
+
+
+def test_size_flush_sends_at_least_the_largest_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With today's seven groups one always holds an eighth of a batch; a larger share (or
+    # more tables) must still send something, or the buffer would only drain at its limit.
+    monkeypatch.setattr(base, "SIZE_FLUSH_SHARE", 1.0)
+    buffer = RowBuffer(BufferPolicy(batch_size=40, max_delay_s=60.0, max_buffer_rows=400), clock=_Clock())
+    buffer.write([make_score(f"s{k}") for k in range(30)] + [make_alert(f"a{k}") for k in range(10)])
+    assert buffer.due_tables() == ["scores"]
+
+
 class _FlakySink(BufferedSink):
     """In-memory sink whose inserts fail while ``down`` is set."""
 
@@ -608,3 +637,14 @@ def test_open_sink_names_the_embedded_store(tmp_path: Path) -> None:
     sink = open_sink(f"chdb:{tmp_path / 'store'}")
     assert isinstance(sink, ChdbSink)
     sink.close()
+
+
+def test_sink_size_flush_leaves_small_tables_for_their_clock_and_flush_sends_all() -> None:
+    sink = _FlakySink(BufferPolicy(batch_size=10, max_delay_s=3600, max_buffer_rows=100))
+    sink.write([make_alert("a")])
+    sink.write([make_score(f"s{k}") for k in range(9)])  # ten rows: due by size
+    assert {name: len(rows) for name, rows in sink.stored.items()} == {"scores": 9}
+    assert sink.metrics.buffered_rows == 1  # the alert waits, and counts as buffered
+    sink.flush()
+    assert {name: len(rows) for name, rows in sink.stored.items()} == {"scores": 9, "alerts": 1}
+    assert sink.metrics.buffered_rows == 0
