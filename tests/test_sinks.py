@@ -527,7 +527,6 @@ def test_size_flush_sends_big_table_groups_and_small_ones_wait_for_their_clock()
     assert buffer.size == 2 and not buffer.due() and buffer.due_tables() == []
     clock.now = 2.0  # the alerts' first row is max_delay_s old: their own clock sends them
     assert buffer.due() and buffer.due_tables() == ["alerts"]
-    buffer.discard("alerts")
 
 
 def test_size_flush_sends_at_least_the_largest_group(monkeypatch: pytest.MonkeyPatch) -> None:
