@@ -35,8 +35,10 @@ Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
 * If a flush fails the rows stay buffered, the error is counted in
   :attr:`SinkMetrics.failed_flushes`, and the next automatic attempt waits ``max_delay_s``,
   so a short outage does not stop the stream.
-* more than ``max_buffer_rows`` buffered or waiting for their send: ``write()`` flushes,
-  waits, and raises if that fails. The buffer is bounded; the caller gets the back-pressure.
+* more than ``max_buffer_rows`` buffered or waiting for their send: ``write()`` waits for
+  the oldest sends until back under the bound (the sender keeps the newer ones to work on),
+  or, with none in flight, flushes and waits; it raises if a send failed. The buffer is
+  bounded; the caller gets the back-pressure.
 
 There is no background timer: a runtime with idle periods calls :meth:`BufferedSink.flush_if_due`
 (or :meth:`Sink.flush`) on its own tick so a quiet stream still reaches the store.
@@ -465,7 +467,7 @@ class BufferedSink(ABC):
                 self._harvest(block=False, raise_errors=False)
             try:
                 if self._buffer.over_limit(self._unsent_rows()):
-                    self._flush_locked(wait=True)  # back-pressure: let a failure reach the caller
+                    self._push_back()
                 elif self._due():
                     try:
                         self._flush_locked(wait=False, tables=self._buffer.due_tables())
@@ -474,6 +476,17 @@ class BufferedSink(ABC):
                         log.warning("flush failed, %d rows kept for retry", self.metrics.buffered_rows, exc_info=True)
             finally:
                 self._sync_buffer_metrics()
+
+    def _push_back(self) -> None:
+        """Back-pressure, above ``max_buffer_rows``: wait for the oldest sends, one at a time,
+        until back under it, so the sender keeps the newer ones to work on while the writer
+        resumes (waiting for every send left it idle for a whole batch's encoding after each
+        push-back). With nothing in flight (or still over), flush everything and wait. A
+        failed send reaches the caller either way."""
+        while self._jobs and self._buffer.over_limit(self._unsent_rows()):
+            self._harvest(block=True, raise_errors=True, jobs=1)
+        if self._buffer.over_limit(self._unsent_rows()):
+            self._flush_locked(wait=True)
 
     def flush_if_due(self) -> None:
         """Flush if the policy says so, and wait for it; for runtimes' idle ticks. Raises like :meth:`flush`."""
@@ -556,13 +569,15 @@ class BufferedSink(ABC):
                 return sent, exc, time.perf_counter()
         return len(payloads), None, time.perf_counter()
 
-    def _harvest(self, block: bool, raise_errors: bool) -> None:
-        """Account for finished sends (all of them when ``block``); payloads whose send
-        failed go back to :attr:`_unsent`, ahead of newer ones. The first failure is
-        counted, then raised (``raise_errors``) or logged."""
+    def _harvest(self, block: bool, raise_errors: bool, jobs: int | None = None) -> None:
+        """Account for finished sends (all of them when ``block``; the oldest ``jobs`` at
+        most when given); payloads whose send failed go back to :attr:`_unsent`, ahead of
+        newer ones. The first failure is counted, then raised (``raise_errors``) or logged."""
         failed: list[_Unsent] = []
         error: BaseException | None = None
-        while self._jobs and (block or self._jobs[0].future.done()):
+        left = len(self._jobs) if jobs is None else jobs
+        while self._jobs and left > 0 and (block or self._jobs[0].future.done()):
+            left -= 1
             job = self._jobs.popleft()
             sent, exc, ended = job.future.result()
             for unsent in job.payloads[:sent]:

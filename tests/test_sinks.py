@@ -647,3 +647,45 @@ def test_sink_size_flush_leaves_small_tables_for_their_clock_and_flush_sends_all
     sink.flush()
     assert {name: len(rows) for name, rows in sink.stored.items()} == {"scores": 9, "alerts": 1}
     assert sink.metrics.buffered_rows == 0
+
+
+class _HeldSink(_FlakySink):
+    """Background sink whose first send completes only once the writer waits for a send, and
+    whose later sends each wait for a permit."""
+
+    def __init__(self, policy: BufferPolicy) -> None:
+        super().__init__(policy, background=True)
+        self.writer_waits = threading.Event()
+        self.permits = threading.Semaphore(0)
+        self.sends = 0
+
+    def _harvest(self, block: bool, raise_errors: bool, jobs: int | None = None) -> None:
+        if block and self._jobs:
+            self.writer_waits.set()
+        super()._harvest(block, raise_errors, jobs)
+
+    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int) -> None:
+        self.sends += 1
+        if self.sends == 1:
+            assert self.writer_waits.wait(30)
+        else:
+            assert self.permits.acquire(timeout=30)
+        super()._send(table, payload, rows)
+
+
+def test_back_pressure_waits_for_the_oldest_send_only() -> None:
+    sink = _HeldSink(BufferPolicy(batch_size=2, max_delay_s=3600, max_buffer_rows=5))
+    sink.write([make_score("a"), make_score("b")])  # first send, held until the writer waits
+    sink.write([make_score("c"), make_score("d")])  # second send, queued behind it
+    # Six rows counting the two sends in flight: over the bound. Waiting for the first send
+    # is enough (four rows left); the write must not also wait for the second.
+    writer = threading.Thread(target=sink.write, args=([make_score("e"), make_score("f")],))
+    writer.start()
+    writer.join(30)
+    returned = not writer.is_alive()
+    sink.permits.release(10)  # lets everything through, whatever happened
+    writer.join(30)
+    assert returned, "back-pressure waited for every send, not just the oldest"
+    assert [r["score_id"] for r in sink.stored["scores"][:2]] == ["a", "b"]
+    sink.close()
+    assert sorted(r["score_id"] for r in sink.stored["scores"]) == ["a", "b", "c", "d", "e", "f"]
