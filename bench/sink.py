@@ -365,6 +365,9 @@ def main() -> None:
                 for processes in process_counts:
                     batch = max(batch_sizes)
                     report(measure_many(label, opener, f"bench_{batch}_{processes}", batch, processes, per_event, pid))
+            if server is not None:  # its merges and caches would compete with chdb for the cores
+                server.close()
+                server = None
 
             def chdb(name: str, batch: int) -> BufferedSink:
                 return ChdbSink(
