@@ -93,6 +93,9 @@ class SinkMetrics:
     """Wall time of the last flush, from encoding its first table to storing its last."""
     recent_flush_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     """Wall times of the latest flushes (at most 1,024), oldest first: the flush-latency distribution."""
+    recent_flush_rows: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
+    """Rows each of those flushes stored, in the same order: a size flush carries a batch, a
+    flush by a small table's clock a few rows, so latency per row weighs them by this."""
     buffered_rows: int = 0
     """Rows written and not stored yet: in the buffer, or encoded and waiting for their send."""
     failed_flushes: int = 0
@@ -583,7 +586,7 @@ class BufferedSink(ABC):
             for unsent in job.payloads[:sent]:
                 self._stored(unsent)
             if exc is None:
-                self._flushed(ended - job.started)
+                self._flushed(ended - job.started, sum(unsent.rows for unsent in job.payloads))
             else:
                 failed.extend(job.payloads[sent:])
                 error = error or exc
@@ -610,9 +613,10 @@ class BufferedSink(ABC):
         self.metrics.rows_written[name] = self.metrics.rows_written.get(name, 0) + unsent.rows
         self.metrics.batches += 1
 
-    def _flushed(self, seconds: float) -> None:
+    def _flushed(self, seconds: float, rows: int) -> None:
         self.metrics.last_flush_seconds = seconds
         self.metrics.recent_flush_seconds.append(seconds)
+        self.metrics.recent_flush_rows.append(rows)
         self.metrics.last_flush_at = datetime.now(UTC)
 
     def _failed(self, exc: BaseException) -> None:

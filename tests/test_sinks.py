@@ -480,6 +480,7 @@ def test_flushes_at_batch_size(tmp_path: Path) -> None:
         assert sink.metrics.lag_seconds == 0.0
         assert sink.metrics.rows_written == {"scores": 5}
         assert sink.metrics.last_flush_at is not None
+        assert list(sink.metrics.recent_flush_rows) == [5] and len(sink.metrics.recent_flush_seconds) == 1
 
 
 class _Clock:
