@@ -335,13 +335,13 @@ class RowBuffer:
         if now < self._retry_at:
             return []
         rows = self.store.rows
-        sizes = {group: sum(rows(name) for name in members) for group, members in _GROUPS.items()}
         chosen = {
             group
             for group, members in _GROUPS.items()
             if any(name in self._since and now - self._since[name] >= self.policy.max_delay_s for name in members)
         }
         if self.size >= self.policy.batch_size:
+            sizes = {group: sum(rows(name) for name in members) for group, members in _GROUPS.items()}
             floor = self.policy.batch_size * SIZE_FLUSH_SHARE
             chosen.update(group for group, size in sizes.items() if size >= floor)
             chosen.add(max(sizes, key=sizes.__getitem__))
