@@ -206,6 +206,14 @@ def run_command(
     checkpoint_interval: Annotated[
         float, typer.Option(help="Seconds between checkpoints; 0 turns them off (sinks at least once).")
     ] = 10.0,
+    sink_linger_ms: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Milliseconds the Kafka sinks wait to fill a batch; default 100 with checkpoints (exactly "
+            "once: records are visible at the commit anyway), 20 without.",
+        ),
+    ] = None,
     parallelism: Annotated[int, typer.Option(min=1, help="Parallelism of the parse and score stages.")] = 1,
     layout: Annotated[
         str,
@@ -261,6 +269,7 @@ def run_command(
         parallelism=parallelism,
         layout=layout,  # type: ignore[arg-type]
         checkpoint_interval_ms=int(checkpoint_interval * 1000),
+        sink_linger_ms=sink_linger_ms,
         checkpoint_dir=checkpoint_dir,
         from_checkpoint=resolve_checkpoint(from_checkpoint, checkpoint_dir),
         restart_attempts=restart_attempts,

@@ -949,6 +949,24 @@ def test_layout_follows_the_parallelism_unless_named() -> None:
     assert not FlinkJobSettings(layout="split").fused
 
 
+def test_kafka_sinks_batch_and_linger_for_their_delivery_guarantee() -> None:
+    from vigie.streams.flink_job import SINK_BATCH_BYTES, _sink_ddl
+
+    def options(settings: FlinkJobSettings) -> dict[str, str]:
+        ddl = _sink_ddl(settings, "t", "vigie.scores", "scores", 1)
+        return dict(re.findall(r"'([^']+)' = '([^']*)'", ddl.split("WITH", 1)[1]))
+
+    exactly_once = options(FlinkJobSettings(checkpoint_interval_ms=5_000))
+    assert exactly_once["sink.delivery-guarantee"] == "exactly-once"
+    assert exactly_once["properties.linger.ms"] == "100"  # read at the commit, seconds later, anyway
+    assert exactly_once["properties.batch.size"] == str(SINK_BATCH_BYTES)
+    at_least_once = options(FlinkJobSettings(checkpoint_interval_ms=0))
+    assert at_least_once["sink.delivery-guarantee"] == "at-least-once"
+    assert at_least_once["properties.linger.ms"] == "20"  # every alert waits for it
+    assert options(FlinkJobSettings(sink_linger_ms=0))["properties.linger.ms"] == "0"
+    assert int(exactly_once["properties.batch.size"]) <= int(exactly_once["properties.max.request.size"])
+
+
 def test_auto_resumes_from_the_newest_checkpoint_or_starts_fresh(tmp_path: Path) -> None:
     from vigie.streams.flink_cli import resolve_checkpoint
 
