@@ -11,9 +11,10 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from .events import DeadLetter, InboundEvent
+from .events import Alert, DeadLetter, InboundEvent, RiskScore
 
 MAX_EVENT_BYTES = 1 << 20
 """Largest accepted event (1 MiB): a 999-item declaration is about 600 KB."""
@@ -78,8 +79,23 @@ def decode_event(raw: bytes) -> InboundEvent:
         raise _describe(exc) from None
 
 
+_FLAT_OUTPUTS = (RiskScore, Alert)
+"""Models whose every field is a string, number, aware datetime, or a dict or list of those: orjson
+writes them as pydantic does (tests/test_schemas.py checks the bytes), in about half the time. Scores
+are most of what the Faust and Flink runtimes send to Kafka, three or so per event."""
+
+
 def encode_event(event: Any) -> bytes:
-    """Serialise any Vigie model to compact JSON bytes (the wire format)."""
+    """Serialise any Vigie model to compact JSON bytes (the wire format), ``None`` fields left out.
+
+    >>> from vigie.schemas.generator import GeneratorConfig, generate
+    >>> event = next(e for e, _ in generate(GeneratorConfig(duration_hours=1)))
+    >>> encode_event(event) == event.model_dump_json(exclude_none=True).encode()
+    True
+    """
+    if type(event) in _FLAT_OUTPUTS:
+        # model_dump_json(exclude_none=True), byte for byte: the fields in declaration order, UTC as "Z".
+        return orjson.dumps({k: v for k, v in event.__dict__.items() if v is not None}, option=orjson.OPT_UTC_Z)
     return event.model_dump_json(exclude_none=True).encode()
 
 

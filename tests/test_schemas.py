@@ -144,6 +144,52 @@ def test_decoded_times_keep_their_offset_in_a_standard_zone(written: str, offset
     assert written_back == parsed and written_back.utcoffset() == offset
 
 
+def _pydantic_bytes(model: Any) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+def test_scores_and_alerts_encode_byte_for_byte_as_pydantic() -> None:
+    """encode_event writes scores and alerts with orjson (the runtimes send several per event): the
+    bytes must be pydantic's, on a scored stream and on the awkward values a stream rarely holds."""
+    from vigie.operators.pipeline import ScoringPipeline
+    from vigie.schemas import Alert, RiskScore
+    from vigie.schemas.generator import GeneratorConfig, generate
+
+    pipeline = ScoringPipeline()  # every detector, learned fusion: alerts with their reasons and shares
+    scores: list[RiskScore] = []
+    alerts: list[Alert] = []
+    for event, _ in generate(GeneratorConfig(seed=11, duration_hours=6)):
+        result = pipeline.process(event)
+        scores.extend(result.scores)
+        alerts.extend(result.alerts)
+    assert len(scores) > 10_000 and len(alerts) > 20
+    assert {s.detector for s in scores} == {d.name for d in pipeline.detectors}
+    assert any(a.eta is not None for a in alerts) and any(s.cn_code is None for s in scores)
+    for model in [*scores, *alerts]:
+        assert encode_event(model) == _pydantic_bytes(model)
+
+    base = scores[0].model_dump()
+    odd_times = [
+        datetime(2026, 3, 2, 8, 0, 0, 123456, tzinfo=UTC),
+        datetime(2026, 3, 2, 8, 0, 0, 500000, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 3, 2, 8, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(2026, 3, 2, 8, 0, tzinfo=timezone(timedelta(0))),
+    ]
+    odd_fields: list[dict[str, Any]] = [
+        {"gap": None, "nan": float("nan"), "inf": float("-inf"), "tiny": 1e-7, "big": 1e16, "whole": 3.0},
+        {"text": 'quote " backslash \\ slash / tab \t newline \n nul \x00 del \x7f'},
+        {"unicode": "Évreux \u2013 東京 \u2028 😀", "exponent": 123456789012345678.0, "neg": -0.0},
+    ]
+    for when, fields in zip(odd_times, [*odd_fields, {}], strict=True):
+        score = RiskScore(**{**base, "event_time": when, "reason": "R\u00e9f. \"x\"\n", "reason_fields": fields,
+                             "operator_eori": None, "item_number": None, "score": 1e-9})  # fmt: skip
+        constructed = RiskScore.model_construct(**score.model_dump())  # how the detectors build them
+        for model in (score, constructed):
+            assert encode_event(model) == _pydantic_bytes(model)
+    alert = alerts[0].model_copy(update={"eta": odd_times[1], "lead_time_hours": None, "operator_eori": None})
+    assert encode_event(alert) == _pydantic_bytes(alert)
+
+
 def test_duplicate_item_numbers_rejected() -> None:
     data = declaration_dict()
     data["goods_items"] = data["goods_items"] * 2
