@@ -198,8 +198,10 @@ def main() -> None:
             "acknowledged in order once their output is delivered (no flush per batch), and a batch waits up to "
             "20 ms for more while Kafka holds more of its partition. "
             "Since 2026-11-24 score and alert messages are written as JSON by orjson (vigie.schemas.encode_event, "
-            "pydantic's bytes in about half the time: 4.4 against 7.8 us per score); the last run before: 2,524 "
-            "events/s drained, 2,498 per worker CPU-second. "
+            "pydantic's bytes in about half the time: 4.4 against 7.8 us per score), and the consumer hands each "
+            "fetched message to Faust's callback without mode's four tasks per message when nothing holds it up "
+            "(vigie.streams.faust_app.EagerWaitFirst; bench/faust_wait_first.py: 2 against 45 us). The last run "
+            "before both: 2,524 events/s drained, 2,498 per worker CPU-second; with orjson alone: 3,101 and 3,132. "
             "Start-up includes joining the group, recovering the tables and importing the models; work on the "
             "backlog starts before the first score comes out (more so with several workers, which rebalance), so "
             "the drain rate flatters and the conservative rate undersells: the truth lies between.",

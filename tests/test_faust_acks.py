@@ -7,12 +7,15 @@ only after the output they cover is delivered; and the consumer's shorter fetch 
 from __future__ import annotations
 
 import asyncio
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faust.types import TP
+from mode import Service
+from mode.utils.locks import Event as ModeEvent
 
 from vigie.operators import ScoringPipeline
 from vigie.schemas import encode_event
@@ -20,6 +23,7 @@ from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.streams.faust_app import (
     FETCH_MAX_WAIT_S,
     Delivery,
+    EagerWaitFirst,
     InFlight,
     ProduceFailed,
     ReadOffsets,
@@ -264,6 +268,102 @@ def test_a_seek_holds_the_read_offset_until_the_sought_message_is_read(worker_ap
     read_offsets.pop(tp, None)  # revoked
     assert tp not in read_offsets and read_offsets.pinned == {}
     assert read_offsets[tp] is None, "a partition never read has no read offset, as in Faust"
+
+
+# -- handing fetched messages on without mode's tasks ------------------------------------------
+
+
+class _EagerService(EagerWaitFirst, Service):
+    """A mode service with the worker consumer's ``wait_first`` and a flow flag, as Faust's consumer has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = ModeEvent()
+
+
+def test_the_workers_consumer_hands_messages_on_with_the_eager_wait_first(worker_app: VigieFaustApp) -> None:
+    assert isinstance(worker_app.app.consumer, EagerWaitFirst)
+
+
+def test_a_callback_that_finishes_at_once_needs_no_task_and_the_flag_wait_is_closed() -> None:
+    async def scenario() -> None:
+        service = _EagerService()
+        tasks = len(asyncio.all_tasks())
+
+        async def callback(value: int) -> int:
+            assert len(asyncio.all_tasks()) == tasks, "ran in the caller's task, none created"
+            return value * 2
+
+        flag_wait = service.suspend_flow.wait()
+        results = await service.wait_first(callback(21), flag_wait)
+        assert results.results == [42] and not results.stopped and len(results.done) == 1
+        assert flag_wait.cr_frame is None, "the flag's wait was closed unstarted (no 'never awaited' warning)"
+
+        async def broken() -> None:
+            raise ValueError("bad message")
+
+        flag_wait = service.suspend_flow.wait()
+        with pytest.raises(ValueError, match="bad message"):
+            await service.wait_first(broken(), flag_wait)
+        assert flag_wait.cr_frame is None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        asyncio.run(scenario())
+
+
+def test_a_callback_that_waits_still_races_the_flow_flag_as_in_mode() -> None:
+    """A callback held up (flow control, a full queue) finishes normally when let go, and gives way,
+    cancelled where it waits, when a rebalance suspends the flow: mode's race, for the rest of it."""
+
+    async def scenario() -> None:
+        service = _EagerService()
+        gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        steps: list[str] = []
+
+        async def held(value: int) -> int:
+            steps.append("started")
+            try:
+                steps.append(await gate)
+            except asyncio.CancelledError:
+                steps.append("cancelled")
+                raise
+            await asyncio.sleep(0)
+            return value + 1
+
+        waiting = asyncio.ensure_future(service.wait_first(held(1), service.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        assert steps == ["started"] and not waiting.done()
+        gate.set_result("let go")
+        results = await waiting
+        assert results.results == [2] and steps == ["started", "let go"]
+
+        gate = asyncio.get_running_loop().create_future()
+        steps.clear()
+        waiting = asyncio.ensure_future(service.wait_first(held(1), service.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        service.suspend_flow.set()  # a rebalance
+        results = await waiting
+        assert 2 not in results.results and not results.stopped
+        await asyncio.sleep(0.01)
+        assert steps == ["started", "cancelled"], "the held callback was cancelled where it waited"
+
+        # With the flag already set, mode's own race decides (nothing stepped before it).
+        gate = asyncio.get_running_loop().create_future()
+        steps.clear()
+        results = await service.wait_first(held(5), service.suspend_flow.wait())
+        assert 6 not in results.results
+        await asyncio.sleep(0.01)
+
+        async def fails_later() -> None:
+            await asyncio.sleep(0)
+            raise KeyError("after waiting")
+
+        service.suspend_flow.clear()
+        with pytest.raises(KeyError, match="after waiting"):
+            await service.wait_first(fails_later(), service.suspend_flow.wait())
+
+    asyncio.run(scenario())
 
 
 # -- checkpoints serialised in a forked child ---------------------------------------------------
