@@ -40,6 +40,8 @@ setup(
         "river>=0.23,<0.24",
         "numpy>=1.26,<2.2",
         "faust-streaming>=0.15.3,<0.16",
+        # Faust's service framework; the worker's consumer overrides its Service.wait_first.
+        "mode-streaming>=0.7.1,<0.8",
         "confluent-kafka>=2.16,<3",
         "clickhouse-driver>=0.2.11,<0.3",
         "chdb>=4.4,<5",
