@@ -682,7 +682,7 @@ class EagerWaitFirst:
     Faust's fetcher awaits ``wait_first(callback(message), self.suspend_flow.wait())`` for every
     message, so that a callback held up (flow control, a full stream queue) gives way when a
     rebalance suspends the flow. mode runs each argument, and its own stopped and crashed flags, in
-    a task of its own under an ``asyncio.wait``: 44 us per message here (bench/faust_wait_first.py),
+    a task of its own under an ``asyncio.wait``: about 45 us per message here (bench/faust_wait_first.py),
     an eighth of a worker's CPU per event, for callbacks that nearly always finish without waiting.
     So the first coroutine is stepped here, after checking that no flag is set: finished, its result
     comes back as mode would give it, the other coroutine closed unstarted; waiting, the rest of it
