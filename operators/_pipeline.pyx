@@ -51,10 +51,16 @@ cpdef int kind_of(event) except -1:
     return kind
 
 
-def process(pipeline, event, result_type):
-    """``pipeline.process(event)``, its result a ``result_type(event, scores)`` (see the pipeline)."""
+def process(pipeline, event, result_type, list gathered=None):
+    """``pipeline.process(event)``, its result a ``result_type(event, scores)`` (see the pipeline).
+
+    ``gathered`` (from :func:`process_all`): what the detectors at the head of the list already
+    did with this event, position by position: the scores each returned, or the exception it
+    raised (the last entry then); their idle keys were swept there too. The others run here.
+    """
     cdef int kind = kind_of(event)
-    cdef list scores
+    cdef list scores, detectors
+    cdef Py_ssize_t j, ready = 0 if gathered is None else len(gathered)
     pipeline.events_seen += 1
     event_time = event.event_time
     when = epoch_seconds(event_time)
@@ -64,18 +70,28 @@ def process(pipeline, event, result_type):
     if kind == _ENS:
         ens.register(event)
     if pipeline.events_seen % _EVICT_EVERY == 0:
-        pipeline._evict()
+        pipeline._evict(0 if gathered is None else pipeline._ahead)
     pipeline.labels.evict(pipeline._watermark_s)
 
     scores = []
     result = result_type(event, scores)
     stores = pipeline.stores
+    detectors = pipeline.detectors
+    if ready:
+        for j in range(ready):
+            done = gathered[j]
+            if type(done) is not list:
+                raise done  # where this detector failed in the batch's first pass: the rest never saw the event
+            scores.extend(<list> done)
     if kind == _DECLARATION:
         linked = ens.link(event)
-        for detector, wants_link in zip(pipeline.detectors, pipeline._link, strict=True):
-            scores.extend(detector.process(linked if wants_link else event, stores[detector.name]))
+        link = pipeline._link
+        for j in range(ready, len(detectors)):
+            detector = detectors[j]
+            scores.extend(detector.process(linked if link[j] else event, stores[detector.name]))
     else:
-        for detector in pipeline.detectors:
+        for j in range(ready, len(detectors)):
+            detector = detectors[j]
             scores.extend(detector.process(event, stores[detector.name]))
     if kind == _OUTCOME:
         pipeline._learn_outcome(event)
@@ -111,6 +127,83 @@ def process(pipeline, event, result_type):
         pipeline.ens_risk[event.ens_reference] = decision.probability
     remember(pipeline, event, result, when, decision.features, subject, own)
     return result
+
+
+def process_all(pipeline, events, result_type):
+    """``pipeline.process_all(events)``: each event's result, or the exception its ``process`` raised.
+
+    First pass: each of the first ``pipeline._ahead`` detectors (the ones that need nothing from
+    the pipeline, ahead of any that do) takes every event of the batch in order, sweeping its
+    idle keys where :func:`process` would; an event a detector fails on is not shown to the ones
+    after it, as in :func:`process`. Second pass: :func:`process` of each event with what they
+    gave. Every detector's state sees its events in the same order either way, so the results
+    are the same; a detector's code and state stay in the CPU caches across the batch.
+    """
+    cdef list batch = list(events)
+    cdef list out = []
+    cdef list rows, row, detectors = pipeline.detectors
+    cdef Py_ssize_t i, j, n = len(batch), ahead = pipeline._ahead
+    cdef dict sweeps
+    if ahead == 0 or n < 2:
+        sweeps = None
+    else:
+        sweeps = _sweeps(pipeline, batch)
+    if sweeps is None:  # nothing to gain, or an event the first pass could not place: one at a time
+        for event in batch:
+            try:
+                out.append(process(pipeline, event, result_type))
+            except Exception as exc:
+                out.append(exc)
+        return out
+    rows = [[] for i in range(n)]
+    stores = pipeline.stores
+    for j in range(ahead):
+        detector = detectors[j]
+        store = stores[detector.name]
+        work = detector.process
+        sweep = getattr(detector, "evict_idle", None) if sweeps else None
+        for i in range(n):
+            if sweep is not None and i in sweeps:
+                sweep(store, sweeps[i])
+            row = <list> rows[i]
+            if len(row) < j or (j and type(row[j - 1]) is not list):
+                continue  # an earlier detector failed on this event (and the row ends with its exception)
+            try:
+                done = work(batch[i], store)
+                if type(done) is not list:
+                    done = list(done)
+            except Exception as exc:
+                done = exc
+            row.append(done)
+    for i in range(n):
+        try:
+            out.append(process(pipeline, batch[i], result_type, <list> rows[i]))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+cdef dict _sweeps(pipeline, list batch):
+    """Batch position -> the watermark at which :func:`process` sweeps idle keys before that event
+    (every ``EVICT_EVERY`` events); None when an event has no readable time (the batch then goes
+    one event at a time, so that it fails exactly where :func:`process` fails)."""
+    cdef dict sweeps = {}
+    cdef Py_ssize_t i
+    seen = pipeline.events_seen
+    mark_s = pipeline._watermark_s
+    mark = pipeline.watermark
+    for i in range(len(batch)):
+        try:
+            event_time = batch[i].event_time
+            when = epoch_seconds(event_time)
+        except Exception:
+            return None
+        seen += 1
+        if when > mark_s:
+            mark_s, mark = when, event_time
+        if seen % _EVICT_EVERY == 0:
+            sweeps[i] = mark
+    return sweeps
 
 
 def subject_of(pipeline, event, list scores, int kind):

@@ -59,7 +59,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel
 
-from vigie.operators import ScoringPipeline
+from vigie.operators import PipelineResult, ScoringPipeline
 from vigie.schemas import EventRejected, dead_letter, decode_event, encode_event
 
 from .topics import LARGE_MESSAGE_BYTES, TopicNames, check_topic
@@ -472,8 +472,11 @@ class FuseStage:
     # -- processing ------------------------------------------------------------------------
 
     def process(self, batch: Sequence[InMessage]) -> StageOutput:
+        """Fuse the batch's forwarded events in order (the pipeline takes them together:
+        :meth:`~vigie.operators.ScoringPipeline.process_all`, the same results as one by one)."""
         self._ensure_loaded()
         out = StageOutput()
+        forwarded: list[tuple[str, int, bytes, Any]] = []  # (source, offset, bytes, event or its rejection)
         for message in batch:
             self.partition = message.partition
             try:
@@ -489,24 +492,40 @@ class FuseStage:
                     self.duplicates += 1  # forwarded again by an ingest that replayed: fused already
                     continue
                 self.watermarks[source] = offset
-                self._fuse(source, offset, raw, out)
+                forwarded.append((source, offset, raw, self._decoded(source, offset, raw)))
+        results = iter(self.pipeline.process_all([e for *_, e in forwarded if not isinstance(e, EventRejected)]))
+        for source, offset, raw, event in forwarded:
+            self._fuse(source, offset, raw, event, None if isinstance(event, EventRejected) else next(results), out)
         return out
 
-    def _fuse(self, source: str, offset: int, raw: bytes, out: StageOutput) -> None:
-        topic, _, partition = source.rpartition(":")
+    def _decoded(self, source: str, offset: int, raw: bytes) -> Any:
+        """The event ingest decoded (from the cache, else decoded again), or its rejection."""
         event = self.cache.take(source, offset, raw) if self.cache is not None else None
+        if event is not None:
+            return event
         try:
-            if event is None:
-                event = decode_event(raw)
-            result = self.pipeline.process(event)
+            return decode_event(raw)
         except EventRejected as rejected:  # ingest accepted it: a worker of another schema version did
+            return rejected
+
+    def _fuse(
+        self,
+        source: str,
+        offset: int,
+        raw: bytes,
+        event: Any,
+        result: PipelineResult | Exception | None,
+        out: StageOutput,
+    ) -> None:
+        topic, _, partition = source.rpartition(":")
+        if isinstance(event, EventRejected):
             self.failed += 1
-            _dead_letter(self.names, topic, int(partition), offset, raw, rejected, out)
+            _dead_letter(self.names, topic, int(partition), offset, raw, event, out)
             return
-        except Exception as exc:  # a detector failed on this event: keep the event, say why
+        if not isinstance(result, PipelineResult):  # a detector failed on this event: keep the event, say why
             self.failed += 1
-            log.exception("the pipeline failed on %s:%d", source, offset)
-            rejected = EventRejected(f"internal error while scoring: {exc!r}")
+            log.error("the pipeline failed on %s:%d", source, offset, exc_info=result)
+            rejected = EventRejected(f"internal error while scoring: {result!r}")
             _dead_letter(self.names, topic, int(partition), offset, raw, rejected, out)
             return
         self.fused += 1

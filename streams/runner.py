@@ -4,7 +4,10 @@ It is the thinnest possible shell around :class:`~vigie.operators.ScoringPipelin
 decode each line with the shared codec, dead-letter what fails, process the rest in input
 order, hand every record to the sink in batches, and checkpoint the learned state together
 with the input position after each flush. Lines are decoded :data:`DECODE_BATCH` at a time,
-then scored one by one in order: decoding holds no state, so the results are the same.
+and their events scored together, in order (:meth:`ScoringPipeline.process_all
+<vigie.operators.ScoringPipeline.process_all>`): decoding holds no state and the batch gives
+what scoring event after event gives, so the results are the same. A batch never runs past
+a checkpoint's line, so a checkpoint holds exactly the state of the lines it covers.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ WRITE_BATCH = 2_000
 """Events per call to the sink (it buffers further and flushes by size and time)."""
 
 DECODE_BATCH = 256
-"""Lines decoded together before they are scored. Why: decoding (pydantic's validators) and
+"""Lines decoded together, then scored together. Why: decoding (pydantic's validators) and
 scoring each push the other's code and data out of the CPU caches; alternating them per line
 made each about a fifth slower than when run apart (2026-11-23, 8 h stream: 170 us per event
-decoded and scored line by line, 140-150 us in batches of 16 to 2,000). Sink writes and
-checkpoints still fall on the same lines. An input that is a live feed would wait for a batch
-to fill: ``vigie run`` reads files (live feeds go through Kafka or the console's engine)."""
+decoded and scored line by line, 140-150 us in batches of 16 to 2,000). The same holds between
+detectors, hence ``process_all``: 81-82 against 97-101 us per event decoded and scored, in
+batches of 256 to 1,024 (2026-11-24, 8 h stream). Sink writes and checkpoints still fall on
+the same lines. An input that is a live feed would wait for a batch to fill: ``vigie run``
+reads files (live feeds go through Kafka or the console's engine)."""
 
 GC_THRESHOLDS = (50_000, 20, 100)
 """``gc.set_threshold`` of a streaming scoring process, a Faust worker or a Flink function
@@ -142,16 +147,25 @@ class InProcessRunner:
         numbered = enumerate(lines, start=1)
         for _ in islice(numbered, skip):  # covered by the checkpoint: read past, not decoded
             summary.lines_skipped += 1
-        while chunk := list(islice(numbered, DECODE_BATCH)):
+        while chunk := list(islice(numbered, self._batch_size(summary))):
             # Blank lines are not decoded (None); the rest are events or their rejection.
             decoded = [_decode(raw) if raw.strip() else None for _, raw in chunk]
+            events = [e for e in decoded if e is not None and not isinstance(e, EventRejected)]
+            results = iter(self.pipeline.process_all(events))
             for (line_no, raw), event in zip(chunk, decoded, strict=True):
-                batch = self._line(source, line_no, raw, event, summary, batch, started)
+                result = next(results) if event is not None and not isinstance(event, EventRejected) else None
+                batch = self._line(source, line_no, raw, event, result, summary, batch, started)
         self._checkpoint(batch, source, max(line_no, skip))
         summary.seconds = time.perf_counter() - started
         if self.on_progress is not None:
             self.on_progress(summary)
         return summary
+
+    def _batch_size(self, summary: RunSummary) -> int:
+        """Lines to decode and score together next: :data:`DECODE_BATCH`, or fewer to end on a checkpoint's line."""
+        if self.checkpoint_path is None:
+            return DECODE_BATCH
+        return min(DECODE_BATCH, self.checkpoint_every - summary.lines_read % self.checkpoint_every)
 
     def _line(
         self,
@@ -159,12 +173,14 @@ class InProcessRunner:
         line_no: int,
         raw: bytes,
         event: InboundEvent | EventRejected | None,
+        result: PipelineResult | Exception | None,
         summary: RunSummary,
         batch: list[Any],
         started: float,
     ) -> list[Any]:
-        """Account for one line, score its event, write and checkpoint when due; returns the records
-        not yet handed to the sink."""
+        """Account for one line and its event's ``result``, write and checkpoint when due; returns the
+        records not yet handed to the sink. A failure to score an event ends the run there, as before
+        batches: what the last checkpoint covers was written, the rest is scored again on resume."""
         summary.lines_read += 1
         if event is None:
             return batch  # a blank line
@@ -173,7 +189,8 @@ class InProcessRunner:
             summary.dead_letters += 1
             summary.dead_letter_reasons[event.field or "(event)"] += 1
             return batch
-        result = self.pipeline.process(event)
+        if not isinstance(result, PipelineResult):
+            raise result if isinstance(result, Exception) else RuntimeError(f"no result for line {line_no}")
         summary.events_by_type[event.event_type] += 1
         summary.scores += len(result.scores)
         batch.append(event)

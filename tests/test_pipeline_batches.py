@@ -1,0 +1,170 @@
+"""``ScoringPipeline.process_all`` gives what ``process`` gives event after event: results, state, failures.
+
+Its first pass runs the detectors that need nothing from the pipeline over the whole batch,
+one detector at a time; these tests hold it to the one-event-at-a-time order where that could
+differ: idle-key sweeps falling inside a batch, a detector failing on some events (the
+detectors after it must not see them), detectors that need the pipeline placed first, and
+batch sizes from 1 to more than the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from datetime import datetime
+from functools import cache
+from typing import Any, ClassVar, Self
+
+import pytest
+
+from vigie.operators import ScoringPipeline, all_detectors
+from vigie.operators._pipeline import EVICT_EVERY
+from vigie.operators.base import OperatorState, epoch_seconds
+from vigie.operators.ens_risk import EnsPreArrivalDetector
+from vigie.schemas import ImportDeclaration, RiskScore
+from vigie.schemas.generator import GeneratorConfig, generate
+
+
+@cache
+def _stream() -> tuple[Any, ...]:
+    """Past one idle-key sweep (EVICT_EVERY events), with ENS, declarations, excise and outcomes."""
+    events = tuple(event for event, _ in generate(GeneratorConfig(seed=11, duration_hours=8, rate_per_hour=1500)))
+    assert len(events) > EVICT_EVERY + 1_000
+    assert len({type(e) for e in events}) == 4
+    return events
+
+
+class Seen(OperatorState):
+    """When a key last showed up (epoch s)."""
+
+    def __init__(self, last: float = 0.0) -> None:
+        self.last = last
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"last": self.last}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls(data["last"])
+
+    def last_activity(self) -> float | None:
+        return self.last
+
+
+class Recorder:
+    """A detector needing nothing from the pipeline: keeps one key per importer, logs every event it
+    is shown and every sweep (with how many events it had seen, the watermark, the keys it dropped),
+    and fails, when told to, on every ``fail_every``-th declaration it is shown."""
+
+    state_type: ClassVar[type[OperatorState]] = Seen
+
+    def __init__(self, name: str, fail_every: int = 0, retention_s: float = 1_800.0) -> None:
+        self.name = name
+        self.fail_every = fail_every
+        self.retention_s = retention_s
+        self.shown: list[str] = []
+        self.sweeps: list[tuple[int, datetime, int]] = []
+        self._declarations = 0
+
+    def process(self, event: Any, store: MutableMapping[str, Seen]) -> list[RiskScore]:
+        self.shown.append(event.event_id)
+        if isinstance(event, ImportDeclaration):
+            self._declarations += 1
+            if self.fail_every and self._declarations % self.fail_every == 0:
+                raise RuntimeError(f"{self.name} refuses {event.event_id}")
+            store[event.importer_eori] = Seen(epoch_seconds(event.event_time))
+        return []
+
+    def evict_idle(self, store: MutableMapping[str, Seen], now: datetime) -> int:
+        horizon = epoch_seconds(now) - self.retention_s
+        idle = [key for key, state in store.items() if state.last < horizon]
+        for key in idle:
+            del store[key]
+        self.sweeps.append((len(self.shown), now, len(idle)))
+        return len(idle)
+
+
+def _one_by_one(pipeline: ScoringPipeline, events: Any) -> list[Any]:
+    out: list[Any] = []
+    for event in events:
+        try:
+            out.append(pipeline.process(event))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _in_batches(pipeline: ScoringPipeline, events: Any, size: int) -> list[Any]:
+    out: list[Any] = []
+    for start in range(0, len(events), size):
+        out.extend(pipeline.process_all(events[start : start + size]))
+    return out
+
+
+def _same(expected: list[Any], got: list[Any]) -> None:
+    assert len(got) == len(expected)
+    for position, (want, have) in enumerate(zip(expected, got, strict=True)):
+        if isinstance(want, Exception):
+            assert type(have) is type(want) and str(have) == str(want), position
+        else:
+            assert have == want, position
+
+
+@pytest.mark.parametrize("size", [256, 333])
+def test_batches_give_the_results_and_state_of_one_event_at_a_time(size: int) -> None:
+    events = _stream()
+    one, batched = ScoringPipeline(), ScoringPipeline()
+    expected = _one_by_one(one, events)
+    got = _in_batches(batched, events, size)
+    _same(expected, got)
+    assert sum(len(r.scores) for r in got) > 2 * len(events)
+    assert sum(len(r.alerts) for r in got) > 0
+    assert one.labels.by_id and batched.state_dict() == one.state_dict()
+    assert batched._ahead == 4  # every detector but the ENS pre-arrival one took the batch first
+
+
+@pytest.mark.parametrize("size", [1, 2, 333, 20_000])
+def test_sweeps_and_failures_land_where_they_would_one_event_at_a_time(size: int) -> None:
+    events = _stream()
+
+    def pipeline() -> ScoringPipeline:
+        detectors: list[Any] = [Recorder("first"), Recorder("failing", fail_every=97), Recorder("after")]
+        return ScoringPipeline([*detectors, *all_detectors()])
+
+    one, batched = pipeline(), pipeline()
+    expected = _one_by_one(one, events)
+    got = _in_batches(batched, events, size)
+    _same(expected, got)
+    failures = [r for r in expected if isinstance(r, Exception)]
+    assert len(failures) == sum(isinstance(e, ImportDeclaration) for e in events) // 97 > 0
+    for want, have in zip(one.detectors[:3], batched.detectors[:3], strict=True):
+        assert have.shown == want.shown  # "after" never saw what "failing" refused
+        assert have.sweeps == want.sweeps
+    recorder = one.detectors[0]
+    assert len(recorder.sweeps) == len(events) // EVICT_EVERY and recorder.sweeps[0][2] > 0  # keys did idle out
+    assert len(one.detectors[2].shown) == len(events) - len(failures)
+    assert batched.state_dict() == one.state_dict()
+
+
+def test_a_detector_needing_the_pipeline_keeps_the_ones_after_it_in_event_order() -> None:
+    events = _stream()[:3_000]
+
+    def pipeline() -> ScoringPipeline:
+        return ScoringPipeline([EnsPreArrivalDetector(), Recorder("after", fail_every=50)])
+
+    one, batched = pipeline(), pipeline()
+    assert batched._ahead == 0
+    _same(_one_by_one(one, events), _in_batches(batched, events, 256))
+    assert batched.detectors[1].shown == one.detectors[1].shown
+    assert batched.state_dict() == one.state_dict()
+
+
+def test_what_is_not_an_event_fails_in_its_place() -> None:
+    events = list(_stream()[:600])
+    events[300] = None
+    one, batched = ScoringPipeline(), ScoringPipeline()
+    expected = _one_by_one(one, events)
+    got = batched.process_all(events)
+    _same(expected, got)
+    assert isinstance(got[300], AttributeError)
+    assert batched.state_dict() == one.state_dict()
+    assert batched.process_all([]) == []
