@@ -116,6 +116,13 @@ def _score_all(events: list[Any]) -> None:
         pipeline.process(event)
 
 
+def _score_batches(events: list[Any]) -> None:
+    """As the runner scores: ``process_all`` on DECODE_BATCH events at a time."""
+    pipeline = ScoringPipeline()
+    for start in range(0, len(events), DECODE_BATCH):
+        pipeline.process_all(events[start : start + DECODE_BATCH])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=24.0)
@@ -152,7 +159,10 @@ def main() -> None:
         events[:] = [decode_event(raw) for raw in lines]
 
     decode_s = min(cpu_seconds(decode_all) for _ in range(args.repeat))
-    score_s = min(cpu_seconds(lambda: _score_all(events)) for _ in range(args.repeat))
+    score_s = batches_s = float("inf")
+    for _ in range(args.repeat):  # interleaved too
+        score_s = min(score_s, cpu_seconds(lambda: _score_all(events)))
+        batches_s = min(batches_s, cpu_seconds(lambda: _score_batches(events)))
     full_s = reference_s = float("inf")
     records: dict[str, int] = {}
     for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits both
@@ -171,7 +181,8 @@ def main() -> None:
 
     rows = [
         ("decode (pydantic, strict)", n / decode_s),
-        ("score, default detectors (all five), learned fusion, events decoded before", n / score_s),
+        ("score, default detectors (all five), learned fusion, events decoded before, one at a time", n / score_s),
+        (f"the same in batches of {DECODE_BATCH} (process_all, as the runner and the Faust fuse stage)", n / batches_s),
         ("parse + all five detectors + learned fusion + sink buffer (Native encoding), runner", n / full_s),
         ("reference: parse + plain River estimators + pydantic scores + the same sink buffer", n / reference_s),
         ("end to end into chdb (`vigie run` path, all five detectors, learned fusion)", n / end_to_end_s),
@@ -204,6 +215,11 @@ def main() -> None:
             "reference's lines are decoded in the same batches): decoding and scoring line by line made each slower "
             "by evicting the other from the CPU caches. The last run before both: 4,133 events/s end to end, "
             "1.59x the reference (one run's wall time, the bench's own loop).",
+            "Since 2026-11-24 the runner scores each decoded batch with ScoringPipeline.process_all: the four "
+            "detectors that need nothing from the pipeline take the whole batch one detector at a time (each on "
+            "its own state, in event order: the same results), then the rest of each event's steps follow; each "
+            "detector's code and state stay in the CPU caches across the batch. The last run before: 7,289 "
+            "events/s end to end, 1.63x the reference; scoring 10,878 events/s.",
         ],
     )
 
