@@ -51,48 +51,54 @@ cpdef int kind_of(event) except -1:
     return kind
 
 
-def process(pipeline, event, result_type, list gathered=None):
+cdef object _LIVE = object()  # process() looks the ENS registry up itself (one event at a time)
+
+
+def process(pipeline, event, result_type, list gathered=None, arrival=_LIVE):
     """``pipeline.process(event)``, its result a ``result_type(event, scores)`` (see the pipeline).
 
-    ``gathered`` (from :func:`process_all`): what the detectors at the head of the list already
-    did with this event, position by position: the scores each returned, or the exception it
-    raised (the last entry then); their idle keys were swept there too. The others run here.
+    With ``gathered`` (from :func:`process_all`), the batch's first pass did this event's
+    detector steps: the ENS registry (registered, swept, linked: ``arrival`` is what it held
+    for a declaration's ENS then), the idle-key sweeps, and every detector, whose results
+    ``gathered`` holds in detector order: the scores each returned, or the exception one raised
+    (the last entry then: the detectors after it never saw the event).
     """
     cdef int kind = kind_of(event)
     cdef list scores, detectors
-    cdef Py_ssize_t j, ready = 0 if gathered is None else len(gathered)
+    cdef Py_ssize_t j
+    cdef bint batched = gathered is not None
     pipeline.events_seen += 1
     event_time = event.event_time
     when = epoch_seconds(event_time)
     if when > pipeline._watermark_s:  # as comparing the aware datetimes, faster
         pipeline.watermark = event_time
     ens = pipeline.ens
-    if kind == _ENS:
-        ens.register(event)
-    if pipeline.events_seen % _EVICT_EVERY == 0:
-        pipeline._evict(0 if gathered is None else pipeline._ahead)
+    if not batched:
+        if kind == _ENS:
+            ens.register(event)
+        if pipeline.events_seen % _EVICT_EVERY == 0:
+            pipeline._evict()
     pipeline.labels.evict(pipeline._watermark_s)
 
     scores = []
     result = result_type(event, scores)
-    stores = pipeline.stores
-    detectors = pipeline.detectors
-    if ready:
-        for j in range(ready):
-            done = gathered[j]
+    if batched:
+        for done in gathered:
             if type(done) is not list:
-                raise done  # where this detector failed in the batch's first pass: the rest never saw the event
+                raise done  # where a detector (or the ENS registry) failed on it in the batch's first pass
             scores.extend(<list> done)
-    if kind == _DECLARATION:
-        linked = ens.link(event)
-        link = pipeline._link
-        for j in range(ready, len(detectors)):
-            detector = detectors[j]
-            scores.extend(detector.process(linked if link[j] else event, stores[detector.name]))
     else:
-        for j in range(ready, len(detectors)):
-            detector = detectors[j]
-            scores.extend(detector.process(event, stores[detector.name]))
+        stores = pipeline.stores
+        detectors = pipeline.detectors
+        if kind == _DECLARATION:
+            linked = ens.link(event)
+            link = pipeline._link
+            for j in range(len(detectors)):
+                detector = detectors[j]
+                scores.extend(detector.process(linked if link[j] else event, stores[detector.name]))
+        else:
+            for detector in detectors:
+                scores.extend(detector.process(event, stores[detector.name]))
     if kind == _OUTCOME:
         pipeline._learn_outcome(event)
     if not scores:
@@ -102,7 +108,9 @@ def process(pipeline, event, result_type, list gathered=None):
     if type(alerting) is not LearnedFusion and isinstance(alerting, NoisyOrAlerting):
         if kind == _DECLARATION:
             queue = pipeline._queue(event.customs_office)
-            result.alert = alerting.decide(scores, ens.lookup(event.ens_reference), queue)
+            if arrival is _LIVE:
+                arrival = ens.lookup(event.ens_reference)
+            result.alert = alerting.decide(scores, arrival, queue)
         if kind != _OUTCOME:
             remember(pipeline, event, result, when, None, None, None)
         return result
@@ -115,7 +123,7 @@ def process(pipeline, event, result_type, list gathered=None):
             break
     if not own or kind == _OUTCOME or kind == _OTHER:
         return result  # no subject of its own to fuse
-    subject = subject_of(pipeline, event, own, kind)
+    subject = subject_of(pipeline, event, own, kind, arrival)
     office = subject.office
     queue = pipeline.queues.get(office)
     if queue is None:
@@ -132,22 +140,24 @@ def process(pipeline, event, result_type, list gathered=None):
 def process_all(pipeline, events, result_type):
     """``pipeline.process_all(events)``: each event's result, or the exception its ``process`` raised.
 
-    First pass: each of the first ``pipeline._ahead`` detectors (the ones that need nothing from
-    the pipeline, ahead of any that do) takes every event of the batch in order, sweeping its
-    idle keys where :func:`process` would; an event a detector fails on is not shown to the ones
-    after it, as in :func:`process`. Second pass: :func:`process` of each event with what they
-    gave. Every detector's state sees its events in the same order either way, so the results
-    are the same; a detector's code and state stay in the CPU caches across the batch.
+    The batch goes in two passes. The detectors' pass: each detector takes the events one after
+    the other, on its own state, sweeping its idle keys where :func:`process` would, and is not
+    shown an event an earlier detector failed on; the detectors ahead of any that needs the
+    pipeline (``pipeline._ahead``) take the whole batch, the others a segment at a time, the ENS
+    registry kept for them as :func:`process` keeps it. The pipeline's pass: :func:`process` of
+    each event of the segment with what the detectors gave (fusion, label join, outcomes).
+
+    A segment ends after a controlled outcome when a detector learns from outcomes (what it
+    learns depends on the label join, which the pipeline's pass keeps), and before a sweep (the
+    sweep prunes the ENS risks the pipeline's pass records). So every detector's state, the
+    registry and the fusion see what they see one event at a time, in the same order: the same
+    results, and a detector's code and state stay in the CPU caches across its run of events.
     """
     cdef list batch = list(events)
     cdef list out = []
-    cdef list rows, row, detectors = pipeline.detectors
-    cdef Py_ssize_t i, j, n = len(batch), ahead = pipeline._ahead
-    cdef dict sweeps
-    if ahead == 0 or n < 2:
-        sweeps = None
-    else:
-        sweeps = _sweeps(pipeline, batch)
+    cdef list rows, detectors = pipeline.detectors
+    cdef Py_ssize_t i, n = len(batch), ahead = pipeline._ahead, start, stop
+    cdef dict sweeps = _sweeps(pipeline, batch) if n > 1 else None
     if sweeps is None:  # nothing to gain, or an event the first pass could not place: one at a time
         for event in batch:
             try:
@@ -156,31 +166,86 @@ def process_all(pipeline, events, result_type):
                 out.append(exc)
         return out
     rows = [[] for i in range(n)]
+    cdef list arrivals = [_LIVE] * n
+    cdef list kinds = [kind_of(event) for event in batch]
+    _detectors_pass(pipeline, batch, kinds, rows, None, sweeps, 0, ahead, 0, n)
+    cutting = bool(pipeline._feedback)
+    start = 0
+    while start < n:
+        stop = start + 1
+        while stop < n and stop not in sweeps and not (cutting and _controlled_outcome(batch[stop - 1], kinds[stop - 1])):
+            stop += 1
+        links = _registry_pass(pipeline, batch, kinds, rows, arrivals, sweeps, start, stop)
+        _detectors_pass(pipeline, batch, kinds, rows, links, sweeps, ahead, len(detectors), start, stop)
+        for i in range(start, stop):
+            try:
+                out.append(process(pipeline, batch[i], result_type, <list> rows[i], arrivals[i]))
+            except Exception as exc:
+                out.append(exc)
+        start = stop
+    return out
+
+
+cdef bint _controlled_outcome(event, int kind):
+    return kind == _OUTCOME and bool(event.controlled)
+
+
+cdef list _registry_pass(pipeline, list batch, list kinds, list rows, list arrivals, dict sweeps,
+                         Py_ssize_t start, Py_ssize_t stop):
+    """What :func:`process` does to the ENS registry for ``batch[start:stop]``, in order: register an
+    ENS, sweep (and prune the fused ENS risks) where due; the linked declarations (None for other
+    events) and, in ``arrivals``, what the registry held for each declaration's ENS. A failure is
+    the event's (its row then holds only the exception)."""
+    cdef Py_ssize_t i
+    cdef int kind
+    cdef list links = [None] * (stop - start)
+    ens = pipeline.ens
+    for i in range(start, stop):
+        event = batch[i]
+        kind = kinds[i]
+        try:
+            if kind == _ENS:
+                ens.register(event)
+            if i in sweeps:
+                pipeline._evict_registry(sweeps[i])
+            if kind == _DECLARATION:
+                links[i - start] = ens.link(event)
+                arrivals[i] = ens.lookup(event.ens_reference)
+        except Exception as exc:
+            rows[i] = [exc]
+    return links
+
+
+cdef _detectors_pass(pipeline, list batch, list kinds, list rows, list links, dict sweeps, Py_ssize_t first,
+                     Py_ssize_t last, Py_ssize_t start, Py_ssize_t stop):
+    """Detectors ``first`` to ``last`` (excluded), one after the other, over ``batch[start:stop]``:
+    each event's result appended to its row, an event skipped once its row ends with an exception.
+    ``links``: the linked declarations of the segment, for the detectors that want them."""
+    cdef Py_ssize_t i, j
+    cdef list row, detectors = pipeline.detectors, link = pipeline._link
     stores = pipeline.stores
-    for j in range(ahead):
+    for j in range(first, last):
         detector = detectors[j]
         store = stores[detector.name]
         work = detector.process
         sweep = getattr(detector, "evict_idle", None) if sweeps else None
-        for i in range(n):
+        wants_link = links is not None and link[j]
+        for i in range(start, stop):
             if sweep is not None and i in sweeps:
                 sweep(store, sweeps[i])
             row = <list> rows[i]
-            if len(row) < j or (j and type(row[j - 1]) is not list):
-                continue  # an earlier detector failed on this event (and the row ends with its exception)
+            if row and type(row[len(row) - 1]) is not list:
+                continue  # an earlier detector failed on this event
+            event = batch[i]
+            if wants_link and kinds[i] == _DECLARATION:
+                event = links[i - start]
             try:
-                done = work(batch[i], store)
+                done = work(event, store)
                 if type(done) is not list:
                     done = list(done)
             except Exception as exc:
                 done = exc
             row.append(done)
-    for i in range(n):
-        try:
-            out.append(process(pipeline, batch[i], result_type, <list> rows[i]))
-        except Exception as exc:
-            out.append(exc)
-    return out
 
 
 cdef dict _sweeps(pipeline, list batch):
@@ -206,14 +271,16 @@ cdef dict _sweeps(pipeline, list batch):
     return sweeps
 
 
-def subject_of(pipeline, event, list scores, int kind):
-    """The :class:`Subject` of ``event``, an ENS, a declaration or an excise record (``kind``)."""
+def subject_of(pipeline, event, list scores, int kind, arrival=_LIVE):
+    """The :class:`Subject` of ``event``, an ENS, a declaration or an excise record (``kind``);
+    ``arrival``: what the ENS registry held for a declaration's ENS, when not to be looked up now."""
     if kind == _ENS:
         return Subject(event.event_id, "ens", event.ens_reference, event.first_office_of_entry, event.event_time,
                        event.consignee.eori, str(event.transport_mode), event.eta)
     if kind == _DECLARATION:
         reference = event.ens_reference
-        arrival = pipeline.ens.lookup(reference)
+        if arrival is _LIVE:
+            arrival = pipeline.ens.lookup(reference)
         ens_risk = pipeline.ens_risk.get(reference) if reference else None
         if arrival is None:
             return Subject(event.event_id, "declaration", event.mrn, event.customs_office, event.event_time,

@@ -128,8 +128,8 @@ class ScoringPipeline:
         self._feedback = [d for d in self.detectors if _consumes(d, "labelled_outcome")]
         self._contexts = [d for d in self.detectors if hasattr(d, "feedback_context")]
         self._context_names = [(d, d.name) for d in self._contexts]
-        # The detectors process_all runs first over a whole batch: those that need nothing from
-        # the pipeline (no ``consumes``), ahead of any that does.
+        # The detectors process_all runs over a whole batch at once: those that need nothing from
+        # the pipeline (no ``consumes``), ahead of any that does (the others go a segment at a time).
         self._ahead = next((i for i, d in enumerate(self.detectors) if getattr(d, "consumes", ())), len(self.detectors))
 
     @property
@@ -155,11 +155,13 @@ class ScoringPipeline:
         """:meth:`process` of each event in order; where it would raise, the exception instead of a result.
 
         The same results and the same state as ``process`` called event after event (and an
-        exception caught and passed over), faster on batches: the detectors that need nothing
-        from the pipeline first take the whole batch one detector at a time, each on its own
-        state in event order, and the rest of each event's steps follow, event after event
-        (compiled, :func:`._pipeline.process_all`). Batches of a few hundred events gain most
-        (``bench/pipeline.py``).
+        exception caught and passed over), faster on batches: the detectors take the events one
+        detector at a time, each on its own state in event order (those that need nothing from
+        the pipeline the whole batch, the others a segment between two controlled outcomes), and
+        the fusion, label join and outcomes follow, event after event (compiled, with the rules
+        that keep it exact: :func:`._pipeline.process_all`). Batches of a few hundred events gain
+        most (``bench/pipeline.py``). Exact for events the ENS registry accepts (any validated
+        event): one it fails on is failed after the detectors ahead of the others saw it.
 
         >>> from vigie.schemas.generator import GeneratorConfig, generate
         >>> events = [event for event, _ in generate(GeneratorConfig(duration_hours=1))]
@@ -238,16 +240,18 @@ class ScoringPipeline:
             if context is not None:
                 detector.process(LabelledOutcome(outcome, context), self.stores[detector.name])
 
-    def _evict(self, swept: int = 0) -> None:
-        """Forget old ENS and idle detector keys; the first ``swept`` detectors were swept already
-        (by :meth:`process_all`'s first pass, at this same point of their stream)."""
-        self.ens.evict_before(self.watermark)
-        if len(self.ens_risk) > len(self.ens.arrivals):
-            self.ens_risk = {r: p for r, p in self.ens_risk.items() if r in self.ens.arrivals}
-        for detector in self.detectors[swept:]:
+    def _evict(self) -> None:
+        self._evict_registry(self.watermark)
+        for detector in self.detectors:
             evict = getattr(detector, "evict_idle", None)
             if evict is not None:
                 evict(self.stores[detector.name], self.watermark)
+
+    def _evict_registry(self, now: datetime) -> None:
+        """Forget the ENS whose arrival is ``ens_retention`` before ``now``, and their fused risks."""
+        self.ens.evict_before(now)
+        if len(self.ens_risk) > len(self.ens.arrivals):
+            self.ens_risk = {r: p for r, p in self.ens_risk.items() if r in self.ens.arrivals}
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

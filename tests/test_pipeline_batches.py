@@ -10,7 +10,7 @@ batch sizes from 1 to more than the stream.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, ClassVar, Self
 
@@ -120,6 +120,20 @@ def test_batches_give_the_results_and_state_of_one_event_at_a_time(size: int) ->
     assert sum(len(r.alerts) for r in got) > 0
     assert one.labels.by_id and batched.state_dict() == one.state_dict()
     assert batched._ahead == 4  # every detector but the ENS pre-arrival one took the batch first
+
+
+def test_the_ens_registry_is_swept_where_it_would_be_one_event_at_a_time() -> None:
+    """No ENS retention after arrival: the sweep inside a batch forgets ENS (and their fused risks) that later
+    declarations of the same batch would otherwise be linked to."""
+    events = _stream()
+    one, batched = ScoringPipeline(ens_retention=timedelta(0)), ScoringPipeline(ens_retention=timedelta(0))
+    expected = _one_by_one(one, events[: EVICT_EVERY - 1])
+    held, at_risk = len(one.ens.arrivals), len(one.ens_risk)
+    expected += _one_by_one(one, events[EVICT_EVERY - 1 : EVICT_EVERY])  # the sweep's event
+    assert len(one.ens.arrivals) < held and len(one.ens_risk) < at_risk  # it forgot ENS and their risks
+    expected += _one_by_one(one, events[EVICT_EVERY:])
+    _same(expected, _in_batches(batched, events, 333))
+    assert batched.state_dict() == one.state_dict()
 
 
 @pytest.mark.parametrize("size", [1, 2, 333, 20_000])
