@@ -34,8 +34,8 @@ DECODE_BATCH = 256
 scoring each push the other's code and data out of the CPU caches; alternating them per line
 made each about a fifth slower than when run apart (2026-11-23, 8 h stream: 170 us per event
 decoded and scored line by line, 140-150 us in batches of 16 to 2,000). The same holds between
-detectors, hence ``process_all``: 81-82 against 97-101 us per event decoded and scored, in
-batches of 256 to 1,024 (2026-11-24, 8 h stream). Sink writes and checkpoints still fall on
+detectors, hence ``process_all``: scoring a batch of 256 took 53-55 us per event where event
+after event took 64-66 (2026-11-24, 8 h stream, interleaved runs). Sink writes and checkpoints still fall on
 the same lines. An input that is a live feed would wait for a batch to fill: ``vigie run``
 reads files (live feeds go through Kafka or the console's engine)."""
 
