@@ -30,6 +30,8 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+import sys
+
 import orjson
 
 include "../operators/_datetimes.pxi"
@@ -65,6 +67,7 @@ K_MAP = C_MAP
 
 cdef Py_ssize_t _SHRINK_ABOVE = 16 << 20  # a buffer grown past 16 MiB (a huge dead letter) is freed when emptied
 cdef object _DUMPS = orjson.dumps
+cdef object _intern = sys.intern
 cdef object _SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
@@ -285,10 +288,11 @@ cdef class _Column:
         self.inherited = inherited
         self.documents = []
         self.documents_mark = 0
+        # Interned: put_row finds a record's own fields by the identity of its dict's keys.
         if len(path) == 1:
-            self.nested, self.key = None, path[0]
+            self.nested, self.key = None, _intern(path[0])
         else:
-            self.nested, self.key = path[0], path[1]
+            self.nested, self.key = _intern(path[0]), _intern(path[1])
         header.p, header.n, header.cap = NULL, 0, 0
         try:
             _string(&header, name)
@@ -482,14 +486,27 @@ cdef class _Table:
     cdef int put_row(self, dict fields, dict parent) except -1:
         cdef _Column col
         cdef dict source
-        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t i = 0, pos = 0
+        cdef PyObject* key
+        cdef PyObject* found
+        cdef bint walking = True
         try:
             for i in range(len(self.columns)):
                 col = <_Column>self.columns[i]
                 if col.inherited:
                     value = parent[col.key]
                 elif col.nested is None:
-                    value = fields[col.key]
+                    # A model's dict holds its fields in declaration order, the columns' order (some
+                    # fields are not columns): walk it instead of hashing every name. Keys are
+                    # matched by identity (field names are interned); the first miss ends the walk.
+                    found = NULL
+                    if walking:
+                        while PyDict_Next(fields, &pos, &key, &found):
+                            if key == <PyObject*>col.key:
+                                break
+                            found = NULL
+                        walking = found != NULL
+                    value = <object>found if found != NULL else fields[col.key]
                 else:
                     nested = fields[col.nested]
                     value = None if nested is None else _fields(nested)[col.key]

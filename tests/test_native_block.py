@@ -195,3 +195,37 @@ def test_rollback_drops_what_was_written_since_the_mark() -> None:
 def test_a_model_no_table_stores_is_refused() -> None:
     with pytest.raises(TypeError, match="no table stores str"):
         _probes().write("not a model")
+
+
+def test_fields_are_found_whatever_the_order_and_identity_of_a_records_keys() -> None:
+    """The encoder walks a record's dict in column order, matching interned keys by identity; records
+    whose keys are copies (an unpickled record's), in another order, or missing a field (the error
+    names it) still give the same rows."""
+    records = _scored_records(1)
+    assert {type(r).__name__ for r in records} >= {"EntrySummaryDeclaration", "ImportDeclaration", "RiskScore"}
+
+    def reshaped(record: Any, order: Any) -> Any:
+        copy = record.model_construct(**record.__dict__)
+        items = [("".join(list(k)), v) for k, v in copy.__dict__.items()]  # equal keys, other objects
+        object.__setattr__(copy, "__dict__", dict(order(items)))
+        for field in ("goods_items", "items"):  # the item tables read their records' dicts too
+            nested = copy.__dict__.get(field)
+            if nested:
+                copy.__dict__[field] = [reshaped(item, order) for item in nested]
+        return copy
+
+    expected = native_blocks()
+    for record in records:
+        expected.write(record)
+    for order in (list, lambda items: reversed(items), lambda items: sorted(items, key=str)):
+        blocks = native_blocks()
+        for record in records:
+            blocks.write(reshaped(record, order))
+        for table in TABLES:
+            assert blocks.rows(table) == expected.rows(table)
+            assert blocks.batch(table) == expected.batch(table), table
+    score = next(r for r in records if type(r).__name__ == "RiskScore")
+    broken = score.model_construct(**score.__dict__)
+    del broken.__dict__["reason"]
+    with pytest.raises(KeyError, match=r"scores\.reason"):
+        native_blocks().write(broken)
