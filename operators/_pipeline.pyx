@@ -1,11 +1,14 @@
 # cython: language_level=3
-"""The per-event glue of :meth:`vigie.operators.pipeline.ScoringPipeline.process`, compiled.
+"""The per-event glue of :meth:`vigie.operators.pipeline.ScoringPipeline.process`, compiled, and
+its batch form, :func:`process_all` (``ScoringPipeline.process_all``).
 
 Every event goes through this code between the detectors and the fusion: its kind, the
 watermark, the ENS registry and the label join's clock, the detectors' calls, the subject the
 fusion decides on, and what its control outcome will need. It is the pipeline's Python, line
 for line (the same calls on the same objects, in the same order), compiled so that the
 interpreter's own work per line goes; the pipeline's methods document each step.
+:func:`process_all` reorders the same steps across a batch, detector by detector, where no
+step reads what another changed meanwhile (its docstring says where the batch is cut so).
 """
 
 from array import array

@@ -17,6 +17,10 @@ For one event, in order:
 4. the scores of an ENS, a declaration or an excise record are fused, the alert budget
    decides, and the subject is remembered until its outcome comes.
 
+:meth:`ScoringPipeline.process_all` does the same for a batch, detector by detector (each
+detector's state still sees its events in order), with the same results and state: the
+runners that read batches (``vigie run``, the Faust fuse stage) use it.
+
 Everything learned is in :meth:`ScoringPipeline.state_dict` (JSON-able; the River models of
 the learned fusion as base64 pickles), so a restored pipeline continues exactly where the
 checkpointed one stopped, learning included. Memory stays bounded: ENS summaries are
