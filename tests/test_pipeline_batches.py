@@ -20,7 +20,8 @@ from vigie.operators import ScoringPipeline, all_detectors
 from vigie.operators._pipeline import EVICT_EVERY
 from vigie.operators.base import OperatorState, epoch_seconds
 from vigie.operators.ens_risk import EnsPreArrivalDetector
-from vigie.schemas import ImportDeclaration, RiskScore
+from vigie.operators.fusion import NoisyOrAlerting
+from vigie.schemas import EntrySummaryDeclaration, ImportDeclaration, RiskScore
 from vigie.schemas.generator import GeneratorConfig, generate
 
 
@@ -169,6 +170,37 @@ def test_a_detector_needing_the_pipeline_keeps_the_ones_after_it_in_event_order(
     assert batched._ahead == 0
     _same(_one_by_one(one, events), _in_batches(batched, events, 256))
     assert batched.detectors[1].shown == one.detectors[1].shown
+    assert batched.state_dict() == one.state_dict()
+
+
+def _ens_filed_late(alerting: Any) -> list[Any]:
+    """The first events of the stream, the ENS of each declaration alerted on them moved to just after
+    the declaration: a batch holds both, and the declaration (its alert's arrival and lead time) must
+    not see the ENS that the registry holds by the end of the batch."""
+    events = list(_stream()[:6_000])
+    alerted = {r.event.event_id for r in ScoringPipeline(alerting=alerting).process_all(events) if r.alert}
+    position = {e.ens_reference: i for i, e in enumerate(events) if isinstance(e, EntrySummaryDeclaration)}
+    moved = 0
+    for i, event in enumerate(list(events)):
+        if event.event_id in alerted and position.get(getattr(event, "ens_reference", None), i) < i:
+            ens = events[position[event.ens_reference]]
+            events.remove(ens)
+            events.insert(events.index(event) + 1, ens)
+            moved += 1
+    assert moved >= 1
+    return events
+
+
+@pytest.mark.parametrize("alerting", ["learned", "noisy-or"])
+def test_a_declaration_sees_the_registry_as_it_was_at_its_turn(alerting: str) -> None:
+    def pipeline() -> ScoringPipeline:
+        return ScoringPipeline(alerting=NoisyOrAlerting() if alerting == "noisy-or" else None)
+
+    events = _ens_filed_late(pipeline().alerting)
+    one, batched = pipeline(), pipeline()
+    expected = _one_by_one(one, events)
+    _same(expected, _in_batches(batched, events, 256))
+    assert any(r.alert is not None and r.alert.eta is None for r in expected)  # alerted, its ENS not yet filed
     assert batched.state_dict() == one.state_dict()
 
 
