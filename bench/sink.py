@@ -31,7 +31,11 @@ The workers are forked before any chdb session opens.
 The native server is Debian's clickhouse-server 18.16, started on loopback ports for the run
 (skipped when it is not installed). Records in bench/RESULTS.md under "sink".
 
-Run: .venv/bin/python bench/sink.py [--hours 8] [--batches 5000,20000,100000] [--processes 1,2]
+Senders: ``--senders 1,2`` runs the chdb and native sinks with one connection, then with two
+inserting each flush's tables side by side (lanes: the scores on one, the ENS and declarations
+with their items on the other).
+
+Run: .venv/bin/python bench/sink.py [--hours 8] [--batches 5000,20000,100000] [--processes 1,2] [--senders 1,2]
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ MAX_DELAY_S = BufferPolicy().max_delay_s
 """The production clock: the big tables flush by size (a batch fills in well under a second
 here), the small ones (alerts, outcomes, excise) by this clock, as in a runtime."""
 
-Opener = Callable[[str, int], BufferedSink]
+Opener = Callable[[str, int, int], BufferedSink]
+"""(database name, batch size, senders) -> sink."""
 
 
 def scored_stream(hours: float, detectors: str) -> list[list[Any]]:
@@ -95,7 +100,7 @@ class NullSink(NativeBlockSink):
     def __init__(self, batch_size: int) -> None:
         super().__init__(MODERN, _policy(batch_size))
 
-    def _send(self, table: Table, payload: bytes, rows: int) -> None:
+    def _send(self, table: Table, payload: bytes, rows: int, lane: int = 0) -> None:
         pass
 
     def _disconnect(self) -> None:
@@ -105,8 +110,8 @@ class NullSink(NativeBlockSink):
         return []
 
 
-def null_sink(name: str, batch: int) -> BufferedSink:
-    """A :class:`NullSink` (no database, ``name`` unused)."""
+def null_sink(name: str, batch: int, senders: int) -> BufferedSink:
+    """A :class:`NullSink` (no database: ``name`` and ``senders`` unused)."""
     return NullSink(batch)
 
 
@@ -131,6 +136,7 @@ class Result:
 
     label: str
     processes: int
+    senders: int
     batch: int
     events: int
     seconds: float
@@ -196,10 +202,10 @@ def process_cpu(pid: int | None) -> float | None:
 
 
 def measure_one(
-    label: str, opener: Opener, name: str, batch: int, per_event: list[list[Any]], pid: int | None
+    label: str, opener: Opener, name: str, batch: int, senders: int, per_event: list[list[Any]], pid: int | None
 ) -> Result:
     """One writer in this process."""
-    sink = opener(name, batch)
+    sink = opener(name, batch, senders)
     try:
         if not isinstance(sink, NullSink):
             create_views(sink.query, sink.profile, getattr(sink, "database", "vigie"))
@@ -212,7 +218,7 @@ def measure_one(
     finally:
         sink.close()
     server = None if server_before is None or server_after is None else server_after - server_before
-    return Result(label, 1, batch, len(per_event), run.seconds, run.rows, run.cpu_seconds, server, run.flushes)
+    return Result(label, 1, senders, batch, len(per_event), run.seconds, run.rows, run.cpu_seconds, server, run.flushes)
 
 
 def intern_field_names(value: Any) -> None:
@@ -234,14 +240,14 @@ def intern_field_names(value: Any) -> None:
 _SHARED: dict[str, Any] = {}
 
 
-def _worker(shard: int, name: str, batch: int, start: Any, results: Any) -> None:
+def _worker(shard: int, name: str, batch: int, senders: int, start: Any, results: Any) -> None:
     # Unpickled here so that the writer owns its records, as a runtime worker does: writing
     # objects inherited from the parent would copy their pages on every reference count change.
     per_event: list[list[Any]] = pickle.loads(_SHARED["shards"][shard])
     intern_field_names(per_event)
     gc.freeze()
     opener: Opener = _SHARED["opener"]
-    sink = opener(name, batch)
+    sink = opener(name, batch, senders)
     try:
         start.wait()
         run = write_all(sink, per_event)
@@ -251,19 +257,28 @@ def _worker(shard: int, name: str, batch: int, start: Any, results: Any) -> None
 
 
 def measure_many(
-    label: str, opener: Opener, name: str, batch: int, processes: int, per_event: list[list[Any]], pid: int | None
+    label: str,
+    opener: Opener,
+    name: str,
+    batch: int,
+    senders: int,
+    processes: int,
+    per_event: list[list[Any]],
+    pid: int | None,
 ) -> Result:
     """``processes`` forked writers, each with its own sink and every ``processes``-th event."""
     context = mp.get_context("fork")
     shards = [pickle.dumps(per_event[k::processes], protocol=pickle.HIGHEST_PROTOCOL) for k in range(processes)]
     _SHARED.update(shards=shards, opener=opener)
-    setup = opener(name, batch)  # tables and views exist before the writers race to create them
+    setup = opener(name, batch, 1)  # tables and views exist before the writers race to create them
     if not isinstance(setup, NullSink):
         create_views(setup.query, setup.profile, getattr(setup, "database", "vigie"))
     setup.close()
     start = context.Barrier(processes + 1)
     results = context.Queue()
-    workers = [context.Process(target=_worker, args=(k, name, batch, start, results)) for k in range(processes)]
+    workers = [
+        context.Process(target=_worker, args=(k, name, batch, senders, start, results)) for k in range(processes)
+    ]
     for worker in workers:
         worker.start()
     start.wait()
@@ -271,7 +286,7 @@ def measure_many(
     server_before = process_cpu(pid)
     runs = [results.get(timeout=3600)[1] for _ in workers]
     seconds = time.perf_counter() - started
-    settling = opener(name, batch)
+    settling = opener(name, batch, 1)
     try:
         settle_merges(settling)  # the server's merges of these writers' parts count as theirs
     finally:
@@ -285,13 +300,14 @@ def measure_many(
     flushes = [f for run in runs for f in run.flushes]
     writer_cpu = sum(run.cpu_seconds for run in runs)
     rows = sum(run.rows for run in runs)
-    return Result(label, processes, batch, len(per_event), seconds, rows, writer_cpu, server, flushes)
+    return Result(label, processes, senders, batch, len(per_event), seconds, rows, writer_cpu, server, flushes)
 
 
 def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
     header = (
         "sink",
         "writer processes",
+        "senders per writer",
         "batch (rows)",
         "rows/s",
         "scored events/s",
@@ -311,6 +327,7 @@ def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
             (
                 r.label,
                 str(r.processes),
+                str(r.senders),
                 f"{r.batch:,}",
                 f"{r.rows / r.seconds:,.0f}",
                 f"{r.events_per_s:,.0f}",
@@ -329,7 +346,11 @@ def main() -> None:
     parser.add_argument("--batches", default="5000,20000,100000", help="sink batch sizes (rows), comma-separated")
     parser.add_argument("--processes", default="1,2", help="writer processes for the sharded runs, comma-separated")
     parser.add_argument("--detectors", default="all", help="detectors scoring the stream (as vigie evaluate)")
+    parser.add_argument(
+        "--senders", default="1,2", help="connections inserting side by side per sink (lanes), comma-separated"
+    )
     args = parser.parse_args()
+    sender_counts = sorted({int(n) for n in args.senders.split(",")})
     batch_sizes = [int(b) for b in args.batches.split(",")]
     process_counts = sorted({int(p) for p in args.processes.split(",")} - {1})
     load_before = os.getloadavg()[0]
@@ -347,7 +368,7 @@ def main() -> None:
         results.append(result)
         r = result
         print(
-            f"{r.label:34s} x{r.processes} batch {r.batch:>7,}: {r.rows / r.seconds:>9,.0f} rows/s "
+            f"{r.label:34s} x{r.processes} s{r.senders} batch {r.batch:>7,}: {r.rows / r.seconds:>9,.0f} rows/s "
             f"{r.events_per_s:>8,.0f} events/s, CPU {r.cpu_us_per_event:,.0f} us/event, "
             f"flush p50 {row_median(r.flushes) * 1000:,.0f} ms"
         )
@@ -359,7 +380,7 @@ def main() -> None:
             server = ClickHouseServer(Path(tmp) / "server").start()
             host, port = server.host, server.tcp_port
 
-            def native(name: str, batch: int) -> BufferedSink:
+            def native(name: str, batch: int, senders: int) -> BufferedSink:
                 return NativeSink(
                     host,
                     port,
@@ -367,6 +388,7 @@ def main() -> None:
                     batch_size=batch,
                     max_delay_s=MAX_DELAY_S,
                     max_buffer_rows=max(100_000, 4 * batch),
+                    senders=senders,
                 )
 
             sharded.append(("native, clickhouse-server 18.16", native, server.pid))
@@ -375,26 +397,33 @@ def main() -> None:
         try:
             # Forked writers first: no chdb session may be open in a process that forks.
             for label, opener, pid in sharded:
-                for batch in batch_sizes:
-                    report(measure_one(label, opener, f"bench_{batch}_1", batch, per_event, pid))
+                lanes = sender_counts if opener is not null_sink else [1]
+                for senders in lanes:
+                    for batch in batch_sizes:
+                        name = f"bench_{batch}_1_{senders}"
+                        report(measure_one(label, opener, name, batch, senders, per_event, pid))
                 for processes in process_counts:
-                    batch = max(batch_sizes)
-                    report(measure_many(label, opener, f"bench_{batch}_{processes}", batch, processes, per_event, pid))
+                    batch, senders = max(batch_sizes), max(lanes)
+                    name = f"bench_{batch}_{processes}_{senders}"
+                    report(measure_many(label, opener, name, batch, senders, processes, per_event, pid))
             if server is not None:  # its merges and caches would compete with chdb for the cores
                 server.close()
                 server = None
 
-            def chdb(name: str, batch: int) -> BufferedSink:
+            def chdb(name: str, batch: int, senders: int) -> BufferedSink:
                 return ChdbSink(
                     Path(tmp) / "chdb",
                     database=name,
                     batch_size=batch,
                     max_delay_s=MAX_DELAY_S,
                     max_buffer_rows=max(100_000, 4 * batch),
+                    senders=senders,
                 )
 
-            for batch in batch_sizes:
-                report(measure_one("chdb (embedded 26.9)", chdb, f"bench_{batch}", batch, per_event, None))
+            for senders in sender_counts:
+                for batch in batch_sizes:
+                    name = f"bench_{batch}_{senders}"
+                    report(measure_one("chdb (embedded 26.9)", chdb, name, batch, senders, per_event, None))
         finally:
             if server is not None:
                 server.close()
@@ -405,7 +434,7 @@ def main() -> None:
         "sink",
         command=(
             f".venv/bin/python bench/sink.py --hours {args.hours:g} --batches {sizes} "
-            f"--processes {args.processes} --detectors {args.detectors}"
+            f"--processes {args.processes} --detectors {args.detectors} --senders {args.senders}"
         ),
         table=table_rows(results),
         notes=[
@@ -416,7 +445,9 @@ def main() -> None:
             "Cython encoder; JSON documents in one orjson call per flush), a flush joins each table's buffers "
             "into one block: chdb reads it with FORMAT Native, the native server as the insert's data packet "
             "(clickhouse-driver opens the insert). Payloads are sent on the sink's sender thread while the "
-            "writer goes on; the last flush waits for every send. 100 events' records per write; a size flush "
+            "writer goes on; the last flush waits for every send. Senders per writer: connections (chdb "
+            "sessions) that insert one flush's tables side by side, a table with its item tables on one of "
+            "them (vigie.sinks.base.assign_lanes). 100 events' records per write; a size flush "
             "sends the tables holding an eighth of a batch (scores, ENS and declarations with their items), "
             f"the others go by the production {MAX_DELAY_S:g} s clock; indicator and materialised views in "
             "place. 'no server': chdb's encoding, each flush's blocks dropped.",

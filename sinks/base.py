@@ -385,13 +385,53 @@ class _Unsent:
 
 
 @dataclass(slots=True)
+class _Sent:
+    """What became of one flush's payloads."""
+
+    stored: list[_Unsent]
+    failed: list[_Unsent]
+    """Not stored, in the flush's order: each failed payload and the ones after it in its lane."""
+    error: BaseException | None
+    """The first failure, if any."""
+    ended: float
+    """``time.perf_counter()`` when the last lane finished."""
+
+
+@dataclass(slots=True)
 class _Job:
     """Payloads handed to the sender thread in one flush."""
 
     payloads: list[_Unsent]
     started: float
     """``time.perf_counter()`` when the flush began encoding."""
-    future: Future[tuple[int, BaseException | None, float]]
+    future: Future[_Sent]
+
+
+def assign_lanes(payloads: list[_Unsent], lanes: int) -> list[list[_Unsent]]:
+    """Split one flush's payloads into at most ``lanes`` lists sent side by side.
+
+    A table and its item tables (a group, see :data:`_GROUPS`) stay in one lane, in the
+    flush's order, so a reader still never sees items before their header. Groups go
+    largest first to the lane with the least so far (payload bytes, or rows for payloads
+    without a length): the slowest lane, which the flush waits for, is as short as the
+    groups allow. Empty lanes are left out.
+    """
+    groups: dict[str, list[_Unsent]] = {}
+    for unsent in payloads:
+        groups.setdefault(unsent.table.parent or unsent.table.name, []).append(unsent)
+    if lanes <= 1 or len(groups) <= 1:
+        return [list(payloads)] if payloads else []
+
+    def weight(group: list[_Unsent]) -> int:
+        return sum(len(u.payload) if hasattr(u.payload, "__len__") else u.rows for u in group)
+
+    split: list[list[_Unsent]] = [[] for _ in range(lanes)]
+    loads = [0] * lanes
+    for group in sorted(groups.values(), key=weight, reverse=True):
+        lane = loads.index(min(loads))
+        split[lane].extend(group)
+        loads[lane] += weight(group)
+    return [lane for lane in split if lane]
 
 
 class BufferedSink(ABC):
@@ -400,30 +440,42 @@ class BufferedSink(ABC):
     A flush has two halves: :meth:`_encode` turns a table's buffered columns into what the
     transport sends (in the writer's thread: the values are Python objects, it needs the
     GIL), :meth:`_send` stores that payload. With ``background=True`` the sends run on one
-    sender thread, in order, while the writer goes on buffering: the database's own work (in
-    chdb's threads, or in the server process while the driver waits) overlaps with the
-    stream instead of stalling it. Until a payload is stored it counts as buffered (the
+    sender thread, flush after flush, while the writer goes on buffering: the database's own
+    work (in chdb's threads, or in the server process while the driver waits) overlaps with
+    the stream instead of stalling it. With ``senders=N`` a flush's payloads are split into
+    up to N lanes (:func:`assign_lanes`: a table with its item tables in one lane) sent side
+    by side, each lane on its own connection: one insert keeps one core of the database busy,
+    so the scores' insert no longer waits behind the declarations'. Until a payload is stored it counts as buffered (the
     ``max_buffer_rows`` bound and :attr:`SinkMetrics.buffered_rows` include it); a payload
     whose send failed is sent again at the next flush. :meth:`flush` and :meth:`close` wait
     for every send; a flush that :meth:`write` starts does not.
 
-    Subclasses implement :meth:`_encode`, :meth:`_send`, :meth:`query` (calling
-    :meth:`settle` first: the connection is not shared with the sender thread) and
-    :meth:`_disconnect`. Writes and flushes hold one lock, so threads may share a sink (they
-    take turns).
+    Subclasses implement :meth:`_encode`, :meth:`_send` (on the connection of the lane it is
+    given: lane 0 is the one :meth:`query` uses), :meth:`query` (calling :meth:`settle` first:
+    the connection is not shared with the sender thread) and :meth:`_disconnect`. Writes and
+    flushes hold one lock, so threads may share a sink (they take turns).
     """
 
     def __init__(
-        self, profile: ServerProfile = MODERN, policy: BufferPolicy | None = None, *, background: bool = False
+        self,
+        profile: ServerProfile = MODERN,
+        policy: BufferPolicy | None = None,
+        *,
+        background: bool = False,
+        senders: int = 1,
     ) -> None:
+        if senders < 1:
+            raise ValueError(f"senders must be >= 1, got {senders}")
         self.profile = profile
         self.policy = policy or BufferPolicy()
         self.metrics = SinkMetrics()
         self.background = background
+        self.senders = senders
         self._buffer = RowBuffer(self.policy, store=self._column_store())
         self._unsent: list[_Unsent] = []  # encoded, not handed to the sender (or handed back after a failure)
         self._jobs: deque[_Job] = deque()  # handed to the sender, not harvested
         self._sender: ThreadPoolExecutor | None = None
+        self._lanes: ThreadPoolExecutor | None = None  # lanes 1.. of a flush (lane 0 runs on the sender)
         self._lock = threading.RLock()
         self._closed = False
 
@@ -443,8 +495,9 @@ class BufferedSink(ABC):
         """
 
     @abstractmethod
-    def _send(self, table: Table, payload: Any, rows: int) -> None:
-        """Store one :meth:`_encode` payload in one statement; may run on the sender thread.
+    def _send(self, table: Table, payload: Any, rows: int, lane: int = 0) -> None:
+        """Store one :meth:`_encode` payload in one statement, on lane ``lane``'s connection
+        (``0 <= lane < senders``; lanes run side by side); may run on a sender thread.
 
         Called again with the same payload when a failed flush is retried (re-sending is
         harmless: the tables are idempotent on record ids).
@@ -540,7 +593,7 @@ class BufferedSink(ABC):
             raise
         if self._unsent:
             payloads, self._unsent = self._unsent, []
-            future: Future[tuple[int, BaseException | None, float]]
+            future: Future[_Sent]
             if self.background:
                 if self._sender is None:
                     self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"{type(self).__name__}-sender")
@@ -562,15 +615,35 @@ class BufferedSink(ABC):
             self._unsent.append(_Unsent(TABLES[name], payload, rows, buffer.since(name)))
             buffer.discard(name)
 
-    def _send_all(self, payloads: list[_Unsent]) -> tuple[int, BaseException | None, float]:
-        """Send ``payloads`` in order (on the sender thread, or in the writer's without one): how
-        many were stored, the error that stopped it (if any), and ``time.perf_counter()`` at the end."""
-        for sent, unsent in enumerate(payloads):
+    def _send_all(self, payloads: list[_Unsent]) -> _Sent:
+        """Send one flush's ``payloads`` (on the sender thread, or in the writer's without one),
+        in lanes side by side when ``senders`` > 1; a lane stops at its first failure."""
+        lanes = assign_lanes(payloads, self.senders)
+        if len(lanes) > 1:
+            if self._lanes is None:
+                self._lanes = ThreadPoolExecutor(self.senders - 1, thread_name_prefix=f"{type(self).__name__}-lane")
+            others = [self._lanes.submit(self._send_lane, lane, index) for index, lane in enumerate(lanes[1:], 1)]
+            outcomes = [self._send_lane(lanes[0], 0)] + [other.result() for other in others]
+        else:
+            outcomes = [self._send_lane(lanes[0] if lanes else [], 0)]
+        unstored = {id(u) for _, failed in outcomes for u in failed}
+        error = next((exc for exc, _ in outcomes if exc is not None), None)
+        return _Sent(
+            stored=[u for u in payloads if id(u) not in unstored],
+            failed=[u for u in payloads if id(u) in unstored],
+            error=error,
+            ended=time.perf_counter(),
+        )
+
+    def _send_lane(self, lane: list[_Unsent], index: int) -> tuple[BaseException | None, list[_Unsent]]:
+        """Send ``lane`` in order on connection ``index``: the error that stopped it (if any)
+        and the payloads not stored."""
+        for sent, unsent in enumerate(lane):
             try:
-                self._send(unsent.table, unsent.payload, unsent.rows)
+                self._send(unsent.table, unsent.payload, unsent.rows, index)
             except Exception as exc:
-                return sent, exc, time.perf_counter()
-        return len(payloads), None, time.perf_counter()
+                return exc, lane[sent:]
+        return None, []
 
     def _harvest(self, block: bool, raise_errors: bool, jobs: int | None = None) -> None:
         """Account for finished sends (all of them when ``block``; the oldest ``jobs`` at
@@ -582,14 +655,14 @@ class BufferedSink(ABC):
         while self._jobs and left > 0 and (block or self._jobs[0].future.done()):
             left -= 1
             job = self._jobs.popleft()
-            sent, exc, ended = job.future.result()
-            for unsent in job.payloads[:sent]:
+            sent = job.future.result()
+            for unsent in sent.stored:
                 self._stored(unsent)
-            if exc is None:
-                self._flushed(ended - job.started, sum(unsent.rows for unsent in job.payloads))
+            if sent.error is None:
+                self._flushed(sent.ended - job.started, sum(unsent.rows for unsent in job.payloads))
             else:
-                failed.extend(job.payloads[sent:])
-                error = error or exc
+                failed.extend(sent.failed)
+                error = error or sent.error
         if failed:
             self._unsent[:0] = failed
         if error is not None:
@@ -646,8 +719,9 @@ class BufferedSink(ABC):
                 raise
             finally:
                 self._sync_buffer_metrics()
-                if self._sender is not None:
-                    self._sender.shutdown(wait=True)
+                for pool in (self._sender, self._lanes):
+                    if pool is not None:
+                        pool.shutdown(wait=True)
                 self._disconnect()
 
     def _check_open(self) -> None:

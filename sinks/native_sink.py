@@ -44,6 +44,7 @@ a native connection to a modern server is not covered by the test suite.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,6 +147,8 @@ class NativeSink(NativeBlockSink):
         settings: Extra clickhouse-driver client settings (``compression`` needs the lz4 extra).
         background: Send inserts (and their retries) on a sender thread while the writer goes
             on buffering; :meth:`flush` and :meth:`close` still wait for them.
+        senders: Connections inserting one flush's tables side by side (a table with its
+            item tables on one connection, see :class:`~vigie.sinks.base.BufferedSink`).
     """
 
     metrics: NativeSinkMetrics
@@ -169,6 +172,7 @@ class NativeSink(NativeBlockSink):
         send_receive_timeout: float = 300.0,
         settings: dict[str, Any] | None = None,
         background: bool = True,
+        senders: int = 2,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
@@ -192,19 +196,22 @@ class NativeSink(NativeBlockSink):
         }
         # Retries count before the metrics exist (set up by BufferedSink.__init__ below).
         self._early_retries = 0
+        self._retries_lock = threading.Lock()
         # Connected to "default" until the database exists; the sink's own client then uses it.
         bootstrap = Client(host, database="default", **self._client_kwargs)
         try:
             version = self._with_retries(lambda: bootstrap.execute("SELECT version()"), "SELECT version()")[0][0]
             self._serialization_flags = bootstrap.connection.server_info.used_revision >= _FLAGGED_REVISION
-            super().__init__(ServerProfile.parse(str(version)), policy, background=background)
+            super().__init__(ServerProfile.parse(str(version)), policy, background=background, senders=senders)
             self.metrics = NativeSinkMetrics(retries=self._early_retries)
             self.server_version = str(version)
             for statement in render_ddl(self.profile, self.database, ttl_days):
                 self._with_retries(lambda s=statement: bootstrap.execute(s), statement.split("\n", 1)[0])
         finally:
             bootstrap.disconnect()
-        self._client = Client(host, database=self.database, **self._client_kwargs)
+        # One client per lane (lane 0 also runs queries): a connection carries one statement at a time.
+        self._clients = [Client(host, database=self.database, **self._client_kwargs) for _ in range(senders)]
+        self._client = self._clients[0]
         self._insert_sql: dict[str, str] = {
             name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) VALUES"
             for name, table in TABLES.items()
@@ -218,21 +225,22 @@ class NativeSink(NativeBlockSink):
 
     # -- BufferedSink hooks -----------------------------------------------------------------
 
-    def _send(self, table: Table, payload: bytes, rows: int) -> None:
+    def _send(self, table: Table, payload: bytes, rows: int, lane: int = 0) -> None:
         sql = self._insert_sql[table.name]
         header = self._headers[table.name]
+        client = self._clients[lane]
         self._with_retries(
-            lambda: self._insert_block(sql, header, payload), f"INSERT INTO {self.database}.{table.name} ({rows} rows)"
+            lambda: self._insert_block(client, sql, header, payload),
+            f"INSERT INTO {self.database}.{table.name} ({rows} rows)",
         )
 
-    def _insert_block(self, sql: str, header: list[tuple[str, str]], block: bytes) -> None:
+    def _insert_block(self, client: Client, sql: str, header: list[tuple[str, str]], block: bytes) -> None:
         """Run ``sql`` (an ``INSERT ... VALUES``) with ``block`` as its one data packet.
 
         The steps of clickhouse-driver's own insert (``Client.process_insert_query``), with the
         block sent as encoded instead of built from Python values; on any error the driver
         drops the connection (``disconnect_on_error``), so a retry starts afresh.
         """
-        client = self._client
         with client.disconnect_on_error(sql, None):
             connection = client.connection
             if (connection.server_info.used_revision >= _FLAGGED_REVISION) != self._serialization_flags:
@@ -255,7 +263,8 @@ class NativeSink(NativeBlockSink):
             client.receive_end_of_insert_query()
 
     def _disconnect(self) -> None:
-        self._client.disconnect()
+        for client in self._clients:
+            client.disconnect()
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -299,7 +308,8 @@ class NativeSink(NativeBlockSink):
                     raise
                 attempt += 1
                 if hasattr(self, "metrics"):
-                    self.metrics.retries += 1
+                    with self._retries_lock:  # lanes retry side by side
+                        self.metrics.retries += 1
                 else:
                     self._early_retries += 1
                 log.info(

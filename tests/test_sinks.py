@@ -542,22 +542,22 @@ def test_size_flush_sends_at_least_the_largest_group(monkeypatch: pytest.MonkeyP
 class _FlakySink(BufferedSink):
     """In-memory sink whose inserts fail while ``down`` is set."""
 
-    def __init__(self, policy: BufferPolicy, background: bool = False) -> None:
-        super().__init__(MODERN, policy, background=background)
+    def __init__(self, policy: BufferPolicy, background: bool = False, senders: int = 1) -> None:
+        super().__init__(MODERN, policy, background=background, senders=senders)
         self.down = False
         self.stored: dict[str, list[dict[str, Any]]] = {}
         self.gate = threading.Event()  # background tests hold sends here
         self.gate.set()
         self.sending = threading.Event()
-        self.senders: set[str] = set()
+        self.sender_threads: set[str] = set()
 
     def _encode(self, table: Table, columns: ColumnBatch, rows: int) -> list[dict[str, Any]]:
         assert all(len(values) == rows for values in columns)
         names = [col.name for col in table.columns]
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
-    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int) -> None:
-        self.senders.add(threading.current_thread().name)
+    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int, lane: int = 0) -> None:
+        self.sender_threads.add(threading.current_thread().name)
         self.sending.set()
         assert self.gate.wait(30), "test never opened the gate"
         if self.down:
@@ -606,7 +606,7 @@ def test_background_sends_let_the_writer_go_on_and_keep_failed_rows() -> None:
     sink.flush()  # the failed payload goes first, then the newer row
     assert [r["score_id"] for r in sink.stored["scores"]] == ["a", "b", "c"]
     assert sink.metrics.buffered_rows == 0 and sink.metrics.rows_written == {"scores": 3}
-    assert sink.metrics.recent_flush_seconds and threading.current_thread().name not in sink.senders
+    assert sink.metrics.recent_flush_seconds and threading.current_thread().name not in sink.sender_threads
     sink.down = True
     sink.write([make_score(f"d{k}") for k in range(4)])
     with pytest.raises(ConnectionError):  # above the bound with unsent rows: back-pressure waits and raises
@@ -620,7 +620,7 @@ def test_a_sink_dropped_without_close_lets_its_sender_thread_go() -> None:
     sink = _FlakySink(BufferPolicy(batch_size=1, max_delay_s=0.0, max_buffer_rows=10), background=True)
     sink.write([make_score("a")])
     sink.settle()
-    (sender,) = sink.senders
+    (sender,) = sink.sender_threads
     assert sender in {t.name for t in threading.enumerate()}
     del sink
     gc.collect()
@@ -665,13 +665,13 @@ class _HeldSink(_FlakySink):
             self.writer_waits.set()
         super()._harvest(block, raise_errors, jobs)
 
-    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int) -> None:
+    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int, lane: int = 0) -> None:
         self.sends += 1
         if self.sends == 1:
             assert self.writer_waits.wait(30)
         else:
             assert self.permits.acquire(timeout=30)
-        super()._send(table, payload, rows)
+        super()._send(table, payload, rows, lane)
 
 
 def test_back_pressure_waits_for_the_oldest_send_only() -> None:
@@ -690,3 +690,153 @@ def test_back_pressure_waits_for_the_oldest_send_only() -> None:
     assert [r["score_id"] for r in sink.stored["scores"][:2]] == ["a", "b"]
     sink.close()
     assert sorted(r["score_id"] for r in sink.stored["scores"]) == ["a", "b", "c", "d", "e", "f"]
+
+
+# --- lanes: one flush's tables inserted side by side -------------------------------------
+
+
+class _LaneSink(_FlakySink):
+    """Records each send's table, lane and thread; the first send of every lane waits at a
+    barrier until all lanes have one running, so a flush whose lanes ran one after the other
+    would time out there."""
+
+    def __init__(self, policy: BufferPolicy, senders: int, broken: str | None = None) -> None:
+        super().__init__(policy, background=True, senders=senders)
+        self.broken = broken  # sends of this table fail
+        self.barrier: threading.Barrier | None = None
+        self.log: list[tuple[str, str, int, str]] = []  # (start|end, table, lane, thread)
+        self.log_lock = threading.Lock()
+
+    def _send(self, table: Table, payload: list[dict[str, Any]], rows: int, lane: int = 0) -> None:
+        thread = threading.current_thread().name
+        with self.log_lock:
+            first = all(entry[2] != lane for entry in self.log)
+            self.log.append(("start", table.name, lane, thread))
+        if first and self.barrier is not None:
+            self.barrier.wait(30)  # BrokenBarrierError fails the test
+        try:
+            if table.name == self.broken:
+                raise ConnectionError(f"{table.name} unreachable")
+            super()._send(table, payload, rows, lane)
+        finally:
+            with self.log_lock:
+                self.log.append(("end", table.name, lane, thread))
+
+
+def _three_groups() -> list[BaseModel]:
+    return [
+        make_ens("e1"),
+        make_ens("e2"),
+        make_declaration("d1", items=3),
+        *[make_score(f"s{k}") for k in range(6)],
+    ]
+
+
+def test_assign_lanes_keeps_each_table_with_its_items_and_balances_the_rest() -> None:
+    def unsent(name: str, size: int) -> Any:
+        return base._Unsent(TABLES[name], b"x" * size, size, 0.0)
+
+    flush = [
+        unsent("ens", 10),
+        unsent("ens_items", 30),
+        unsent("declarations", 20),
+        unsent("declaration_items", 60),
+        unsent("scores", 100),
+        unsent("alerts", 5),
+    ]
+    lanes = base.assign_lanes(flush, 2)
+    names = [[u.table.name for u in lane] for lane in lanes]
+    # scores (100) alone on one lane; declarations with items (80), ENS with items (40) and
+    # alerts (5) fill the other, each group whole and parents first.
+    assert names == [["scores", "alerts"], ["declarations", "declaration_items", "ens", "ens_items"]]
+    assert base.assign_lanes(flush, 1) == [flush]
+    assert [[u.table.name for u in lane] for lane in base.assign_lanes(flush[:2], 4)] == [["ens", "ens_items"]]
+    assert base.assign_lanes([], 2) == []
+    spread = base.assign_lanes(flush, 8)
+    assert len(spread) == 4 and sorted(u.table.name for lane in spread for u in lane) == sorted(
+        u.table.name for u in flush
+    )
+
+
+def test_lanes_send_a_flush_side_by_side_items_after_their_header() -> None:
+    sink = _LaneSink(BufferPolicy(batch_size=10_000, max_delay_s=3600, max_buffer_rows=100_000), senders=2)
+    sink.barrier = threading.Barrier(2)
+    sink.write(_three_groups())
+    sink.flush()
+    lanes = {lane for _, _, lane, _ in sink.log}
+    threads = {thread for _, _, _, thread in sink.log}
+    assert lanes == {0, 1} and len(threads) == 2 and threading.current_thread().name not in threads
+    for parent, items in (("ens", "ens_items"), ("declarations", "declaration_items")):
+        assert sink.log.index(("end", parent, *_lane_of(sink, parent))) < sink.log.index(
+            ("start", items, *_lane_of(sink, items))
+        )
+        assert _lane_of(sink, parent) == _lane_of(sink, items)
+    assert {name: len(rows) for name, rows in sink.stored.items()} == {
+        "ens": 2,
+        "ens_items": 4,
+        "declarations": 1,
+        "declaration_items": 3,
+        "scores": 6,
+    }
+    assert sink.metrics.buffered_rows == 0 and sink.metrics.batches == 5
+    sink.close()
+
+
+def _lane_of(sink: _LaneSink, table: str) -> tuple[int, str]:
+    (found,) = {(lane, thread) for _, name, lane, thread in sink.log if name == table}
+    return found
+
+
+def test_a_failing_lane_keeps_its_rows_and_the_other_lanes_store_theirs() -> None:
+    sink = _LaneSink(BufferPolicy(batch_size=10_000, max_delay_s=3600, max_buffer_rows=100_000), senders=3)
+    sink.broken = "ens"
+    sink.write(_three_groups())  # below the batch size: buffered
+    with pytest.raises(ConnectionError, match="ens unreachable"):
+        sink.flush()
+    # The ENS lane stopped at its header: its items were not sent before it (nor at all).
+    assert not any(name == "ens_items" for _, name, _, _ in sink.log)
+    assert {name: len(rows) for name, rows in sink.stored.items()} == {
+        "declarations": 1,
+        "declaration_items": 3,
+        "scores": 6,
+    }
+    assert sink.metrics.failed_flushes == 1 and sink.metrics.buffered_rows == 6
+    assert sink.metrics.rows_written == {"declarations": 1, "declaration_items": 3, "scores": 6}
+    sink.broken = None
+    sink.write([make_score("s9")])
+    sink.flush()  # the ENS and their items go again, with the newer score
+    assert {name: len(rows) for name, rows in sink.stored.items()} == {
+        "ens": 2,
+        "ens_items": 4,
+        "declarations": 1,
+        "declaration_items": 3,
+        "scores": 7,
+    }
+    assert sink.metrics.buffered_rows == 0
+    sink.close()
+
+
+def test_chdb_lanes_store_every_row_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lanes: list[tuple[str, int]] = []
+    send = ChdbSink._send
+
+    def recording(self: ChdbSink, table: Table, payload: bytes, rows: int, lane: int = 0) -> None:
+        lanes.append((table.name, lane))
+        send(self, table, payload, rows, lane)
+
+    monkeypatch.setattr(ChdbSink, "_send", recording)
+    with ChdbSink(tmp_path / "store", senders=2) as sink:
+        assert len(sink._sessions) == 2
+        sink.write(_three_groups())
+        sink.flush()
+        counts = {
+            name: sink.query(f"SELECT count() AS n FROM vigie.{name} FINAL")[0]["n"]
+            for name in ("ens", "ens_items", "declarations", "declaration_items", "scores")
+        }
+    assert {lane for _, lane in lanes} == {0, 1}
+    assert counts == {"ens": 2, "ens_items": 4, "declarations": 1, "declaration_items": 3, "scores": 6}
+    with ChdbSink(tmp_path / "store", senders=1) as reopened:  # lanes share one data directory
+        assert len(reopened._sessions) == 1
+        assert reopened.query("SELECT count() AS n FROM vigie.scores FINAL") == [{"n": 6}]
+    with pytest.raises(ValueError, match="senders"):
+        ChdbSink(tmp_path / "store", senders=0)
