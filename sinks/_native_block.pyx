@@ -65,7 +65,11 @@ K_JSON = C_JSON
 K_ARRAY = C_ARRAY
 K_MAP = C_MAP
 
-cdef Py_ssize_t _SHRINK_ABOVE = 16 << 20  # a buffer grown past 16 MiB (a huge dead letter) is freed when emptied
+# A buffer above 16 MiB is freed when emptied if it was less than a quarter full: what a huge
+# dead letter left behind goes, while a column that fills tens of MiB every batch (the scores'
+# reasons at 200,000 rows) keeps its memory instead of growing it again, copy after copy, and
+# faulting fresh pages in at every flush.
+cdef Py_ssize_t _SHRINK_ABOVE = 16 << 20
 cdef object _DUMPS = orjson.dumps
 cdef object _intern = sys.intern
 cdef object _SORT_KEYS = orjson.OPT_SORT_KEYS
@@ -135,12 +139,12 @@ cdef inline char* _copy(Buf* b, char* out) noexcept:
 
 
 cdef inline void _empty(Buf* b) noexcept:
-    b.n = 0
-    b.mark = 0
-    if b.cap > _SHRINK_ABOVE:
+    if b.cap > _SHRINK_ABOVE and b.n < b.cap // 4:
         PyMem_Free(b.p)
         b.p = NULL
         b.cap = 0
+    b.n = 0
+    b.mark = 0
 
 
 # The bytes that change the scanner's state: inside a string only its end and escapes,
