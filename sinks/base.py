@@ -445,10 +445,11 @@ class BufferedSink(ABC):
     the stream instead of stalling it. With ``senders=N`` a flush's payloads are split into
     up to N lanes (:func:`assign_lanes`: a table with its item tables in one lane) sent side
     by side, each lane on its own connection: one insert keeps one core of the database busy,
-    so the scores' insert no longer waits behind the declarations'. Until a payload is stored it counts as buffered (the
-    ``max_buffer_rows`` bound and :attr:`SinkMetrics.buffered_rows` include it); a payload
-    whose send failed is sent again at the next flush. :meth:`flush` and :meth:`close` wait
-    for every send; a flush that :meth:`write` starts does not.
+    so the scores' insert no longer waits behind the declarations'. Until a payload is stored
+    it counts as buffered (the ``max_buffer_rows`` bound and :attr:`SinkMetrics.buffered_rows`
+    include it); a payload whose send failed is sent again at the next flush (with the rest of
+    its lane). :meth:`flush` and :meth:`close` wait for every send; a flush that :meth:`write`
+    starts does not.
 
     Subclasses implement :meth:`_encode`, :meth:`_send` (on the connection of the lane it is
     given: lane 0 is the one :meth:`query` uses), :meth:`query` (calling :meth:`settle` first:
