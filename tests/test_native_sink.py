@@ -456,8 +456,11 @@ def test_open_sink_reaches_a_server_by_url(clickhouse_server: ClickHouseServer, 
     # The URL's credentials reach the server: a wrong user is refused, the right one connects.
     with pytest.raises(Exception, match=r"(?i)auth|password|unknown user|nobody"):
         open_sink(f"clickhouse://nobody:wr%40ng@{address}")
-    sink = open_sink(f"clickhouse://default:@{address}")
+    with pytest.raises(ValueError, match="senders must be a whole number"):
+        open_sink(f"clickhouse://default:@{address}?senders=0")
+    sink = open_sink(f"clickhouse://default:@{address}?senders=3")
     assert isinstance(sink, NativeSink) and sink.database == clickhouse_database
+    assert sink.senders == 3 and len(sink._clients) == 3
     try:
         sink.write([factories.outcome()])
         sink.flush()
