@@ -26,6 +26,7 @@ transports.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -60,11 +61,14 @@ _SESSION_SETTINGS = (
 _INSERT_SETTINGS = "SETTINGS async_insert = 0, optimize_on_insert = 0"
 _INSERT_FORMAT = "Native"
 
-DEFAULT_SENDERS = 2
-"""Sessions inserting side by side (see :class:`~vigie.sinks.base.BufferedSink`). On the
-bench's 72 h stream (bench/sink.py, 2 cores) two lanes against one: 50,000-row batches 38,800
-against 33,900 scored events/s and half the flush time (p50 432 against 863 ms); 200,000-row
-batches 45,500 against 43,400/s (the cores are then the limit)."""
+DEFAULT_SENDERS = 2 if (os.cpu_count() or 1) >= 3 else 1
+"""Sessions inserting side by side (see :class:`~vigie.sinks.base.BufferedSink`): two from 3
+cores, one below. chdb runs in the writer's process, whose scoring needs a core, and one insert
+keeps another busy; a second lane pays only with a third core. Measured on 2 cores: with the
+sink alone (bench/sink.py, 72 h stream) two lanes did 38,800 against 33,900 scored events/s
+with 50,000-row batches and halved the flush time (p50 432 against 863 ms), 45,500 against
+43,400/s with 200,000-row ones; but ``vigie run``, scoring in the same process, did 6,100
+lines/s with two against 6,770 with one (five runs each, interleaved, 2026-11-24)."""
 
 _registry_lock = threading.Lock()
 _open_sinks: dict[str, int] = {}
@@ -126,10 +130,10 @@ class ChdbSink(NativeBlockSink):
 
     With ``background=True`` (the default) inserts run on a sender thread while the writer
     goes on (see :class:`~vigie.sinks.base.BufferedSink`): chdb does its share of each
-    flush, reading the Native blocks and writing parts, on another core. ``senders`` (2 by
-    default) sessions on the same directory insert a flush's tables side by side: the scores
-    in one, the ENS and declarations with their items in the other (chdb releases the GIL
-    while it works, so the two inserts run on two cores).
+    flush, reading the Native blocks and writing parts, on another core. ``senders``
+    sessions on the same directory insert a flush's tables side by side: the scores in one,
+    the ENS and declarations with their items in the other (chdb releases the GIL while it
+    works, so the two inserts run on two cores); :data:`DEFAULT_SENDERS` by default.
     """
 
     def __init__(
