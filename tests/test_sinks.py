@@ -616,18 +616,19 @@ def test_background_sends_let_the_writer_go_on_and_keep_failed_rows() -> None:
     assert len(sink.stored["scores"]) == 10 and sink.metrics.buffered_rows == 0
 
 
-def test_a_sink_dropped_without_close_lets_its_sender_thread_go() -> None:
-    sink = _FlakySink(BufferPolicy(batch_size=1, max_delay_s=0.0, max_buffer_rows=10), background=True)
-    sink.write([make_score("a")])
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_sink_dropped_without_close_lets_its_sender_threads_go(senders: int) -> None:
+    sink = _FlakySink(BufferPolicy(batch_size=1, max_delay_s=0.0, max_buffer_rows=10), background=True, senders=senders)
+    sink.write([make_score("a"), make_alert("b")])  # two tables: two lanes when there are two senders
     sink.settle()
-    (sender,) = sink.sender_threads
-    assert sender in {t.name for t in threading.enumerate()}
+    threads = set(sink.sender_threads)
+    assert len(threads) == senders and threads <= {t.name for t in threading.enumerate()}
     del sink
     gc.collect()
     deadline = time.monotonic() + 30
-    while sender in {t.name for t in threading.enumerate()} and time.monotonic() < deadline:
+    while threads & {t.name for t in threading.enumerate()} and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sender not in {t.name for t in threading.enumerate()}
+    assert not threads & {t.name for t in threading.enumerate()}
 
 
 def test_open_sink_names_the_embedded_store(tmp_path: Path) -> None:
