@@ -371,6 +371,8 @@ def _table_groups() -> dict[str, tuple[str, ...]]:
 
 
 _GROUPS = _table_groups()
+_GROUP_OF = {name: group for group, members in _GROUPS.items() for name in members}
+"""Table name -> the group (top-level table) it is sent with."""
 
 
 @dataclass(slots=True)
@@ -417,20 +419,20 @@ def assign_lanes(payloads: list[_Unsent], lanes: int) -> list[list[_Unsent]]:
     groups allow. Empty lanes are left out.
     """
     groups: dict[str, list[_Unsent]] = {}
+    weights: dict[str, int] = {}
     for unsent in payloads:
-        groups.setdefault(unsent.table.parent or unsent.table.name, []).append(unsent)
+        group = _GROUP_OF[unsent.table.name]
+        groups.setdefault(group, []).append(unsent)
+        size = len(unsent.payload) if hasattr(unsent.payload, "__len__") else unsent.rows
+        weights[group] = weights.get(group, 0) + size
     if lanes <= 1 or len(groups) <= 1:
         return [list(payloads)] if payloads else []
-
-    def weight(group: list[_Unsent]) -> int:
-        return sum(len(u.payload) if hasattr(u.payload, "__len__") else u.rows for u in group)
-
     split: list[list[_Unsent]] = [[] for _ in range(lanes)]
     loads = [0] * lanes
-    for group in sorted(groups.values(), key=weight, reverse=True):
+    for group in sorted(groups, key=weights.__getitem__, reverse=True):
         lane = loads.index(min(loads))
-        split[lane].extend(group)
-        loads[lane] += weight(group)
+        split[lane].extend(groups[group])
+        loads[lane] += weights[group]
     return [lane for lane in split if lane]
 
 
