@@ -96,6 +96,9 @@ class SinkMetrics:
     recent_flush_rows: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
     """Rows each of those flushes stored, in the same order: a size flush carries a batch, a
     flush by a small table's clock a few rows, so latency per row weighs them by this."""
+    recent_flush_ended: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    """``time.perf_counter()`` when each of those flushes' last send finished, in the same
+    order: with the rows, the rate the store kept up over a stretch of time."""
     buffered_rows: int = 0
     """Rows written and not stored yet: in the buffer, or encoded and waiting for their send."""
     failed_flushes: int = 0
@@ -662,7 +665,7 @@ class BufferedSink(ABC):
             for unsent in sent.stored:
                 self._stored(unsent)
             if sent.error is None:
-                self._flushed(sent.ended - job.started, sum(unsent.rows for unsent in job.payloads))
+                self._flushed(job.started, sent.ended, sum(unsent.rows for unsent in job.payloads))
             else:
                 failed.extend(sent.failed)
                 error = error or sent.error
@@ -689,10 +692,12 @@ class BufferedSink(ABC):
         self.metrics.rows_written[name] = self.metrics.rows_written.get(name, 0) + unsent.rows
         self.metrics.batches += 1
 
-    def _flushed(self, seconds: float, rows: int) -> None:
+    def _flushed(self, started: float, ended: float, rows: int) -> None:
+        seconds = ended - started
         self.metrics.last_flush_seconds = seconds
         self.metrics.recent_flush_seconds.append(seconds)
         self.metrics.recent_flush_rows.append(rows)
+        self.metrics.recent_flush_ended.append(ended)
         self.metrics.last_flush_at = datetime.now(UTC)
 
     def _failed(self, exc: BaseException) -> None:

@@ -473,6 +473,7 @@ def test_flushes_at_batch_size(tmp_path: Path) -> None:
         time.sleep(0.02)
         assert sink.metrics.lag_seconds >= 0.02  # the oldest buffered row's age
         assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 0
+        before = time.perf_counter()
         sink.write([make_score("s-4")])  # due: sent on the sender thread, the write returns
         assert sink.metrics.batches == 0 and sink.metrics.buffered_rows == 5  # counted until accounted for
         assert sink.query("SELECT count() AS n FROM vigie.scores")[0]["n"] == 5  # a query waits for the send
@@ -481,6 +482,8 @@ def test_flushes_at_batch_size(tmp_path: Path) -> None:
         assert sink.metrics.rows_written == {"scores": 5}
         assert sink.metrics.last_flush_at is not None
         assert list(sink.metrics.recent_flush_rows) == [5] and len(sink.metrics.recent_flush_seconds) == 1
+        (ended,) = sink.metrics.recent_flush_ended  # when the send finished, on the same clock
+        assert before < ended - sink.metrics.recent_flush_seconds[0] < ended < time.perf_counter()
 
 
 class _Clock:
