@@ -79,6 +79,9 @@ MAX_DELAY_S = BufferPolicy().max_delay_s
 """The production clock: the big tables flush by size (a batch fills in well under a second
 here), the small ones (alerts, outcomes, excise) by this clock, as in a runtime."""
 
+SINKS = ("null", "native", "chdb")
+"""What --sinks names: the encoding alone, the ClickHouse 18.16 server, embedded chdb."""
+
 Opener = Callable[[str, int, int], BufferedSink]
 """(database name, batch size, senders) -> sink."""
 
@@ -353,13 +356,9 @@ def measure_many(
     flushes = [f for run in runs for f in run.flushes]
     writer_cpu = sum(run.cpu_seconds for run in runs)
     rows = sum(run.rows for run in runs)
-    # One timeline (perf_counter is the system's monotonic clock, the same in every process),
-    # while all the writers were writing.
-    stores = sorted(store for run in runs for store in run.stores)
-    sustained = sustained_rows_per_s(stores, min(run.writing_ended for run in runs), batch)
-    return Result(
-        label, processes, senders, batch, len(per_event), seconds, rows, writer_cpu, server, flushes, sustained
-    )
+    # No sustained rate: the writers' stores interleave, and while all of them still write
+    # the window is too short to hold whole batch cycles.
+    return Result(label, processes, senders, batch, len(per_event), seconds, rows, writer_cpu, server, flushes)
 
 
 def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
@@ -428,7 +427,15 @@ def main() -> None:
     parser.add_argument(
         "--senders", default="1,2", help="connections inserting side by side per sink (lanes), comma-separated"
     )
+    parser.add_argument(
+        "--sinks",
+        default=",".join(SINKS),
+        help=f"sinks to measure, comma-separated, of {', '.join(SINKS)}; a subset is recorded in a section of its own",
+    )
     args = parser.parse_args()
+    sinks = [name for name in SINKS if name in args.sinks.split(",")]
+    if not sinks or set(args.sinks.split(",")) - set(SINKS):
+        parser.error(f"--sinks: a comma-separated subset of {', '.join(SINKS)}")
     sender_counts = sorted({int(n) for n in args.senders.split(",")})
     batch_sizes = [int(b) for b in args.batches.split(",")]
     process_counts = sorted({int(p) for p in args.processes.split(",")} - {1})
@@ -455,8 +462,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         server: ClickHouseServer | None = None
-        sharded: list[tuple[str, Opener, int | None]] = [("no server (rows encoded as Native blocks)", null_sink, None)]
-        if server_installed():
+        sharded: list[tuple[str, Opener, int | None]] = []
+        if "null" in sinks:
+            sharded.append(("no server (rows encoded as Native blocks)", null_sink, None))
+        if "native" in sinks and server_installed():
             server = ClickHouseServer(Path(tmp) / "server").start()
             host, port = server.host, server.tcp_port
 
@@ -472,7 +481,7 @@ def main() -> None:
                 )
 
             sharded.append(("native, clickhouse-server 18.16", native, server.pid))
-        else:
+        elif "native" in sinks:
             print("clickhouse-server not installed: native sink skipped (deploy/clickhouse/install.sh)")
         try:
             # Forked writers first: no chdb session may be open in a process that forks.
@@ -500,7 +509,7 @@ def main() -> None:
                     senders=senders,
                 )
 
-            for senders in sender_counts:
+            for senders in sender_counts if "chdb" in sinks else []:
                 for batch in batch_sizes:
                     name = f"bench_{batch}_{senders}"
                     report(measure_one("chdb (embedded 26.9)", chdb, name, batch, senders, per_event, None))
@@ -510,11 +519,12 @@ def main() -> None:
 
     rows_per_event = results[0].rows / n_events if results else 0.0
     sizes = ",".join(map(str, batch_sizes))
+    subset = "" if sinks == list(SINKS) else f" --sinks {','.join(sinks)}"
     record(
-        "sink",
+        "sink" + ("" if not subset else f", {' and '.join(sinks)} only"),
         command=(
             f".venv/bin/python bench/sink.py --hours {args.hours:g} --batches {sizes} "
-            f"--processes {args.processes} --detectors {args.detectors} --senders {args.senders}"
+            f"--processes {args.processes} --detectors {args.detectors} --senders {args.senders}{subset}"
         ),
         table=table_rows(results),
         notes=[
