@@ -533,7 +533,7 @@ def main() -> None:
             f"(items, scores of the detectors '{args.detectors}' and alerts); {datetime.now(UTC):%Y-%m-%d}, "
             f"Python {platform.python_version()}, {platform.processor() or platform.machine()}.",
             "Columnar sinks: each value is encoded into ClickHouse Native columns as it is written (a "
-            "Cython encoder; JSON documents in one orjson call per flush), a flush joins each table's buffers "
+            "Cython encoder; JSON documents in orjson calls of 4,096 at flush), a flush joins each table's buffers "
             "into one block: chdb reads it with FORMAT Native, the native server as the insert's data packet "
             "(clickhouse-driver opens the insert). Payloads are sent on the sink's sender thread while the "
             "writer goes on; the last flush waits for every send. Senders per writer: connections (chdb "

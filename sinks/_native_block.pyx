@@ -73,6 +73,10 @@ cdef Py_ssize_t _SHRINK_ABOVE = 16 << 20
 cdef object _DUMPS = orjson.dumps
 cdef object _intern = sys.intern
 cdef object _SORT_KEYS = orjson.OPT_SORT_KEYS
+# JSON documents per orjson call: one call per document costs several times the encoding, one
+# call for 100,000 documents returns tens of MiB, memory that glibc maps afresh (above its 32 MiB
+# mmap threshold) and the kernel faults in page by page at every flush.
+cdef Py_ssize_t _DOCUMENTS_PER_CALL = 4096
 
 
 cdef struct Buf:
@@ -313,8 +317,8 @@ cdef class _Column:
 
     cdef int put(self, object value) except -1:
         if self.kind == C_JSON:
-            # Encoded at flush, all of the column's dicts in one orjson call: a call per dict
-            # costs several times the encoding itself (bench/sink.py).
+            # Encoded at flush, the column's dicts in orjson calls of _DOCUMENTS_PER_CALL: a call
+            # per dict costs several times the encoding itself (bench/sink.py).
             if value is None and not self.nullable:
                 raise ValueError("missing value, the column is not Nullable")
             if value is not None and not isinstance(value, dict):
@@ -431,22 +435,25 @@ cdef class _Column:
         """Encode the buffered dicts into :attr:`data` (a JSON column's rows, each a String)."""
         cdef Py_ssize_t start, end, i = 1, n
         cdef const char* text
+        cdef Py_ssize_t first
+        cdef list documents = self.documents
         self.data.n = 0  # a JSON column's data is its documents' text, rebuilt whole each time
-        if not self.documents:
-            return 0
-        joined = _DUMPS(self.documents, option=_SORT_KEYS)
-        text = PyBytes_AS_STRING(joined)
-        n = PyBytes_GET_SIZE(joined)
-        for value in self.documents:
-            start = i
-            end = _document_end(text, i, n)
-            if value is None:
-                _byte(&self.data, 0)
-            else:
-                _text(&self.data, text + start, end - start)
-            i = end + 1  # past the ',' (or the final ']')
-        if i != n:
-            raise ValueError(f"{self.name}: cannot split the JSON array orjson returned")
+        for first in range(0, len(documents), _DOCUMENTS_PER_CALL):
+            part = documents[first : first + _DOCUMENTS_PER_CALL]
+            joined = _DUMPS(part, option=_SORT_KEYS)
+            text = PyBytes_AS_STRING(joined)
+            n = PyBytes_GET_SIZE(joined)
+            i = 1
+            for value in part:
+                start = i
+                end = _document_end(text, i, n)
+                if value is None:
+                    _byte(&self.data, 0)
+                else:
+                    _text(&self.data, text + start, end - start)
+                i = end + 1  # past the ',' (or the final ']')
+            if i != n:
+                raise ValueError(f"{self.name}: cannot split the JSON array orjson returned")
         return 0
 
     cdef Py_ssize_t size(self) noexcept:

@@ -149,9 +149,10 @@ def _random_document(rng: random.Random, depth: int = 0) -> Any:
 
 def test_json_documents_split_like_orjson_on_random_documents() -> None:
     rng = random.Random(11)
+    # More than two orjson calls' worth (4,096 documents each), the last one partial.
     documents: list[dict[str, Any] | None] = [
         None if rng.random() < 0.1 else {f"d{k}": _random_document(rng) for k in range(rng.randrange(1, 4))}
-        for _ in range(2_000)
+        for _ in range(9_000)
     ]
     blocks = _probes()
     for k, details in enumerate(documents):
