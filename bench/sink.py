@@ -36,6 +36,9 @@ Senders: ``--senders 1,2`` runs the chdb and native sinks with one connection, t
 inserting each flush's tables side by side (lanes: the scores on one, the ENS and declarations
 with their items on the other).
 
+Repeats: ``--repeat 3`` runs each configuration three times, a sink's configurations in turn,
+and gives the median run: the machine's speed drifts by a fifth from one spell to the next.
+
 Run: .venv/bin/python bench/sink.py [--hours 8] [--batches 5000,20000,100000] [--processes 1,2] [--senders 1,2]
 """
 
@@ -153,6 +156,13 @@ class Result:
     server_cpu: float | None
     flushes: list[tuple[float, int]]
     sustained_rows_per_s: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """What decides whether the sink keeps up: the sustained rate, or for sharded writers
+        (no sustained rate) the whole run's, a lower bound."""
+        sustained = self.sustained_events_per_s
+        return self.events_per_s if sustained is None else sustained
 
     @property
     def sustained_events_per_s(self) -> float | None:
@@ -361,7 +371,19 @@ def measure_many(
     return Result(label, processes, senders, batch, len(per_event), seconds, rows, writer_cpu, server, flushes)
 
 
+def medians(results: list[Result]) -> list[tuple[Result, list[Result]]]:
+    """Each configuration's runs, in the order first measured, with its median run by
+    :attr:`Result.rate` (the lower of the two middle ones for an even count)."""
+    runs: dict[tuple[str, int, int, int], list[Result]] = {}
+    for r in results:
+        runs.setdefault((r.label, r.processes, r.senders, r.batch), []).append(r)
+    return [(sorted(rs, key=lambda r: r.rate)[(len(rs) - 1) // 2], rs) for rs in runs.values()]
+
+
 def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
+    """One row per configuration: its median run, and with repeats every run's rate."""
+    grouped = medians(results)
+    repeated = any(len(runs) > 1 for _, runs in grouped)
     header = (
         "sink",
         "writer processes",
@@ -375,15 +397,15 @@ def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
         "flush max",
         f"keeps up with {TARGET_EVENTS_PER_S:,}/s",
     )
+    if repeated:
+        header += ("sustained (else whole-run) events/s, each run",)
     rows: list[tuple[str, ...]] = [header]
-    for r in results:
+    for r, runs in grouped:
         cpu = f"{r.writer_cpu / r.events * 1e6:,.0f}"
         if r.server_cpu is not None:
             cpu += f" + {r.server_cpu / r.events * 1e6:,.0f}"
         sustained = r.sustained_events_per_s
-        # Sharded writers have no sustained rate: their whole run's, a lower bound, decides.
-        rate = r.events_per_s if sustained is None else sustained
-        verdict = keeps_up(rate, r.cpu_us_per_event, os.cpu_count() or 1)
+        verdict = keeps_up(r.rate, r.cpu_us_per_event, os.cpu_count() or 1)
         rows.append(
             (
                 r.label,
@@ -398,6 +420,7 @@ def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
                 f"{max(seconds for seconds, _ in r.flushes) * 1000:,.0f} ms" if r.flushes else "-",
                 verdict,
             )
+            + ((", ".join(f"{run.rate:,.0f}" for run in runs),) if repeated else ())
         )
     return rows
 
@@ -429,11 +452,20 @@ def main() -> None:
         "--senders", default="1,2", help="connections inserting side by side per sink (lanes), comma-separated"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each configuration (each sink's configurations in turn, so a spell of the machine "
+        "falls on all of them); the table gives the median run",
+    )
+    parser.add_argument(
         "--sinks",
         default=",".join(SINKS),
         help=f"sinks to measure, comma-separated, of {', '.join(SINKS)}; a subset is recorded in a section of its own",
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     sinks = [name for name in SINKS if name in args.sinks.split(",")]
     if not sinks or set(args.sinks.split(",")) - set(SINKS):
         parser.error(f"--sinks: a comma-separated subset of {', '.join(SINKS)}")
@@ -488,14 +520,15 @@ def main() -> None:
             # Forked writers first: no chdb session may be open in a process that forks.
             for label, opener, pid in sharded:
                 lanes = sender_counts if opener is not null_sink else [1]
-                for senders in lanes:
-                    for batch in batch_sizes:
-                        name = f"bench_{batch}_1_{senders}"
-                        report(measure_one(label, opener, name, batch, senders, per_event, pid))
-                for processes in process_counts:
-                    batch, senders = max(batch_sizes), max(lanes)
-                    name = f"bench_{batch}_{processes}_{senders}"
-                    report(measure_many(label, opener, name, batch, senders, processes, per_event, pid))
+                for run in range(args.repeat):
+                    for senders in lanes:
+                        for batch in batch_sizes:
+                            name = f"bench_{batch}_1_{senders}_{run}"
+                            report(measure_one(label, opener, name, batch, senders, per_event, pid))
+                    for processes in process_counts:
+                        batch, senders = max(batch_sizes), max(lanes)
+                        name = f"bench_{batch}_{processes}_{senders}_{run}"
+                        report(measure_many(label, opener, name, batch, senders, processes, per_event, pid))
             if server is not None:  # its merges and caches would compete with chdb for the cores
                 server.close()
                 server = None
@@ -510,10 +543,11 @@ def main() -> None:
                     senders=senders,
                 )
 
-            for senders in sender_counts if "chdb" in sinks else []:
-                for batch in batch_sizes:
-                    name = f"bench_{batch}_{senders}"
-                    report(measure_one("chdb (embedded 26.9)", chdb, name, batch, senders, per_event, None))
+            for run in range(args.repeat if "chdb" in sinks else 0):
+                for senders in sender_counts:
+                    for batch in batch_sizes:
+                        name = f"bench_{batch}_{senders}_{run}"
+                        report(measure_one("chdb (embedded 26.9)", chdb, name, batch, senders, per_event, None))
         finally:
             if server is not None:
                 server.close()
@@ -526,6 +560,7 @@ def main() -> None:
         command=(
             f".venv/bin/python bench/sink.py --hours {args.hours:g} --batches {sizes} "
             f"--processes {args.processes} --detectors {args.detectors} --senders {args.senders}{subset}"
+            + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
         ),
         table=table_rows(results),
         notes=[
@@ -562,6 +597,15 @@ def main() -> None:
             "has), started together; "
             "events/s = all events / time until the last writer flushed. chdb: one process per data "
             "directory, so one writer.",
+            *(
+                [
+                    f"Each configuration run {args.repeat} times, each sink's configurations in turn (a spell of "
+                    "the machine falls on all of them); each row is the configuration's median run by the rate "
+                    "that decides (sustained, else whole-run), the last column every run's."
+                ]
+                if args.repeat > 1
+                else []
+            ),
             f"{os.cpu_count()} cores shared with other jobs, the server included (1-minute load average "
             f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end): wall-time rates are lower "
             "bounds and vary between runs; CPU per event is the steadier figure.",
