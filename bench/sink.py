@@ -70,7 +70,7 @@ from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.sinks.base import BufferedSink, BufferPolicy, NativeBlockSink
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.sinks.clickhouse_server import ClickHouseServer, server_installed
-from vigie.sinks.ddl import MODERN, Table
+from vigie.sinks.ddl import COMPACT_PART_BYTES, MODERN, Table
 from vigie.sinks.native_sink import NativeSink
 from vigie.sinks.views import create_views
 from vigie.streams.evaluate import build_detectors
@@ -84,6 +84,10 @@ here), the small ones (alerts, outcomes, excise) by this clock, as in a runtime.
 
 SINKS = ("null", "native", "chdb")
 """What --sinks names: the encoding alone, the ClickHouse 18.16 server, embedded chdb."""
+
+CHDB_PARTS: dict[str, int | None] = {"compact": COMPACT_PART_BYTES, "clickhouse": None}
+"""chdb's part formats (--chdb-parts): the threshold below which a part is written compact."""
+CHDB_PART_LABELS = {"clickhouse": "ClickHouse's 10 MiB wide-part threshold"}
 
 Opener = Callable[[str, int, int], BufferedSink]
 """(database name, batch size, senders) -> sink."""
@@ -463,7 +467,16 @@ def main() -> None:
         default=",".join(SINKS),
         help=f"sinks to measure, comma-separated, of {', '.join(SINKS)}; a subset is recorded in a section of its own",
     )
+    parser.add_argument(
+        "--chdb-parts",
+        default="compact",
+        help="chdb's part formats, comma-separated, of compact (parts below COMPACT_PART_BYTES written compact, "
+        "the sink's default) and clickhouse (ClickHouse's own threshold, 10 MiB); run in turn",
+    )
     args = parser.parse_args()
+    chdb_parts = args.chdb_parts.split(",")
+    if not chdb_parts or set(chdb_parts) - set(CHDB_PARTS):
+        parser.error(f"--chdb-parts: a comma-separated subset of {', '.join(CHDB_PARTS)}")
     if args.repeat < 1:
         parser.error("--repeat: at least 1")
     sinks = [name for name in SINKS if name in args.sinks.split(",")]
@@ -533,21 +546,27 @@ def main() -> None:
                 server.close()
                 server = None
 
-            def chdb(name: str, batch: int, senders: int) -> BufferedSink:
-                return ChdbSink(
-                    Path(tmp) / "chdb",
-                    database=name,
-                    batch_size=batch,
-                    max_delay_s=MAX_DELAY_S,
-                    max_buffer_rows=max(100_000, 4 * batch),
-                    senders=senders,
-                )
+            def chdb_opener(parts: str) -> Opener:
+                def chdb(name: str, batch: int, senders: int) -> BufferedSink:
+                    return ChdbSink(
+                        Path(tmp) / "chdb",
+                        database=name,
+                        batch_size=batch,
+                        max_delay_s=MAX_DELAY_S,
+                        max_buffer_rows=max(100_000, 4 * batch),
+                        senders=senders,
+                        compact_part_bytes=CHDB_PARTS[parts],
+                    )
+
+                return chdb
 
             for run in range(args.repeat if "chdb" in sinks else 0):
-                for senders in sender_counts:
-                    for batch in batch_sizes:
-                        name = f"bench_{batch}_{senders}_{run}"
-                        report(measure_one("chdb (embedded 26.9)", chdb, name, batch, senders, per_event, None))
+                for parts in chdb_parts:
+                    label = "chdb (embedded 26.9)" + ("" if parts == "compact" else f", {CHDB_PART_LABELS[parts]}")
+                    for senders in sender_counts:
+                        for batch in batch_sizes:
+                            name = f"bench_{batch}_{senders}_{parts}_{run}"
+                            report(measure_one(label, chdb_opener(parts), name, batch, senders, per_event, None))
         finally:
             if server is not None:
                 server.close()
@@ -556,11 +575,14 @@ def main() -> None:
     sizes = ",".join(map(str, batch_sizes))
     subset = "" if sinks == list(SINKS) else f" --sinks {','.join(sinks)}"
     record(
-        "sink" + ("" if not subset else f", {' and '.join(sinks)} only"),
+        "sink"
+        + ("" if not subset else f", {' and '.join(sinks)} only")
+        + (", chdb part formats" if len(chdb_parts) > 1 and "chdb" in sinks else ""),
         command=(
             f".venv/bin/python bench/sink.py --hours {args.hours:g} --batches {sizes} "
             f"--processes {args.processes} --detectors {args.detectors} --senders {args.senders}{subset}"
             + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+            + (f" --chdb-parts {args.chdb_parts}" if chdb_parts != ["compact"] and "chdb" in sinks else "")
         ),
         table=table_rows(results),
         notes=[
@@ -576,7 +598,10 @@ def main() -> None:
             "them (vigie.sinks.base.assign_lanes). 100 events' records per write; a size flush "
             "sends the tables holding an eighth of a batch (scores, ENS and declarations with their items), "
             f"the others go by the production {MAX_DELAY_S:g} s clock; indicator and materialised views in "
-            "place. 'no server': chdb's encoding, each flush's blocks dropped.",
+            "place. 'no server': chdb's encoding, each flush's blocks dropped. chdb's tables write parts below "
+            f"{COMPACT_PART_BYTES >> 20} MiB compact unless the row names another threshold "
+            "(vigie.sinks.ddl.COMPACT_PART_BYTES: one file for all "
+            "columns, 12 files a part instead of 69 for a wide scores part).",
             "Scored events/s, whole run: all events / time from the first write to the last flush stored, "
             "including the start (the store idle until the first batch is encoded) and the end (the writer "
             "done, the store finishing the last batch alone). Sustained: rows stored per second between the "
@@ -604,6 +629,15 @@ def main() -> None:
                     "that decides (sustained, else whole-run), the last column every run's."
                 ]
                 if args.repeat > 1
+                else []
+            ),
+            *(
+                [
+                    "chdb part formats: each repeat runs every configuration with the sink's compact parts "
+                    f"(below {COMPACT_PART_BYTES >> 20} MiB), then with ClickHouse's own threshold (10 MiB: the "
+                    "inserts' parts wide, two to four files a column)."
+                ]
+                if len(chdb_parts) > 1 and "chdb" in sinks
                 else []
             ),
             f"{os.cpu_count()} cores shared with other jobs, the server included (1-minute load average "

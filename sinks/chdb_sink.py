@@ -37,6 +37,7 @@ import orjson
 
 from .base import DEFAULT_BATCH_ROWS, DEFAULT_MAX_BUFFER_ROWS, BufferPolicy, NativeBlockSink
 from .ddl import (
+    COMPACT_PART_BYTES,
     DEFAULT_DATABASE,
     DEFAULT_TTL_DAYS,
     TABLES,
@@ -134,6 +135,8 @@ class ChdbSink(NativeBlockSink):
     sessions on the same directory insert a flush's tables side by side: the scores in one,
     the ENS and declarations with their items in the other (chdb releases the GIL while it
     works, so the two inserts run on two cores); :data:`DEFAULT_SENDERS` by default.
+    Tables are created with parts below ``compact_part_bytes`` written compact
+    (:data:`~vigie.sinks.ddl.COMPACT_PART_BYTES`; ``None``: ClickHouse's own threshold).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class ChdbSink(NativeBlockSink):
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         background: bool = True,
         senders: int = DEFAULT_SENDERS,
+        compact_part_bytes: int | None = COMPACT_PART_BYTES,
     ) -> None:
         if senders < 1:
             raise ValueError(f"senders must be >= 1, got {senders}")
@@ -172,7 +176,7 @@ class ChdbSink(NativeBlockSink):
                 session.query(statement)
             version = _parse_rows(session.query("SELECT version() AS v", "JSONEachRow").bytes())[0]["v"]
             super().__init__(ServerProfile.parse(version), policy, background=background, senders=senders)
-            for statement in render_ddl(self.profile, self.database, ttl_days):
+            for statement in render_ddl(self.profile, self.database, ttl_days, compact_part_bytes):
                 session.query(statement)
             create_views(self.query, self.profile, self.database)
         except BaseException:

@@ -29,6 +29,13 @@ bytes: ``ens``, ``declarations``, ``outcomes``, ``dead_letters``) get a ``TTL`` 
 ``ttl_days`` (default 1826, five years) on modern servers; 18.16 has no TTL, so retention
 there is a scheduled ``ALTER TABLE ... DROP PARTITION``.
 
+``compact_part_bytes`` (modern servers only; the embedded store passes
+:data:`COMPACT_PART_BYTES`) sets ``min_bytes_for_wide_part``: a part holding less than that,
+uncompressed, is written compact (every column in one file, about 12 files a part) rather than
+wide (two to four files a column: 69 for a ``scores`` part on chdb 26.9). Inserts of large batches then
+create a fraction of the files, and a merge writes a wide part once its output passes the size.
+Like the TTL, it applies when a table is created (later: ``ALTER TABLE ... MODIFY SETTING``).
+
 Rows
 ----
 Three row shapes:
@@ -93,6 +100,7 @@ from vigie.schemas.events import (
 from ._native_block import K_ARRAY, K_BOOL, K_BYTES, K_DATETIME, K_FLOAT, K_INT, K_JSON, K_MAP, K_STRING, NativeBlocks
 
 __all__ = [
+    "COMPACT_PART_BYTES",
     "DEFAULT_DATABASE",
     "DEFAULT_TTL_DAYS",
     "LEGACY",
@@ -119,6 +127,15 @@ __all__ = [
 DEFAULT_DATABASE = "vigie"
 DEFAULT_TTL_DAYS: int | None = 1826
 """Five years: how long tables holding personal data keep rows on modern servers."""
+
+COMPACT_PART_BYTES = 256 << 20
+"""Parts below 256 MiB uncompressed are written compact in the embedded store (chdb): a
+200,000-row insert into ``scores`` (about 150 MB) makes one part of 12 files instead of 69.
+Creating a file is costly where the file system scans its inode table past recently deleted
+ones (ext4 without a journal, as on these machines: up to a quarter of chdb's CPU samples in
+``ext4_create``). With 200,000-row batches the store needed 1-3 us less CPU per scored event
+(of 31-45) in three sets of interleaved runs, within the machine's spread from run to run;
+neutral with 50,000-row batches (bench/sink.py ``--chdb-parts compact,clickhouse``)."""
 
 MODERN_MAJOR = 22
 
@@ -196,6 +213,11 @@ class ServerProfile:
 
     @property
     def ephemeral(self) -> bool:
+        return self.modern
+
+    @property
+    def compact_parts(self) -> bool:
+        """``min_bytes_for_wide_part`` (compact parts: ClickHouse 20.3 on)."""
         return self.modern
 
     def __str__(self) -> str:
@@ -310,7 +332,9 @@ class Table:
         """Column names a text insert lists (``ingested_at`` is left to its default)."""
         return [col.transport_name(profile) for col in self.columns]
 
-    def render(self, profile: ServerProfile, database: str, ttl_days: int | None) -> str:
+    def render(
+        self, profile: ServerProfile, database: str, ttl_days: int | None, compact_part_bytes: int | None = None
+    ) -> str:
         """``CREATE TABLE IF NOT EXISTS`` for ``profile``."""
         lines = []
         for col in self.columns:
@@ -332,6 +356,8 @@ class Table:
         )
         if ttl_days is not None and self.personal_data and profile.ttl:
             sql += f"\nTTL toDateTime({self.time_column}) + INTERVAL {int(ttl_days)} DAY"
+        if compact_part_bytes is not None and profile.compact_parts:
+            sql += f"\nSETTINGS min_bytes_for_wide_part = {int(compact_part_bytes)}"
         return sql
 
 
@@ -542,19 +568,26 @@ TABLES: dict[str, Table] = _build_tables()
 
 
 def render_ddl(
-    profile: ServerProfile, database: str = DEFAULT_DATABASE, ttl_days: int | None = DEFAULT_TTL_DAYS
+    profile: ServerProfile,
+    database: str = DEFAULT_DATABASE,
+    ttl_days: int | None = DEFAULT_TTL_DAYS,
+    compact_part_bytes: int | None = None,
 ) -> list[str]:
     """``CREATE DATABASE`` then one ``CREATE TABLE`` per table, all ``IF NOT EXISTS``.
 
     ``ttl_days`` bounds how long tables holding personal data keep rows (modern servers
     only; ``None``: no TTL). It only applies when a table is created: changing it later
-    needs ``ALTER TABLE ... MODIFY TTL``.
+    needs ``ALTER TABLE ... MODIFY TTL``. ``compact_part_bytes``: parts below this many
+    uncompressed bytes are written compact (modern servers only; ``None``: the server's own
+    ``min_bytes_for_wide_part``), also when a table is created.
     """
     validate_identifier(database)
     if ttl_days is not None and ttl_days <= 0:
         raise ValueError(f"ttl_days must be positive or None, got {ttl_days}")
+    if compact_part_bytes is not None and compact_part_bytes < 0:
+        raise ValueError(f"compact_part_bytes must be >= 0 or None, got {compact_part_bytes}")
     return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [
-        table.render(profile, database, ttl_days) for table in TABLES.values()
+        table.render(profile, database, ttl_days, compact_part_bytes) for table in TABLES.values()
     ]
 
 

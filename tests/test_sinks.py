@@ -35,6 +35,7 @@ from vigie.sinks import base
 from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink
 from vigie.sinks.chdb_sink import ChdbPathBusy, ChdbSink
 from vigie.sinks.ddl import (
+    COMPACT_PART_BYTES,
     LEGACY,
     MODERN,
     TABLES,
@@ -251,15 +252,36 @@ def test_modern_ddl_executes_on_chdb(sink: ChdbSink) -> None:
 
 
 def test_legacy_ddl_avoids_modern_features() -> None:
-    statements = render_ddl(ServerProfile.parse("18.16.1"), ttl_days=30)
+    statements = render_ddl(ServerProfile.parse("18.16.1"), ttl_days=30, compact_part_bytes=COMPACT_PART_BYTES)
     text = "\n".join(statements)
-    for feature in ("DateTime64", "LowCardinality", "Map(", "TTL", "EPHEMERAL", "JSON"):
+    for feature in ("DateTime64", "LowCardinality", "Map(", "TTL", "EPHEMERAL", "JSON", "min_bytes_for_wide_part"):
         assert feature not in text, feature
     assert text.count("ENGINE = ReplacingMergeTree(ingested_at)") == len(TABLES)
     assert "PARTITION BY toYYYYMM(event_time)" in text
     assert "event_time DateTime('UTC')" in text
     assert re.search(r"\n    raw String,\n", text)
     assert "contributions String" in text
+
+
+def test_embedded_store_writes_compact_parts(tmp_path: Path) -> None:
+    """The embedded store's tables carry COMPACT_PART_BYTES; the threshold decides each part's
+    format (0: every part wide, as ClickHouse writes parts past its default of 10 MiB)."""
+    assert "SETTINGS min_bytes_for_wide_part" not in "\n".join(render_ddl(MODERN))  # servers: their own
+    with pytest.raises(ValueError):
+        render_ddl(MODERN, compact_part_bytes=-1)
+    formats = {}
+    for threshold in (COMPACT_PART_BYTES, 0):
+        with ChdbSink(tmp_path / str(threshold), compact_part_bytes=threshold) as sink:
+            create = sink.query("SHOW CREATE TABLE vigie.scores")[0]["statement"]
+            assert f"min_bytes_for_wide_part = {threshold}" in create
+            sink.write([factories.score(f"score-{i}") for i in range(50)])
+            sink.flush()
+            parts = sink.query(
+                "SELECT part_type, sum(rows) AS n FROM system.parts "
+                "WHERE database = 'vigie' AND table = 'scores' AND active GROUP BY part_type"
+            )
+            formats[threshold] = {(r["part_type"], r["n"]) for r in parts}
+    assert formats == {COMPACT_PART_BYTES: {("Compact", 50)}, 0: {("Wide", 50)}}
 
 
 def test_ttl_is_optional() -> None:
