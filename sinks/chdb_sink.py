@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -136,7 +137,8 @@ class ChdbSink(NativeBlockSink):
     the ENS and declarations with their items in the other (chdb releases the GIL while it
     works, so the two inserts run on two cores); :data:`DEFAULT_SENDERS` by default.
     Tables are created with parts below ``compact_part_bytes`` written compact
-    (:data:`~vigie.sinks.ddl.COMPACT_PART_BYTES`; ``None``: ClickHouse's own threshold).
+    (:data:`~vigie.sinks.ddl.COMPACT_PART_BYTES`; ``None``: ClickHouse's own threshold); the
+    tables of a store created before, or with another value, take it on when opened.
     """
 
     def __init__(
@@ -178,6 +180,8 @@ class ChdbSink(NativeBlockSink):
             super().__init__(ServerProfile.parse(version), policy, background=background, senders=senders)
             for statement in render_ddl(self.profile, self.database, ttl_days, compact_part_bytes):
                 session.query(statement)
+            if compact_part_bytes is not None:
+                self._adopt_part_threshold(compact_part_bytes)
             create_views(self.query, self.profile, self.database)
         except BaseException:
             self._finalizer()
@@ -186,6 +190,18 @@ class ChdbSink(NativeBlockSink):
             name: f"INSERT INTO {self.database}.{name} ({', '.join(c.name for c in table.columns)}) {_INSERT_SETTINGS}"
             for name, table in TABLES.items()
         }
+
+    def _adopt_part_threshold(self, compact_part_bytes: int) -> None:
+        """Give tables of an older store (created before :data:`COMPACT_PART_BYTES`, or with
+        another value) the threshold: a metadata change, new parts follow it, parts already
+        written stay as they are until merged."""
+        wanted = f"min_bytes_for_wide_part = {int(compact_part_bytes)}"
+        names = ", ".join(f"'{name}'" for name in TABLES)
+        for row in self.query(
+            f"SELECT name, engine_full FROM system.tables WHERE database = '{self.database}' AND name IN ({names})"
+        ):
+            if not re.search(rf"\b{wanted}\b", row["engine_full"]):
+                self.query(f"ALTER TABLE {self.database}.{row['name']} MODIFY SETTING {wanted}")
 
     def _send(self, table: Table, payload: bytes, rows: int, lane: int = 0) -> None:
         # chdb releases the GIL while ClickHouse parses and writes the parts.

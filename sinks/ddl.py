@@ -34,7 +34,8 @@ there is a scheduled ``ALTER TABLE ... DROP PARTITION``.
 uncompressed, is written compact (every column in one file, about 12 files a part) rather than
 wide (two to four files a column: 69 for a ``scores`` part on chdb 26.9). Inserts of large batches then
 create a fraction of the files, and a merge writes a wide part once its output passes the size.
-Like the TTL, it applies when a table is created (later: ``ALTER TABLE ... MODIFY SETTING``).
+Like the TTL, it applies when a table is created (later: ``ALTER TABLE ... MODIFY SETTING``,
+which the embedded store's sink does when it opens an older store).
 
 Rows
 ----

@@ -265,7 +265,8 @@ def test_legacy_ddl_avoids_modern_features() -> None:
 
 def test_embedded_store_writes_compact_parts(tmp_path: Path) -> None:
     """The embedded store's tables carry COMPACT_PART_BYTES; the threshold decides each part's
-    format (0: every part wide, as ClickHouse writes parts past its default of 10 MiB)."""
+    format (0: every part wide, as ClickHouse writes parts past its default of 10 MiB), also for
+    a store created with another one."""
     assert "SETTINGS min_bytes_for_wide_part" not in "\n".join(render_ddl(MODERN))  # servers: their own
     with pytest.raises(ValueError):
         render_ddl(MODERN, compact_part_bytes=-1)
@@ -282,6 +283,18 @@ def test_embedded_store_writes_compact_parts(tmp_path: Path) -> None:
             )
             formats[threshold] = {(r["part_type"], r["n"]) for r in parts}
     assert formats == {COMPACT_PART_BYTES: {("Compact", 50)}, 0: {("Wide", 50)}}
+    # An older store takes the threshold on when opened: new parts follow it, old ones stay.
+    with ChdbSink(tmp_path / "0") as reopened:
+        create = reopened.query("SHOW CREATE TABLE vigie.scores")[0]["statement"]
+        assert f"min_bytes_for_wide_part = {COMPACT_PART_BYTES}" in create
+        reopened.query("SYSTEM STOP MERGES vigie.scores")  # the two parts stay apart to be counted
+        reopened.write([factories.score(f"later-{i}") for i in range(20)])
+        reopened.flush()
+        parts = reopened.query(
+            "SELECT part_type, sum(rows) AS n FROM system.parts "
+            "WHERE database = 'vigie' AND table = 'scores' AND active GROUP BY part_type"
+        )
+        assert {(r["part_type"], r["n"]) for r in parts} == {("Wide", 50), ("Compact", 20)}
 
 
 def test_ttl_is_optional() -> None:
