@@ -113,21 +113,105 @@ def publish(producer: Any, events: list[Any], topic_of: Callable[[Any], str]) ->
         raise SystemExit("the broker did not acknowledge the whole backlog")
 
 
+def flink_jvm_pids() -> list[int]:
+    """This process's Flink JVMs: its children running PyFlink's gateway (the job runs in it locally)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if b"pyflink" in (stat.parent / "cmdline").read_bytes():
+                pids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
 def flink_cpu_seconds() -> float:
     """User + system CPU seconds so far of this process's Flink JVMs (the gateway running the job,
     its Python functions included in thread mode): steadier than wall time on a shared machine."""
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in flink_jvm_pids():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != os.getpid():  # fields[1]: the parent's pid
-                continue
-            if b"pyflink" not in (stat.parent / "cmdline").read_bytes():
-                continue
-        except (OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue  # gone meanwhile
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+PYTHON_STAGES = ("parse", "score", "pipeline")
+"""The job's stages that run Python functions (``.name(...)`` in vigie.streams.flink_job): a task thread
+is named after its operator chain, which begins with the stage's name."""
+
+
+def thread_group(name: str) -> str:
+    """The group a JVM thread's name (``/proc/.../comm``, at most 15 characters) belongs to.
+
+    >>> [thread_group(n) for n in ["score -> (Map -", "C2 CompilerThre", "C1 CompilerThre", "GC Thread#3"]]
+    ['task: score', 'JIT compiler', 'JIT compiler', 'garbage collector']
+    >>> [thread_group(n) for n in ["G1 Conc#0", "kafka-producer-", "Source Data Fet", "Thread-12", "java"]]
+    ['garbage collector', 'Kafka clients', 'Kafka clients', 'other', 'other']
+    """
+    for stage in PYTHON_STAGES:
+        if name == stage or name.startswith(stage + " "):
+            return f"task: {stage}"
+    if "CompilerThre" in name:
+        return "JIT compiler"
+    if name.startswith(("GC Thread", "G1 ")):
+        return "garbage collector"
+    if name.startswith(("kafka-", "Source Data Fet")):
+        return "Kafka clients"
+    return "other"
+
+
+class ThreadCpu:
+    """CPU seconds of the threads of the Flink JVMs from :meth:`start` on, by :func:`thread_group`.
+
+    Polls ``/proc/PID/task`` every ``interval`` seconds and keeps each thread's last reading, so a
+    thread that ends between two polls (a task thread when the job finishes) loses at most one
+    interval. Why: the job's CPU alone does not say which thread bounds the drain; one thread at
+    100% of the drain's wall time does (a slot runs its chain on one thread)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._seen: dict[tuple[int, int], tuple[str, float, float]] = {}  # (pid, tid) -> name, first, last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> ThreadCpu:
+        self._poll()  # the baseline of the threads already running
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, tuple[float, float]]:
+        """Stop polling; by group, largest first: CPU seconds, and those of its busiest thread."""
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        groups: dict[str, tuple[float, float]] = {}
+        for name, first, last in self._seen.values():
+            cpu, busiest = groups.get(thread_group(name), (0.0, 0.0))
+            groups[thread_group(name)] = (cpu + last - first, max(busiest, last - first))
+        return dict(sorted(groups.items(), key=lambda item: -item[1][0]))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def _poll(self) -> None:
+        for pid in flink_jvm_pids():
+            for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+                try:
+                    name = (task / "comm").read_text().strip()
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue  # gone meanwhile
+                cpu = (int(fields[11]) + int(fields[12])) / self._tick
+                key = (pid, int(task.name))
+                known = self._seen.get(key)
+                self._seen[key] = (name, known[1] if known else cpu, cpu)
 
 
 def main() -> None:
@@ -189,11 +273,13 @@ def main() -> None:
         job = build_job(settings)
         t_built = time.monotonic()
         cpu_before = flink_cpu_seconds()  # the gateway's start-up and the job graph's build
+        threads = ThreadCpu().start()
         client = job.submit()
         t_submitted = time.monotonic()
         client.get_job_execution_result().result()  # returns when the bounded job has finished, raises if it failed
         t_end = time.monotonic()
         job_cpu_s = flink_cpu_seconds() - cpu_before
+        thread_cpu = threads.stop()
         time.sleep(2.0)  # let the committed reader catch up
         watch.stop()
 
@@ -223,6 +309,12 @@ def main() -> None:
         f"CPU-second; second half {warm_rate:,.0f} events/s, {warm_cpu_rate:,.0f} per CPU-second; "
         f"in process {in_process:,.0f} events/s"
     )
+    job_s = t_end - t_submitted
+    tasks = {group: value for group, value in thread_cpu.items() if group.startswith("task: ")}
+    for group, (cpu, busiest) in tasks.items():
+        print(f"{group}: {cpu:.1f} s CPU = {cpu / n * 1e6:,.0f} us/event; its busiest thread "
+              f"{busiest:.1f} s, busy {busiest / job_s:.0%} of submit to job end")  # fmt: skip
+    print("threads: " + ", ".join(f"{group} {cpu:.1f} s" for group, (cpu, _) in thread_cpu.items()))
     if args.no_record:
         return
     load = os.getloadavg()[0]
@@ -252,6 +344,13 @@ def main() -> None:
             ("events per CPU-second of the Flink JVM, submit to job end", f"{n / job_cpu_s:,.0f}"),
             ("second half of the drain (warm JIT): events/s", f"{warm_rate:,.0f}"),
             ("second half: events per CPU-second of the Flink JVM", f"{warm_cpu_rate:,.0f}"),
+            *[
+                (
+                    f"`{group[6:]}` stage's threads: CPU per event; busiest thread's busy share of submit to job end",
+                    f"{cpu / n * 1e6:,.0f} us; {busiest / job_s:.0%}",
+                )
+                for group, (cpu, busiest) in tasks.items()
+            ],
             ("same events in process (`ScoringPipeline.process`, no I/O)", f"{in_process:,.0f} events/s"),
         ],
         notes=[
@@ -312,6 +411,13 @@ def main() -> None:
                 if slots > 1
                 else []
             ),
+            "Threads of the Flink JVM, CPU from submission to the job's end (bench/flink.py ThreadCpu, "
+            "/proc every 0.5 s): "
+            + ", ".join(f"{group} {cpu:.1f} s" for group, (cpu, _) in thread_cpu.items())
+            + ". A slot runs its operator chain on one thread (a stage's Python function, the conversions "
+            "around it and the operators chained to it, the Kafka sinks' record serialisation included): a "
+            "stage thread busy nearly all the time bounds the drain, and its CPU per event is what the slot "
+            "spends per event.",
             f"Publish (plain producer, no validation): {n / publish_s:,.0f} events/s.",
             f"{datetime.now(UTC).date()}, Python {platform.python_version()}, {platform.machine()}, "
             f"{os.cpu_count()} cores shared with the broker (JVM), the Flink JVM and the bench's consumers; "
