@@ -26,13 +26,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procstat import cpu_seconds, stat_fields
 from results import record
 
 from vigie.schemas import encode_event
@@ -113,31 +114,22 @@ def publish(producer: Any, events: list[Any], topic_of: Callable[[Any], str]) ->
         raise SystemExit("the broker did not acknowledge the whole backlog")
 
 
-def flink_jvm_pids() -> list[int]:
-    """This process's Flink JVMs: its children running PyFlink's gateway (the job runs in it locally)."""
-    pids = []
+def flink_jvms() -> Iterator[tuple[int, list[str]]]:
+    """This process's Flink JVMs (its children running PyFlink's gateway, where the job runs
+    locally): each one's pid and :func:`procstat.stat_fields`."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
-                continue
-            if b"pyflink" in (stat.parent / "cmdline").read_bytes():
-                pids.append(int(stat.parent.name))
+            fields = stat_fields(stat)
+            if int(fields[1]) == os.getpid() and b"pyflink" in (stat.parent / "cmdline").read_bytes():
+                yield int(stat.parent.name), fields
         except (OSError, IndexError, ValueError):
-            continue
-    return pids
+            continue  # gone meanwhile
 
 
 def flink_cpu_seconds() -> float:
     """User + system CPU seconds so far of this process's Flink JVMs (the gateway running the job,
     its Python functions included in thread mode): steadier than wall time on a shared machine."""
-    total = 0.0
-    for pid in flink_jvm_pids():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(cpu_seconds(fields) for _, fields in flink_jvms())
 
 
 PYTHON_STAGES = ("parse", "score", "pipeline")
@@ -178,7 +170,6 @@ class ThreadCpu:
         self._seen: dict[tuple[int, int], tuple[str, float, float]] = {}  # (pid, tid) -> name, first, last
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._tick = os.sysconf("SC_CLK_TCK")
 
     def start(self) -> ThreadCpu:
         self._poll()  # the baseline of the threads already running
@@ -192,8 +183,9 @@ class ThreadCpu:
         self._poll()
         groups: dict[str, tuple[float, float]] = {}
         for name, first, last in self._seen.values():
-            cpu, busiest = groups.get(thread_group(name), (0.0, 0.0))
-            groups[thread_group(name)] = (cpu + last - first, max(busiest, last - first))
+            group = thread_group(name)
+            cpu, busiest = groups.get(group, (0.0, 0.0))
+            groups[group] = (cpu + last - first, max(busiest, last - first))
         return dict(sorted(groups.items(), key=lambda item: -item[1][0]))
 
     def _run(self) -> None:
@@ -201,14 +193,13 @@ class ThreadCpu:
             self._poll()
 
     def _poll(self) -> None:
-        for pid in flink_jvm_pids():
+        for pid, _ in flink_jvms():
             for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
                 try:
                     name = (task / "comm").read_text().strip()
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    cpu = cpu_seconds(stat_fields(task / "stat"))
                 except (OSError, IndexError):
                     continue  # gone meanwhile
-                cpu = (int(fields[11]) + int(fields[12])) / self._tick
                 key = (pid, int(task.name))
                 known = self._seen.get(key)
                 self._seen[key] = (name, known[1] if known else cpu, cpu)

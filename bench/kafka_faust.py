@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procstat import cpu_seconds as proc_cpu_seconds
+from procstat import stat_fields
 from results import record
 
 from vigie.operators import ScoringPipeline
@@ -58,8 +60,7 @@ def start_worker(
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far, its reaped children's included (the
     worker serialises checkpoints in forked children) (Linux ``/proc``: utime, stime, cutime, cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return proc_cpu_seconds(stat_fields(Path(f"/proc/{pid}/stat")), children=True)
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:

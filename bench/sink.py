@@ -63,6 +63,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procstat import cpu_seconds, stat_fields
 from results import record
 
 from vigie.operators import ScoringPipeline
@@ -255,8 +256,7 @@ def process_cpu(pid: int | None) -> float | None:
     """User plus system CPU seconds of process ``pid`` (all its threads) so far."""
     if pid is None:
         return None
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(stat_fields(Path(f"/proc/{pid}/stat")))
 
 
 def measure_one(

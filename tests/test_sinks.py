@@ -263,6 +263,15 @@ def test_legacy_ddl_avoids_modern_features() -> None:
     assert "contributions String" in text
 
 
+def _score_part_formats(sink: ChdbSink) -> set[tuple[str, int]]:
+    """(part type, rows) of the active parts of the ``scores`` table."""
+    parts = sink.query(
+        "SELECT part_type, sum(rows) AS n FROM system.parts "
+        "WHERE database = 'vigie' AND table = 'scores' AND active GROUP BY part_type"
+    )
+    return {(r["part_type"], r["n"]) for r in parts}
+
+
 def test_embedded_store_writes_compact_parts(tmp_path: Path) -> None:
     """The embedded store's tables carry COMPACT_PART_BYTES; the threshold decides each part's
     format (0: every part wide, as ClickHouse writes parts past its default of 10 MiB), also for
@@ -277,11 +286,7 @@ def test_embedded_store_writes_compact_parts(tmp_path: Path) -> None:
             assert f"min_bytes_for_wide_part = {threshold}" in create
             sink.write([factories.score(f"score-{i}") for i in range(50)])
             sink.flush()
-            parts = sink.query(
-                "SELECT part_type, sum(rows) AS n FROM system.parts "
-                "WHERE database = 'vigie' AND table = 'scores' AND active GROUP BY part_type"
-            )
-            formats[threshold] = {(r["part_type"], r["n"]) for r in parts}
+            formats[threshold] = _score_part_formats(sink)
     assert formats == {COMPACT_PART_BYTES: {("Compact", 50)}, 0: {("Wide", 50)}}
     # An older store takes the threshold on when opened: new parts follow it, old ones stay.
     with ChdbSink(tmp_path / "0") as reopened:
@@ -290,11 +295,7 @@ def test_embedded_store_writes_compact_parts(tmp_path: Path) -> None:
         reopened.query("SYSTEM STOP MERGES vigie.scores")  # the two parts stay apart to be counted
         reopened.write([factories.score(f"later-{i}") for i in range(20)])
         reopened.flush()
-        parts = reopened.query(
-            "SELECT part_type, sum(rows) AS n FROM system.parts "
-            "WHERE database = 'vigie' AND table = 'scores' AND active GROUP BY part_type"
-        )
-        assert {(r["part_type"], r["n"]) for r in parts} == {("Wide", 50), ("Compact", 20)}
+        assert _score_part_formats(reopened) == {("Wide", 50), ("Compact", 20)}
 
 
 def test_ttl_is_optional() -> None:
