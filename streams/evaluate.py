@@ -68,8 +68,8 @@ from vigie.operators import ScoringPipeline
 from vigie.operators.base import Operator
 from vigie.operators.fusion import LearnedFusion
 from vigie.operators.pipeline import default_detectors
-from vigie.schemas import Alert, ControlOutcome, EntrySummaryDeclaration, InfringementType
-from vigie.schemas.generator import GeneratorConfig, GroundTruth, generate
+from vigie.schemas import Alert, ControlOutcome, EntrySummaryDeclaration
+from vigie.schemas.generator import GeneratorConfig, GroundTruth, generate, infringement_of
 
 TOP_SHARES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
 """Shares of the flow at which rankings are judged."""
@@ -84,18 +84,6 @@ DETECTOR_CLASSES: dict[str, tuple[str, str]] = {
     "ens_pre_arrival": ("vigie.operators.ens_risk", "EnsPreArrivalDetector"),
 }
 """Every detector the engine knows, by name: (module, class)."""
-
-_INFRINGEMENT: dict[str, InfringementType] = {
-    "undervaluation": InfringementType.UNDERVALUATION,
-    "behaviour_change": InfringementType.UNDERVALUATION,
-    "misclassification": InfringementType.MISCLASSIFICATION,
-    "origin_transshipment": InfringementType.FALSE_ORIGIN,
-    "splitting": InfringementType.SPLITTING,
-    "vague_description": InfringementType.FALSE_DESCRIPTION,
-    "cover_load_smuggling": InfringementType.SMUGGLING,
-    "excise_diversion": InfringementType.EXCISE_DIVERSION,
-    "excise_shortage": InfringementType.EXCISE_SHORTAGE,
-}
 
 
 def build_detectors(names: str) -> list[Operator[Any, Any]]:
@@ -301,10 +289,7 @@ class PrequentialEvaluator:
         item = None
         if positive:
             assert truth is not None
-            main = next(
-                (p for p in truth.patterns if p != "vague_description"), truth.patterns[0] if truth.patterns else ""
-            )
-            infringement = _INFRINGEMENT.get(main, InfringementType.OTHER)
+            infringement = infringement_of(truth.patterns)
             duty = truth.duty_eur
             tax = max(0.0, truth.revenue_eur - duty)
             item = truth.item_number

@@ -1,33 +1,15 @@
-"""Atypical-flow detector: the shared operator contract, features, reasons, bounded state."""
+"""Atypical-flow detector: features, reasons, bounded state (the shared contract: test_operator_contract.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import pytest
 
-import tests.test_operator_contract as contract
 from tests.factories import T0, declaration_dict, ens
 from vigie.operators.atypical import FEATURES, AtypicalFlowDetector, AtypicalFlowState, ItemFlow
 from vigie.schemas import ImportDeclaration
-
-# The contract's checks, run on this detector alone.
-CONTRACT: list[Callable[[Any], None]] = [
-    contract.test_scores_something,
-    contract.test_deterministic,
-    contract.test_scores_are_valid,
-    contract.test_score_one_does_not_mutate,
-    contract.test_state_survives_round_trip,
-    contract.test_partitioned_state_gives_same_scores,
-]
-
-
-@pytest.mark.parametrize("check", CONTRACT, ids=[c.__name__ for c in CONTRACT])
-def test_operator_contract(check: Callable[[Any], None]) -> None:
-    check(AtypicalFlowDetector())
 
 
 def _declaration(

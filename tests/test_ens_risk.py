@@ -1,15 +1,14 @@
-"""ENS pre-arrival detector: operator contract, each signal, learning from outcomes, the generator's patterns."""
+"""ENS pre-arrival detector: each signal, learning from outcomes, the generator's patterns (the shared operator
+contract: test_operator_contract.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
 from typing import Any
 
 import pytest
 
-import tests.test_operator_contract as contract
 from tests.factories import T0, declaration_dict, ens_dict
 from vigie.models.feedback import LabelledOutcome
 from vigie.operators.ens_link import EnsLinkState, EnsSummary, vague_description
@@ -23,21 +22,6 @@ from vigie.schemas.generator import GeneratorConfig, generate
 def _pipeline(**kwargs: Any) -> ScoringPipeline:
     """The detectors under test: undervaluation and the ENS pre-arrival detector."""
     return ScoringPipeline([UndervaluationDetector(), EnsPreArrivalDetector()], **kwargs)
-
-
-CONTRACT: list[Callable[[Any], None]] = [
-    contract.test_scores_something,
-    contract.test_deterministic,
-    contract.test_scores_are_valid,
-    contract.test_score_one_does_not_mutate,
-    contract.test_state_survives_round_trip,
-    contract.test_partitioned_state_gives_same_scores,
-]
-
-
-@pytest.mark.parametrize("check", CONTRACT, ids=[c.__name__ for c in CONTRACT])
-def test_operator_contract(check: Callable[[Any], None]) -> None:
-    check(EnsPreArrivalDetector())
 
 
 def _ens(**overrides: Any) -> EntrySummaryDeclaration:

@@ -1,39 +1,23 @@
-"""Excise detector: the operator contract, physics and arithmetic, cross-record reconciliation,
-overdue e-ADs, cover loads, and detection on a generated stream."""
+"""Excise detector: physics and arithmetic, cross-record reconciliation, overdue e-ADs, cover loads, and
+detection on a generated stream (the shared operator contract: test_operator_contract.py)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
 from typing import Any
 
 import pytest
 
-import tests.test_operator_contract as contract
 from tests.factories import T0, declaration, ens, excise
 from vigie.operators.excise import EXCISE_RATES, ExciseDetector, ExciseState, excise_duty, products_for_cn
 from vigie.schemas import RiskScore
 from vigie.schemas.generator import GeneratorConfig, generate
 from vigie.schemas.generator.catalogue import EXCISE_RATES as GENERATOR_RATES
 
-CONTRACT: list[Callable[[Any], None]] = [
-    contract.test_scores_something,
-    contract.test_deterministic,
-    contract.test_scores_are_valid,
-    contract.test_score_one_does_not_mutate,
-    contract.test_state_survives_round_trip,
-    contract.test_partitioned_state_gives_same_scores,
-]
-
 MRN = "26FR0002300000001A"
 CONSIGNOR = "FR012345E0001"
-
-
-@pytest.mark.parametrize("check", CONTRACT, ids=[c.__name__ for c in CONTRACT])
-def test_operator_contract(check: Callable[[Any], None]) -> None:
-    check(ExciseDetector())
 
 
 def _arc(i: int) -> str:

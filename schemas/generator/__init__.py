@@ -76,6 +76,7 @@ from .stream import (
     GeneratorConfig,
     GroundTruth,
     generate,
+    infringement_of,
 )
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "GeneratorConfig",
     "GroundTruth",
     "generate",
+    "infringement_of",
     "write_stream",
 ]
 

@@ -62,7 +62,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -179,7 +179,7 @@ SOURCE_DECLARATION = "AIDA"
 SOURCE_EXCISE = "GAMMA2"
 SOURCE_CONTROL = "CIBLAGE-LEGACY"
 
-_INFRINGEMENT: dict[str, InfringementType] = {
+INFRINGEMENT_BY_PATTERN: dict[str, InfringementType] = {
     "undervaluation": InfringementType.UNDERVALUATION,
     "misclassification": InfringementType.MISCLASSIFICATION,
     "origin_transshipment": InfringementType.FALSE_ORIGIN,
@@ -192,6 +192,24 @@ _INFRINGEMENT: dict[str, InfringementType] = {
     "behaviour_change": InfringementType.UNDERVALUATION,
     "new_importer_large_flows": InfringementType.OTHER,
 }
+"""The infringement a positive control records for each fraud pattern the generator injects."""
+
+
+def infringement_of(patterns: Sequence[str]) -> InfringementType:
+    """The infringement a positive control records for a fraud made of ``patterns``.
+
+    The first pattern that is not a vague description names it: a vague description hides
+    another fraud, which is what the officer finds (``OTHER`` for a pattern not listed).
+
+    >>> infringement_of(["vague_description", "undervaluation"]).value
+    'undervaluation'
+    >>> infringement_of(["vague_description"]).value
+    'false_description'
+    """
+    main = next((p for p in patterns if p != "vague_description"), patterns[0] if patterns else "")
+    return INFRINGEMENT_BY_PATTERN.get(main, InfringementType.OTHER)
+
+
 _ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _HIGH_VALUE_CODES = ("85171300", "84713000", "95045000", "85176200", "85183095")
 _NEW_ORIGINS = ("AE", "TH", "MY", "KH", "ID", "PK", "EG", "HK", "LK", "OM")
@@ -1567,14 +1585,13 @@ class EventStream:
         seizure = False
         if positive:
             assert truth is not None
-            main = next((p for p in truth.patterns if p != "vague_description"), truth.patterns[0])
-            infringement = _INFRINGEMENT[main]
+            infringement = infringement_of(truth.patterns)
             duty_value = truth.details.get("duty_evaded_eur", 0.0)
             duty = float(duty_value) if isinstance(duty_value, float) else 0.0
             duty = min(duty, truth.revenue_at_risk_eur)
             tax = _r2(truth.revenue_at_risk_eur - duty)
             item = truth.item_numbers[0] if truth.item_numbers else None
-            seizure = main in ("cover_load_smuggling", "excise_diversion")
+            seizure = infringement in (InfringementType.SMUGGLING, InfringementType.EXCISE_DIVERSION)
         outcome = ControlOutcome(
             event_id=self._event_id(),
             event_time=self._dt(at),
