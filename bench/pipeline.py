@@ -86,7 +86,7 @@ class EncodingSink(NativeBlockSink):
         self.records += len(records)
         super().write(records)
 
-    def _send(self, table: Table, payload: Any, rows: int) -> None:
+    def _send(self, table: Table, payload: Any, rows: int, lane: int = 0) -> None:
         pass
 
     def _disconnect(self) -> None:

@@ -44,3 +44,27 @@ def test_bench_script_doctests(name: str) -> None:
     assert result.failed == 0, f"{result.failed} doctest(s) failed in bench/{name}.py"
     if ">>>" in Path(module.__file__).read_text():
         assert result.attempted > 0, f"bench/{name}.py has examples that doctest did not find"
+
+
+@pytest.fixture(scope="module")
+def generated_lines() -> list[bytes]:
+    from vigie.schemas import encode_event
+    from vigie.schemas.generator import GeneratorConfig, generate
+
+    return [encode_event(event) for event, _ in generate(GeneratorConfig(seed=7, duration_hours=1))]
+
+
+@pytest.mark.parametrize("stand_in", ["pipeline.EncodingSink", "sink.NullSink"])
+def test_bench_stand_in_sinks_take_a_runner_stream(stand_in: str, generated_lines: list[bytes]) -> None:
+    # The benchmarks time the sinks' encoding through stand-ins that drop each flush: they must
+    # follow the sink interface as the runner drives it (flushes, send lanes), or the bench fails.
+    from vigie.operators import ScoringPipeline
+    from vigie.streams.runner import InProcessRunner
+
+    module_name, class_name = stand_in.split(".")
+    sink_class = getattr(importlib.import_module(module_name), class_name)
+    sink = sink_class() if class_name == "EncodingSink" else sink_class(5_000)
+    summary = InProcessRunner(ScoringPipeline(), sink).run("bench", iter(generated_lines))
+    sink.close()
+    assert summary.scores > 0
+    assert sink.metrics.total_rows_written >= len(generated_lines) + summary.scores
