@@ -1,6 +1,12 @@
 # The two commands the README names: `make run` and `make test`. Both build the virtual
 # environment from nothing when it is missing or stale.
-PYTHON ?= python3
+# The interpreter the environment is built from: Debian's python3.11 where there is one, else
+# python3. Debian builds its interpreter with profile-guided and link-time optimisation and links
+# it statically; this machine's python3 (pyenv's 3.11.7) is a plain shared build. The engine
+# spends about 70% of its time in the interpreter, and scored a stream 10-20% faster on
+# Debian's (bench/RESULTS.md, "interpreters"). `make PYTHON=...` picks another; a change needs
+# `make clean` first, as an existing environment is kept.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vigie-installed

@@ -14,15 +14,18 @@ package_dir = {"vigie": "vigie"} | {f"vigie.{name}": name for name in SUBPACKAGE
 # scores are compared bit for bit): no fused multiply-add contraction, and no builtin pow
 # (GCC turns pow(x, 2.0) into x * x, which differs from libm's pow, CPython's, in the last bit).
 EXACT_FLOATS = ["-ffp-contract=off", "-fno-builtin-pow"]
+# The same optimisation level whichever interpreter builds them: extensions get the interpreter's
+# own CFLAGS first (-O3 from a plain CPython build, -O2 from Debian's python3.11, see the Makefile).
+OPTIMISE = ["-O3"]
 HOT_PATHS = ("_robust", "_hst", "_score", "_undervaluation", "_atypical", "_behaviour", "_excise", "_ens_risk",
              "_ens_link", "_fusion", "_labels", "_pipeline")  # fmt: skip
 
 extensions = [
-    Extension(f"vigie.operators.{name}", [f"operators/{name}.pyx"], extra_compile_args=EXACT_FLOATS)
+    Extension(f"vigie.operators.{name}", [f"operators/{name}.pyx"], extra_compile_args=OPTIMISE + EXACT_FLOATS)
     for name in HOT_PATHS
 ]
 # The sinks' encoder: records straight into ClickHouse Native blocks.
-extensions.append(Extension("vigie.sinks._native_block", ["sinks/_native_block.pyx"]))
+extensions.append(Extension("vigie.sinks._native_block", ["sinks/_native_block.pyx"], extra_compile_args=OPTIMISE))
 
 setup(
     name="vigie",
