@@ -1,12 +1,14 @@
 # The two commands the README names: `make run` and `make test`. Both build the virtual
 # environment from nothing when it is missing or stale.
-# The interpreter the environment is built from: Debian's python3.11 where there is one, else
-# python3. Debian builds its interpreter with profile-guided and link-time optimisation and links
-# it statically; this machine's python3 (pyenv's 3.11.7) is a plain shared build. The engine
-# spends about 70% of its time in the interpreter, and scored a stream 10-20% faster on
-# Debian's (bench/RESULTS.md, "interpreters"). `make PYTHON=...` picks another; a change needs
-# `make clean` first, as an existing environment is kept.
-PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3)
+# The interpreter the environment is built from: Debian's python3.11 where it can build one (its
+# venv and dev packages installed), else python3. Debian builds its interpreter with profile-guided
+# and link-time optimisation and links libpython in; this machine's python3 (pyenv's 3.11.7) is a
+# plain shared build. The engine spends about 70% of its time in the interpreter, and scored a
+# stream 10-20% faster on Debian's (bench/RESULTS.md, "interpreters"). `make PYTHON=...` picks
+# another; a change needs `make clean` first, as an existing environment is kept.
+DEBIAN_PYTHON := /usr/bin/python3.11
+PYTHON ?= $(shell test -f /usr/include/python3.11/Python.h && $(DEBIAN_PYTHON) -c 'import ensurepip' 2>/dev/null \
+	&& echo $(DEBIAN_PYTHON) || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vigie-installed
