@@ -33,12 +33,13 @@ checks every excise record and every import declaration of excise goods on its o
     or an export must match its e-AD (same ARC): shortage, another quantity dispatched,
     a strength that moved. Records without an import MRN use ``arc:<ARC>``.
 ``ledger:<consignor excise number>``
-    e-ADs still open (no report of receipt or export). There are no timers in the operator
-    contract, so an e-AD is found overdue when a later event of the same consignor arrives
-    after its deadline (``receipt_deadline_hours``, 6 days by default: the e-AD journey plus
-    the 5 working days the consignee has to report receipt); its score then concerns the
-    overdue e-AD (``subject_event_id``), not the event that revealed it. A later task adds
-    Flink timers that fire at the deadline itself.
+    e-ADs still open (no report of receipt or export). An e-AD is overdue after its deadline
+    (``receipt_deadline_hours``, 6 days by default: the e-AD journey plus the 5 working days
+    the consignee has to report receipt). Every runtime wakes the ledger when the stream's
+    time passes it (:meth:`ExciseDetector.deadlines_of`, :meth:`ExciseDetector.expire`,
+    :mod:`vigie.operators.deadlines`), so a consignor who goes silent is flagged too; a later
+    record of the consignor that comes first reveals the gap itself (same score, same id).
+    Either way the score concerns the overdue e-AD (``subject_event_id``), not what revealed it.
 ``ens:<ENS reference>``
     Gross mass on the ENS vs net mass on the import declaration that quotes it: beyond
     what packaging explains (:data:`MAX_GROSS_NET_RATIO`), the undeclared mass could hide
@@ -904,17 +905,27 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             del store[key]
         return len(idle)
 
-    # --- deadline timers (for runtimes with timers, e.g. Flink) -------------------------------------------
-    def deadlines(self, key: str, unit: ExciseUnit, state: ExciseState) -> list[float]:
+    # --- deadline timers (see vigie.operators.deadlines) ---------------------------------------------------
+    def deadlines(self, key: str, unit: ExciseUnit, state: ExciseState | None = None) -> list[float]:
         """Epoch seconds at which ``key`` must be checked again after ``unit`` was learned: the
-        receipt deadline of an e-AD just opened in a consignor's ledger (it is overdue strictly
-        after: wake a moment later); nothing for other units."""
+        receipt deadline of an e-AD, for its consignor's ledger (it is overdue strictly after:
+        wake a moment later); nothing for other units. From the unit alone, not the state: an
+        e-AD received meanwhile just makes the check find nothing."""
         if not key.startswith("ledger:") or not isinstance(unit, ExciseRecord) or unit.role != "ledger":
             return []
-        event = unit.event
-        if event.record_type != "e_ad" or event.arc is None or event.arc not in state.open:
+        return self._receipt_deadline(unit.event)
+
+    def deadlines_of(self, event: Any) -> list[tuple[str, float]]:
+        """``(state key, epoch seconds)`` of the deadline ``event`` sets: an e-AD's receipt deadline, on its
+        consignor's ledger (the ledger unit of :meth:`units`, as :meth:`deadlines` gives it)."""
+        if not isinstance(event, ExciseMovement):
             return []
-        return [state.open[event.arc]["t"] + self.receipt_deadline_s]
+        return [(f"ledger:{event.consignor_excise_number}", at) for at in self._receipt_deadline(event)]
+
+    def _receipt_deadline(self, record: ExciseMovement) -> list[float]:
+        if record.record_type != "e_ad" or record.arc is None:
+            return []
+        return [epoch_seconds(record.event_time) + self.receipt_deadline_s]
 
     def expire(self, key: str, state: ExciseState, now: datetime) -> list[RiskScore]:
         """Scores of every e-AD of a ledger key overdue at ``now`` with no receipt or export, each

@@ -15,7 +15,11 @@ For one event, in order:
    detectors that declare ``consumes = {"labelled_outcome"}`` learn from a
    :class:`~vigie.models.feedback.LabelledOutcome` carrying what they remembered;
 4. the scores of an ENS, a declaration or an excise record are fused, the alert budget
-   decides, and the subject is remembered until its outcome comes.
+   decides, and the subject is remembered until its outcome comes;
+5. deadlines the event's time passed are checked (:mod:`.deadlines`: an e-AD with no report
+   of receipt by its deadline, even if its consignor sends nothing more): each overdue
+   subject's scores are fused on their own, and they and their alert join the event's result
+   as later findings do (their ``subject_event_id`` names the overdue subject).
 
 :meth:`ScoringPipeline.process_all` does the same for a batch, detector by detector (each
 detector's state still sees its events in order), with the same results and state: the
@@ -43,12 +47,16 @@ from vigie.schemas import Alert, ControlOutcome, RiskScore
 
 from . import _pipeline
 from .base import Operator, OperatorState, epoch_seconds
+from .deadlines import DeadlineTimers, WakeUp, deadline_rule
 from .ens_link import EnsLinkState
 from .fusion import LearnedFusion, NoisyOrAlerting, OfficeQueueState, Subject
 from .undervaluation import UndervaluationDetector
 
 _EVICT_EVERY = _pipeline.EVICT_EVERY  # events between sweeps of the ENS registry and idle detector keys
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the deadline timers (a version 2 checkpoint loads with none pending)
+DEFAULT_DEADLINE_LAG = timedelta(hours=1)
+"""How late (event time) a record may come and still count before a deadline: the Flink job's
+``out_of_orderness_s`` default, so every runtime finds a deadline due at the same point of a stream."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -115,6 +123,7 @@ class ScoringPipeline:
         alerting: NoisyOrAlerting | LearnedFusion | None = None,
         ens_retention: timedelta = timedelta(days=4),
         label_join: LabelJoin | None = None,
+        deadline_lag: timedelta | None = DEFAULT_DEADLINE_LAG,
     ) -> None:
         self.detectors = detectors if detectors is not None else default_detectors()
         self.alerting: NoisyOrAlerting | LearnedFusion = alerting if alerting is not None else LearnedFusion()
@@ -135,6 +144,10 @@ class ScoringPipeline:
         # The detectors process_all runs over a whole batch at once: those that need nothing from
         # the pipeline (no ``consumes``), ahead of any that does (the others go a segment at a time).
         self._ahead = next((i for i, d in enumerate(self.detectors) if getattr(d, "consumes", ())), len(self.detectors))
+        rules = [(d.name, rule) for d in self.detectors if (rule := deadline_rule(d)) is not None]
+        self._rules = dict(rules)
+        self.timers = DeadlineTimers(rules, deadline_lag.total_seconds()) if rules and deadline_lag else None
+        """Pending deadline checks (None: no detector has deadlines, or ``deadline_lag`` None turned them off)."""
 
     @property
     def watermark(self) -> datetime:
@@ -153,7 +166,10 @@ class ScoringPipeline:
         The steps are the module's list; they run compiled (:mod:`._pipeline`: every event goes
         through this glue, and the interpreter's work per line cost more than the steps).
         """
-        return _pipeline.process(self, event, PipelineResult)
+        result: PipelineResult = _pipeline.process(self, event, PipelineResult)
+        if self.timers is not None:
+            self._check_deadlines(result, self.timers.advance(self.timers.wake_ups(event), _event_ms(event)))
+        return result
 
     def process_all(self, events: Iterable[Any]) -> list[PipelineResult | Exception]:
         """:meth:`process` of each event in order; where it would raise, the exception instead of a result.
@@ -174,7 +190,41 @@ class ScoringPipeline:
         >>> batched.process_all(events) == expected, batched.state_dict() == one_by_one.state_dict()
         (True, True)
         """
-        return _pipeline.process_all(self, events, PipelineResult)
+        timers = self.timers
+        if timers is None:
+            return _pipeline.process_all(self, events, PipelineResult)
+        # In segments that end where a deadline may fall due: what its check finds depends on
+        # the state at that event, and the detectors take a whole segment before the fusion.
+        events = events if isinstance(events, list) else list(events)
+        wake_ups = [timers.wake_ups(event) for event in events]
+        times = [_event_ms(event) for event in events]
+        results: list[PipelineResult | Exception] = []
+        start = 0
+        while start < len(events):
+            end = timers.segment_end(wake_ups, times, start)
+            part = _pipeline.process_all(self, events[start:end], PipelineResult)
+            for i, result in enumerate(part, start):
+                if isinstance(result, PipelineResult):
+                    self._check_deadlines(result, timers.advance(wake_ups[i], times[i]))
+            results += part
+            start = end
+        return results
+
+    def _check_deadlines(self, result: PipelineResult, due: list[WakeUp]) -> None:
+        """Check the state keys whose deadline ``due`` says has come; each overdue subject's scores, fused
+        on their own (:meth:`decide_finding`), join ``result`` with their alert, as later findings."""
+        for at_ms, name, key in due:
+            state = self.stores[name].get(key)
+            if state is None:
+                continue  # swept as idle: nothing left to report
+            by_subject: dict[str, list[RiskScore]] = {}
+            for score in self._rules[name].expire(key, state, datetime.fromtimestamp(at_ms / 1000.0, UTC)):
+                by_subject.setdefault(score.subject_event_id, []).append(score)
+            for scores in by_subject.values():
+                result.scores = [*result.scores, *scores]
+                alert = self.decide_finding(scores)
+                if alert is not None:
+                    result.later_alerts.append(alert)
 
     def _decide_later(self, event_id: str, scores: list[RiskScore], result: PipelineResult) -> None:
         """Fuse each earlier subject's later findings on their own (:meth:`decide_finding`)."""
@@ -274,6 +324,7 @@ class ScoringPipeline:
             "labels": self.labels.to_dict(),
             "queues": {office: q.to_dict() for office, q in self.queues.items()},
             "fusion": self.alerting.state_dict() if isinstance(self.alerting, LearnedFusion) else None,
+            "deadlines": self.timers.to_dict() if self.timers is not None else None,
         }
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
@@ -297,3 +348,12 @@ class ScoringPipeline:
         self.queues = {office: OfficeQueueState.from_dict(q) for office, q in data["queues"].items()}
         if fusion is not None and isinstance(self.alerting, LearnedFusion):
             self.alerting.load_state_dict(fusion)
+        if self.timers is not None:  # a version 2 checkpoint has none: none pending, no stream time yet
+            self.timers.load_dict(data.get("deadlines") or {"due": [], "stream_time_ms": -(2**63)})
+
+
+def _event_ms(event: Any) -> int:
+    """An event's time in epoch milliseconds, as the deadline timers (and Flink's watermarks) count it
+    (what is not an event, which :meth:`ScoringPipeline.process_all` fails in its place: the earliest)."""
+    when = getattr(event, "event_time", None)
+    return int(when.timestamp() * 1000) if isinstance(when, datetime) else -(2**63)

@@ -88,6 +88,7 @@ import traceback
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Generic, NoReturn, TypeVar
 
@@ -100,6 +101,7 @@ from mode.services import WaitResults
 from pydantic import BaseModel
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
+from vigie.operators.pipeline import DEFAULT_DEADLINE_LAG
 from vigie.sinks.base import Sink
 from vigie.sinks.open import open_sink
 
@@ -190,6 +192,10 @@ class WorkerSettings:
     """``none``, ``chdb:PATH`` (embedded ClickHouse; one worker process per path) or ``clickhouse://...``."""
     threshold: float | None = None
     """None: the pipeline's default (learned) fusion; a number: noisy-OR alerting at that threshold."""
+    deadline_lag_h: float = DEFAULT_DEADLINE_LAG.total_seconds() / 3600.0
+    """Hours (event time) a record may come late and still count before a deadline (an e-AD's receipt): the
+    fuse stage checks a deadline once the latest event time it fused, less this, passes it. Input
+    partitions are fused in the order they are read, so a backlog read at uneven paces needs more."""
     fusion_checkpoint_s: float = 5.0
     """Seconds between checkpoints of the pipeline at least; the fusion offsets are committed at that pace."""
     checkpoint_in_child: bool = True
@@ -828,7 +834,7 @@ class VigieFaustApp:
         self.names = TopicNames(settings.prefix)
         if pipeline is None:
             alerting = NoisyOrAlerting(threshold=settings.threshold) if settings.threshold is not None else None
-            pipeline = ScoringPipeline(alerting=alerting)
+            pipeline = ScoringPipeline(alerting=alerting, deadline_lag=timedelta(hours=settings.deadline_lag_h))
         self.pipeline = pipeline
         self.sink = sink
         client_id = settings.resolved_client_id()
@@ -1383,6 +1389,10 @@ def worker_command(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Use noisy-OR alerting at this fused risk (default: the learned fusion)."),
     ] = None,
+    deadline_lag: Annotated[
+        float,
+        typer.Option(min=0.0, help="Hours a record may come late (event time) and still count before a deadline."),
+    ] = DEFAULT_DEADLINE_LAG.total_seconds() / 3600.0,
     fusion_checkpoint: Annotated[
         float, typer.Option(min=0.1, help="Seconds between checkpoints of the pipeline at least (and its commits).")
     ] = 5.0,
@@ -1415,6 +1425,7 @@ def worker_command(
         batches_in_flight=batches_in_flight,
         sink=sink,
         threshold=threshold,
+        deadline_lag_h=deadline_lag,
         fusion_checkpoint_s=fusion_checkpoint,
         checkpoint_in_child=checkpoint_in_child,
         data_dir=data_dir,

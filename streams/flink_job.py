@@ -59,11 +59,13 @@ With the four input topics, the source interleaves them as it reads them: each t
 in order, and each state key sees its units in that interleaved order. With ``parallelism``
 above 1, the pipeline stage takes events in the order their envelopes arrive.
 
-Deadline timers: a detector can expose ``deadlines(key, unit, state)`` (epoch seconds to be
-woken at, after ``learn_one``) and ``expire(key, state, now)`` (scores of what fell due,
-updating the state). The excise detector has them for its ledgers of open e-ADs: an e-AD
-with no report of receipt or export by its deadline gets its gap score when the event-time
-watermark passes the deadline, even if the consignor sends nothing more.
+Deadline timers (:mod:`vigie.operators.deadlines`): a detector can expose deadlines (epoch
+seconds to be woken at) and ``expire(key, state, now)`` (scores of what fell due, updating
+the state). The excise detector has them for its ledgers of open e-ADs: an e-AD with no
+report of receipt or export by its deadline gets its gap score when the event-time watermark
+passes the deadline, even if the consignor sends nothing more. The fused layout's pipeline
+keeps its own timers (as the in-process runner's, with this lag); the split layout's score
+stage registers Flink event-time timers per state key.
 Watermarks follow the events' ``event_time`` minus ``out_of_orderness_s``; at the end of a
 bounded input only deadlines the stream's time has passed fire (the rest stay open).
 
@@ -104,7 +106,6 @@ cannot be loaded there at all, which is why ClickHouse is fed from the output to
 
 from __future__ import annotations
 
-import heapq
 import importlib
 import logging
 import os
@@ -116,9 +117,9 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
 import orjson
@@ -394,36 +395,14 @@ def make_pipeline(settings: FlinkJobSettings, detectors: list[Operator[Any, Any]
 
     detectors = detectors if detectors is not None else make_detectors(settings.detectors)
     alerting = NoisyOrAlerting(threshold=settings.threshold) if settings.fusion == "noisy-or" else LearnedFusion()
-    return ScoringPipeline(detectors=detectors, alerting=alerting)
+    # Keyed detectors' stand-ins (the split layout) have no deadlines: Flink's timers wake those.
+    lag = timedelta(seconds=settings.out_of_orderness_s)
+    return ScoringPipeline(detectors=detectors, alerting=alerting, deadline_lag=lag)
 
 
 def runtime_fed(detector: Operator[Any, Any]) -> bool:
     """True for detectors that want enriched inputs from the runtime (``consumes``): they run in the pipeline stage."""
     return bool(getattr(detector, "consumes", ()))
-
-
-# --------------------------------------------------------------------------------------------
-# Deadline rules (timers)
-# --------------------------------------------------------------------------------------------
-
-
-class DeadlineRule(Protocol):
-    """What the score stage needs from a detector to wake it up at a deadline."""
-
-    def deadlines(self, key: str, unit: Any, state: Any) -> Iterable[float]:
-        """Epoch seconds at which ``key`` must be checked again, after ``unit`` was learned."""
-        ...
-
-    def expire(self, key: str, state: Any, now: datetime) -> list[RiskScore]:
-        """Scores of what fell due by ``now`` on ``key``; updates ``state`` so each is reported once."""
-        ...
-
-
-def deadline_rule(detector: Any) -> DeadlineRule | None:
-    """The detector itself when it has ``deadlines``/``expire`` (e.g. excise), else None."""
-    if callable(getattr(detector, "deadlines", None)) and callable(getattr(detector, "expire", None)):
-        return detector  # type: ignore[no-any-return]
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,74 +463,28 @@ class PipelineCore:
 
 
 class EventCore:
-    """The fused layout's logic without Flink: a real :class:`ScoringPipeline` plus deadline timers.
+    """The fused layout's logic without Flink: a real :class:`ScoringPipeline`, its deadline timers included.
 
-    :meth:`process` scores one event exactly as the in-process pipeline does, then wakes the
-    deadline rules (:func:`deadline_rule`) whose time has come: a rule's deadlines are
-    collected after each event it learned, and one falls due once the stream's watermark
-    (latest event time - ``out_of_orderness_s`` - 1 ms, as Flink's bounded-out-of-orderness
-    watermark) passes it; each overdue subject's scores are then fused on their own
-    (:meth:`ScoringPipeline.decide_finding`). Everything, pending deadlines included, is in
-    :meth:`state_bytes`, and a core fed the same events from the same state gives the same
-    outputs: that is how the Flink function restores (snapshot + replay).
+    :meth:`process` scores one event exactly as the in-process pipeline does, deadlines the
+    stream's time passed included (:mod:`vigie.operators.deadlines`: their scores and alerts
+    are in the result, as later findings), with the job's ``out_of_orderness_s`` as the
+    timers' lag. Everything, pending deadlines included, is in :meth:`state_bytes`, and a core
+    fed the same events from the same state gives the same outputs: that is how the Flink
+    function restores (snapshot + replay).
     """
 
     def __init__(self, settings: FlinkJobSettings) -> None:
         self.pipeline = make_pipeline(settings)
-        self.rules = [(d.name, d, rule) for d in self.pipeline.detectors if (rule := deadline_rule(d)) is not None]
-        self.lag_ms = int(settings.out_of_orderness_s * 1000)
-        self.stream_time_ms = -(2**63)
-        self.due: list[tuple[int, str, str]] = []
-        """Heap of (wake-up time in ms, detector, state key), each at most once."""
-        self._queued: set[tuple[int, str, str]] = set()
 
-    def process(self, event: Any) -> tuple[PipelineResult, list[tuple[list[RiskScore], Alert | None]]]:
-        """The event's result, then the deadline findings it made due (scores of one subject, its alert)."""
-        result = self.pipeline.process(event)
-        for name, detector, rule in self.rules:
-            store = self.pipeline.stores[name]
-            for key, unit in detector.units(event):
-                state = store.get(key)
-                if state is None:
-                    continue
-                for deadline in rule.deadlines(key, unit, state):
-                    # +1 ms: the detectors' deadline tests are "strictly after" (as the split layout's timers).
-                    self._queue((int(deadline * 1000) + 1, name, key))
-        self.stream_time_ms = max(self.stream_time_ms, int(event.event_time.timestamp() * 1000))
-        return result, self._fire(self.stream_time_ms - self.lag_ms - 1)
-
-    def _queue(self, entry: tuple[int, str, str]) -> None:
-        if entry not in self._queued:
-            self._queued.add(entry)
-            heapq.heappush(self.due, entry)
-
-    def _fire(self, watermark_ms: int) -> list[tuple[list[RiskScore], Alert | None]]:
-        findings: list[tuple[list[RiskScore], Alert | None]] = []
-        rules = {name: rule for name, _, rule in self.rules}
-        while self.due and self.due[0][0] <= watermark_ms:
-            entry = heapq.heappop(self.due)
-            self._queued.discard(entry)
-            at_ms, name, key = entry
-            state = self.pipeline.stores[name].get(key)
-            if state is None:  # the key was swept as idle: nothing left to report
-                continue
-            by_subject: dict[str, list[RiskScore]] = {}
-            for score in rules[name].expire(key, state, datetime.fromtimestamp(at_ms / 1000.0, UTC)):
-                by_subject.setdefault(score.subject_event_id, []).append(score)
-            findings += [(scores, self.pipeline.decide_finding(scores)) for scores in by_subject.values()]
-        return findings
+    def process(self, event: Any) -> PipelineResult:
+        """The event's result: its scores and alerts, then those of the deadlines it made due."""
+        return self.pipeline.process(event)
 
     def state_bytes(self) -> bytes:
-        state = {"pipeline": self.pipeline.state_dict(), "due": self.due, "stream_time_ms": self.stream_time_ms}
-        return orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(self.pipeline.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def load_state_bytes(self, data: bytes) -> None:
-        state = orjson.loads(data)
-        self.pipeline.load_state_dict(state["pipeline"])
-        self.due = [(int(t), str(n), str(k)) for t, n, k in state["due"]]
-        heapq.heapify(self.due)
-        self._queued = set(self.due)
-        self.stream_time_ms = int(state["stream_time_ms"])
+        self.pipeline.load_state_dict(orjson.loads(data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,7 +690,7 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
         return core
 
     @staticmethod
-    def _apply(core: EventCore, event: Any) -> tuple[PipelineResult, list[tuple[list[RiskScore], Alert | None]]] | None:
+    def _apply(core: EventCore, event: Any) -> PipelineResult | None:
         """``core.process(event)``; None when a detector failed on it (the same on replay)."""
         try:
             return core.process(event)
@@ -777,16 +710,10 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
             rejected = EventRejected("internal error while scoring (see the job's log)")
             yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
         else:
-            result, findings = done
-            for score in result.scores:
+            for score in done.scores:  # the event's, then the deadlines' it made due
                 yield _score_row(score)
-            for alert in result.alerts:
+            for alert in done.alerts:
                 yield ALERTS, _alert_row(alert)
-            for scores, finding in findings:
-                for score in scores:
-                    yield _score_row(score)
-                if finding is not None:
-                    yield ALERTS, _alert_row(finding)
         self.state.record(raw, self.core.state_bytes)
 
 
@@ -823,6 +750,9 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         worker_setup()
         detectors = make_detectors(self.settings.detectors)
+        from vigie.operators.deadlines import deadline_rule, wake_up_ms  # imported by make_detectors
+
+        self.wake_up_ms = wake_up_ms
         self.detectors = {d.name: d for d in detectors if not runtime_fed(d)}
         self.rules = {name: rule for name, d in self.detectors.items() if (rule := deadline_rule(d)) is not None}
         # Bytes, pickled: pemja hands bytes to the JVM an order of magnitude faster than str.
@@ -886,8 +816,7 @@ class ScoreUnits(KeyedProcessFunction):  # type: ignore[misc]
         if rule is not None:
             key = route.split("/", 1)[1]
             for deadline in rule.deadlines(key, unit, state):
-                # +1 ms: the detectors' deadline tests are "strictly after".
-                ctx.timer_service().register_event_time_timer(int(deadline * 1000) + 1)
+                ctx.timer_service().register_event_time_timer(self.wake_up_ms(deadline))
         yield Row(PIPELINE, ("s", uid, name, index, _fields(score), envelope))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
@@ -1320,7 +1249,10 @@ def _split_stages(settings: FlinkJobSettings, rows: DataStream) -> tuple[DataStr
     """The split layout's parse, score and pipeline stages: (score rows with the alerts side output, dead letters)."""
     parsed = rows.process(ParseAndSplit(settings), output_type=KEYED_RECORD).name("parse").uid("vigie-parse")
     units = parsed
-    if any(deadline_rule(d) is not None for d in make_detectors(settings.detectors) if not runtime_fed(d)):
+    detectors = make_detectors(settings.detectors)
+    from vigie.operators.deadlines import deadline_rule  # imported by make_detectors (load_operators)
+
+    if any(deadline_rule(d) is not None for d in detectors if not runtime_fed(d)):
         # Event time only matters to deadline timers: without them, no watermark operator per unit.
         lag = Duration.of_millis(int(settings.out_of_orderness_s * 1000))
         watermarks = (

@@ -238,3 +238,19 @@ class MemorySink:
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         raise AssertionError(f"a MemorySink only keeps what is written: nothing may query it ({sql!r})")
+
+
+def timer_events(last: Any) -> list[Any]:
+    """e-AD A never received, e-AD B received two days later, then a clock record from a third
+    consignor 8 days on: the event time passes A's deadline with nothing more from A's consignor."""
+    t = last.event_time
+    a = excise(event_id="timer-ead-a", arc="26FRT0000000000000A11", consignor_excise_number="FRTIMERA00001",
+               event_time=(t + timedelta(hours=1)).isoformat())  # fmt: skip
+    b = excise(event_id="timer-ead-b", arc="26FRT0000000000000B11", consignor_excise_number="FRTIMERB00001",
+               event_time=(t + timedelta(hours=1)).isoformat())  # fmt: skip
+    b_receipt = excise(event_id="timer-receipt-b", record_type="report_of_receipt", arc=b.arc,
+                       consignor_excise_number=b.consignor_excise_number, received_quantity=1000.0,
+                       event_time=(t + timedelta(days=2)).isoformat())  # fmt: skip
+    clock = excise(event_id="timer-clock", record_type="release_for_consumption", arc=None,
+                   consignor_excise_number="FRTIMERC00001", event_time=(t + timedelta(days=8)).isoformat())  # fmt: skip
+    return [a, b, b_receipt, clock]

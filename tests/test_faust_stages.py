@@ -17,7 +17,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from tests.factories import T0, declaration_dict, ens_dict, priced_declaration
+from tests.factories import T0, declaration_dict, ens_dict, priced_declaration, timer_events
 from vigie.operators import ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
 from vigie.schemas import RiskScore, decode_event, encode_event
@@ -119,8 +119,7 @@ def _reference(
     for event in events:
         result = pipeline.process(event)
         scores.update((s.score_id, encode_event(s)) for s in result.scores)
-        if result.alert is not None:
-            alerts[result.alert.alert_id] = encode_event(result.alert)
+        alerts.update((a.alert_id, encode_event(a)) for a in result.alerts)  # later findings' included
     return scores, alerts
 
 
@@ -144,6 +143,22 @@ def test_one_partition_gives_the_in_process_scores_and_alerts_exactly(stream: li
     assert sum(isinstance(r, RiskScore) for r in topology.records) == len(scores)
     assert topology.fuse.fused == len(stream) and topology.fuse.duplicates == 0
     assert topology.cache is not None and topology.cache.hits == len(stream) and len(topology.cache) == 0
+
+
+def test_a_deadline_the_stream_passes_is_found_as_in_process(stream: list[Any]) -> None:
+    """e-AD A gets no receipt and its consignor sends nothing more: the worker's pipeline finds it
+    overdue once the stream's time passes its deadline, as the in-process runner does."""
+    events = [*stream, *timer_events(max(stream, key=lambda e: e.event_time))]
+    scores, alerts = _reference(events)
+    topology = Topology(ScoringPipeline(), partitions=1, batch=97)
+    topology.feed(_inputs(events))
+    assert _by_id(topology.topic(NAMES.scores)) == scores
+    assert _by_id(topology.topic(NAMES.alerts)) == alerts
+    decoded = [orjson.loads(s) for s in scores.values()]
+    gaps = [s for s in decoded if s["reason_fields"].get("findings") == "no_receipt"]
+    assert "timer-ead-a" in {g["subject_event_id"] for g in gaps}
+    assert "timer-ead-b" not in {g["subject_event_id"] for g in gaps}  # received in time
+    assert any(orjson.loads(a)["subject_event_id"] == "timer-ead-a" for a in alerts.values())
 
 
 def _learning_pipeline() -> ScoringPipeline:

@@ -293,8 +293,17 @@ def _publish(bootstrap: str, names: TopicNames, events: list[Any]) -> None:
     assert publisher.report.ok, publisher.report.rejections[:3]
 
 
-def _reference(events: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    pipeline = ScoringPipeline()
+FAR_LAG_H = 1000.0
+"""A deadline allowance (hours) beyond the generated streams' span, for the tests that compare a worker
+reading several partitions with the in-process runner. The worker fuses partitions in the order it
+reads them; a generated stream ends with days of sparse records (receipts, outcomes), where partitions
+read at different paces are days apart, more than the default allowance: a deadline could be checked
+before a receipt another partition still holds. Deadlines in a worker: tests/test_faust_stages.py."""
+FAR_LAG = ("--deadline-lag", str(FAR_LAG_H))
+
+
+def _reference(events: list[Any], lag_h: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    pipeline = ScoringPipeline() if lag_h is None else ScoringPipeline(deadline_lag=timedelta(hours=lag_h))
     scores: dict[str, Any] = {}
     alerts: dict[str, Any] = {}
     for event in events:
@@ -308,7 +317,7 @@ def _reference(events: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 def _generated(seed: int, hours: float, rate: float) -> tuple[list[Any], set[str]]:
     """A generated stream and the ids of the scores the in-process pipeline gives it."""
     events = [event for event, _ in generate(GeneratorConfig(seed=seed, duration_hours=hours, rate_per_hour=rate))]
-    scores, _ = _reference(events)
+    scores, _ = _reference(events, FAR_LAG_H)
     return events, set(scores)
 
 
@@ -442,14 +451,16 @@ def test_worker_killed_mid_stream_is_restarted_without_loss(deployment: Deployme
     reader = Reader(deployment)
     try:
         # No commit before the kill: the restarted worker replays all the first one did.
-        first = deployment.worker("--commit-interval", "600", "--fusion-checkpoint", "0.5", sink=store, name="first")
+        first = deployment.worker(
+            "--commit-interval", "600", "--fusion-checkpoint", "0.5", *FAR_LAG, sink=store, name="first"
+        )  # fmt: skip
         first.start()
         reader.until(lambda r: len(r.score_sets()) >= 20, 90, [first])
         _until(deployment.checkpointed, "a checkpoint", 30, [first])
         first.kill()  # mid-stream: batches in flight, offsets not committed, the fusion state checkpointed
         killed_at = len(reader.score_sets())
         _publish(bootstrap, names, events[half:])
-        second = deployment.worker(sink=store, name="second").start()
+        second = deployment.worker(*FAR_LAG, sink=store, name="second").start()
         reader.until(lambda r: set(r.scores_by_id()) >= expected, 120, [second])
         committed = _AllInputsCommitted(deployment, 2)
         _until(committed, "every input committed", 30, [second])
@@ -457,7 +468,7 @@ def test_worker_killed_mid_stream_is_restarted_without_loss(deployment: Deployme
     finally:
         reader.close()
     assert second.stop() == 0, second.tail()
-    subjects = {s["subject_event_id"] for s in _reference(events)[0].values()}
+    subjects = {s["subject_event_id"] for s in _reference(events, FAR_LAG_H)[0].values()}
     assert killed_at < len(subjects), "the kill happened before the end of the stream"
 
     # Every score, with its deterministic id; what the second worker computed again (from the
@@ -490,7 +501,9 @@ def test_two_workers_split_the_partitions_and_one_takes_over_from_the_other(depl
     fusion = (names.fusion, deployment.fusion_partition(partitions))
 
     reader = Reader(deployment)
-    workers = {name: deployment.worker("--fusion-checkpoint", "0.5", name=name).start() for name in ("left", "right")}
+    workers = {
+        name: deployment.worker("--fusion-checkpoint", "0.5", *FAR_LAG, name=name).start() for name in ("left", "right")
+    }
     both = list(workers.values())
     try:
 
@@ -550,7 +563,7 @@ def test_broker_stopped_and_restarted_mid_stream_loses_nothing(
     first, second = len(events) * 6 // 10, len(events) * 8 // 10
     _publish(bootstrap, names, events[:first])
 
-    worker = deployment.worker("--fusion-checkpoint", "0.5").start()
+    worker = deployment.worker("--fusion-checkpoint", "0.5", *FAR_LAG).start()
     reader = Reader(deployment)
     # A publisher that outlives the outage: what it sends while the broker is down waits in its queue.
     publisher = VigiePublisher(bootstrap, prefix=names.prefix, config={"logger": _CLIENT_LOG})
@@ -578,7 +591,8 @@ def test_broker_stopped_and_restarted_mid_stream_loses_nothing(
         code = worker.stop()
         deployment.close()
     assert code == 0, worker.tail()
-    assert before < len({s["subject_event_id"] for s in _reference(events)[0].values()}), "stopped mid-stream"
+    subjects = {s["subject_event_id"] for s in _reference(events, FAR_LAG_H)[0].values()}
+    assert before < len(subjects), "stopped mid-stream"
     extra = _assert_replays_identical(reader, expected)
     counters = worker.counters()
     assert counters["events ingested"] >= len(events) and counters["events fused"] >= len(events)

@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.factories import MemorySink, excise
+from tests.factories import MemorySink, excise, timer_events
+from vigie.operators.deadlines import deadline_rule, wake_up_ms
 from vigie.operators.excise import ExciseDetector, ExciseRecord, ExciseState
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, dead_letter, decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
@@ -43,7 +44,6 @@ from vigie.streams.flink_job import (
     PipelineCore,
     build_job,
     dead_letter_row,
-    deadline_rule,
     flink_configuration,
     latest_checkpoint,
     make_detectors,
@@ -71,6 +71,7 @@ def test_stand_in_pipeline_gives_the_in_process_results_whatever_order_unit_scor
     settings = FlinkJobSettings(detectors=DETECTORS, fusion=fusion)  # type: ignore[arg-type]
     events = [e for e, _ in generate(GeneratorConfig(seed=2, duration_hours=0.4))]
     reference = make_pipeline(settings)
+    reference.timers = None  # the split layout's deadlines are its score stage's Flink timers (tested below)
     expected = [reference.process(e) for e in events]
 
     keyed = [d for d in make_detectors(DETECTORS) if not runtime_fed(d)]
@@ -115,10 +116,8 @@ def _outputs(core: EventCore, events: list[Any]) -> list[bytes]:
     """Everything a fused core emits for ``events``, encoded, in its order."""
     out: list[bytes] = []
     for event in events:
-        result, findings = core.process(event)
+        result = core.process(event)
         out += [encode_event(r) for r in [*result.scores, *result.alerts]]
-        for scores, alert in findings:
-            out += [encode_event(r) for r in [*scores, *([alert] if alert else [])]]
     return out
 
 
@@ -126,32 +125,36 @@ def _outputs(core: EventCore, events: list[Any]) -> list[bytes]:
 def test_fused_core_scores_as_in_process_fires_deadlines_and_restores_identically(fusion: str) -> None:
     settings = FlinkJobSettings(detectors=DETECTORS, fusion=fusion, out_of_orderness_s=600.0)  # type: ignore[arg-type]
     events = [e for e, _ in generate(GeneratorConfig(seed=17, duration_hours=1.5))]
-    events += _timer_events(max(events, key=lambda e: e.event_time))
+    events += timer_events(max(events, key=lambda e: e.event_time))
     reference = make_pipeline(settings)
+    assert reference.timers is not None and reference.timers.lag_ms == 600_000  # the job's lag
     expected = [reference.process(e) for e in events]
 
     core = EventCore(settings)
-    findings: list[tuple[list[RiskScore], Alert | None]] = []
+    overdue: dict[str, list[RiskScore]] = {}
     for event, want in zip(events, expected, strict=True):
-        result, found = core.process(event)
+        result = core.process(event)
         assert [encode_event(s) for s in result.scores] == [encode_event(s) for s in want.scores]
         assert [encode_event(a) for a in result.alerts] == [encode_event(a) for a in want.alerts]
-        findings += found
+        for score in result.scores:
+            if score.reason_fields.get("findings") == "no_receipt":
+                overdue.setdefault(score.subject_event_id, []).append(score)
     # The clock record 8 days on makes e-AD A overdue (nothing came from its consignor); B was received.
-    overdue = {scores[0].subject_event_id: (scores, alert) for scores, alert in findings}
     assert "timer-ead-a" in overdue and "timer-ead-b" not in overdue
-    scores, _ = overdue["timer-ead-a"]
-    assert scores[0].detector == "excise" and scores[0].score > 0.9 and "no report of receipt" in scores[0].reason
-    assert len(findings) == len(overdue)  # each overdue e-AD once
-    assert not any(key == "ledger:FRTIMERA00001" for _, _, key in core.due)
+    (gap,) = overdue["timer-ead-a"]  # reported once
+    assert gap.detector == "excise" and gap.score > 0.9 and "no report of receipt" in gap.reason
+    assert core.pipeline.timers is not None
+    assert not any(key == "ledger:FRTIMERA00001" for _, _, key in core.pipeline.timers.due)
 
     # Restored mid-stream from its bytes (pending deadlines included), a core continues identically.
     middle = len(events) // 2
     first, second = EventCore(settings), EventCore(settings)
     _outputs(first, events[:middle])
-    pending = len(first.due)
+    assert first.pipeline.timers is not None and second.pipeline.timers is not None
+    pending = first.pipeline.timers.pending
     second.load_state_bytes(first.state_bytes())
-    assert len(second.due) == pending > 0 and second.stream_time_ms == first.stream_time_ms
+    assert second.pipeline.timers.pending == pending > 0
+    assert second.pipeline.timers.stream_time_ms == first.pipeline.timers.stream_time_ms
     rest = _outputs(first, events[middle:])
     assert _outputs(second, events[middle:]) == rest
     assert any(b"timer-ead-a" in line for line in rest)
@@ -294,6 +297,11 @@ def _read(bootstrap: str, topics: list[str], *, until: Any = None, idle_s: float
     return found
 
 
+def _overdue(score: bytes) -> bool:
+    """An encoded score is an e-AD's missed receipt deadline (found by a timer or a later record)."""
+    return json.loads(score)["reason_fields"].get("findings") == "no_receipt"
+
+
 def _publish(bootstrap: str, records: list[tuple[str, bytes | None, bytes]], pause_every: int = 0,
              pause_s: float = 0.0) -> None:  # fmt: skip
     from confluent_kafka import Producer
@@ -307,22 +315,6 @@ def _publish(bootstrap: str, records: list[tuple[str, bytes | None, bytes]], pau
     assert producer.flush(30) == 0
 
 
-def _timer_events(last: Any) -> list[Any]:
-    """e-AD A never received, e-AD B received two days later, then a clock record from a third
-    consignor 8 days on: the event time passes A's deadline with nothing more from A's consignor."""
-    t = last.event_time
-    a = excise(event_id="timer-ead-a", arc="26FRT0000000000000A11", consignor_excise_number="FRTIMERA00001",
-               event_time=(t + timedelta(hours=1)).isoformat())  # fmt: skip
-    b = excise(event_id="timer-ead-b", arc="26FRT0000000000000B11", consignor_excise_number="FRTIMERB00001",
-               event_time=(t + timedelta(hours=1)).isoformat())  # fmt: skip
-    b_receipt = excise(event_id="timer-receipt-b", record_type="report_of_receipt", arc=b.arc,
-                       consignor_excise_number=b.consignor_excise_number, received_quantity=1000.0,
-                       event_time=(t + timedelta(days=2)).isoformat())  # fmt: skip
-    clock = excise(event_id="timer-clock", record_type="release_for_consumption", arc=None,
-                   consignor_excise_number="FRTIMERC00001", event_time=(t + timedelta(days=8)).isoformat())  # fmt: skip
-    return [a, b, b_receipt, clock]
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("layout", ["fused", "split"])
 def test_flink_job_scores_like_the_in_process_runner(
@@ -333,8 +325,8 @@ def test_flink_job_scores_like_the_in_process_runner(
     pairs = list(generate(GeneratorConfig(seed=11, duration_hours=1.5)))
     events = [e for e, _ in pairs]
     truth = {t.event_id: t for _, t in pairs if t is not None}
-    timer_events = _timer_events(max(events, key=lambda e: e.event_time))
-    lines = [encode_event(e) for e in [*events, *timer_events]]
+    timed = timer_events(max(events, key=lambda e: e.event_time))
+    lines = [encode_event(e) for e in [*events, *timed]]
     bad = {
         7: b'{"event_type": "declaration", "event_id": "cut',
         40: b"\x89PNG\r\n\x1a\n\xff binary",
@@ -386,10 +378,13 @@ def test_flink_job_scores_like_the_in_process_runner(
 
     score_messages = out[prefix + "scores"]
     got_scores = [m.value() for m in score_messages]
-    in_process_ids = {json.loads(s)["score_id"] for s in want_scores}
-    deadline_scores = [json.loads(s) for s in got_scores if json.loads(s)["score_id"] not in in_process_ids]
-    # Event by event, every score the in-process runner gave, in its order, and nothing else but deadlines.
-    assert [s for s in got_scores if json.loads(s)["score_id"] in in_process_ids] == want_scores
+    got_alerts = [m.value() for m in out[prefix + "alerts"]]
+    if layout == "fused":  # the runner's own pipeline, deadline timers included: the same records, in order
+        assert got_scores == want_scores and got_alerts == want_alerts
+    # Event by event, every score the in-process runner gave, in its order; the deadlines' (the split
+    # layout's Flink timers fire where its watermark passes them) the same, in some order.
+    assert [s for s in got_scores if not _overdue(s)] == [s for s in want_scores if not _overdue(s)]
+    assert sorted(s for s in got_scores if _overdue(s)) == sorted(s for s in want_scores if _overdue(s))
     assert len(want_scores) > 2 * len(events)  # three detectors, several items: real scores were compared
     for message in score_messages:  # keyed by subject, id in a header
         body = json.loads(message.value())
@@ -398,32 +393,35 @@ def test_flink_job_scores_like_the_in_process_runner(
     scored = Counter(json.loads(s)["subject_event_id"] for s in want_scores)
     assert len(scored) > 0.9 * sum(1 for e in events if e.event_type in ("ens", "declaration"))
 
-    # Deadlines: every e-AD still open in the in-process ledger whose deadline the stream's time passed,
-    # and only those; e-AD A among them, B (received) not.
+    # Deadlines: every e-AD of the input with no receipt or export whose deadline the stream's time
+    # passed, and only those, once each; e-AD A among them, B (received) not.
     detector = next(d for d in pipeline.detectors if d.name == "excise")
-    clock_ms = int(timer_events[-1].event_time.timestamp() * 1000)
+    clock_ms = int(timed[-1].event_time.timestamp() * 1000)
     watermark_ms = clock_ms - int(settings.out_of_orderness_s * 1000) - 1
+    records = [e for e in [*events, *timed] if e.event_type == "excise"]
+    closed = {e.arc for e in records if e.record_type in ("report_of_receipt", "export")}
     overdue = {
-        entry["id"]
-        for key, state in pipeline.stores["excise"].items()
-        if key.startswith("ledger:")
-        for entry in state.open.values()  # type: ignore[attr-defined]
-        if int((entry["t"] + detector.receipt_deadline_s) * 1000) + 1 <= watermark_ms
-    }
-    assert {s["subject_event_id"] for s in deadline_scores} == overdue
+        e.event_id
+        for e in records
+        if e.record_type == "e_ad" and e.arc is not None and e.arc not in closed
+        and wake_up_ms(e.event_time.timestamp() + detector.receipt_deadline_s) <= watermark_ms
+    }  # fmt: skip
+    deadline_scores = [json.loads(s) for s in got_scores if _overdue(s)]
+    assert sorted(s["subject_event_id"] for s in deadline_scores) == sorted(overdue)
     assert "timer-ead-a" in overdue and "timer-ead-b" not in overdue
     (gap,) = [s for s in deadline_scores if s["subject_event_id"] == "timer-ead-a"]
-    due = timer_events[0].event_time + timedelta(seconds=detector.receipt_deadline_s)
+    due = timed[0].event_time + timedelta(seconds=detector.receipt_deadline_s)
     assert gap["detector"] == "excise" and gap["score"] > 0.9 and "no report of receipt" in gap["reason"]
     assert abs(RiskScore.model_validate(gap).event_time - due) < timedelta(seconds=1)  # at the deadline itself
 
-    got_alerts = [m.value() for m in out[prefix + "alerts"]]
     for message in out[prefix + "alerts"]:  # keyed by office, id in a header (as the scores)
         body = json.loads(message.value())
         assert message.key() == body["office"].encode()
         assert message.headers() == [("vigie.id", body["alert_id"].encode())]
     deadline_subjects = {s["subject_event_id"] for s in deadline_scores}
-    assert [a for a in got_alerts if json.loads(a)["subject_event_id"] not in deadline_subjects] == want_alerts
+    assert [a for a in got_alerts if json.loads(a)["subject_event_id"] not in deadline_subjects] == [
+        a for a in want_alerts if json.loads(a)["subject_event_id"] not in deadline_subjects
+    ]
     gap_alerts = [json.loads(a) for a in got_alerts if json.loads(a)["subject_event_id"] == "timer-ead-a"]
     assert len(gap_alerts) == 1 and gap_alerts[0]["subject_type"] == "excise"
 
@@ -849,7 +847,7 @@ def test_score_stage_keeps_snapshot_and_log_and_a_restored_subtask_continues_ide
     keyed_names = ("undervaluation", "atypical_flow", "operator_behaviour", "excise")
     settings = FlinkJobSettings(input_topic="all", detectors=keyed_names)
     events = [e for e, _ in generate(GeneratorConfig(seed=3, duration_hours=0.5))]
-    events += _timer_events(max(events, key=lambda e: e.event_time))
+    events += timer_events(max(events, key=lambda e: e.event_time))
     parse = ParseAndSplit(settings)
     parse.open(None)  # type: ignore[arg-type]
     units = [

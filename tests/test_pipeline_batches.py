@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self
 
 import pytest
 
+from tests.factories import excise, timer_events
 from vigie.operators import ScoringPipeline, all_detectors
 from vigie.operators._pipeline import EVICT_EVERY
 from vigie.operators.base import OperatorState, epoch_seconds
@@ -214,3 +215,66 @@ def test_what_is_not_an_event_fails_in_its_place() -> None:
     assert isinstance(got[300], AttributeError)
     assert batched.state_dict() == one.state_dict()
     assert batched.process_all([]) == []
+
+
+def _late_from_a(clock: Any) -> Any:
+    """A second e-AD from e-AD A's consignor an hour after the clock record (see ``timer_events``)."""
+    return excise(event_id="timer-ead-a2", arc="26FRT0000000000000A12", consignor_excise_number="FRTIMERA00001",
+                  event_time=(clock.event_time + timedelta(hours=1)).isoformat())  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [7, 5_000])
+def test_a_deadline_due_inside_a_batch_is_checked_where_it_would_be_one_event_at_a_time(size: int) -> None:
+    """The clock record makes e-AD A overdue; a record from A's consignor comes after it in the same
+    batch. One event at a time, the deadline check after the clock finds the gap and the later record
+    finds nothing; a batch whose detectors took the later record before the check would let it reveal
+    the gap instead. The batch stops at the clock record, so the gap is the clock record's finding."""
+    events = [e for e, _ in generate(GeneratorConfig(seed=5, duration_hours=1))]
+    events += timer_events(events[-1])
+    events += [_late_from_a(events[-1]), *[e for e, _ in generate(GeneratorConfig(seed=6, duration_hours=0.2))]]
+    one, batched = ScoringPipeline(), ScoringPipeline()
+    expected = _one_by_one(one, events)
+    _same(expected, _in_batches(batched, events, size))
+    assert batched.state_dict() == one.state_dict()
+    clock = next(i for i, e in enumerate(events) if e.event_id == "timer-clock")
+    found = [(i, s) for i, r in enumerate(expected) for s in r.scores
+             if s.subject_event_id == "timer-ead-a" and s.reason_fields.get("findings") == "no_receipt"]  # fmt: skip
+    assert [i for i, _ in found] == [clock]  # after the clock record, once; not by the later record
+    assert found[0][1].score > 0.9 and found[0][1].detector == "excise"
+    assert any(a.subject_event_id == "timer-ead-a" for a in expected[clock].alerts)
+    assert not any(s.subject_event_id == "timer-ead-b" for r in expected for s in r.scores if s.detector == "excise"
+                   and s.reason_fields.get("findings") == "no_receipt")  # fmt: skip
+
+
+def test_without_deadline_timers_only_a_later_record_of_the_consignor_reveals_the_gap() -> None:
+    events = [e for e, _ in generate(GeneratorConfig(seed=5, duration_hours=1))]
+    events += timer_events(events[-1])
+    late = _late_from_a(events[-1])
+    pipeline = ScoringPipeline(deadline_lag=None)
+    assert pipeline.timers is None
+    results = pipeline.process_all([*events, late])
+    gaps = [(r.event.event_id, s) for r in results for s in r.scores if s.subject_event_id == "timer-ead-a"
+            and s.reason_fields.get("findings") == "no_receipt"]  # fmt: skip
+    assert [event_id for event_id, _ in gaps] == ["timer-ead-a2"]  # not at the clock: by the later record
+    with_timers = ScoringPipeline()
+    timed = [s for r in with_timers.process_all([*events, late]) for s in r.scores
+             if s.subject_event_id == "timer-ead-a" and s.reason_fields.get("findings") == "no_receipt"]  # fmt: skip
+    assert [s.score_id for s in timed] == [gaps[0][1].score_id]  # the same finding, one id whichever found it
+
+
+def test_deadline_timers_survive_a_checkpoint_and_an_old_checkpoint_loads_with_none() -> None:
+    events = [e for e, _ in generate(GeneratorConfig(seed=5, duration_hours=1))]
+    events += timer_events(events[-1])
+    cut = len(events) - 2  # e-ADs A and B opened, B's receipt and the clock to come
+    first = ScoringPipeline()
+    first.process_all(events[:cut])
+    assert first.timers is not None and first.timers.pending > 0
+    state = first.state_dict()
+    restored = ScoringPipeline()
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+    assert _one_by_one(restored, events[cut:]) == _one_by_one(first, events[cut:])
+    old = {k: v for k, v in state.items() if k != "deadlines"}  # a version 2 checkpoint
+    legacy = ScoringPipeline()
+    legacy.load_state_dict(old)
+    assert legacy.timers is not None and legacy.timers.pending == 0

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.factories import T0
+from tests.factories import T0, timer_events
 from vigie.operators import ScoringPipeline
+from vigie.schemas import decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, write_stream
 from vigie.sinks.chdb_sink import ChdbSink
 from vigie.streams.cli import app
@@ -132,6 +133,29 @@ def test_bad_lines_are_dead_lettered_and_the_run_continues(tmp_path: Path) -> No
     assert stored == sum(
         1 for line in good[:100] if b'"event_type":"declaration"' in line or b'"event_type":"ens"' in line
     )
+
+
+def test_an_e_ad_never_received_is_alerted_when_the_stream_passes_its_deadline(tmp_path: Path) -> None:
+    """e-AD A's consignor sends nothing more after it; the stream's time (other operators' records)
+    passes A's receipt deadline: `vigie run` stores the gap's score and alert, about A."""
+    events, truth = tmp_path / "events.jsonl", tmp_path / "truth.jsonl"
+    write_stream(GeneratorConfig(seed=3, duration_hours=1), events, truth)
+    last = max((decode_event(line) for line in events.read_bytes().splitlines()), key=lambda e: e.event_time)
+    with events.open("ab") as out:
+        out.writelines(encode_event(e) + b"\n" for e in timer_events(last))
+    result = cli.invoke(app, ["run", "--input", str(events), "--data-dir", str(tmp_path / "d"), "--no-live"])
+    assert result.exit_code == 0, result.output
+    gaps = _query(
+        tmp_path / "d",
+        "SELECT subject_event_id, detector, score, reason FROM vigie.scores FINAL"
+        " WHERE position(reason, 'no report of receipt') > 0 AND subject_event_id LIKE 'timer-%'",
+    )
+    assert [(g["subject_event_id"], g["detector"]) for g in gaps] == [("timer-ead-a", "excise")]  # B was received
+    assert gaps[0]["score"] > 0.9
+    alerts = _query(
+        tmp_path / "d", "SELECT subject_type FROM vigie.alerts FINAL WHERE subject_event_id = 'timer-ead-a'"
+    )
+    assert alerts == [{"subject_type": "excise"}]
 
 
 @pytest.mark.parametrize("skip", [0, 10])

@@ -1,0 +1,167 @@
+"""Event-time deadlines: findings that are due when the stream's time passes a moment, not on an event.
+
+Some findings are about something that did *not* happen: an e-AD (excise movement) with no
+report of receipt or export by its deadline. No event of the subject's own reveals it; the
+stream's time does. A detector that has such rules exposes
+
+- ``deadlines(key, unit, state)``: epoch seconds at which the state under ``key`` must be
+  checked again, after ``unit`` was learned (for keyed runtimes, e.g. Flink's timers);
+- ``deadlines_of(event)``: the same for a whole event, as ``(state key, epoch seconds)``
+  pairs (for runtimes that see whole events: the in-process pipeline, hence the runner and
+  the Faust workers);
+- ``expire(key, state, now)``: the scores of what fell due on ``key`` by ``now``, each once.
+
+A deadline depends on the event alone, never on the state, so a runtime may ask before or
+after the event's units were learned and get the same answer.
+
+:class:`DeadlineTimers` keeps the pending wake-ups of a pipeline and says which are due. The
+stream's *watermark* is its latest event time less ``lag_s`` (how late, in event time, a
+record may come and still count before a deadline) less 1 ms, as Flink's
+bounded-out-of-orderness watermark; a wake-up at ``t`` ms is due once the watermark reaches
+``t``. Every runtime uses the same rule, so a deadline finding is the same whichever runtime
+raised it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from vigie.schemas import RiskScore
+
+__all__ = ["DeadlineRule", "DeadlineTimers", "WakeUp", "deadline_rule", "wake_up_ms"]
+
+WakeUp = tuple[int, str, str]
+"""``(epoch milliseconds, detector name, state key)``: when to check which key of which detector."""
+
+_NEVER = 2**63
+
+
+class DeadlineRule(Protocol):
+    """What a runtime needs from a detector to wake it up at a deadline."""
+
+    def deadlines(self, key: str, unit: Any, state: Any) -> Iterable[float]:
+        """Epoch seconds at which ``key`` must be checked again, after ``unit`` was learned."""
+        ...
+
+    def deadlines_of(self, event: Any) -> Iterable[tuple[str, float]]:
+        """``(state key, epoch seconds)`` of every deadline ``event`` sets."""
+        ...
+
+    def expire(self, key: str, state: Any, now: datetime) -> list[RiskScore]:
+        """Scores of what fell due by ``now`` on ``key``; updates ``state`` so each is reported once."""
+        ...
+
+
+def deadline_rule(detector: Any) -> DeadlineRule | None:
+    """The detector itself when it has deadline rules (``deadlines``, ``deadlines_of``, ``expire``), else None."""
+    if all(callable(getattr(detector, name, None)) for name in ("deadlines", "deadlines_of", "expire")):
+        return detector  # type: ignore[no-any-return]
+    return None
+
+
+def wake_up_ms(deadline_s: float) -> int:
+    """The millisecond to check a deadline at: the detectors' tests are "strictly after" it.
+
+    >>> wake_up_ms(1_700_000_000.0)
+    1700000000001
+    """
+    return int(deadline_s * 1000) + 1
+
+
+class DeadlineTimers:
+    """Pending wake-ups of a pipeline's deadline rules, and the stream time that makes them due.
+
+    ``rules``: ``(detector name, rule)`` pairs. :meth:`advance` takes each event's wake-ups
+    (:meth:`wake_ups`) and event time, and returns the wake-ups now due, in time order; the
+    caller asks the rule to :meth:`~DeadlineRule.expire` each. A wake-up is kept once however
+    many events ask for it. Everything is in :meth:`to_dict`.
+
+    >>> timers = DeadlineTimers([], lag_s=600.0)
+    >>> timers.advance([(3_600_000, "excise", "ledger:A")], 0)  # stream time 0: nothing due
+    []
+    >>> timers.pending, timers.watermark_ms
+    (1, -600001)
+    >>> timers.advance([], 4_200_000)  # 1 h 10 min: the watermark (less 10 min) is still before it
+    []
+    >>> timers.advance([], 4_200_001)
+    [(3600000, 'excise', 'ledger:A')]
+    >>> timers.pending
+    0
+    """
+
+    def __init__(self, rules: Sequence[tuple[str, DeadlineRule]], lag_s: float) -> None:
+        self.rules = list(rules)
+        self.lag_ms = int(lag_s * 1000)
+        self.stream_time_ms = -(2**63)
+        """Latest event time seen, epoch milliseconds."""
+        self.due: list[WakeUp] = []
+        """Heap of pending wake-ups."""
+        self._queued: set[WakeUp] = set(self.due)
+
+    @property
+    def pending(self) -> int:
+        """Wake-ups not yet due."""
+        return len(self.due)
+
+    @property
+    def watermark_ms(self) -> int:
+        """Latest event time - ``lag_s`` - 1 ms: wake-ups at or before it are due."""
+        return self.stream_time_ms - self.lag_ms - 1
+
+    def wake_ups(self, event: Any) -> list[WakeUp]:
+        """The wake-ups ``event`` sets, from every rule."""
+        return [(wake_up_ms(at), name, key) for name, rule in self.rules for key, at in rule.deadlines_of(event)]
+
+    def advance(self, wake_ups: Iterable[WakeUp], event_ms: int) -> list[WakeUp]:
+        """Queue an event's ``wake_ups``, move the stream time to its ``event_ms``; the wake-ups due."""
+        for entry in wake_ups:
+            if entry not in self._queued:
+                self._queued.add(entry)
+                heapq.heappush(self.due, entry)
+        if event_ms > self.stream_time_ms:
+            self.stream_time_ms = event_ms
+        watermark = self.stream_time_ms - self.lag_ms - 1
+        fired: list[WakeUp] = []
+        while self.due and self.due[0][0] <= watermark:
+            entry = heapq.heappop(self.due)
+            self._queued.discard(entry)
+            fired.append(entry)
+        return fired
+
+    def segment_end(self, wake_ups: Sequence[list[WakeUp]], times_ms: Sequence[int], start: int) -> int:
+        """Index after the first event from ``start`` after which a wake-up may be due (else the end).
+
+        A batch scored detector by detector must stop there: what the due wake-ups find
+        depends on the state at that event, not at the end of the batch. ``wake_ups`` and
+        ``times_ms``: each event's, as :meth:`advance` takes them.
+
+        >>> timers = DeadlineTimers([], lag_s=0.0)
+        >>> timers.segment_end([[], [(5, "excise", "k")], [], []], [1, 2, 3, 6], 0)
+        4
+        >>> timers.segment_end([[], [(2, "excise", "k")], [], []], [1, 2, 3, 6], 0)
+        3
+        """
+        first_due = self.due[0][0] if self.due else _NEVER
+        stream = self.stream_time_ms
+        for i in range(start, len(times_ms)):
+            for entry in wake_ups[i]:
+                if entry[0] < first_due:
+                    first_due = entry[0]
+            if times_ms[i] > stream:
+                stream = times_ms[i]
+            if stream - self.lag_ms - 1 >= first_due:
+                return i + 1
+        return len(times_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"due": [list(entry) for entry in self.due], "stream_time_ms": self.stream_time_ms}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        """Restore a :meth:`to_dict` (the rules and the lag are the constructor's)."""
+        self.due = [(int(t), str(name), str(key)) for t, name, key in data["due"]]
+        heapq.heapify(self.due)
+        self._queued = set(self.due)
+        self.stream_time_ms = int(data["stream_time_ms"])
