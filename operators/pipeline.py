@@ -203,9 +203,15 @@ class ScoringPipeline:
         while start < len(events):
             end = timers.segment_end(wake_ups, times, start)
             part = _pipeline.process_all(self, events[start:end], PipelineResult)
-            for i, result in enumerate(part, start):
-                if isinstance(result, PipelineResult):
-                    self._check_deadlines(result, timers.advance(wake_ups[i], times[i]))
+            # Nothing falls due before the segment's last event (segment_end): its events' wake-ups and
+            # times go in at once, and what is due joins the last one's result. A failed event adds
+            # neither (as in process); if it is the last, nothing falls due before the next segment.
+            done = [i for i, result in enumerate(part, start) if isinstance(result, PipelineResult)]
+            if done:
+                due = timers.advance([w for i in done for w in wake_ups[i]], max(times[i] for i in done))
+                last = part[done[-1] - start]
+                if due and isinstance(last, PipelineResult):  # due only if the segment's last event is done
+                    self._check_deadlines(last, due)
             results += part
             start = end
         return results
@@ -356,4 +362,4 @@ def _event_ms(event: Any) -> int:
     """An event's time in epoch milliseconds, as the deadline timers (and Flink's watermarks) count it
     (what is not an event, which :meth:`ScoringPipeline.process_all` fails in its place: the earliest)."""
     when = getattr(event, "event_time", None)
-    return int(when.timestamp() * 1000) if isinstance(when, datetime) else -(2**63)
+    return int(epoch_seconds(when) * 1000) if isinstance(when, datetime) else -(2**63)
