@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from .faust_app import faust_app_cli
 from .flink_cli import flink_app
 from .kafka_dev import dev_app
 from .live import LiveAlertView
+from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .publish import publish_command
 from .replay import replay_command
 from .runner import RUNNER_GC_THRESHOLDS, RunSummary, run_file, tune_garbage_collector
@@ -99,6 +101,7 @@ def run(
     rate: float = 1500.0,
     fraud_share: float = 0.04,
     live: Annotated[bool, typer.Option(help="Show live alerts in the terminal.")] = True,
+    deadline_lag: DeadlineLagHours = DEFAULT_DEADLINE_LAG_H,
 ) -> None:
     """Score events in process into embedded ClickHouse (chdb) under --data-dir.
 
@@ -117,7 +120,7 @@ def run(
     with open(input, "rb") as lines:
         total = sum(1 for _ in lines)
     alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
-    pipeline = ScoringPipeline(alerting=alerting)
+    pipeline = ScoringPipeline(alerting=alerting, deadline_lag=timedelta(hours=deadline_lag))
     sink = ChdbSink(data_dir / "clickhouse")
     tune_garbage_collector(RUNNER_GC_THRESHOLDS)
     try:

@@ -101,7 +101,6 @@ from mode.services import WaitResults
 from pydantic import BaseModel
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
-from vigie.operators.pipeline import DEFAULT_DEADLINE_LAG
 from vigie.sinks.base import Sink
 from vigie.sinks.open import open_sink
 
@@ -115,6 +114,7 @@ from .faust_stages import (
     OutMessage,
     StageOutput,
 )
+from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .topics import DEFAULT_PREFIX, LARGE_MESSAGE_BYTES, TopicNames, create_topics, describe_partitions
 
 __all__ = [
@@ -192,7 +192,7 @@ class WorkerSettings:
     """``none``, ``chdb:PATH`` (embedded ClickHouse; one worker process per path) or ``clickhouse://...``."""
     threshold: float | None = None
     """None: the pipeline's default (learned) fusion; a number: noisy-OR alerting at that threshold."""
-    deadline_lag_h: float = DEFAULT_DEADLINE_LAG.total_seconds() / 3600.0
+    deadline_lag_h: float = DEFAULT_DEADLINE_LAG_H
     """Hours (event time) a record may come late and still count before a deadline (an e-AD's receipt): the
     fuse stage checks a deadline once the latest event time it fused, less this, passes it. Input
     partitions are fused in the order they are read, so a backlog read at uneven paces needs more."""
@@ -1389,10 +1389,7 @@ def worker_command(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Use noisy-OR alerting at this fused risk (default: the learned fusion)."),
     ] = None,
-    deadline_lag: Annotated[
-        float,
-        typer.Option(min=0.0, help="Hours a record may come late (event time) and still count before a deadline."),
-    ] = DEFAULT_DEADLINE_LAG.total_seconds() / 3600.0,
+    deadline_lag: DeadlineLagHours = DEFAULT_DEADLINE_LAG_H,
     fusion_checkpoint: Annotated[
         float, typer.Option(min=0.1, help="Seconds between checkpoints of the pipeline at least (and its commits).")
     ] = 5.0,

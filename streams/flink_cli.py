@@ -31,6 +31,7 @@ from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_ev
 from vigie.sinks.open import open_sink
 
 from .flink_job import CLUSTER_SUBMISSION, FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
+from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .runner import tune_garbage_collector
 from .topics import DEFAULT_PREFIX
 
@@ -238,6 +239,7 @@ def run_command(
         str, typer.Option(help="'noisy-or' (label-free, as vigie run --threshold) or 'learned' (as vigie run).")
     ] = "noisy-or",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Noisy-OR alert threshold.")] = 0.5,
+    deadline_lag: DeadlineLagHours = DEFAULT_DEADLINE_LAG_H,
     mode: Annotated[str, typer.Option(help="Python execution mode: 'thread' or 'process'.")] = "thread",
     state_backend: Annotated[str, typer.Option(help="'hashmap' or 'rocksdb' (incremental checkpoints).")] = "hashmap",
     group_id: Annotated[str, typer.Option(help="Kafka consumer group of the job.")] = "vigie-flink",
@@ -276,6 +278,7 @@ def run_command(
         detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()),
         fusion=fusion,  # type: ignore[arg-type]
         threshold=threshold,
+        out_of_orderness_s=deadline_lag * 3600.0,
         execution_mode=mode,  # type: ignore[arg-type]
         state_backend=state_backend,  # type: ignore[arg-type]
         cluster=cluster,

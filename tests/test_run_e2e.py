@@ -156,6 +156,14 @@ def test_an_e_ad_never_received_is_alerted_when_the_stream_passes_its_deadline(t
         tmp_path / "d", "SELECT subject_type FROM vigie.alerts FINAL WHERE subject_event_id = 'timer-ead-a'"
     )
     assert alerts == [{"subject_type": "excise"}]
+    # The clock record is 8 days after A, 1 day and 23 h past its deadline: an allowance of 2 days for
+    # late records leaves A's deadline ahead of the stream's time, so A stays open.
+    args = ["run", "--input", str(events), "--data-dir", str(tmp_path / "lag"), "--no-live", "--deadline-lag", "48"]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _query(
+        tmp_path / "lag", "SELECT count() AS n FROM vigie.alerts FINAL WHERE subject_event_id = 'timer-ead-a'"
+    ) == [{"n": 0}]
 
 
 @pytest.mark.parametrize("skip", [0, 10])
