@@ -28,7 +28,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.factories import T0, declaration_dict, ens_dict, excise_dict, outcome_dict, priced_declaration
+from tests.factories import T0, declaration_dict, ens_dict, excise_dict, outcome_dict, priced_declaration, timer_events
 from vigie.operators import ScoringPipeline
 from vigie.schemas import decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, generate
@@ -309,8 +309,7 @@ def _reference(events: list[Any], lag_h: float | None = None) -> tuple[dict[str,
     for event in events:
         result = pipeline.process(event)
         scores.update((s.score_id, orjson.loads(encode_event(s))) for s in result.scores)
-        if result.alert:
-            alerts[result.alert.alert_id] = orjson.loads(encode_event(result.alert))
+        alerts.update((a.alert_id, orjson.loads(encode_event(a))) for a in result.alerts)  # later findings' too
     return scores, alerts
 
 
@@ -347,7 +346,13 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
     normal = [priced_declaration(i, 1200.0 * (1 + 0.03 * math.sin(i))) for i in range(30)]
     others = [decode_event(orjson.dumps(excise_dict())), decode_event(orjson.dumps(outcome_dict()))]
     frauds = [priced_declaration(100 + i, 200.0, ens_reference=ref) for i, ref in enumerate(ens_refs)]
-    scores, alerts = _reference([*ens_events, *normal, *others, *frauds])
+    # Last, on the excise topic: e-AD A never received, B received, and a record 8 days on that takes
+    # the stream's time past A's deadline (and the first e-AD's): overdue findings with nothing more
+    # from their consignors.
+    timed = timer_events(max([*normal, *frauds], key=lambda e: e.event_time))
+    scores, alerts = _reference([*ens_events, *normal, *others, *frauds, *timed])
+    overdue = {s["subject_event_id"] for s in scores.values() if s["reason_fields"].get("findings") == "no_receipt"}
+    assert overdue == {"timer-ead-a", others[0].event_id}
     subjects = {s["subject_event_id"] for s in scores.values()}
 
     store = tmp_path / "clickhouse"
@@ -374,12 +379,16 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
         assert raw.flush(30) == 0
         reader.until(
             lambda r: (
-                r.score_sets() >= subjects
+                r.score_sets() >= subjects - {e.event_id for e in timed}
                 and len(r.messages[names.alerts]) >= 3
                 and len(r.messages[names.dead_letter]) >= 5
             ),
             60,
             [worker],
+        )
+        _publish(bootstrap, names, timed)
+        reader.until(
+            lambda r: r.score_sets() >= subjects and len(r.messages[names.alerts]) >= len(alerts), 60, [worker]
         )
         reader.drain(1.0)
         # Once the stream goes quiet, the last fusion messages are checkpointed and committed too
@@ -396,13 +405,14 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
     assert len(reader.messages[names.scores]) == len(scores), "no duplicates"
     assert got_scores == scores
     assert reader.score_sets() == subjects
-    scoreable = [*ens_events, *normal, others[0], *frauds]
+    scoreable = [*ens_events, *normal, others[0], *frauds, *timed]
     assert {e.event_id for e in scoreable} == subjects, "declarations, ENS and excise are scored; outcomes not"
     # Alerts for the three frauds, with the ENS's arrival time: the in-process runner's alerts.
     got_alerts = {
         orjson.loads(m.value())["subject_event_id"]: orjson.loads(m.value()) for m in reader.messages[names.alerts]
     }
-    assert set(got_alerts) == {e.event_id for e in frauds}
+    assert set(got_alerts) == {e.event_id for e in frauds} | overdue
+    assert {got_alerts[o]["subject_type"] for o in overdue} == {"excise"}
     for fraud, eta in zip(frauds, etas, strict=True):
         alert = got_alerts[fraud.event_id]
         assert alert["lead_time_hours"] == round((eta - fraud.event_time).total_seconds() / 3600, 2)
@@ -419,7 +429,7 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
     assert b"exceeds the 1048576-byte limit" in headers[2]["vigie.reason"]
     assert b"not valid UTF-8" in headers[3]["vigie.reason"]
     counters = worker.counters()
-    assert counters["events ingested"] == len(ens_events) + len(normal) + len(others) + len(frauds)
+    assert counters["events ingested"] == len(ens_events) + len(normal) + len(others) + len(frauds) + len(timed)
     assert counters["dead-lettered"] == len(bad) and counters["duplicate(s) skipped"] == 0
 
     # The sink holds the same, once each.
@@ -432,10 +442,10 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
 
         assert one("SELECT count() FROM vigie.scores FINAL") == len(scores)
         assert one("SELECT uniqExact(subject_event_id) FROM vigie.scores FINAL") == len(subjects)
-        assert one("SELECT count() FROM vigie.alerts FINAL") == 3
+        assert one("SELECT count() FROM vigie.alerts FINAL") == len(alerts) == 5
         assert one("SELECT count() FROM vigie.declarations FINAL") == 33
         assert one("SELECT count() FROM vigie.ens FINAL") == 3
-        assert one("SELECT count() FROM vigie.excise FINAL") == 1
+        assert one("SELECT count() FROM vigie.excise FINAL") == 1 + len(timed)
         assert one("SELECT count() FROM vigie.dead_letters FINAL") == 5
         assert one("SELECT max(raw_size) FROM vigie.dead_letters FINAL") == len(bad["5 MB"])
 
