@@ -12,11 +12,13 @@ step reads what another changed meanwhile (its docstring says where the batch is
 """
 
 from array import array
+from datetime import datetime
 
 from vigie.schemas import ControlOutcome, EntrySummaryDeclaration, ExciseMovement, ImportDeclaration
 
 from ._fusion import Subject
 from ._score import epoch_seconds
+from .deadlines import wake_up_ms
 from .fusion import LearnedFusion, NoisyOrAlerting
 
 ENS, DECLARATION, EXCISE, OUTCOME, OTHER = range(5)
@@ -316,3 +318,55 @@ def remember(pipeline, event, result, when, features, subject, scores):
     selection = alert.selection if alert is not None else ""
     labels.remember(event.event_id, first.subject_type, first.subject_reference, expires,
                     features if features is not None else _NO_FEATURES, contexts, selection)
+
+
+# --- deadline timers (vigie.operators.deadlines), for a batch --------------------------------------
+
+cdef object _NOT_AN_EVENT_MS = -(2**63)
+
+
+cpdef object event_ms(event):
+    """An event's time in epoch milliseconds, as the deadline timers (and Flink's watermarks) count it;
+    what is not an event (process_all fails it in its place) counts as the earliest time."""
+    when = getattr(event, "event_time", None)
+    if isinstance(when, datetime):
+        return int(epoch_seconds(when) * 1000)
+    return _NOT_AN_EVENT_MS
+
+
+def plan_deadlines(list batch, list typed):
+    """Each event's wake-ups (:meth:`~.deadlines.DeadlineTimers.wake_ups`; None for none) and its
+    :func:`event_ms`. ``typed``: ``(detector name, rule, event types that can set a deadline)``; the
+    rule is asked only about events of those types (an e-AD is a few percent of the stream)."""
+    cdef Py_ssize_t i, n = len(batch)
+    cdef list wakes = [None] * n, times = [None] * n, found
+    for i in range(n):
+        event = batch[i]
+        found = None
+        for name, rule, types in typed:
+            if isinstance(event, types):
+                for key, at in rule.deadlines_of(event):
+                    if found is None:
+                        found = []
+                    found.append((wake_up_ms(at), name, key))
+        wakes[i] = found
+        times[i] = event_ms(event)
+    return wakes, times
+
+
+def segment_end(list wakes, list times, Py_ssize_t start, first_due, stream, lag_ms):
+    """:meth:`~.deadlines.DeadlineTimers.segment_end`: index after the first event from ``start`` after
+    which a wake-up may be due (``first_due``: the earliest pending; ``stream``: the stream time), else
+    the end."""
+    cdef Py_ssize_t i, n = len(times)
+    for i in range(start, n):
+        found = wakes[i]
+        if found is not None:
+            for entry in <list> found:
+                if entry[0] < first_due:
+                    first_due = entry[0]
+        if times[i] > stream:
+            stream = times[i]
+        if stream - lag_ms - 1 >= first_due:
+            return i + 1
+    return n

@@ -40,7 +40,11 @@ _NEVER = 2**63
 
 
 class DeadlineRule(Protocol):
-    """What a runtime needs from a detector to wake it up at a deadline."""
+    """What a runtime needs from a detector to wake it up at a deadline.
+
+    A rule may also name ``deadline_event_types``: the event classes that can set a deadline
+    (default: any); a batch asks the rule about those events only.
+    """
 
     def deadlines(self, key: str, unit: Any, state: Any) -> Iterable[float]:
         """Epoch seconds at which ``key`` must be checked again, after ``unit`` was learned."""
@@ -94,6 +98,8 @@ class DeadlineTimers:
 
     def __init__(self, rules: Sequence[tuple[str, DeadlineRule]], lag_s: float) -> None:
         self.rules = list(rules)
+        self.typed = [(name, rule, getattr(rule, "deadline_event_types", (object,))) for name, rule in self.rules]
+        """``(detector name, rule, event types that can set a deadline)``, for the compiled batch planner."""
         self.lag_ms = int(lag_s * 1000)
         self.stream_time_ms = -(2**63)
         """Latest event time seen, epoch milliseconds."""

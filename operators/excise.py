@@ -915,6 +915,9 @@ class ExciseDetector(Operator[ExciseUnit, ExciseState]):
             return []
         return self._receipt_deadline(unit.event)
 
+    deadline_event_types: ClassVar[tuple[type, ...]] = (ExciseMovement,)
+    """The events :meth:`deadlines_of` can find a deadline in (see :mod:`vigie.operators.deadlines`)."""
+
     def deadlines_of(self, event: Any) -> list[tuple[str, float]]:
         """``(state key, epoch seconds)`` of the deadline ``event`` sets: an e-AD's receipt deadline, on its
         consignor's ledger (the ledger unit of :meth:`units`, as :meth:`deadlines` gives it)."""

@@ -54,6 +54,7 @@ from .undervaluation import UndervaluationDetector
 
 _EVICT_EVERY = _pipeline.EVICT_EVERY  # events between sweeps of the ENS registry and idle detector keys
 STATE_VERSION = 3  # 3: the deadline timers (a version 2 checkpoint loads with none pending)
+_NEVER_MS = 2**63  # no wake-up pending
 DEFAULT_DEADLINE_LAG = timedelta(hours=1)
 """How late (event time) a record may come and still count before a deadline: the Flink job's
 ``out_of_orderness_s`` default, so every runtime finds a deadline due at the same point of a stream."""
@@ -146,7 +147,8 @@ class ScoringPipeline:
         self._ahead = next((i for i, d in enumerate(self.detectors) if getattr(d, "consumes", ())), len(self.detectors))
         rules = [(d.name, rule) for d in self.detectors if (rule := deadline_rule(d)) is not None]
         self._rules = dict(rules)
-        self.timers = DeadlineTimers(rules, deadline_lag.total_seconds()) if rules and deadline_lag else None
+        off = not rules or deadline_lag is None  # a zero lag is a lag: deadlines at the stream's time itself
+        self.timers = None if off else DeadlineTimers(rules, deadline_lag.total_seconds())  # type: ignore[union-attr]
         """Pending deadline checks (None: no detector has deadlines, or ``deadline_lag`` None turned them off)."""
 
     @property
@@ -168,7 +170,7 @@ class ScoringPipeline:
         """
         result: PipelineResult = _pipeline.process(self, event, PipelineResult)
         if self.timers is not None:
-            self._check_deadlines(result, self.timers.advance(self.timers.wake_ups(event), _event_ms(event)))
+            self._check_deadlines(result, self.timers.advance(self.timers.wake_ups(event), _pipeline.event_ms(event)))
         return result
 
     def process_all(self, events: Iterable[Any]) -> list[PipelineResult | Exception]:
@@ -196,19 +198,19 @@ class ScoringPipeline:
         # In segments that end where a deadline may fall due: what its check finds depends on
         # the state at that event, and the detectors take a whole segment before the fusion.
         events = events if isinstance(events, list) else list(events)
-        wake_ups = [timers.wake_ups(event) for event in events]
-        times = [_event_ms(event) for event in events]
+        wake_ups, times = _pipeline.plan_deadlines(events, timers.typed)  # timers.wake_ups of each, compiled
         results: list[PipelineResult | Exception] = []
         start = 0
         while start < len(events):
-            end = timers.segment_end(wake_ups, times, start)
+            first_due = timers.due[0][0] if timers.due else _NEVER_MS
+            end = _pipeline.segment_end(wake_ups, times, start, first_due, timers.stream_time_ms, timers.lag_ms)
             part = _pipeline.process_all(self, events[start:end], PipelineResult)
             # Nothing falls due before the segment's last event (segment_end): its events' wake-ups and
             # times go in at once, and what is due joins the last one's result. A failed event adds
             # neither (as in process); if it is the last, nothing falls due before the next segment.
             done = [i for i, result in enumerate(part, start) if isinstance(result, PipelineResult)]
             if done:
-                due = timers.advance([w for i in done for w in wake_ups[i]], max(times[i] for i in done))
+                due = timers.advance([w for i in done if wake_ups[i] for w in wake_ups[i]], max(times[i] for i in done))
                 last = part[done[-1] - start]
                 if due and isinstance(last, PipelineResult):  # due only if the segment's last event is done
                     self._check_deadlines(last, due)
@@ -356,10 +358,3 @@ class ScoringPipeline:
             self.alerting.load_state_dict(fusion)
         if self.timers is not None:  # a version 2 checkpoint has none: none pending, no stream time yet
             self.timers.load_dict(data.get("deadlines") or {"due": [], "stream_time_ms": -(2**63)})
-
-
-def _event_ms(event: Any) -> int:
-    """An event's time in epoch milliseconds, as the deadline timers (and Flink's watermarks) count it
-    (what is not an event, which :meth:`ScoringPipeline.process_all` fails in its place: the earliest)."""
-    when = getattr(event, "event_time", None)
-    return int(epoch_seconds(when) * 1000) if isinstance(when, datetime) else -(2**63)

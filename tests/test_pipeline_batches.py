@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 import pytest
 
 from tests.factories import excise, timer_events
-from vigie.operators import ScoringPipeline, all_detectors
+from vigie.operators import ScoringPipeline, _pipeline, all_detectors
 from vigie.operators._pipeline import EVICT_EVERY
 from vigie.operators.base import OperatorState, epoch_seconds
 from vigie.operators.ens_risk import EnsPreArrivalDetector
@@ -278,3 +278,23 @@ def test_deadline_timers_survive_a_checkpoint_and_an_old_checkpoint_loads_with_n
     legacy = ScoringPipeline()
     legacy.load_state_dict(old)
     assert legacy.timers is not None and legacy.timers.pending == 0
+
+
+def test_the_compiled_deadline_planner_gives_the_timers_own_answers() -> None:
+    """``_pipeline.plan_deadlines`` and ``_pipeline.segment_end`` (what process_all runs) against
+    :class:`DeadlineTimers`' own ``wake_ups`` and ``segment_end``, with wake-ups pending and not."""
+    events: list[Any] = [*_stream(), None]
+    events += timer_events(max(events[:-1], key=lambda e: e.event_time))
+    timers = ScoringPipeline(deadline_lag=timedelta(0)).timers
+    assert timers is not None
+    wakes, times = _pipeline.plan_deadlines(events, timers.typed)
+    reference = [timers.wake_ups(e) for e in events]
+    assert [w or [] for w in wakes] == reference and sum(map(bool, reference)) > 10
+    assert times[len(_stream())] == -(2**63) and times[0] == int(epoch_seconds(events[0].event_time) * 1000)
+    for pending in ([], [(times[10] + 3_600_000, "excise", "ledger:X")]):
+        timers.load_dict({"due": pending, "stream_time_ms": times[0]})
+        for start in (0, 1, len(events) // 2, len(events) - 3):
+            first_due = timers.due[0][0] if timers.due else 2**63
+            got = _pipeline.segment_end(wakes, times, start, first_due, timers.stream_time_ms, timers.lag_ms)
+            assert got == timers.segment_end(reference, times, start)
+        assert timers.segment_end(reference, times, 0) < len(events)  # a wake-up falls due inside
