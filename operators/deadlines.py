@@ -119,7 +119,11 @@ class DeadlineTimers:
 
     def wake_ups(self, event: Any) -> list[WakeUp]:
         """The wake-ups ``event`` sets, from every rule."""
-        return [(wake_up_ms(at), name, key) for name, rule in self.rules for key, at in rule.deadlines_of(event)]
+        found: list[WakeUp] = []
+        for name, rule, types in self.typed:
+            if isinstance(event, types):  # the rule is asked only about the events that can set a deadline
+                found += [(wake_up_ms(at), name, key) for key, at in rule.deadlines_of(event)]
+        return found
 
     def advance(self, wake_ups: Iterable[WakeUp], event_ms: int) -> list[WakeUp]:
         """Queue an event's ``wake_ups``, move the stream time to its ``event_ms``; the wake-ups due."""
@@ -129,6 +133,8 @@ class DeadlineTimers:
                 heapq.heappush(self.due, entry)
         if event_ms > self.stream_time_ms:
             self.stream_time_ms = event_ms
+        if not self.due:
+            return []
         watermark = self.stream_time_ms - self.lag_ms - 1
         fired: list[WakeUp] = []
         while self.due and self.due[0][0] <= watermark:
