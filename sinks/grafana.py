@@ -390,6 +390,24 @@ def _targeting(db: str, ds: dashboard_models.DataSourceRef) -> dict[str, Any]:
         """).time_series(),
     )
 
+    b.panel(
+        _table("e-ADs past their receipt deadline"),
+        "Excise movements under duty suspension with no report of receipt or export 6 days after "
+        "dispatch: the goods may have been released on the home market. Found as the stream's time "
+        "passes the deadline (or on the consignor's next record). Duty and VAT at stake, per office.",
+        _q(f"""
+            SELECT
+                office,
+                count() AS overdue_e_ads,
+                sum(eur_at_stake) AS eur_at_stake,
+                max(hours_past_deadline) AS max_hours_past_deadline
+            FROM {db}.v_excise_overdue
+            WHERE $__dateFilter(day) AND {office}
+            GROUP BY office
+            ORDER BY eur_at_stake DESC
+        """),
+    )
+
     b.row("Alert lead time before arrival")
     b.panel(
         _bars("Lead time distribution", "lead_hours", "short"),

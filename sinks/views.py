@@ -461,6 +461,26 @@ def _views(db: str, s: ViewSettings) -> list[ViewSpec]:
             """),
         ),
         ViewSpec(
+            # One row per e-AD found past its receipt deadline with no report of receipt or export
+            # (the excise detector's "no_receipt" finding, at the deadline or on a later record).
+            "v_excise_overdue",
+            "view",
+            _sql(f"""
+                SELECT
+                    subject_event_id AS ead_event_id,
+                    subject_reference AS arc,
+                    event_time AS found_at,
+                    toDate(event_time, '{tz}') AS day,
+                    office,
+                    operator_eori,
+                    eur_at_stake,
+                    visitParamExtractFloat(reason_fields, 'hours_past_deadline') AS hours_past_deadline
+                FROM {db}.scores FINAL
+                WHERE detector = 'excise'
+                  AND has(splitByChar(',', visitParamExtractString(reason_fields, 'findings')), 'no_receipt')
+            """),
+        ),
+        ViewSpec(
             "v_score_daily",
             "view",
             _sql(f"""

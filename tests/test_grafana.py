@@ -287,6 +287,17 @@ def test_every_panel_query_runs_with_plausible_results(loaded: Loaded, boards: l
     for r in results["Lead time by transport mode (hours)"]:
         assert r["p10"] <= r["median"] <= r["p90"] and 0 <= r["share_before_arrival"] <= 1
 
+    # Excise: each e-AD the runner found past its receipt deadline, once, with its EUR at stake.
+    overdue = {
+        s.subject_event_id: s
+        for s in loaded.scores
+        if s.detector == "excise" and "no_receipt" in str(s.reason_fields.get("findings")).split(",")
+    }
+    rows = results["e-ADs past their receipt deadline"]
+    assert "timer-ead-a" in overdue and sum(r["overdue_e_ads"] for r in rows) == len(overdue)
+    assert sum(r["eur_at_stake"] for r in rows) == pytest.approx(sum(s.eur_at_stake for s in overdue.values()))
+    assert all(r["max_hours_past_deadline"] >= 0 for r in rows)
+
     # Drift.
     assert all(0 <= x <= 1 for x in _numbers(results["Mean and 90th percentile score"], "mean_score"))
     assert all(0 <= x <= 1 for x in _numbers(results["Share of scores above the suspicion threshold"], "flagged_share"))

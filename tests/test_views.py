@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.factories import timer_events
 from vigie.operators import PipelineResult, ScoringPipeline
-from vigie.schemas import Alert, ControlOutcome, RiskScore
+from vigie.schemas import Alert, ControlOutcome, RiskScore, decode_event, encode_event
 from vigie.schemas.generator import GeneratorConfig, write_stream
 from vigie.schemas.metrics import PipelineMetrics
 from vigie.sinks.chdb_sink import ChdbSink
@@ -72,7 +73,8 @@ class Loaded:
 
     @property
     def alerts(self) -> list[Alert]:
-        return [r.alert for r in self.results if r.alert is not None]
+        """Every alert the runner wrote: the events' own, then later findings' (a missed deadline's)."""
+        return [a for r in self.results for a in r.alerts]
 
     @property
     def scores(self) -> list[RiskScore]:
@@ -84,8 +86,7 @@ class Loaded:
         for r in self.results:
             out.append(r.event)
             out.extend(r.scores)
-            if r.alert is not None:
-                out.append(r.alert)
+            out.extend(r.alerts)
         return out
 
 
@@ -93,8 +94,11 @@ def load_store(directory: Path) -> Loaded:
     """Generate, score into chdb under ``directory``, re-deliver part of the output; the sink is left closed."""
     events = directory / "events.jsonl"
     write_stream(GeneratorConfig(duration_hours=3, control_rate=0.3), events, directory / "truth.jsonl")
+    last = max((decode_event(line) for line in events.read_bytes().splitlines()), key=lambda e: e.event_time)
     with events.open("ab") as out:
         out.write(b"\n".join(BAD_LINES) + b"\n")
+        # 8 days on, the stream's time passes the receipt deadlines of the e-ADs never received.
+        out.writelines(encode_event(e) + b"\n" for e in timer_events(last))
     path = directory / "store"
     with ChdbSink(path, batch_size=2_000) as sink:
         create_views(sink.query, sink.profile, sink.database, SETTINGS)  # again if the sink already did: harmless
@@ -103,7 +107,7 @@ def load_store(directory: Path) -> Loaded:
         summary = run_file(events, ScoringPipeline(), sink, on_result=results.append, on_progress=recorder)
         # Re-delivery: outcomes, alerts and some scores land a second time, in new parts.
         again: list[Any] = [r.event for r in results if isinstance(r.event, ControlOutcome)]
-        again += [r.alert for r in results if r.alert is not None]
+        again += [a for r in results for a in r.alerts]
         again += [s for r in results[:REDELIVERED_SCORE_RESULTS] for s in r.scores]
         sink.write(again)
         sink.flush()
@@ -418,6 +422,14 @@ def test_views_on_clickhouse_18_16_agree_with_chdb(loaded: Loaded, native_sink: 
     assert len(loaded.alerts) <= health["a"] <= 2 * len(loaded.alerts)
     outcomes = sum(1 for r in redelivered if isinstance(r, ControlOutcome))
     assert first["e"] <= health["e"] <= first["e"] + outcomes * 1.02
+    # e-ADs past their receipt deadline: JSON fields read with 18.16's visitParam functions, as on chdb.
+    overdue_sql = (
+        "SELECT count() AS n, sum(eur_at_stake) AS eur, max(hours_past_deadline) AS h FROM {db}.v_excise_overdue"
+    )
+    on_legacy = legacy_query(overdue_sql)[0]
+    on_chdb = loaded.sink.query(overdue_sql.format(db=loaded.sink.database))[0]
+    assert on_legacy["n"] == on_chdb["n"] > 0
+    assert on_legacy["eur"] == pytest.approx(on_chdb["eur"]) and on_legacy["h"] == pytest.approx(on_chdb["h"])
     sample = PipelineMetrics.sample("sink", "t", datetime.now(UTC), 1.0, events=5)
     native_sink.query(metrics_insert_sql([sample], native_sink.profile, db))
     assert legacy_query("SELECT sum(events) AS e FROM {db}.pipeline_metrics FINAL")[0]["e"] == 5
