@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from vigie.schemas import RiskScore
 
-__all__ = ["DeadlineRule", "DeadlineTimers", "WakeUp", "deadline_rule", "wake_up_ms"]
+__all__ = ["DeadlineRule", "DeadlineTimers", "SourceClock", "WakeUp", "deadline_rule", "wake_up_ms"]
 
 WakeUp = tuple[int, str, str]
 """``(epoch milliseconds, detector name, state key)``: when to check which key of which detector."""
@@ -177,3 +177,46 @@ class DeadlineTimers:
         heapq.heapify(self.due)
         self._queued = set(self.due)
         self.stream_time_ms = int(data["stream_time_ms"])
+
+
+class SourceClock:
+    """The deadline clock of a runtime that reads several sources (Kafka partitions) at their own paces.
+
+    One stream in order (a file) moves the clock with each event's own time. A worker that reads
+    several partitions may be far ahead in one and behind in another (a backlog read at uneven
+    paces): the latest event time would pass a deadline while a partition still holds a receipt
+    dated before it. :meth:`tick` gives instead the earliest of the sources' latest event times,
+    as Flink's watermarks take the minimum over the source partitions, but never more than
+    ``window_s`` behind the latest time of all: a source that has gone quiet (a topic with no
+    traffic, the end of a replay) holds deadlines back by that much at most. It counts event
+    times only, so a replay of the same input gives the same clock.
+
+    >>> clock = SourceClock(window_s=3.0)
+    >>> clock.tick("excise:0", 1_000), clock.tick("excise:1", 2_500)  # partition 1 is ahead
+    (1000, 1000)
+    >>> clock.tick("excise:0", 2_000), clock.tick("excise:1", 9_000)  # partition 0 falls quiet
+    (2000, 6000)
+    """
+
+    def __init__(self, window_s: float = 86_400.0) -> None:
+        self.window_ms = int(window_s * 1000)
+        self.latest: dict[str, int] = {}
+        """Source -> its latest event time (epoch ms)."""
+        self.newest = -(2**63)
+        """The latest event time of all sources."""
+
+    def tick(self, source: str, event_ms: int) -> int:
+        """Account for an event of ``source`` at ``event_ms``; the clock (epoch ms) it moves the timers to."""
+        if event_ms > self.latest.get(source, -(2**63)):
+            self.latest[source] = event_ms
+        if event_ms > self.newest:
+            self.newest = event_ms
+        return max(min(self.latest.values()), self.newest - self.window_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window_ms": self.window_ms, "latest": self.latest, "newest": self.newest}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        self.window_ms = int(data["window_ms"])
+        self.latest = {str(s): int(t) for s, t in data["latest"].items()}
+        self.newest = int(data["newest"])

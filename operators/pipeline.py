@@ -162,18 +162,21 @@ class ScoringPipeline:
         self._watermark_s = epoch_seconds(value)  # the same in epoch seconds, compared on every event
 
     # --- processing ------------------------------------------------------------------------------
-    def process(self, event: Any) -> PipelineResult:
+    def process(self, event: Any, clock_ms: int | None = None) -> PipelineResult:
         """Score ``event``, fuse the scores about its subject, and remember the subject for its outcome.
 
         The steps are the module's list; they run compiled (:mod:`._pipeline`: every event goes
         through this glue, and the interpreter's work per line cost more than the steps).
+        ``clock_ms``: where the event moves the deadline clock (default: its own time); a runtime
+        reading several partitions passes its :class:`~vigie.operators.deadlines.SourceClock`'s.
         """
         result: PipelineResult = _pipeline.process(self, event, PipelineResult)
         if self.timers is not None:
-            self._check_deadlines(result, self.timers.advance(self.timers.wake_ups(event), _pipeline.event_ms(event)))
+            when = _pipeline.event_ms(event) if clock_ms is None else clock_ms
+            self._check_deadlines(result, self.timers.advance(self.timers.wake_ups(event), when))
         return result
 
-    def process_all(self, events: Iterable[Any]) -> list[PipelineResult | Exception]:
+    def process_all(self, events: Iterable[Any], clock_ms: list[int] | None = None) -> list[PipelineResult | Exception]:
         """:meth:`process` of each event in order; where it would raise, the exception instead of a result.
 
         The same results and the same state as ``process`` called event after event (and an
@@ -184,6 +187,7 @@ class ScoringPipeline:
         that keep it exact: :func:`._pipeline.process_all`). Batches of a few hundred events gain
         most (``bench/pipeline.py``). Exact for events the ENS registry accepts (any validated
         event): one it fails on is failed after the detectors ahead of the others saw it.
+        ``clock_ms``: each event's deadline clock, as :meth:`process` takes it.
 
         >>> from vigie.schemas.generator import GeneratorConfig, generate
         >>> events = [event for event, _ in generate(GeneratorConfig(duration_hours=1))]
@@ -199,6 +203,8 @@ class ScoringPipeline:
         # the state at that event, and the detectors take a whole segment before the fusion.
         events = events if isinstance(events, list) else list(events)
         wake_ups, times = _pipeline.plan_deadlines(events, timers.typed)  # timers.wake_ups of each, compiled
+        if clock_ms is not None:
+            times = list(clock_ms)
         results: list[PipelineResult | Exception] = []
         start = 0
         while start < len(events):
@@ -358,3 +364,7 @@ class ScoringPipeline:
             self.alerting.load_state_dict(fusion)
         if self.timers is not None:  # a version 2 checkpoint has none: none pending, no stream time yet
             self.timers.load_dict(data.get("deadlines") or {"due": [], "stream_time_ms": -(2**63)})
+
+
+event_ms = _pipeline.event_ms
+"""An event's time in epoch milliseconds, as the deadline clock counts it (compiled)."""

@@ -194,8 +194,9 @@ class WorkerSettings:
     """None: the pipeline's default (learned) fusion; a number: noisy-OR alerting at that threshold."""
     deadline_lag_h: float = DEFAULT_DEADLINE_LAG_H
     """Hours (event time) a record may come late and still count before a deadline (an e-AD's receipt): the
-    fuse stage checks a deadline once the latest event time it fused, less this, passes it. Input
-    partitions are fused in the order they are read, so a backlog read at uneven paces needs more."""
+    fuse stage checks a deadline once its clock, less this, passes it. The clock is the earliest of the input
+    partitions' latest event times, at most a day behind the latest (a backlog read at uneven paces does not
+    make a deadline fall due early; :class:`~vigie.operators.deadlines.SourceClock`)."""
     fusion_checkpoint_s: float = 5.0
     """Seconds between checkpoints of the pipeline at least; the fusion offsets are committed at that pace."""
     checkpoint_in_child: bool = True

@@ -60,6 +60,8 @@ import orjson
 from pydantic import BaseModel
 
 from vigie.operators import PipelineResult, ScoringPipeline
+from vigie.operators.deadlines import SourceClock
+from vigie.operators.pipeline import event_ms
 from vigie.schemas import EventRejected, dead_letter, decode_event, encode_event
 
 from .topics import LARGE_MESSAGE_BYTES, TopicNames, check_topic
@@ -361,7 +363,9 @@ class IngestStage:
 class FuseStage:
     """Run the pipeline on each forwarded event in order; emit its scores and alert; checkpoint.
 
-    The pipeline's whole state and the per-source watermarks are saved by :meth:`checkpoint`
+    Deadlines follow a clock over the input partitions (:class:`SourceClock`: the slowest one's
+    time, at most a day behind the latest), not the latest event. The pipeline's whole state,
+    the per-source watermarks and that clock are saved by :meth:`checkpoint`
     into ``store`` under ``manifest`` and ``chunk/SEQ/I`` (all in the fusion partition). A
     stage that starts, or takes the fusion partition over, restores the last checkpoint
     before its first batch (:meth:`invalidate` makes it do so again).
@@ -385,6 +389,8 @@ class FuseStage:
         self.cache = cache
         self.watermarks: dict[str, int] = {}
         """Input ``topic:partition`` -> highest offset fused from it."""
+        self.clock = SourceClock()
+        """The deadline clock: the input partitions are read at their own paces (see :class:`SourceClock`)."""
         self._fresh_state = pipeline.state_dict()
         self._loaded = False
         self._chunks = 0
@@ -416,6 +422,7 @@ class FuseStage:
         if manifest is None:
             self.pipeline.load_state_dict(self._fresh_state)
             self.watermarks = {}
+            self.clock = SourceClock()
             self.seq = self._chunks = 0
         else:
             head = orjson.loads(manifest)
@@ -428,6 +435,9 @@ class FuseStage:
                 raise RuntimeError(f"checkpoint version {saved.get('v')} is not {WIRE_VERSION}: reset the app id")
             self.pipeline.load_state_dict(saved["pipeline"])
             self.watermarks = saved["w"]
+            self.clock = SourceClock()
+            if "c" in saved:  # a checkpoint from before the clock: it starts afresh
+                self.clock.load_dict(saved["c"])
             self.seq, self._chunks = head["seq"], head["n"]
             self.restored_bytes = len(blob)
             log.info(
@@ -449,7 +459,8 @@ class FuseStage:
         process (the worker does), while the pipeline goes on; the snapshot is the state at the fork.
         """
         self._ensure_loaded()
-        state = {"v": WIRE_VERSION, "pipeline": self.pipeline.state_dict(), "w": self.watermarks}
+        pipeline = self.pipeline.state_dict()
+        state = {"v": WIRE_VERSION, "pipeline": pipeline, "w": self.watermarks, "c": self.clock.to_dict()}
         return orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def save(self, blob: bytes) -> int:
@@ -493,7 +504,10 @@ class FuseStage:
                     continue
                 self.watermarks[source] = offset
                 forwarded.append((source, offset, raw, self._decoded(source, offset, raw)))
-        results = iter(self.pipeline.process_all([e for *_, e in forwarded if not isinstance(e, EventRejected)]))
+        accepted = [(source, e) for source, _, _, e in forwarded if not isinstance(e, EventRejected)]
+        # The deadline clock of each event: the earliest of the partitions' latest times, not the event's own.
+        clock = [self.clock.tick(source, event_ms(e)) for source, e in accepted] if self.pipeline.timers else None
+        results = iter(self.pipeline.process_all([e for _, e in accepted], clock_ms=clock))
         for source, offset, raw, event in forwarded:
             self._fuse(source, offset, raw, event, None if isinstance(event, EventRejected) else next(results), out)
         return out

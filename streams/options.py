@@ -16,7 +16,7 @@ DeadlineLagHours = Annotated[
         "--deadline-lag",
         min=0.0,
         help="Hours (event time) a record may come late and still count before a deadline: an e-AD is checked "
-        "for its receipt once the latest event time, less this, passes its deadline. A backlog read from "
-        "several partitions at uneven paces needs more.",
+        "for its receipt once the stream's time, less this, passes its deadline (a Faust worker's time: its "
+        "slowest input partition's, at most a day behind the latest).",
     ),
 ]

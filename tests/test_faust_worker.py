@@ -295,10 +295,11 @@ def _publish(bootstrap: str, names: TopicNames, events: list[Any]) -> None:
 
 FAR_LAG_H = 1000.0
 """A deadline allowance (hours) beyond the generated streams' span, for the tests that compare a worker
-reading several partitions with the in-process runner. The worker fuses partitions in the order it
-reads them; a generated stream ends with days of sparse records (receipts, outcomes), where partitions
-read at different paces are days apart, more than the default allowance: a deadline could be checked
-before a receipt another partition still holds. Deadlines in a worker: tests/test_faust_stages.py."""
+reading several partitions with the in-process runner. The worker's deadline clock follows its slowest
+partition (within a day of the latest, vigie.operators.deadlines.SourceClock), the runner's the latest
+event of its one stream: on a generated stream, whose last days hold only sparse records (receipts,
+outcomes), they check deadlines at different points. Deadlines in a worker: tests/test_faust_stages.py
+and test_worker_scores_alerts_and_dead_letters."""
 FAR_LAG = ("--deadline-lag", str(FAR_LAG_H))
 
 
