@@ -468,23 +468,39 @@ class EventCore:
     :meth:`process` scores one event exactly as the in-process pipeline does, deadlines the
     stream's time passed included (:mod:`vigie.operators.deadlines`: their scores and alerts
     are in the result, as later findings), with the job's ``out_of_orderness_s`` as the
-    timers' lag. Everything, pending deadlines included, is in :meth:`state_bytes`, and a core
+    timers' lag. Given the event's ``source`` (``topic:partition``), the deadline clock follows
+    the slowest source, at most a day behind the latest (:class:`~vigie.operators.deadlines.SourceClock`,
+    as the Faust workers'), so a partition read ahead does not make a deadline fall due early.
+    Everything, pending deadlines and the clock included, is in :meth:`state_bytes`, and a core
     fed the same events from the same state gives the same outputs: that is how the Flink
     function restores (snapshot + replay).
     """
 
     def __init__(self, settings: FlinkJobSettings) -> None:
         self.pipeline = make_pipeline(settings)
+        from vigie.operators.deadlines import SourceClock  # loaded by make_pipeline (load_operators)
+        from vigie.operators.pipeline import event_ms
 
-    def process(self, event: Any) -> PipelineResult:
+        self.clock = SourceClock()
+        self._event_ms = event_ms
+
+    def process(self, event: Any, source: str | None = None) -> PipelineResult:
         """The event's result: its scores and alerts, then those of the deadlines it made due."""
-        return self.pipeline.process(event)
+        if source is None or self.pipeline.timers is None:
+            return self.pipeline.process(event)
+        return self.pipeline.process(event, self.clock.tick(source, self._event_ms(event)))
 
     def state_bytes(self) -> bytes:
-        return orjson.dumps(self.pipeline.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
+        state = {"pipeline": self.pipeline.state_dict(), "clock": self.clock.to_dict()}
+        return orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def load_state_bytes(self, data: bytes) -> None:
-        self.pipeline.load_state_dict(orjson.loads(data))
+        state = orjson.loads(data)
+        if "clock" not in state:  # a snapshot from before the clock: the pipeline's state alone
+            state = {"pipeline": state, "clock": None}
+        self.pipeline.load_state_dict(state["pipeline"])
+        if state["clock"] is not None:
+            self.clock.load_dict(state["clock"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,14 +702,19 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
     def _start(self) -> EventCore:
         core = EventCore(self.settings)
         self.state.restore("scoring stage", self.settings, core.load_state_bytes,
-                           lambda raw: self._apply(core, decode_event(raw)))  # fmt: skip
+                           lambda entry: self._replay(core, entry))  # fmt: skip
         return core
 
+    def _replay(self, core: EventCore, entry: tuple[str, bytes] | bytes) -> None:
+        """Apply a log entry again: ``(source, bytes)`` of an event (or its bytes alone, logged before the clock)."""
+        source, raw = entry if isinstance(entry, tuple) else (None, entry)
+        self._apply(core, decode_event(raw), source)
+
     @staticmethod
-    def _apply(core: EventCore, event: Any) -> PipelineResult | None:
-        """``core.process(event)``; None when a detector failed on it (the same on replay)."""
+    def _apply(core: EventCore, event: Any, source: str | None = None) -> PipelineResult | None:
+        """``core.process(event, source)``; None when a detector failed on it (the same on replay)."""
         try:
-            return core.process(event)
+            return core.process(event, source)
         except Exception:
             log.exception("scoring %s %s failed", event.event_type, event.event_id)
             return None
@@ -705,7 +726,8 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
         if isinstance(event, EventRejected):
             yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, event)
             return
-        done = self._apply(self.core, event)
+        source = f"{topic}:{partition}"
+        done = self._apply(self.core, event, source)
         if done is None:  # keep the bytes, say why
             rejected = EventRejected("internal error while scoring (see the job's log)")
             yield DEAD_LETTERS, dead_letter_row(raw, topic, partition, offset, rejected)
@@ -714,7 +736,7 @@ class ScoreEvents(KeyedProcessFunction):  # type: ignore[misc]
                 yield _score_row(score)
             for alert in done.alerts:
                 yield ALERTS, _alert_row(alert)
-        self.state.record(raw, self.core.state_bytes)
+        self.state.record((source, raw), self.core.state_bytes)
 
 
 class UnitTime(TimestampAssigner):  # type: ignore[misc]

@@ -254,3 +254,17 @@ def timer_events(last: Any) -> list[Any]:
     clock = excise(event_id="timer-clock", record_type="release_for_consumption", arc=None,
                    consignor_excise_number="FRTIMERC00001", event_time=(t + timedelta(days=8)).isoformat())  # fmt: skip
     return [a, b, b_receipt, clock]
+
+
+def receipt_behind_events(arc_x: str, arc_w: str, arc_ahead: str) -> list[Any]:
+    """e-ADs X and W at T0; a record 6 days 3 h on (read ahead, from W's partition); X's report of
+    receipt, on time at 5 days 20 h (read last, from X's partition). By the latest event time both
+    deadlines (6 days) have passed before the receipt is read; by the earliest partition's, none has."""
+    x = excise(event_id="ead-x", arc=arc_x, consignor_excise_number="FRKX000000001", event_time=T0.isoformat())
+    w = excise(event_id="ead-w", arc=arc_w, consignor_excise_number="FRKW000000001", event_time=T0.isoformat())
+    ahead = excise(event_id="ahead", arc=arc_ahead, consignor_excise_number="FRKZ000000001",
+                   event_time=(T0 + timedelta(days=6, hours=3)).isoformat())  # fmt: skip
+    receipt = excise(event_id="receipt-x", record_type="report_of_receipt", arc=arc_x, received_quantity=1000.0,
+                     consignor_excise_number=x.consignor_excise_number,
+                     event_time=(T0 + timedelta(days=5, hours=20)).isoformat())  # fmt: skip
+    return [x, w, ahead, receipt]

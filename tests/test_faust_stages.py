@@ -17,7 +17,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from tests.factories import T0, declaration_dict, ens_dict, excise, priced_declaration, timer_events
+from tests.factories import T0, declaration_dict, ens_dict, priced_declaration, receipt_behind_events, timer_events
 from vigie.operators import ScoringPipeline, UndervaluationDetector
 from vigie.operators.ens_risk import EnsPreArrivalDetector
 from vigie.schemas import RiskScore, decode_event, encode_event
@@ -491,18 +491,11 @@ def test_a_partition_read_ahead_does_not_make_a_deadline_fall_due_early() -> Non
     holds e-AD X's report of receipt, on time. By the latest event time X's deadline would have
     passed; the worker's clock (the earliest partition's time, within a day of the latest) waits,
     and X is not flagged. The in-process pipeline, fed the same order as one stream, flags it."""
-    t = T0
     arcs = [f"26FRK{i:016d}" for i in range(40)]
     side = {arc: (murmur2(arc.encode()) & 0x7FFFFFFF) % 2 for arc in arcs}
     on_x = [arc for arc in arcs if side[arc] == 0]
     on_y = [arc for arc in arcs if side[arc] == 1]
-    x = excise(event_id="ead-x", arc=on_x[0], consignor_excise_number="FRKX000000001", event_time=t.isoformat())
-    w = excise(event_id="ead-w", arc=on_y[0], consignor_excise_number="FRKW000000001", event_time=t.isoformat())
-    ahead = excise(event_id="ahead", arc=on_y[1], consignor_excise_number="FRKZ000000001",
-                   event_time=(t + timedelta(days=6, hours=3)).isoformat())  # fmt: skip
-    receipt = excise(event_id="receipt-x", record_type="report_of_receipt", arc=x.arc, received_quantity=1000.0,
-                     consignor_excise_number=x.consignor_excise_number,
-                     event_time=(t + timedelta(days=5, hours=20)).isoformat())  # fmt: skip
+    x, w, ahead, receipt = receipt_behind_events(on_x[0], on_y[0], on_y[1])
     topology = Topology(ScoringPipeline(), partitions=2, batch=64)
     for phase in ([x, w], [ahead], [receipt]):
         topology.feed(_inputs(phase))

@@ -28,10 +28,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
-from tests.factories import MemorySink, excise, timer_events
+from tests.factories import MemorySink, excise, receipt_behind_events, timer_events
 from vigie.operators.deadlines import deadline_rule, wake_up_ms
 from vigie.operators.excise import ExciseDetector, ExciseRecord, ExciseState
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, dead_letter, decode_event, encode_event
@@ -158,6 +159,33 @@ def test_fused_core_scores_as_in_process_fires_deadlines_and_restores_identicall
     rest = _outputs(first, events[middle:])
     assert _outputs(second, events[middle:]) == rest
     assert any(b"timer-ead-a" in line for line in rest)
+
+
+def test_fused_core_clock_waits_for_a_partition_read_behind_and_is_restored() -> None:
+    """As the Faust workers: given each event's source, the fused core's deadline clock follows the
+    slowest partition, so e-AD X's on-time receipt, read last from its partition, is not preceded by a
+    finding that X is overdue; without sources (one stream) the latest event time would flag it."""
+    settings = FlinkJobSettings(detectors=DETECTORS)
+    events = receipt_behind_events("26FRK0000000000000001", "26FRK0000000000000002", "26FRK0000000000000003")
+    sources = ["t.excise:0", "t.excise:1", "t.excise:1", "t.excise:0"]
+
+    def overdue(core: EventCore, with_sources: bool) -> set[str]:
+        found = set()
+        for event, source in zip(events, sources, strict=True):
+            for score in core.process(event, source if with_sources else None).scores:
+                if score.reason_fields.get("findings") == "no_receipt":
+                    found.add(score.subject_event_id)
+        return found
+
+    core = EventCore(settings)
+    assert overdue(core, with_sources=True) == set()
+    assert overdue(EventCore(settings), with_sources=False) == {"ead-x", "ead-w"}
+    restored = EventCore(settings)
+    restored.load_state_bytes(core.state_bytes())
+    assert restored.clock.to_dict() == core.clock.to_dict() and restored.state_bytes() == core.state_bytes()
+    legacy = EventCore(settings)  # a snapshot from before the clock: the pipeline's state alone
+    legacy.load_state_bytes(orjson.dumps(core.pipeline.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+    assert legacy.pipeline.state_dict() == core.pipeline.state_dict() and legacy.clock.latest == {}
 
 
 def test_excise_deadline_rule_reports_an_open_e_ad_at_its_deadline_once() -> None:
