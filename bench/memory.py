@@ -56,6 +56,7 @@ def key_counts(pipeline: ScoringPipeline) -> dict[str, int]:
     counts["ens registry"] = len(pipeline.ens.arrivals)
     counts["awaiting labels"] = len(pipeline.labels)
     counts["office queues"] = sum(len(q.raised) for q in pipeline.queues.values())
+    counts["deadline wake-ups"] = pipeline.timers.pending if pipeline.timers is not None else 0
     return counts
 
 
@@ -85,6 +86,7 @@ def main() -> None:
         "checkpoint MiB",
         "ENS registry",
         "awaiting labels",
+        "deadline wake-ups pending",
         "detector keys",
         "events/s so far",
     )
@@ -107,7 +109,8 @@ def main() -> None:
                 f"RSS before streaming: {base_rss:.0f} MiB. Retentions: ENS 4 days after ETA, labels awaited 3 days "
                 "(an ENS: 2 days after its ETA), idle consignees and groups 60 days; excise keys: "
                 "an ENS's 7 days after its ETA, an import's or consignor's 36 days after its last record, "
-                "operators 1 year.",
+                "operators 1 year; deadline wake-ups: one per e-AD until its receipt deadline (6 days) and the "
+                "1 h allowance have passed.",
                 f"{datetime.now(UTC):%Y-%m-%d}, {elapsed:,.0f} s wall, Python {platform.python_version()}, "
                 "one process, 2 cores shared with other jobs (events/s is not a speed benchmark).",
             ],
@@ -132,6 +135,7 @@ def main() -> None:
                 f"{state_bytes / 2**20:,.1f}",
                 f"{counts['ens registry']:,}",
                 f"{counts['awaiting labels']:,}",
+                f"{counts['deadline wake-ups']:,}",
                 ", ".join(f"{k.removeprefix('store:')} {v:,}" for k, v in counts.items() if k.startswith("store:")),
                 f"{n / elapsed:,.0f}",
             )

@@ -19,7 +19,9 @@ stream's *watermark* is its latest event time less ``lag_s`` (how late, in event
 record may come and still count before a deadline) less 1 ms, as Flink's
 bounded-out-of-orderness watermark; a wake-up at ``t`` ms is due once the watermark reaches
 ``t``. Every runtime uses the same rule, so a deadline finding is the same whichever runtime
-raised it.
+raised it. A runtime that reads several partitions at their own paces moves the timers with
+a :class:`SourceClock` (the slowest partition's time, within a window of the latest) instead
+of each event's own time.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class DeadlineRule(Protocol):
     """What a runtime needs from a detector to wake it up at a deadline.
 
     A rule may also name ``deadline_event_types``: the event classes that can set a deadline
-    (default: any); a batch asks the rule about those events only.
+    (default: any); the timers ask the rule about those events only.
     """
 
     def deadlines(self, key: str, unit: Any, state: Any) -> Iterable[float]:
