@@ -334,12 +334,15 @@ cpdef object event_ms(event):
     return _NOT_AN_EVENT_MS
 
 
-def plan_deadlines(list batch, list typed):
-    """Each event's wake-ups (:meth:`~.deadlines.DeadlineTimers.wake_ups`; None for none) and its
-    :func:`event_ms`. ``typed``: ``(detector name, rule, event types that can set a deadline)``; the
-    rule is asked only about events of those types (an e-AD is a few percent of the stream)."""
+def plan_deadlines(list batch, list typed, list clock_ms=None):
+    """Each event's wake-ups (:meth:`~.deadlines.DeadlineTimers.wake_ups`; None for none) and the time
+    it moves the timers to: its :func:`event_ms`, or its entry of ``clock_ms`` when the runtime keeps
+    its own clock (then not worked out again). ``typed``: ``(detector name, rule, event types that can
+    set a deadline)``; the rule is asked only about events of those types (an e-AD is a few percent of
+    the stream)."""
     cdef Py_ssize_t i, n = len(batch)
-    cdef list wakes = [None] * n, times = [None] * n, found
+    cdef bint own_clock = clock_ms is None
+    cdef list wakes = [None] * n, times = [None] * n if own_clock else list(clock_ms), found
     for i in range(n):
         event = batch[i]
         found = None
@@ -350,7 +353,8 @@ def plan_deadlines(list batch, list typed):
                         found = []
                     found.append((wake_up_ms(at), name, key))
         wakes[i] = found
-        times[i] = event_ms(event)
+        if own_clock:
+            times[i] = event_ms(event)
     return wakes, times
 
 

@@ -119,6 +119,11 @@ class DeadlineTimers:
         """Latest event time - ``lag_s`` - 1 ms: wake-ups at or before it are due."""
         return self.stream_time_ms - self.lag_ms - 1
 
+    @property
+    def first_due_ms(self) -> int:
+        """The earliest pending wake-up (epoch ms; 2**63 when none is pending)."""
+        return self.due[0][0] if self.due else _NEVER
+
     def wake_ups(self, event: Any) -> list[WakeUp]:
         """The wake-ups ``event`` sets, from every rule."""
         found: list[WakeUp] = []
@@ -137,7 +142,7 @@ class DeadlineTimers:
             self.stream_time_ms = event_ms
         if not self.due:
             return []
-        watermark = self.stream_time_ms - self.lag_ms - 1
+        watermark = self.watermark_ms
         fired: list[WakeUp] = []
         while self.due and self.due[0][0] <= watermark:
             entry = heapq.heappop(self.due)
@@ -158,7 +163,7 @@ class DeadlineTimers:
         >>> timers.segment_end([[], [(2, "excise", "k")], [], []], [1, 2, 3, 6], 0)
         3
         """
-        first_due = self.due[0][0] if self.due else _NEVER
+        first_due = self.first_due_ms
         stream = self.stream_time_ms
         for i in range(start, len(times_ms)):
             for entry in wake_ups[i]:

@@ -54,7 +54,6 @@ from .undervaluation import UndervaluationDetector
 
 _EVICT_EVERY = _pipeline.EVICT_EVERY  # events between sweeps of the ENS registry and idle detector keys
 STATE_VERSION = 3  # 3: the deadline timers (a version 2 checkpoint loads with none pending)
-_NEVER_MS = 2**63  # no wake-up pending
 DEFAULT_DEADLINE_LAG = timedelta(hours=1)
 """How late (event time) a record may come and still count before a deadline: the Flink job's
 ``out_of_orderness_s`` default, so every runtime finds a deadline due at the same point of a stream."""
@@ -202,14 +201,13 @@ class ScoringPipeline:
         # In segments that end where a deadline may fall due: what its check finds depends on
         # the state at that event, and the detectors take a whole segment before the fusion.
         events = events if isinstance(events, list) else list(events)
-        wake_ups, times = _pipeline.plan_deadlines(events, timers.typed)  # timers.wake_ups of each, compiled
-        if clock_ms is not None:
-            times = list(clock_ms)
+        wake_ups, times = _pipeline.plan_deadlines(events, timers.typed, clock_ms)  # timers.wake_ups of each
         results: list[PipelineResult | Exception] = []
         start = 0
         while start < len(events):
-            first_due = timers.due[0][0] if timers.due else _NEVER_MS
-            end = _pipeline.segment_end(wake_ups, times, start, first_due, timers.stream_time_ms, timers.lag_ms)
+            end = _pipeline.segment_end(
+                wake_ups, times, start, timers.first_due_ms, timers.stream_time_ms, timers.lag_ms
+            )
             part = _pipeline.process_all(self, events[start:end], PipelineResult)
             # Nothing falls due before the segment's last event (segment_end): its events' wake-ups and
             # times go in at once, and what is due joins the last one's result. A failed event adds
@@ -225,28 +223,27 @@ class ScoringPipeline:
         return results
 
     def _check_deadlines(self, result: PipelineResult, due: list[WakeUp]) -> None:
-        """Check the state keys whose deadline ``due`` says has come; each overdue subject's scores, fused
-        on their own (:meth:`decide_finding`), join ``result`` with their alert, as later findings."""
+        """Check the state keys whose deadline ``due`` says has come; the scores of what is overdue join
+        ``result``, and each overdue subject's are decided on their own, as later findings."""
+        found: list[RiskScore] = []
         for at_ms, name, key in due:
             state = self.stores[name].get(key)
-            if state is None:
-                continue  # swept as idle: nothing left to report
-            by_subject: dict[str, list[RiskScore]] = {}
-            for score in self._rules[name].expire(key, state, datetime.fromtimestamp(at_ms / 1000.0, UTC)):
-                by_subject.setdefault(score.subject_event_id, []).append(score)
-            for scores in by_subject.values():
-                result.scores = [*result.scores, *scores]
-                alert = self.decide_finding(scores)
-                if alert is not None:
-                    result.later_alerts.append(alert)
+            if state is not None:  # None: swept as idle, nothing left to report
+                found += self._rules[name].expire(key, state, datetime.fromtimestamp(at_ms / 1000.0, UTC))
+        if found:
+            result.scores = [*result.scores, *found]
+            self._decide_findings(found, result)
 
     def _decide_later(self, event_id: str, scores: list[RiskScore], result: PipelineResult) -> None:
         """Fuse each earlier subject's later findings on their own (:meth:`decide_finding`)."""
-        later: dict[str, list[RiskScore]] = {}
+        self._decide_findings([s for s in scores if s.subject_event_id != event_id], result)
+
+    def _decide_findings(self, scores: list[RiskScore], result: PipelineResult) -> None:
+        """Decide ``scores``, each subject's on their own (:meth:`decide_finding`); the alerts join ``result``."""
+        by_subject: dict[str, list[RiskScore]] = {}
         for score in scores:
-            if score.subject_event_id != event_id:
-                later.setdefault(score.subject_event_id, []).append(score)
-        for group in later.values():
+            by_subject.setdefault(score.subject_event_id, []).append(score)
+        for group in by_subject.values():
             alert = self.decide_finding(group)
             if alert is not None:
                 result.later_alerts.append(alert)
