@@ -17,6 +17,14 @@ clickhouse-driver's connection: the driver opens the insert and reads the server
 usual, but does not convert a single value. The server's header must list the columns and
 types the block carries (a table altered by hand is refused, naming the table). A value that
 does not fit its column is refused when written (``TypeError`` naming table and column).
+
+``LowCardinality`` columns travel as their plain type (``String``, ``Nullable(String)``): the
+blocks carry no dictionaries. A modern server (>= 22) still names ``LowCardinality`` in the
+insert header it sends a client of protocol revision 54405 or later
+(``low_cardinality_allow_in_native_format``, on by default), and converts the plain column it
+receives into the table's type, as it does for clients older than ``LowCardinality``. The
+header is therefore compared with the wrappers removed (:func:`without_low_cardinality`,
+nested ones too); 18.16 sends none.
 Compression is not used: on loopback and local networks it costs more CPU than it saves.
 
 Failures
@@ -38,7 +46,8 @@ plus ``retries``.
 
 Tested against ClickHouse 18.16.1 (``tests/test_native_sink.py``, a server started by
 :class:`~vigie.sinks.clickhouse_server.ClickHouseServer`). The modern DDL is tested on chdb;
-a native connection to a modern server is not covered by the test suite.
+a native connection to a modern server is not covered by the test suite (only the header
+comparison, with the types such a server sends, is unit-tested).
 """
 
 from __future__ import annotations
@@ -73,7 +82,7 @@ from .ddl import (
 )
 from .views import create_views
 
-__all__ = ["NativeSink", "NativeSinkMetrics"]
+__all__ = ["NativeSink", "NativeSinkMetrics", "without_low_cardinality"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,34 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 # Columns holding raw bytes: query() hands them back as bytes even when they decode as UTF-8.
 _BYTES_COLUMNS = frozenset(c.name for t in TABLES.values() for c in t.columns if c.kind is Kind.BYTES)
+
+
+_LOW_CARDINALITY = "LowCardinality("
+
+
+def without_low_cardinality(type_name: str) -> str:
+    """``type_name`` with every ``LowCardinality(...)`` wrapper removed, nested ones included.
+
+    >>> without_low_cardinality("Map(LowCardinality(String), Array(LowCardinality(Nullable(String))))")
+    'Map(String, Array(Nullable(String)))'
+    """
+    while (start := type_name.find(_LOW_CARDINALITY)) >= 0:
+        inner = start + len(_LOW_CARDINALITY)
+        depth = 1
+        end = inner
+        while depth:  # the wrapper's own closing parenthesis
+            if end >= len(type_name):
+                raise ValueError(f"unbalanced parentheses in type {type_name!r}")
+            depth += {"(": 1, ")": -1}.get(type_name[end], 0)
+            end += 1
+        type_name = type_name[:start] + type_name[inner : end - 1] + type_name[end:]
+    return type_name
+
+
+def header_matches(server: list[tuple[str, str]], sent: list[tuple[str, str]]) -> bool:
+    """True when the server's insert header ``server`` takes the block described by ``sent``:
+    same names and types once ``LowCardinality`` is removed (the server converts plain columns)."""
+    return [(name, without_low_cardinality(type_name)) for name, type_name in server] == sent
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -248,7 +285,7 @@ class NativeSink(NativeBlockSink):
             connection.send_query(sql)
             connection.send_external_tables(None)
             sample = client.receive_sample_block()
-            if sample is None or list(sample.columns_with_types) != header:
+            if sample is None or not header_matches(list(sample.columns_with_types), header):
                 raise RuntimeError(
                     f"{sql.split('(', 1)[0].strip()}: the server's columns {sample and sample.columns_with_types} "
                     f"are not the ones the sink encodes {header}"

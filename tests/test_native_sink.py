@@ -33,9 +33,10 @@ from vigie.sinks.ddl import (
     MODERN,
     TABLES,
     native_blocks,
+    native_type,
     render_ddl,
 )
-from vigie.sinks.native_sink import NativeSink
+from vigie.sinks.native_sink import NativeSink, header_matches, without_low_cardinality
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -323,6 +324,43 @@ def test_a_block_the_server_header_does_not_match_is_refused(native_sink: Native
     with pytest.raises(RuntimeError, match=r"INSERT INTO .*\.scores: the server's columns"):
         native_sink.flush()
     assert native_sink.metrics.buffered_rows == 1  # kept for a retry
+
+
+def test_low_cardinality_is_removed_wherever_it_is_nested() -> None:
+    assert without_low_cardinality("LowCardinality(String)") == "String"
+    assert without_low_cardinality("LowCardinality(Nullable(String))") == "Nullable(String)"
+    assert without_low_cardinality("Array(LowCardinality(String))") == "Array(String)"
+    assert without_low_cardinality("Map(LowCardinality(String), String)") == "Map(String, String)"
+    assert (
+        without_low_cardinality(
+            "Tuple(LowCardinality(String), Map(LowCardinality(String), Array(LowCardinality(String))))"
+        )
+        == "Tuple(String, Map(String, Array(String)))"
+    )
+    for plain in ("String", "Nullable(String)", "DateTime64(3, 'UTC')", "Map(String, Float64)", "Array(Int64)"):
+        assert without_low_cardinality(plain) == plain
+    with pytest.raises(ValueError, match="unbalanced"):
+        without_low_cardinality("LowCardinality(String")
+
+
+def test_a_modern_servers_header_takes_the_plain_blocks() -> None:
+    """A server >= 22 names the tables' own types, LowCardinality included, in its insert header
+    (protocol revision >= 54405): the blocks (plain String columns) still match, for every table."""
+    wrapped = 0
+    for table in TABLES.values():
+        server = [(col.name, col.clickhouse_type(MODERN)) for col in table.columns]
+        sent = [(col.name, native_type(col, MODERN)) for col in table.columns]
+        wrapped += sum("LowCardinality" in type_name for _, type_name in server)
+        assert header_matches(server, sent), table.name
+        # A real difference is still one: another type, another name, a missing column.
+        assert not header_matches([(server[0][0], "UInt8"), *server[1:]], sent)
+        assert not header_matches([("other", server[0][1]), *server[1:]], sent)
+        assert not header_matches(server[:-1], sent)
+    assert wrapped > 0  # the modern tables do have LowCardinality columns
+    assert header_matches(
+        [("office", "LowCardinality(Nullable(String))"), ("codes", "Array(LowCardinality(String))")],
+        [("office", "Nullable(String)"), ("codes", "Array(String)")],
+    )
 
 
 # --- the server going away ------------------------------------------------------------
