@@ -52,7 +52,7 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,6 +109,10 @@ MODES = tuple(m.value for m in TransportMode)
 FEED_LIMIT = 500
 """Alerts a feed snapshot or list shows at most (the most recent ones of the scope)."""
 HISTORY_DAYS = 30
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future an outcome's ``event_time`` may be (clocks of integrators' systems drift)."""
+STREAM_RECHECK_S = 5.0
+"""Seconds between the live feed's re-checks of the caller's session and account."""
 
 _OFFICE = re.compile(r"^[A-Z]{2}[A-Z0-9]{6}$")
 _EORI = re.compile(r"^[A-Z]{2}[A-Za-z0-9]{1,15}$")
@@ -161,6 +165,8 @@ class ConsoleSettings:
     """Alerts one office can control in a day: the supervisor page compares alerts with it."""
     secure_cookies: bool = False
     """Mark cookies ``Secure`` (set when served over HTTPS, e.g. behind a reverse proxy)."""
+    stream_recheck_s: float = STREAM_RECHECK_S
+    """How often an open live feed re-checks that its session and account are still valid."""
 
     @property
     def resolved_state_dir(self) -> Path:
@@ -434,6 +440,15 @@ class ConsoleQueries:
     def outcome_exists(self, event_id: str) -> bool:
         rows = self.store.query(f"SELECT count() AS n FROM {self.db}.outcomes WHERE event_id = {sql_literal(event_id)}")
         return bool(rows and rows[0]["n"])
+
+    def outcome_of_alert(self, alert_id: str, target_event_id: str | None = None) -> str | None:
+        """The ``event_id`` of an outcome already recorded for ``alert_id`` (or for its subject
+        ``target_event_id``: the engine learns from the first outcome of a subject), or None."""
+        where = f"alert_id = {sql_literal(alert_id)}"
+        if target_event_id:
+            where += f" OR target_event_id = {sql_literal(target_event_id)}"
+        rows = self.store.query(f"SELECT event_id FROM {self.db}.outcomes WHERE {where} ORDER BY event_time LIMIT 1")
+        return str(rows[0]["event_id"]) if rows else None
 
     def operator_history(
         self, principal: Principal, alert: Mapping[str, Any], clock: datetime | None
@@ -861,6 +876,18 @@ class LiveReplay:
 
 class OutcomeNotDelivered(RuntimeError):
     """The outcome could not be handed to the engine (Kafka did not acknowledge it)."""
+
+
+class OutcomeConflict(RuntimeError):
+    """The alert already has an outcome: a second one is refused (there is no correction yet)."""
+
+    def __init__(self, alert_id: str, earlier: str) -> None:
+        super().__init__(
+            f"an outcome is already recorded for alert {alert_id} (event {earlier}); "
+            "a second outcome is refused: outcomes cannot be corrected through the console"
+        )
+        self.alert_id = alert_id
+        self.earlier = earlier
 
 
 class OutcomePath(Protocol):
@@ -1317,8 +1344,6 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
         if not _SUBMISSION.match(submission):
             return HTMLResponse(tpl.error_page(400, "malformed form: reload the page"), 400)
         event_id = f"console-{submission}"
-        if await run_in_threadpool(s.queries.outcome_exists, event_id):
-            return RedirectResponse(f"/alerts/{quote(alert_id)}?recorded=dup", status_code=303)
 
         def flag(name: str) -> bool:
             return str(form.get(name, "")) in ("1", "on", "true")
@@ -1332,7 +1357,7 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
 
         data = {
             "event_id": event_id,
-            "event_time": datetime.now(UTC).isoformat(),
+            "event_time": event_time_for(event_id).isoformat(),
             "source_system": "vigie-console",
             "target_type": row["subject_type"],
             "target_reference": row["subject_reference"],
@@ -1361,10 +1386,66 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
                 tpl.alert_detail_page(_user_view(principal), session.csrf, detail, submission, error=problem), 422
             )
         try:
-            await run_in_threadpool(record_outcome, principal, outcome, "form")
+            status = await run_in_threadpool(record_once, principal, outcome, "form")
         except OutcomeNotDelivered as exc:
             return HTMLResponse(tpl.error_page(503, f"the outcome could not be sent: {exc}"), 503)
-        return RedirectResponse(f"/alerts/{quote(alert_id)}?recorded=1", status_code=303)
+        except OutcomeConflict as exc:
+            return HTMLResponse(tpl.error_page(409, str(exc), _user_view(principal), session.csrf), 409)
+        done = "1" if status == "recorded" else "dup"
+        return RedirectResponse(f"/alerts/{quote(alert_id)}?recorded={done}", status_code=303)
+
+    # Why one lock for every outcome: "is it recorded yet?" and the send must be one step, or
+    # concurrent posts of one submission all pass the check (each outcome path already sends
+    # one outcome at a time, so the lock costs no throughput).
+    outcome_lock = threading.Lock()
+    submission_times: OrderedDict[str, datetime] = OrderedDict()
+
+    def event_time_for(event_id: str) -> datetime:
+        """The server's ``event_time`` for a console-made outcome, fixed at its first try: a retry
+        of the same submission gets the same time, so its copies share the sorting key
+        ``(event_time, event_id)`` and the store's replacing merge collapses them."""
+        with outcome_lock:
+            when = submission_times.get(event_id)
+            if when is None:
+                when = submission_times[event_id] = datetime.now(UTC).replace(microsecond=0)
+                while len(submission_times) > 10_000:
+                    submission_times.popitem(last=False)
+            return when
+
+    def record_once(principal: Principal, outcome: ControlOutcome, via: str) -> str:
+        """Send ``outcome`` unless its ``event_id`` is already stored ("already recorded");
+        :class:`OutcomeConflict` when its alert already has another outcome."""
+        with outcome_lock:
+            if s.queries.outcome_exists(outcome.event_id):
+                return "already recorded"
+            if outcome.alert_id is not None:
+                earlier = s.queries.outcome_of_alert(outcome.alert_id, outcome.target_event_id)
+                if earlier is not None:
+                    raise OutcomeConflict(outcome.alert_id, earlier)
+            record_outcome(principal, outcome, via)
+        return "recorded"
+
+    def officer_outcome(principal: Principal, event: ControlOutcome) -> ControlOutcome:
+        """An officer's (or supervisor's) API outcome, tied to an alert of its offices: the target
+        comes from the stored alert, as on the form, and the time from the server's clock."""
+        if event.alert_id is None:
+            raise HTTPException(422, {"field": "alert_id", "reason": "officers record outcomes of an alert"})
+        row = s.queries.alert(event.alert_id)
+        if row is None or not principal.may_read_office(row["office"]):
+            raise HTTPException(404, "no such alert in your offices")
+        if row["office"] != event.office:
+            raise HTTPException(403, f"alert {event.alert_id} is of office {row['office']}, not {event.office}")
+        data = event.model_dump(mode="json")
+        data.update(
+            event_time=event_time_for(event.event_id).isoformat(),
+            target_type=row["subject_type"],
+            target_reference=row["subject_reference"],
+            target_event_id=row["subject_event_id"],
+        )
+        try:
+            return ControlOutcome.model_validate(data)
+        except ValidationError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     def record_outcome(principal: Principal, outcome: ControlOutcome, via: str) -> None:
         s.outcomes.emit(outcome)
@@ -1486,7 +1567,10 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
         """Record one control outcome (a ``ControlOutcome`` JSON body, validated by the shared codec).
 
         Integrators (API key) may record outcomes for any office; officers and supervisors
-        (session cookie plus ``X-CSRF-Token``) only for their offices and under their own name.
+        (session cookie plus ``X-CSRF-Token``) only for an alert of their offices (``alert_id``,
+        whose office must be ``office``), under their own name; their target fields are taken
+        from the alert and their ``event_time`` from the server. An ``event_time`` more than
+        ``MAX_CLOCK_SKEW`` ahead is refused; a second outcome for an alert is refused (409).
         """
         principal, session = api_principal(request)
         if principal.role == "operator":
@@ -1500,18 +1584,21 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
             raise HTTPException(422, {"field": rejected.field, "reason": rejected.reason}) from None
         if not isinstance(event, ControlOutcome):
             raise HTTPException(422, {"field": "event_type", "reason": "this endpoint takes 'outcome' events"})
+        if event.event_time > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise HTTPException(422, {"field": "event_time", "reason": "is in the future"})
         if principal.role != "integrator":
             if not principal.may_read_office(event.office):
                 raise HTTPException(403, f"office {event.office} is not in your scope")
             if event.officer_id != principal.name:
                 raise HTTPException(403, "officer_id must be your own account name")
-        if await run_in_threadpool(s.queries.outcome_exists, event.event_id):
-            return {"event_id": event.event_id, "status": "already recorded"}
+            event = await run_in_threadpool(officer_outcome, principal, event)
         try:
-            await run_in_threadpool(record_outcome, principal, event, "api")
+            status = await run_in_threadpool(record_once, principal, event, "api")
         except OutcomeNotDelivered as exc:
             raise HTTPException(503, f"not delivered: {exc}") from None
-        return {"event_id": event.event_id, "status": "recorded"}
+        except OutcomeConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"event_id": event.event_id, "status": status}
 
     @app.get("/api/supervisor/indicators")
     def api_indicators(request: Request) -> dict[str, Any]:

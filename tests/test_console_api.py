@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,8 +30,8 @@ from tests.test_console_world import (
     open_console,
     seed_world,
 )
-from vigie.schemas import ControlOutcome, decode_event
-from vigie.streams.console_app import ConsoleServices, create_app
+from vigie.schemas import Alert, ControlOutcome, decode_event
+from vigie.streams.console_app import ConsoleServices, OutcomeNotDelivered, create_app
 
 _HIDDEN = re.compile(r'name="(csrf_token|submission_id)" value="([^"]+)"')
 
@@ -80,6 +81,16 @@ def outcome_json(office: str, officer: str, alert_id: str | None = None, **overr
 
 def ids(response: httpx.Response) -> set[str]:
     return {a["alert_id"] for a in response.json()["alerts"]}
+
+
+def fresh_alert(services: ConsoleServices, office: str, importer: str = EORI_X) -> Alert:
+    """A new alert (and its declaration) of ``office`` with no outcome yet."""
+    declaration = declaration_for(office, importer, int(uuid.uuid4().int % 10**9))
+    alert = alert_for(declaration)
+    services.store.write([declaration, alert])
+    services.store.flush()
+    services.watcher.poll_once()  # seen now, so that the live-feed test's next alert is its own
+    return alert
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +256,7 @@ def test_forms_and_api_calls_need_the_csrf_token(console: tuple[ConsoleServices,
     assert cross_site.status_code == 403
     assert not services.queries.outcome_exists(f"console-{fields['submission_id']}")
 
-    body = outcome_json(OFFICE_A, "ana", world.alert_a)
+    body = outcome_json(OFFICE_A, "ana", fresh_alert(services, OFFICE_A).alert_id)
     assert ana.post("/api/outcomes", content=body).status_code == 403
     assert ana.post("/api/outcomes", content=body, headers={"X-CSRF-Token": csrf_of(ana)}).status_code == 201
     # An officer records only for its offices, under its own name; not for another office's alert.
@@ -258,6 +269,151 @@ def test_forms_and_api_calls_need_the_csrf_token(console: tuple[ConsoleServices,
     # Login itself needs the pre-session token (no login CSRF).
     anonymous = TestClient(app)
     assert anonymous.post("/login", data={"username": "ana", "password": PASSWORD}).status_code == 403
+
+
+def test_an_officer_records_outcomes_only_on_alerts_of_its_offices(
+    console: tuple[ConsoleServices, str, World, Any],
+) -> None:
+    services, _, _, app = console
+    ana, sue = login(app, "ana"), login(app, "sue")
+    theirs, mine = fresh_alert(services, OFFICE_B, EORI_Y), fresh_alert(services, OFFICE_A)
+
+    # Office A's officer, naming her own office, on office B's alert: refused, nothing stored.
+    stolen = outcome_json(OFFICE_A, "ana", theirs.alert_id)
+    response = ana.post("/api/outcomes", content=stolen, headers={"X-CSRF-Token": csrf_of(ana)})
+    assert response.status_code == 404 and "no such alert in your offices" in response.text
+    # A supervisor of both offices cannot file office B's alert under office A either.
+    mixed = outcome_json(OFFICE_A, "sue", theirs.alert_id)
+    response = sue.post("/api/outcomes", content=mixed, headers={"X-CSRF-Token": csrf_of(sue)})
+    assert response.status_code == 403 and f"of office {OFFICE_B}" in response.text
+    # An officer's outcome names its alert.
+    response = ana.post("/api/outcomes", content=outcome_json(OFFICE_A, "ana"), headers={"X-CSRF-Token": csrf_of(ana)})
+    assert response.status_code == 422 and "alert_id" in response.text
+    assert services.queries.outcome_of_alert(theirs.alert_id, theirs.subject_event_id) is None
+
+    # Her own office's alert is accepted; the target comes from the alert, not from the body.
+    body = outcome_json(
+        OFFICE_A, "ana", mine.alert_id, target_reference=theirs.subject_reference, target_event_id="decl-elsewhere"
+    )
+    response = ana.post("/api/outcomes", content=body, headers={"X-CSRF-Token": csrf_of(ana)})
+    assert response.status_code == 201 and response.json()["status"] == "recorded"
+    stored = services.store.query(
+        "SELECT target_reference, target_event_id, office FROM vigie.outcomes FINAL "
+        f"WHERE event_id = '{orjson.loads(body)['event_id']}'"
+    )
+    assert stored == [
+        {"target_reference": mine.subject_reference, "target_event_id": mine.subject_event_id, "office": OFFICE_A}
+    ]
+
+
+def test_outcome_times_come_from_the_server_and_the_future_is_refused(
+    console: tuple[ConsoleServices, str, World, Any],
+) -> None:
+    services, key, _, app = console
+    ana = login(app, "ana")
+    alert = fresh_alert(services, OFFICE_A)
+    future = outcome_json(OFFICE_A, "ana", alert.alert_id, event_time="2099-01-01T00:00:00+00:00")
+    response = ana.post("/api/outcomes", content=future, headers={"X-CSRF-Token": csrf_of(ana)})
+    assert response.status_code == 422 and "future" in response.text
+    integrator = TestClient(app).post(
+        "/api/outcomes",
+        content=outcome_json(OFFICE_B, "agent-7", event_time="2099-01-01T00:00:00+00:00"),
+        headers={"X-API-Key": key},
+    )
+    assert integrator.status_code == 422 and "future" in integrator.text
+
+    # An officer's claimed time (here years before the alert) is replaced by the server's.
+    before = datetime.now(UTC).replace(microsecond=0)
+    past = outcome_json(OFFICE_A, "ana", alert.alert_id, event_time="2020-01-01T00:00:00+00:00")
+    assert ana.post("/api/outcomes", content=past, headers={"X-CSRF-Token": csrf_of(ana)}).status_code == 201
+    event_id = orjson.loads(past)["event_id"]
+    row = services.store.query(f"SELECT event_time FROM vigie.outcomes FINAL WHERE event_id = '{event_id}'")[0]
+    stored = datetime.fromisoformat(str(row["event_time"]).replace(" ", "T")).replace(tzinfo=UTC)
+    assert before <= stored <= datetime.now(UTC)
+
+
+def test_a_second_outcome_for_an_alert_is_refused(console: tuple[ConsoleServices, str, World, Any]) -> None:
+    services, key, _, app = console
+    ana = login(app, "ana")
+    alert = fresh_alert(services, OFFICE_A)
+    fields = hidden(ana.get(f"/alerts/{alert.alert_id}").text)
+    first = ana.post(f"/alerts/{alert.alert_id}/outcome", data={**fields, "controlled": "1"}, follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"].endswith("recorded=1")
+
+    fields = hidden(ana.get(f"/alerts/{alert.alert_id}").text)  # a new submission: another outcome
+    second = ana.post(f"/alerts/{alert.alert_id}/outcome", data={**fields, "controlled": "1"}, follow_redirects=False)
+    assert second.status_code == 409 and "already recorded for alert" in second.text
+    api = ana.post(
+        "/api/outcomes", content=outcome_json(OFFICE_A, "ana", alert.alert_id), headers={"X-CSRF-Token": csrf_of(ana)}
+    )
+    assert api.status_code == 409 and "cannot be corrected" in api.text
+    integrator = TestClient(app).post(
+        "/api/outcomes", content=outcome_json(OFFICE_A, "agent-7", alert.alert_id), headers={"X-API-Key": key}
+    )
+    assert integrator.status_code == 409
+    count = services.store.query(f"SELECT count() AS n FROM vigie.outcomes WHERE alert_id = '{alert.alert_id}'")
+    assert count == [{"n": 1}]
+
+
+def test_concurrent_copies_of_one_outcome_are_recorded_once(
+    console: tuple[ConsoleServices, str, World, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, key, _, app = console
+    ana = login(app, "ana")
+    emit = services.outcomes.emit
+
+    def slow_emit(outcome: ControlOutcome) -> None:
+        time.sleep(0.2)  # wide enough for every copy to pass an unlocked "already recorded?" check
+        emit(outcome)
+
+    monkeypatch.setattr(services.outcomes, "emit", slow_emit)
+    alert = fresh_alert(services, OFFICE_A)
+    fields = {**hidden(ana.get(f"/alerts/{alert.alert_id}").text), "controlled": "1"}
+    body = outcome_json(OFFICE_B, "agent-7")
+    statuses: list[int] = []
+
+    def post_form() -> None:
+        client = TestClient(app, cookies=dict(ana.cookies))
+        statuses.append(
+            client.post(f"/alerts/{alert.alert_id}/outcome", data=fields, follow_redirects=False).status_code
+        )
+
+    def post_api() -> None:
+        statuses.append(TestClient(app).post("/api/outcomes", content=body, headers={"X-API-Key": key}).status_code)
+
+    threads = [threading.Thread(target=f) for f in (post_form, post_api) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201] * 3 + [303] * 3
+    for event_id in (f"console-{fields['submission_id']}", orjson.loads(body)["event_id"]):
+        assert services.store.query(f"SELECT count() AS n FROM vigie.outcomes WHERE event_id = '{event_id}'") == [
+            {"n": 1}
+        ]
+
+
+def test_a_retried_submission_keeps_its_event_time(
+    console: tuple[ConsoleServices, str, World, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, _, _, app = console
+    ana = login(app, "ana")
+    emit = services.outcomes.emit
+    tried: list[ControlOutcome] = []
+
+    def flaky_emit(outcome: ControlOutcome) -> None:
+        tried.append(outcome)
+        if len(tried) == 1:
+            raise OutcomeNotDelivered("not acknowledged within 10s")
+        emit(outcome)
+
+    monkeypatch.setattr(services.outcomes, "emit", flaky_emit)
+    alert = fresh_alert(services, OFFICE_A)
+    fields = {**hidden(ana.get(f"/alerts/{alert.alert_id}").text), "controlled": "1"}
+    assert ana.post(f"/alerts/{alert.alert_id}/outcome", data=fields).status_code == 503
+    time.sleep(1.1)  # a fresh now() would differ by a second
+    assert ana.post(f"/alerts/{alert.alert_id}/outcome", data=fields, follow_redirects=False).status_code == 303
+    assert len(tried) == 2 and tried[0].event_time == tried[1].event_time
 
 
 def test_logins_are_rate_limited_per_account(console: tuple[ConsoleServices, str, World, Any]) -> None:
