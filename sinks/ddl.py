@@ -24,10 +24,23 @@ always comes with the same event time. (Stores created before 2026-11-23 are ord
 alone; they keep that order, which is as correct and sorts more slowly.) An item removed from a
 re-sent declaration is not deleted: item tables only ever gain or replace rows.
 
+``dead_letters`` is the exception: its time, ``received_at``, is when the bytes were read, so
+reading the same bytes again (a re-run, ``--resume``, a Kafka re-delivery) gives the same
+``dead_letter_id`` at a later time. It is ordered by ``dead_letter_id`` alone and has a single
+partition (dead letters are few), so the copies collapse under ``FINAL``. A ``dead_letters``
+table created by an earlier version keeps its old key (``received_at, dead_letter_id``,
+monthly partitions): ``CREATE TABLE IF NOT EXISTS`` does not change it. Recreate it (rename
+the old table, open a sink, ``INSERT INTO dead_letters SELECT * FROM`` the old one) or read
+it with ``LIMIT 1 BY dead_letter_id``.
+
 Tables holding personal data (a :class:`~vigie.schemas.Party`, an officer id, raw inbound
 bytes: ``ens``, ``declarations``, ``outcomes``, ``dead_letters``) get a ``TTL`` of
-``ttl_days`` (default 1826, five years) on modern servers; 18.16 has no TTL, so retention
-there is a scheduled ``ALTER TABLE ... DROP PARTITION``.
+``ttl_days`` (default 1826, five years) on modern servers, counted from when the row was
+stored (``ingested_at``), not from the record's own time: a record dated long ago (a
+back-fill of 2019 declarations) is kept for the whole period rather than dropped at insert,
+and a time past 2106 cannot wrap ``DateTime`` around. 18.16 has no TTL, so retention there is
+a scheduled ``ALTER TABLE ... DROP PARTITION`` (``ALTER TABLE dead_letters DELETE WHERE
+received_at < ...`` for the unpartitioned dead letters).
 
 ``compact_part_bytes`` (modern servers only; the embedded store passes
 :data:`COMPACT_PART_BYTES`) sets ``min_bytes_for_wide_part``: a part holding less than that,
@@ -313,6 +326,9 @@ class Table:
     via: str | None = None  # the parent's list field holding this table's models
     sorting: tuple[str, ...] | None = None
     """A sorting key of the table's own; None: time, then :attr:`key` (see :attr:`order_by`)."""
+    by_month: bool = True
+    """Partitioned by month of :attr:`time_column`; False: one partition (the time column may
+    change between copies of a record, as a dead letter's ``received_at`` does)."""
 
     @property
     def order_by(self) -> tuple[str, ...]:
@@ -352,11 +368,15 @@ class Table:
             + "\n)\n"
             # ingested_at as version: the last copy of a re-sent record wins.
             + "ENGINE = ReplacingMergeTree(ingested_at)\n"
-            + f"PARTITION BY toYYYYMM({self.time_column})\n"
+            + (f"PARTITION BY toYYYYMM({self.time_column})\n" if self.by_month else "")
             + f"ORDER BY ({', '.join(self.order_by)})"
         )
         if ttl_days is not None and self.personal_data and profile.ttl:
-            sql += f"\nTTL toDateTime({self.time_column}) + INTERVAL {int(ttl_days)} DAY"
+            # From storage, not from the record's own time: a record dated years back (a
+            # back-fill) would be expired at insert although it was accepted and scored, and
+            # toDateTime() of a time past 2106 wraps around (so would greatest(event, stored)
+            # plus the period). For live traffic the two clocks are minutes apart.
+            sql += f"\nTTL ingested_at + INTERVAL {int(ttl_days)} DAY"
         if compact_part_bytes is not None and profile.compact_parts:
             sql += f"\nSETTINGS min_bytes_for_wide_part = {int(compact_part_bytes)}"
         return sql
@@ -372,6 +392,8 @@ class _Spec:
     via: str | None = None
     inherit: tuple[str, ...] = ()
     personal: bool = False  # beyond the automatic rule "the model holds a Party"
+    sorting: tuple[str, ...] | None = None  # see Table.sorting
+    by_month: bool = True  # see Table.by_month
 
 
 # The only hand-written part: which model feeds which table, and its key.
@@ -399,8 +421,19 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("outcomes", ControlOutcome, key=("event_id",), personal=True),
     _Spec("scores", RiskScore, key=("score_id",)),
     _Spec("alerts", Alert, key=("alert_id",)),
-    # The raw bytes are whole inbound events, parties included.
-    _Spec("dead_letters", DeadLetter, key=("dead_letter_id",), time_column="received_at", personal=True),
+    # The raw bytes are whole inbound events, parties included. received_at is the time of each
+    # read: re-reading the same bytes (a re-run, a resume, a re-delivery) gives the same id at a
+    # later time, so the key is the id alone and the table is not partitioned by time, or the
+    # copies would never collapse.
+    _Spec(
+        "dead_letters",
+        DeadLetter,
+        key=("dead_letter_id",),
+        time_column="received_at",
+        personal=True,
+        sorting=("dead_letter_id",),
+        by_month=False,
+    ),
 )
 
 
@@ -560,6 +593,8 @@ def _build_tables() -> dict[str, Table]:
             personal_data=spec.personal or _holds_party(spec.model),
             parent=spec.parent,
             via=spec.via,
+            sorting=spec.sorting,
+            by_month=spec.by_month,
         )
     return tables
 

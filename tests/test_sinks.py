@@ -443,6 +443,40 @@ def test_writing_twice_counts_once_with_final(sink: ChdbSink) -> None:
     assert sink.metrics.rows_written["declaration_items"] == 9
 
 
+def test_reading_the_same_bad_bytes_again_counts_once(sink: ChdbSink) -> None:
+    """A re-run, a resume or a re-delivery reads the same bytes again: same dead_letter_id, a
+    later received_at (the time of each read), possibly another month. One dead letter under FINAL."""
+    raw = b"this is not json"
+    first = make_dead_letter(raw, "dl-same")
+    sink.write([first])
+    sink.flush()
+    again = first.model_copy(update={"received_at": first.received_at + timedelta(days=40)})
+    sink.write([again])
+    sink.flush()
+    rows = sink.query("SELECT count() AS n, uniqExact(dead_letter_id) AS ids FROM vigie.dead_letters FINAL")
+    assert rows == [{"n": 1, "ids": 1}]
+    for profile in (MODERN, LEGACY):
+        create = next(s for s in render_ddl(profile) if "vigie.dead_letters\n" in s)
+        assert "ORDER BY (dead_letter_id)" in create and "PARTITION BY" not in create, profile
+
+
+def test_rows_dated_long_ago_or_past_2106_are_kept(sink: ChdbSink) -> None:
+    """Retention counts from storage: an accepted event dated 2019 (a back-fill), or past
+    DateTime's 2106, is stored and stays after merges apply the TTL."""
+    old = make_ens("ens-2019").model_copy(update={"event_time": datetime(2019, 5, 6, 7, 8, 9, tzinfo=UTC)})
+    late = make_ens("ens-2107").model_copy(update={"event_time": datetime(2107, 1, 2, tzinfo=UTC)})
+    outcome = make_outcome("out-2019").model_copy(update={"event_time": datetime(2019, 5, 6, tzinfo=UTC)})
+    sink.write([old, late, outcome, make_ens("ens-now")])
+    sink.flush()
+    for table in ("ens", "outcomes"):
+        sink.query(f"OPTIMIZE TABLE vigie.{table} FINAL")  # a merge applies the TTL again
+    ids = [r["event_id"] for r in sink.query("SELECT event_id FROM vigie.ens FINAL ORDER BY event_id")]
+    assert ids == ["ens-2019", "ens-2107", "ens-now"]
+    assert sink.query("SELECT event_id FROM vigie.outcomes FINAL") == [{"event_id": "out-2019"}]
+    create = sink.query("SHOW CREATE TABLE vigie.ens")[0]["statement"]
+    assert "TTL ingested_at + toIntervalDay(1826)" in create
+
+
 def test_reopening_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with ChdbSink(path) as first:
