@@ -2,6 +2,10 @@
 
 Each type is an ``Annotated[str, ...]`` so pydantic validates it, the JSON Schema shows
 the rule to integrators, and the ClickHouse column stays a plain string.
+
+Digits are written ``[0-9]``, never ``\\d``: pydantic's regex engine gives ``\\d`` every Unicode
+digit (Arabic-Indic, full-width...), which no customs system writes and which would reach the
+store as a code no query finds; JSON Schema's ``\\d`` is ASCII, so ``[0-9]`` says the same to both.
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ CurrencyCode = Annotated[
     Field(pattern=r"^[A-Z]{3}$", json_schema_extra={"enum": sorted(CURRENCY_CODES)}),
     AfterValidator(_known_currency),
 ]
-HsCode = Annotated[str, Field(pattern=r"^\d{6}$", description="Harmonized System subheading, 6 digits")]
-CnCode = Annotated[str, Field(pattern=r"^\d{8}$", description="Combined Nomenclature code, 8 digits")]
-TaricCode = Annotated[str, Field(pattern=r"^\d{10}$", description="TARIC code, 10 digits")]
+HsCode = Annotated[str, Field(pattern=r"^[0-9]{6}$", description="Harmonized System subheading, 6 digits")]
+CnCode = Annotated[str, Field(pattern=r"^[0-9]{8}$", description="Combined Nomenclature code, 8 digits")]
+TaricCode = Annotated[str, Field(pattern=r"^[0-9]{10}$", description="TARIC code, 10 digits")]
 Eori = Annotated[
     str,
     Field(
@@ -60,7 +64,7 @@ Eori = Annotated[
 Mrn = Annotated[
     str,
     Field(
-        pattern=r"^\d{2}[A-Z]{2}[A-Z0-9]{14}$",
+        pattern=r"^[0-9]{2}[A-Z]{2}[A-Z0-9]{14}$",
         description="Movement Reference Number: 2-digit year, country, 14 characters",
     ),
 ]
@@ -76,18 +80,18 @@ ExciseNumber = Annotated[
 Arc = Annotated[
     str,
     Field(
-        pattern=r"^\d{2}[A-Z]{2}[A-Z0-9]{16}\d$",
+        pattern=r"^[0-9]{2}[A-Z]{2}[A-Z0-9]{16}[0-9]$",
         description="Administrative Reference Code of an e-AD: year, member state, 16 characters, check digit",
     ),
 ]
 ProcedureCode = Annotated[
     str,
     Field(
-        pattern=r"^\d{4}$",
+        pattern=r"^[0-9]{4}$",
         description="Requested and previous procedure, e.g. 4000 release for free circulation, "
         "4200 with onward-supply VAT exemption, 5100 inward processing, 7100 customs warehousing",
     ),
 ]
 PreferenceCode = Annotated[
-    str, Field(pattern=r"^\d{3}$", description="Preference code, e.g. 100 third-country duty, 300 tariff preference")
+    str, Field(pattern=r"^[0-9]{3}$", description="Preference code, e.g. 100 third-country duty, 300 tariff preference")
 ]

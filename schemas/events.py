@@ -90,6 +90,22 @@ def standard_zone(value: datetime) -> datetime:
 Instant = Annotated[AwareDatetime, AfterValidator(standard_zone)]
 """An aware date and time (an offset is required), its zone a :class:`datetime.timezone`."""
 
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+"""Inbound times must fall in [2000-01-01, 2100-01-01) UTC. Outside it a time is a typo or a unit
+error (seconds for milliseconds): ClickHouse's ``DateTime`` stops in 2106, and the store's TTL on
+event time would silently drop a row dated decades back."""
+
+
+def _plausible(value: datetime) -> datetime:
+    if not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
+        raise ValueError(f"{value.isoformat()} is outside the accepted range 2000-01-01 to 2099-12-31 (UTC)")
+    return value
+
+
+EventInstant = Annotated[Instant, AfterValidator(_plausible)]
+"""An inbound :data:`Instant` between 2000-01-01 and 2099-12-31 (UTC). Engine outputs keep :data:`Instant`."""
+
 
 class TransportMode(StrEnum):
     """Mode of transport at the EU border (ICS2 filing types)."""
@@ -111,10 +127,12 @@ class Envelope(_Strict):
     event_id: EventId
     schema_version: str = Field(
         default=SCHEMA_VERSION,
-        pattern=r"^\d+\.\d+$",
+        pattern=r"^[0-9]+\.[0-9]+$",  # ASCII digits only: see codes.py
         description=f"Schema version the publisher wrote, 'major.minor'; this engine reads {SUPPORTED_MAJOR}.x",
     )
-    event_time: Instant = Field(description="When the fact happened (filing, acceptance, control), with offset")
+    event_time: EventInstant = Field(
+        description="When the fact happened (filing, acceptance, control), with offset; 2000 to 2099"
+    )
     source_system: str = Field(min_length=1, max_length=64, description="System that published the event")
 
     @field_validator("schema_version")
@@ -158,7 +176,9 @@ class EntrySummaryDeclaration(Envelope):
     countries_of_routing: list[CountryCode] = Field(min_length=1, max_length=99)
     place_of_loading: UnLocode
     first_office_of_entry: OfficeCode
-    eta: Instant = Field(description="Expected date and time of arrival at the first office of entry")
+    eta: EventInstant = Field(
+        description="Expected date and time of arrival at the first office of entry, with offset; 2000 to 2099"
+    )
     goods_items: list[EnsGoodsItem] = Field(min_length=1, max_length=999)
 
 
