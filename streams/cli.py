@@ -22,6 +22,7 @@ from .console_cli import audit_app_cli, console_app_cli
 from .evaluate import evaluate_command
 from .faust_app import faust_app_cli
 from .flink_cli import flink_app
+from .health import health_reporter
 from .kafka_dev import dev_app
 from .live import LiveAlertView
 from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
@@ -122,19 +123,36 @@ def run(
     alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
     pipeline = ScoringPipeline(alerting=alerting, deadline_lag=timedelta(hours=deadline_lag))
     sink = ChdbSink(data_dir / "clickhouse")
+    health = health_reporter(sink, "runner")  # the supervisors' pipeline-health panels
     tune_garbage_collector(RUNNER_GC_THRESHOLDS)
     try:
         if live:
             with LiveAlertView(console, total_lines=total) as view:
+
+                def progress(summary: RunSummary) -> None:
+                    view.on_progress(summary)
+                    if health is not None:
+                        health.maybe(summary)
+
                 summary = run_file(
-                    input, pipeline, sink, data_dir / "checkpoint.json", resume, view.on_result, view.on_progress
+                    input, pipeline, sink, data_dir / "checkpoint.json", resume, view.on_result, progress
                 )
             console.print()
         else:
-            summary = run_file(input, pipeline, sink, data_dir / "checkpoint.json", resume)
+            summary = run_file(input, pipeline, sink, data_dir / "checkpoint.json", resume,
+                               on_progress=health.maybe if health is not None else None)  # fmt: skip
+        if health is not None:
+            health.final(summary)
     finally:
         sink.close()
     _print_summary(summary, data_dir)
+    if summary.dead_letters:
+        # As `vigie publish`: a file with rejected lines is not a clean run (the lines are kept, with their reason).
+        console.print(
+            f"[red]{summary.dead_letters:,} line(s) rejected[/red]: stored with their reason and original bytes in "
+            f'vigie.dead_letters (`vigie sql "SELECT source, field, reason FROM vigie.dead_letters FINAL"`)'
+        )
+        raise typer.Exit(code=1)
 
 
 def _print_summary(summary: RunSummary, data_dir: Path) -> None:

@@ -114,6 +114,7 @@ from .faust_stages import (
     OutMessage,
     StageOutput,
 )
+from .health import Counts, HealthReporter, health_reporter
 from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .topics import DEFAULT_PREFIX, LARGE_MESSAGE_BYTES, TopicNames, create_topics, describe_partitions
 
@@ -838,6 +839,8 @@ class VigieFaustApp:
             pipeline = ScoringPipeline(alerting=alerting, deadline_lag=timedelta(hours=settings.deadline_lag_h))
         self.pipeline = pipeline
         self.sink = sink
+        self.health: HealthReporter | None = health_reporter(sink, "faust")
+        """Samples this worker's counts into the sink's ``pipeline_metrics`` (the boards' "Runtimes" row)."""
         client_id = settings.resolved_client_id()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
@@ -925,8 +928,15 @@ class VigieFaustApp:
             f"{sum(g.redelivered for g in self.gates)} re-delivered message(s) dropped"
         )
 
+    def health_counts(self) -> Counts:
+        """What this worker did since it started: events fused, their scores and alerts, inputs dead-lettered."""
+        fuse = self.fuse
+        return Counts(fuse.fused, fuse.scores, fuse.alerts, self.ingest.rejected + fuse.failed)
+
     def close(self) -> None:
         """Deliver what is still queued (bounded wait) and release the Kafka clients of the app's own."""
+        if self.health is not None:
+            self.health.final(self.health_counts())
         undelivered = self.producer.close()
         if undelivered:
             log.warning("%d message(s) not delivered at stop: their batches were not acknowledged", undelivered)
@@ -1267,10 +1277,13 @@ class VigieFaustApp:
         self.app.agent(self._raw_topic(self.names.fusion), name="vigie-fuse")(fuse)
 
     @staticmethod
-    def _store(sink: Sink, records: list[BaseModel]) -> None:
-        """Write ``records`` and wait until they are stored (before their messages are acknowledged)."""
+    def _store(sink: Sink, records: list[BaseModel], health: HealthReporter | None, counts: Counts) -> None:
+        """Write ``records`` and wait until they are stored (before their messages are acknowledged); then,
+        when one is due, a health sample with ``counts``."""
         sink.write(records)
         sink.flush()
+        if health is not None:
+            health.maybe(counts)
 
     async def _run(self, stage: str, process: Callable[[list[InMessage]], StageOutput], events: list[Any]) -> Delivery:
         """Process a batch, queue its output for Kafka and store its records (when a sink is configured).
@@ -1290,7 +1303,7 @@ class VigieFaustApp:
             if self.sink is not None and output.records:
                 # In a thread: the event loop keeps fetching and heart-beating while the store
                 # works (both agents' batches take turns on the sink's lock there, not here).
-                await asyncio.to_thread(self._store, self.sink, output.records)
+                await asyncio.to_thread(self._store, self.sink, output.records, self.health, self.health_counts())
         except Exception as exc:
             _fail_stop(f"{stage}: producing or writing to the sink", exc)
         self.batches += 1
@@ -1362,7 +1375,9 @@ def run_worker(settings: WorkerSettings) -> None:
 
 faust_app_cli = typer.Typer(help="Kafka runtime: Faust workers scoring the input topics.", no_args_is_help=True)
 
-Bootstrap = Annotated[str, typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers, HOST:PORT.")]
+Bootstrap = Annotated[
+    str, typer.Option("--bootstrap", "-b", envvar="VIGIE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, HOST:PORT.")
+]
 Prefix = Annotated[str, typer.Option(help="Topic name prefix of the deployment.")]
 
 
@@ -1372,7 +1387,11 @@ def worker_command(
     prefix: Prefix = DEFAULT_PREFIX,
     app_id: Annotated[str, typer.Option(help="Faust app id: consumer group and changelog names.")] = "vigie-scoring",
     sink: Annotated[
-        str, typer.Option(help="'none', 'chdb:PATH' (embedded ClickHouse) or 'clickhouse://HOST:PORT/DB'.")
+        str,
+        typer.Option(
+            envvar="VIGIE_CLICKHOUSE_URL",  # keeps a password off the command line (and out of `ps`)
+            help="'none', 'chdb:PATH' (embedded ClickHouse) or 'clickhouse://USER:PASSWORD@HOST:PORT/DB'.",
+        ),
     ] = "none",
     partitions: Annotated[
         int | None, typer.Option(min=1, help="Partitions of topics created now (default: existing count, or 3).")

@@ -399,6 +399,8 @@ class FuseStage:
         self.seq = 0
         """Sequence number of the last checkpoint written or restored (0: none)."""
         self.fused = 0
+        self.scores = 0
+        self.alerts = 0
         self.duplicates = 0
         self.failed = 0
         self.unreadable = 0
@@ -548,7 +550,10 @@ class FuseStage:
             headers = [("vigie.id", score.score_id.encode())]
             out.messages.append(OutMessage(self.names.scores, subject, encode_event(score), headers))
         out.records.extend(result.scores)
-        for alert in result.alerts:
+        self.scores += len(result.scores)
+        alerts = result.alerts
+        self.alerts += len(alerts)
+        for alert in alerts:
             headers = [("vigie.id", alert.alert_id.encode())]
             out.messages.append(OutMessage(self.names.alerts, alert.office.encode(), encode_event(alert), headers))
             out.records.append(alert)

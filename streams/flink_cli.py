@@ -31,6 +31,7 @@ from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_ev
 from vigie.sinks.open import open_sink
 
 from .flink_job import CLUSTER_SUBMISSION, FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
+from .health import Counts, health_reporter
 from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .runner import tune_garbage_collector
 from .topics import DEFAULT_PREFIX
@@ -88,6 +89,10 @@ class SinkLoader:
         self.kinds = {names.scores: "score", names.alerts: "alert", names.dead_letter: "dead-letter"}
         self.topics = [*settings.input_topics, *self.kinds]
         self.records = 0
+        self.counts = Counts()
+        """What was loaded: the job's input events, scores, alerts and dead letters."""
+        self.health = health_reporter(sink, "flink")
+        """Samples :attr:`counts` into the sink's ``pipeline_metrics`` (the boards' "Runtimes" row)."""
         self._stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -115,6 +120,21 @@ class SinkLoader:
             raw_size=int(_header(headers, "vigie.raw-size") or len(value)),
             raw=value,
         )
+
+    def _count(self, batch: list[BaseModel]) -> None:
+        """Add ``batch`` to :attr:`counts`; a health sample when one is due."""
+        counts = self.counts
+        for record in batch:
+            if isinstance(record, RiskScore):
+                counts.scores += 1
+            elif isinstance(record, Alert):
+                counts.alerts += 1
+            elif isinstance(record, DeadLetter):
+                counts.dead_letters += 1
+            else:
+                counts.events += 1
+        if self.health is not None:
+            self.health.maybe(counts)
 
     def run(self) -> None:
         """Load until stopped, then until the topics stay quiet. Errors are kept in :attr:`error`."""
@@ -146,6 +166,7 @@ class SinkLoader:
                     self.sink.write(batch)
                     self.sink.flush()
                     self.records += len(batch)
+                    self._count(batch)
                     if self.on_batch is not None:
                         self.on_batch(batch)
                 if messages:
@@ -155,6 +176,8 @@ class SinkLoader:
                     quiet += 1
                 # Stopped (the job has ended): drain until the topics stay quiet for `drain_quiet_s`.
                 if self._stop.is_set() and quiet * 0.5 >= self.drain_quiet_s:
+                    if self.health is not None:
+                        self.health.final(self.counts)
                     return
         except BaseException as exc:
             self.error = exc
@@ -189,7 +212,9 @@ def resolve_checkpoint(spec: str | None, checkpoint_dir: Path) -> Path | None:
 
 @flink_app.command("run")
 def run_command(
-    bootstrap: Annotated[str, typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers.")] = "127.0.0.1:9092",
+    bootstrap: Annotated[
+        str, typer.Option("--bootstrap", "-b", envvar="VIGIE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers.")
+    ] = "127.0.0.1:9092",
     prefix: Annotated[str, typer.Option(help="Topic name prefix of the deployment.")] = DEFAULT_PREFIX,
     input_topic: Annotated[
         str | None, typer.Option(help="Read every event type from this one topic instead of the four input topics.")

@@ -614,3 +614,18 @@ def test_flink_operator_runs_a_module_with_a_main(manifests: list[dict[str, Any]
 
     subcommand = args[args.index("-pym") + 2]
     assert subcommand in getattr(typer.main.get_command(flink_app), "commands", {})
+
+
+def test_the_k8s_worker_takes_its_store_from_the_secret_not_the_command_line(manifests: list[dict[str, Any]]) -> None:
+    """`ps` on a node must not show the ClickHouse password: the worker reads VIGIE_CLICKHOUSE_URL itself."""
+    import typer
+
+    from vigie.streams.faust_app import faust_app_cli
+
+    containers = {workload["metadata"]["name"]: spec["containers"][0] for workload, spec in _pod_specs(manifests)}
+    worker = containers["vigie-worker"]
+    assert "--sink" not in worker["command"] and not any("VIGIE_CLICKHOUSE_URL" in a for a in worker["command"])
+    env = {e["name"]: e for e in worker["env"]}
+    assert env["VIGIE_CLICKHOUSE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "clickhouse-url"
+    options = {p.name: p for p in typer.main.get_command(faust_app_cli).commands["worker"].params}  # type: ignore[attr-defined]
+    assert options["sink"].envvar == "VIGIE_CLICKHOUSE_URL" and options["bootstrap"].envvar == "VIGIE_KAFKA_BOOTSTRAP"

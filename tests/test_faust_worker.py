@@ -449,6 +449,14 @@ def test_worker_scores_alerts_and_dead_letters(deployment: Deployment, tmp_path:
         assert one("SELECT count() FROM vigie.excise FINAL") == 1 + len(timed)
         assert one("SELECT count() FROM vigie.dead_letters FINAL") == 5
         assert one("SELECT max(raw_size) FROM vigie.dead_letters FINAL") == len(bad["5 MB"])
+        # The worker's health samples (the boards' "Runtimes" row) add up to what it did; its last one at stop.
+        health = sink.query(
+            "SELECT sum(events) AS events, sum(scores) AS scores, sum(alerts) AS alerts, sum(dead_letters) AS dead,"
+            " uniqExact(instance) AS instances FROM vigie.pipeline_metrics FINAL WHERE component = 'faust'"
+        )[0]
+        assert health["instances"] == 1
+        assert (health["events"], health["scores"], health["alerts"]) == (len(subjects) + 1, len(scores), len(alerts))
+        assert health["dead"] == len(bad)
 
 
 def test_worker_killed_mid_stream_is_restarted_without_loss(deployment: Deployment, tmp_path: Path) -> None:

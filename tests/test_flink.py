@@ -385,6 +385,11 @@ def test_flink_job_scores_like_the_in_process_runner(
             " alerts, (SELECT count() FROM vigie.dead_letters FINAL) AS letters, (SELECT count() FROM"
             " vigie.declarations FINAL) AS declarations"
         )[0]
+        # The loader's health samples (the boards' "Runtimes" row): what it loaded, in total.
+        health = store.query(
+            "SELECT sum(events) AS events, sum(scores) AS scores, sum(alerts) AS alerts, sum(dead_letters) AS letters"
+            " FROM vigie.pipeline_metrics FINAL WHERE component = 'flink'"
+        )[0]
         store.close()
     finally:
         kafka_broker.delete_topics(created)
@@ -395,6 +400,9 @@ def test_flink_job_scores_like_the_in_process_runner(
         "letters": len(bad),
         "declarations": sum(1 for e in events if e.event_type == "declaration"),
     }
+    assert health == {
+        "events": len(lines) - len(bad), "scores": stored["scores"], "alerts": stored["alerts"], "letters": len(bad)
+    }  # fmt: skip
 
     # The in-process runner on the same lines, in the same order.
     sink = MemorySink()

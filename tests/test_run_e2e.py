@@ -58,6 +58,16 @@ def test_run_stores_events_scores_and_alerts(generated_run: Path) -> None:
     scored = counts["declarations"] + counts["ens"]
     assert 0.002 * scored < counts["alerts"] < 0.05 * scored
     by_detector = _query(generated_run, "SELECT DISTINCT detector FROM vigie.scores")
+    # The run reported its health: samples that add up to what it processed (the board's "Runtimes" row).
+    health = _query(
+        generated_run,
+        "SELECT count() AS samples, sum(events) AS events, sum(scores) AS scores, sum(alerts) AS alerts,"
+        " uniqExact(instance) AS instances FROM vigie.pipeline_metrics FINAL WHERE component = 'runner'",
+    )[0]
+    assert health["samples"] >= 1 and health["instances"] == 1
+    assert health["events"] == lines
+    assert health["scores"] == _query(generated_run, "SELECT count() AS n FROM vigie.scores FINAL")[0]["n"]
+    assert health["alerts"] == counts["alerts"]
     assert {r["detector"] for r in by_detector} == {
         "undervaluation", "atypical_flow", "operator_behaviour", "excise", "ens_pre_arrival"
     }  # fmt: skip
@@ -114,7 +124,9 @@ def test_bad_lines_are_dead_lettered_and_the_run_continues(tmp_path: Path) -> No
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes(b"\n".join(good[:50] + bad + good[50:100]) + b"\n")
     result = cli.invoke(app, ["run", "--input", str(mixed), "--data-dir", str(tmp_path / "d"), "--no-live"])
-    assert result.exit_code == 0, result.output
+    # The whole file is processed, then the exit code says lines were rejected (as `vigie publish`).
+    assert result.exit_code == 1, result.output
+    assert f"{len(bad)} line(s) rejected" in result.output
     letters = _query(
         tmp_path / "d", "SELECT source, reason, field, raw_size, hex(raw) AS raw_hex FROM vigie.dead_letters FINAL"
     )
