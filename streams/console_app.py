@@ -72,7 +72,7 @@ from vigie.sinks.base import Sink, SinkMetrics
 from vigie.sinks.ddl import DEFAULT_DATABASE, MODERN, ServerProfile, validate_identifier
 
 from . import console_templates as tpl
-from .console_audit import AuditLog, AuditRecord, sql_literal
+from .console_audit import AuditAnchorMismatch, AuditLog, AuditRecord, sql_literal
 from .console_auth import (
     AccountStore,
     ConsoleSecrets,
@@ -1010,6 +1010,9 @@ class ConsoleServices:
         store = sink if isinstance(sink, LockedStore) else LockedStore(sink)
         queries = ConsoleQueries(store, settings.database)
         audit = AuditLog(store, secrets.audit_key, state / "audit-head.json", settings.database)
+        if audit.refusal is not None:
+            # Serving would audit nothing (every append is refused): refuse to start instead.
+            raise AuditAnchorMismatch(audit.refusal)
         replay = None
         if settings.replay is not None or replay_pipeline is not None:
             if replay_pipeline is None:

@@ -6,8 +6,7 @@ What is appended
   entry per new ``alert_id``, actor ``engine``);
 * ``outcome_recorded``: every control outcome recorded through the console (officer form or
   integrator API), with the alert, the officer and the amounts;
-* ``alert_viewed``, ``login``, ``login_failed``, ``logout``, ``event_published``: who looked
-  at what and who got in.
+* ``alert_viewed``, ``login``, ``login_failed``, ``logout``: who looked at what and who got in.
 
 How it is made tamper-evident
 -----------------------------
@@ -16,8 +15,13 @@ Each :class:`~vigie.schemas.audit.AuditEntry` carries ``prev_hash`` (the previou
 deleting, inserting or reordering any row breaks the chain at that row. A ``seal``
 (HMAC-SHA256 of ``entry_hash`` under the audit key from ``secrets.json``) means that
 recomputing the hashes after an edit needs that key too. The last appended position is
-also written to an anchor file (``audit-head.json``, outside the database): deleting the
-newest entries, which leaves a shorter but intact chain, is caught by comparing with it.
+also written to an anchor file (``audit-head.json``, mode 0600, outside the database):
+deleting the newest entries, which leaves a shorter but intact chain, is caught by
+comparing with it. The anchor never moves backwards: while it records a position the table
+does not reach (or a different hash there), :class:`AuditLog` refuses to append
+(:class:`AuditAnchorMismatch`) and the console refuses to start, so a restart cannot
+paper over the deletion. Restore the entries, or, once the loss is investigated, move the
+anchor file aside deliberately.
 
 Entries are appended by one writer (the console process) under a lock: ``seq`` numbers are
 dense from 0. Run one console per audit log.
@@ -40,7 +44,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -62,8 +65,11 @@ from vigie.sinks.ddl import (
     validate_identifier,
 )
 
+from .console_auth import write_private
+
 __all__ = [
     "AUDIT_TABLE",
+    "AuditAnchorMismatch",
     "AuditLog",
     "BrokenEntry",
     "VerifyReport",
@@ -317,11 +323,16 @@ class AuditRecord:
     detail: Mapping[str, Any] | None = None
 
 
+class AuditAnchorMismatch(RuntimeError):
+    """The anchor file records a head the table does not have: entries were deleted or rewritten."""
+
+
 class AuditLog:
     """Appends chained, sealed entries to ``database.audit_log`` through ``store``.
 
     ``anchor_path`` (optional) receives the head after every append. Thread-safe; one
-    writer per table (see the module docstring).
+    writer per table (see the module docstring). :attr:`refusal` says why appends are
+    refused (the anchor is ahead of the table), None when they are not.
     """
 
     def __init__(
@@ -344,15 +355,32 @@ class AuditLog:
         )
         self._next_seq = int(head[0]["seq"]) + 1 if head else 0
         self._head_hash = str(head[0]["entry_hash"]) if head else GENESIS_HASH
-        anchor = _read_anchor(anchor_path)
-        if anchor is not None and int(anchor["seq"]) >= self._next_seq:
-            log.error(
-                "audit anchor %s records seq %s but the table ends at seq %d: entries were deleted "
-                "(run `vigie audit verify`)",
-                anchor_path,
-                anchor["seq"],
-                self._next_seq - 1,
+        self.refusal: str | None = self._anchor_problem()
+        if self.refusal is not None:
+            log.error("%s", self.refusal)
+
+    def _anchor_problem(self) -> str | None:
+        """Why the anchor and the table disagree (so appending would hide it), or None."""
+        anchor = _read_anchor(self.anchor_path)
+        if anchor is None:
+            return None
+        seq = int(anchor["seq"])
+        if seq >= self._next_seq:
+            have = "is empty" if self._next_seq == 0 else f"ends at seq {self._next_seq - 1}"
+            return (
+                f"audit anchor {self.anchor_path} records seq {seq} but the audit table {have}: "
+                "entries were deleted. Appending is refused (it would move the anchor back); run "
+                "`vigie audit verify`, restore the entries, or move the anchor aside once investigated"
             )
+        rows = self.store.query(
+            f"SELECT entry_hash FROM {self.database}.audit_log WHERE seq = {seq} ORDER BY ingested_at DESC LIMIT 1"
+        )
+        if rows and str(rows[0]["entry_hash"]) != anchor.get("entry_hash"):
+            return (
+                f"audit anchor {self.anchor_path} records another hash for seq {seq} than the table: "
+                "the log was rewritten. Appending is refused; run `vigie audit verify`"
+            )
+        return None
 
     @property
     def next_seq(self) -> int:
@@ -382,6 +410,12 @@ class AuditLog:
         return stored
 
     def _append_locked(self, records: list[AuditRecord]) -> list[AuditEntry]:
+        if self.refusal is None:
+            anchor = _read_anchor(self.anchor_path)
+            if anchor is not None and int(anchor["seq"]) >= self._next_seq:  # the table shrank under us
+                self.refusal = self._anchor_problem()
+        if self.refusal is not None:
+            raise AuditAnchorMismatch(self.refusal)
         now = datetime.now(UTC)
         seq, prev = self._next_seq, self._head_hash
         entries: list[AuditEntry] = []
@@ -443,7 +477,5 @@ class AuditLog:
         if self.anchor_path is None:
             return
         data = {"seq": entry.seq, "entry_hash": entry.entry_hash, "entry_time": entry.entry_time.isoformat()}
-        tmp = self.anchor_path.with_name(f".{self.anchor_path.name}.tmp")
-        self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.anchor_path)
+        # Private, atomic and synced: a torn or lost anchor would hide deleted entries.
+        write_private(self.anchor_path, json.dumps(data).encode())

@@ -66,6 +66,7 @@ __all__ = [
     "new_token",
     "tokens_match",
     "verify_password",
+    "write_private",
 ]
 
 Role = Literal["officer", "supervisor", "integrator", "operator"]
@@ -145,8 +146,8 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only (0600)."""
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably, readable by the owner only (0600)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # accounts and keys: owner only
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -159,6 +160,12 @@ def _write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # The rename itself is durable only once the directory is synced.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +324,7 @@ class AccountStore:
 
     def _save(self) -> None:
         data = {"accounts": [a.model_dump() for a in sorted(self._accounts.values(), key=lambda a: a.name)]}
-        _write_private(self.path, json.dumps(data, indent=2).encode())
+        write_private(self.path, json.dumps(data, indent=2).encode())
         self._mtime = self.path.stat().st_mtime
 
     def __len__(self) -> int:

@@ -89,6 +89,7 @@ def serve(
     import uvicorn
 
     from .console_app import ConsoleSettings, build_services, create_app
+    from .console_audit import AuditAnchorMismatch
 
     state = _state(data_dir, state_dir)
     accounts = AccountStore(state / "accounts.json")
@@ -120,7 +121,11 @@ def serve(
         daily_alert_budget=budget,
         secure_cookies=secure_cookies,
     )
-    services = build_services(settings)
+    try:
+        services = build_services(settings)
+    except AuditAnchorMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     app = create_app(services)
     typer.echo(f"officer console on http://{host}:{port}/ (store: {clickhouse or data_dir / 'clickhouse'})", err=True)
     # One worker: sessions, the rate limiter and the audit chain's head live in this process.
@@ -218,18 +223,35 @@ def audit_verify(
     state_dir: StateDir = None,
     clickhouse: Annotated[str | None, typer.Option(help="HOST:PORT of a ClickHouse server instead of chdb.")] = None,
     database: str = DEFAULT_DATABASE,
+    allow_missing_anchor: Annotated[
+        bool, typer.Option(help="Pass without audit-head.json (deleted newest entries then go unnoticed).")
+    ] = False,
+    allow_missing_key: Annotated[
+        bool, typer.Option(help="Pass without secrets.json (seals are then not checked, only hashes).")
+    ] = False,
 ) -> None:
     """Check the audit log's hash chain, seals and anchor; exit 1 naming the first broken entry.
 
-    With embedded chdb, stop the console first (one process per store), or ask a running
-    console: GET /api/audit/verify as a supervisor.
+    A missing anchor or audit key is a failure too (exit 1): without them a truncated or
+    re-hashed log would pass. ``--allow-missing-anchor`` / ``--allow-missing-key`` accept
+    that, explicitly. With embedded chdb, stop the console first (one process per store),
+    or ask a running console: GET /api/audit/verify as a supervisor.
     """
     from .console_audit import verify_log
 
     state = _state(data_dir, state_dir)
+    anchor_path = state / "audit-head.json"
+    # Never load_or_create here: creating a fresh key would make every seal look forged.
     key = ConsoleSecrets.load_or_create(state).audit_key if (state / "secrets.json").exists() else None
+    missing: list[str] = []
     if key is None:
         typer.echo(f"no {state / 'secrets.json'}: checking hashes only, not seals", err=True)
+        if not allow_missing_key:
+            missing.append(f"no audit key ({state / 'secrets.json'}); pass --allow-missing-key to accept")
+    if not anchor_path.exists():
+        typer.echo(f"no {anchor_path}: deleted newest entries cannot be detected", err=True)
+        if not allow_missing_anchor:
+            missing.append(f"no anchor ({anchor_path}); pass --allow-missing-anchor to accept")
     if clickhouse:
         from vigie.sinks.native_sink import NativeSink
 
@@ -243,9 +265,12 @@ def audit_verify(
         from .console_audit import audit_ddl
 
         store.query(audit_ddl(store.profile, database))
-        report = verify_log(store, key, state / "audit-head.json", database)
+        report = verify_log(store, key, anchor_path, database)
     finally:
         store.close()
     typer.echo(str(report))
     if not report.ok:
+        raise typer.Exit(1)
+    if missing:
+        typer.echo("audit log NOT verified: " + "; ".join(missing), err=True)
         raise typer.Exit(1)

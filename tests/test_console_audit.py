@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ from typer.testing import CliRunner
 
 from tests.test_console_world import EORI_X, OFFICE_A, alert_for, declaration_for, open_console, seed_world
 from vigie.schemas.audit import GENESIS_HASH, AuditEntry
-from vigie.streams.console_app import ConsoleServices
-from vigie.streams.console_audit import AuditLog, audit_ddl, verify_entries
+from vigie.streams.console_app import ConsoleServices, ConsoleSettings
+from vigie.streams.console_audit import AuditAnchorMismatch, AuditLog, audit_ddl, verify_entries
+from vigie.streams.console_auth import AccountStore
 from vigie.streams.console_cli import console_app_cli
 
 KEY = b"k" * 32
@@ -221,3 +224,57 @@ def test_every_alert_raised_is_audited_once_even_past_a_page(console: ConsoleSer
     expected = [world.alert_a, world.alert_b, *(a.alert_id for a in extra)]
     assert sorted(r["subject_id"] for r in audited) == sorted(expected)
     assert console.audit.verify().ok
+
+
+def test_deleting_the_newest_entries_is_not_forgotten_after_a_restart(tmp_path: Path) -> None:
+    with open_console(tmp_path) as (services, _):
+        fill(services.audit, 5)
+    anchor_path = tmp_path / "state" / "audit-head.json"
+    anchor = anchor_path.read_text()
+    from vigie.sinks.chdb_sink import ChdbSink
+
+    with ChdbSink(tmp_path / "clickhouse") as sink:
+        sink.query("ALTER TABLE vigie.audit_log DELETE WHERE seq >= 3 SETTINGS mutations_sync = 1")
+        log = AuditLog(sink, _key(tmp_path), anchor_path)
+        assert log.refusal is not None and "records seq 4" in log.refusal
+        with pytest.raises(AuditAnchorMismatch, match="entries were deleted"):
+            log.append("login", "ana", "officer", "account", "ana")
+        assert anchor_path.read_text() == anchor  # the anchor did not move back
+        assert sink.query("SELECT count() AS n FROM vigie.audit_log") == [{"n": 3}]
+        report = log.verify()
+        assert not report.ok and "BROKEN" in str(report) and "anchored seq 4" in str(report)
+        # The console refuses to start on such a log rather than serve without an audit trail.
+        config = ConsoleSettings(data_dir=tmp_path, state_dir=tmp_path / "state")
+        with pytest.raises(AuditAnchorMismatch):
+            ConsoleServices.create(config, sink, accounts=AccountStore(tmp_path / "state" / "accounts.json"))
+    args = ["audit", "verify", "--data-dir", str(tmp_path), "--state-dir", str(tmp_path / "state")]
+    result = CliRunner().invoke(console_app_cli, args)
+    assert result.exit_code == 1 and "anchored seq 4" in result.output
+
+
+def test_the_anchor_is_written_privately_and_atomically(console: ConsoleServices) -> None:
+    fill(console.audit, 2)
+    anchor_path = console.settings.resolved_state_dir / "audit-head.json"
+    assert stat.S_IMODE(os.stat(anchor_path).st_mode) == 0o600
+    assert json.loads(anchor_path.read_text())["seq"] == 1
+    assert not [p for p in anchor_path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_vigie_audit_verify_fails_without_anchor_or_key_unless_told(tmp_path: Path) -> None:
+    with open_console(tmp_path) as (services, _):
+        fill(services.audit, 3)
+    runner = CliRunner()
+    state = tmp_path / "state"
+    args = ["audit", "verify", "--data-dir", str(tmp_path), "--state-dir", str(state)]
+    (state / "audit-head.json").rename(state / "anchor.bak")
+    missing_anchor = runner.invoke(console_app_cli, args)
+    assert missing_anchor.exit_code == 1 and "--allow-missing-anchor" in missing_anchor.output
+    assert runner.invoke(console_app_cli, [*args, "--allow-missing-anchor"]).exit_code == 0
+    (state / "anchor.bak").rename(state / "audit-head.json")
+
+    (state / "secrets.json").rename(state / "secrets.bak")
+    missing_key = runner.invoke(console_app_cli, args)
+    assert missing_key.exit_code == 1 and "--allow-missing-key" in missing_key.output
+    assert not (state / "secrets.json").exists()  # verify never makes up a key
+    accepted = runner.invoke(console_app_cli, [*args, "--allow-missing-key"])
+    assert accepted.exit_code == 0 and "hashes only (no audit key)" in accepted.output
