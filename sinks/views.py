@@ -39,6 +39,8 @@ however often it was delivered)
     ``v_alerts_per_shift``
         Per (office, shift): alerts raised, EUR at stake, the office's ``budget`` and
         ``budget_use`` = alerts / budget (above 1: more alerts than the office can control).
+        Shifts follow the local wall clock, also on the 23- and 25-hour days of daylight saving
+        (``shift_start`` is the local start hour, not midnight plus a fixed number of seconds).
     ``v_revenue_daily``
         Per (day, office): alerts and EUR at stake (duty and taxes the alerts estimate), controls,
         positives, EUR recovered by all controls and by controls of alerted events.
@@ -46,8 +48,9 @@ however often it was delivered)
         One row per alert with a known arrival: ``lead_time_hours`` (ETA minus alert time;
         negative: the goods had arrived) and ``lead_bucket`` (whole hours, clipped to [-48, 72]).
     ``v_score_daily``
-        Detector drift: per (day, detector) count, mean, p50/p90/p99 of the score and the share
-        of scores at or above the suspicion threshold.
+        Detector drift: per (day, detector) count, mean, exact p50/p90/p99 of the score
+        (``quantilesExact``: the same on every read) and the share of scores at or above the
+        suspicion threshold.
     ``v_score_histogram``
         Per (day, detector, decile): scores (from ``score_histogram_daily``).
     ``v_operator_daily``
@@ -352,9 +355,20 @@ def _views(db: str, s: ViewSettings) -> list[ViewSpec]:
         ViewSpec(
             "v_alerts_per_shift",
             "view",
+            # Shifts follow the local wall clock: a day of 23 or 25 hours (daylight saving) must
+            # not move them, so the start is the local date and hour parsed in the zone, not
+            # midnight plus a number of seconds. (String parsing: 18.16 has no makeDateTime.)
             _sql(f"""
                 SELECT
-                    shift_start,
+                    toDateTime(
+                        concat(
+                            toString(shift_day + intDiv(start_hour, 24)),
+                            if(start_hour % 24 < 10, ' 0', ' '),
+                            toString(start_hour % 24),
+                            ':00:00'
+                        ),
+                        '{tz}'
+                    ) AS shift_start,
                     toDate(shift_start, '{tz}') AS day,
                     office,
                     arrayElement([{labels}], shift_index + 1) AS shift,
@@ -369,13 +383,15 @@ def _views(db: str, s: ViewSettings) -> list[ViewSpec]:
                         office,
                         intDiv((toHour(event_time, '{tz}') + 24 - {s.first_shift_hour}) % 24, {s.shift_hours})
                             AS shift_index,
-                        toStartOfDay(toDateTime(event_time) - {s.first_shift_hour * 3600}, '{tz}')
-                            + ({s.first_shift_hour} + shift_index * {s.shift_hours}) * 3600 AS shift_start,
+                        -- The local day the shift's cycle began: the day before, before the first shift.
+                        toDate(event_time, '{tz}') - if(toHour(event_time, '{tz}') < {s.first_shift_hour}, 1, 0)
+                            AS shift_day,
+                        {s.first_shift_hour} + shift_index * {s.shift_hours} AS start_hour,
                         count() AS alerts,
                         countIf(selection = 'exploration') AS exploration_alerts,
                         sum(eur_at_stake) AS eur_at_stake
                     FROM {db}.alerts FINAL
-                    GROUP BY office, shift_index, shift_start
+                    GROUP BY office, shift_index, shift_day, start_hour
                 ) AS raised
                 ANY LEFT JOIN
                 (
@@ -489,9 +505,11 @@ def _views(db: str, s: ViewSettings) -> list[ViewSpec]:
                     detector,
                     count() AS scores,
                     avg(score) AS mean_score,
-                    quantile(0.5)(score) AS p50,
-                    quantile(0.9)(score) AS p90,
-                    quantile(0.99)(score) AS p99,
+                    -- Exact: quantile() samples, and two reads of the same data could differ.
+                    quantilesExact(0.5, 0.9, 0.99)(score) AS quantiles,
+                    quantiles[1] AS p50,
+                    quantiles[2] AS p90,
+                    quantiles[3] AS p99,
                     countIf(score >= {s.suspicion!r}) / scores AS flagged_share,
                     sumIf(eur_at_stake, score >= {s.suspicion!r}) AS eur_flagged
                 FROM {db}.scores FINAL

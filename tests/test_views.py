@@ -28,7 +28,7 @@ from vigie.schemas import Alert, ControlOutcome, RiskScore, decode_event, encode
 from vigie.schemas.generator import GeneratorConfig, write_stream
 from vigie.schemas.metrics import PipelineMetrics
 from vigie.sinks.chdb_sink import ChdbSink
-from vigie.sinks.ddl import LEGACY, MODERN
+from vigie.sinks.ddl import LEGACY, MODERN, render_ddl
 from vigie.sinks.native_sink import NativeSink
 from vigie.sinks.views import (
     MARKER_PREFIX,
@@ -176,11 +176,44 @@ def view_hit_rate(query: Any) -> dict[tuple[str, str, str], tuple[int, int]]:
 
 
 def shift_key(t: datetime) -> tuple[str, str]:
-    """(shift start day, shift label) the way v_alerts_per_shift computes them."""
-    labels = SETTINGS.shift_labels
-    index = ((t.astimezone(TZ).hour + 24 - SETTINGS.first_shift_hour) % 24) // SETTINGS.shift_hours
-    day = (t - timedelta(hours=SETTINGS.first_shift_hour)).astimezone(TZ).date()
-    return day.isoformat(), labels[index]
+    """(local day the shift starts, shift label), on the local wall clock (23- and 25-hour days too)."""
+    local = t.astimezone(TZ)
+    first, hours = SETTINGS.first_shift_hour, SETTINGS.shift_hours
+    index = ((local.hour + 24 - first) % 24) // hours
+    cycle_day = local.date() - timedelta(days=1 if local.hour < first else 0)
+    day = cycle_day + timedelta(days=(first + index * hours) // 24)
+    return day.isoformat(), SETTINGS.shift_labels[index]
+
+
+# Alerts around the 2026 daylight-saving changes in Paris (29 March: 23 hours; 25 October: 25),
+# with the shift each falls in and that shift's local start.
+DST_ALERTS = [
+    (datetime(2026, 3, 29, 5, 30, tzinfo=TZ), "22-06", datetime(2026, 3, 28, 22, 0, tzinfo=TZ)),
+    (datetime(2026, 3, 29, 6, 30, tzinfo=TZ), "06-14", datetime(2026, 3, 29, 6, 0, tzinfo=TZ)),
+    (datetime(2026, 3, 29, 13, 59, tzinfo=TZ), "06-14", datetime(2026, 3, 29, 6, 0, tzinfo=TZ)),
+    (datetime(2026, 10, 25, 5, 30, tzinfo=TZ), "22-06", datetime(2026, 10, 24, 22, 0, tzinfo=TZ)),
+    (datetime(2026, 10, 25, 6, 30, tzinfo=TZ), "06-14", datetime(2026, 10, 25, 6, 0, tzinfo=TZ)),
+    (datetime(2026, 10, 25, 22, 30, tzinfo=TZ), "22-06", datetime(2026, 10, 25, 22, 0, tzinfo=TZ)),
+]
+
+
+def check_shifts_on_dst_days(query: Any, db: str) -> None:
+    """Insert :data:`DST_ALERTS` into ``db`` (tables and views created, no alerts yet) and check
+    v_alerts_per_shift puts each in its shift, starting at the local hour."""
+    selects = [
+        f"SELECT 'dst-{i}' AS alert_id, toDateTime('{t.astimezone(UTC):%Y-%m-%d %H:%M:%S}', 'UTC') AS event_time, "
+        "'FR000690' AS office"
+        for i, (t, _, _) in enumerate(DST_ALERTS)
+    ]
+    query(f"INSERT INTO {db}.alerts (alert_id, event_time, office)\n" + "\nUNION ALL\n".join(selects))
+    rows = query(
+        f"SELECT toUnixTimestamp(shift_start) AS start, toString(day) AS d, shift, alerts FROM {db}.v_alerts_per_shift"
+    )
+    got = {(int(r["start"]), r["d"], r["shift"]): int(r["alerts"]) for r in rows}
+    expected = Counter((int(start.timestamp()), start.date().isoformat(), label) for _, label, start in DST_ALERTS)
+    assert got == dict(expected)
+    for t, label, start in DST_ALERTS:  # the helper the big-stream test uses agrees
+        assert shift_key(t) == (start.date().isoformat(), label)
 
 
 def chdb_query(store: Loaded) -> Any:
@@ -259,9 +292,11 @@ def test_revenue_lead_time_and_scores(loaded: Loaded) -> None:
     )
     assert {(r["d"], r["detector"]): r["scores"] for r in daily} == {k: len(v) for k, v in by_day.items()}
     for r in daily:
-        values = by_day[(r["d"], r["detector"])]
+        values = sorted(by_day[(r["d"], r["detector"])])
         assert math.isclose(r["mean_score"], sum(values) / len(values), rel_tol=1e-9)
-        assert min(values) - 1e-9 <= r["p50"] <= r["p99"] <= max(values) + 1e-9  # interpolated quantiles
+        # Exact quantiles (ClickHouse's quantileExact: the value at floor(level * n)), so every read agrees.
+        for column, level in (("p50", 0.5), ("p99", 0.99)):
+            assert r[column] == values[min(len(values) - 1, int(level * len(values)))], (column, r)
     hist = loaded.sink.query(
         "SELECT detector, bucket, sum(scores) AS n FROM vigie.v_score_histogram GROUP BY detector, bucket"
     )
@@ -270,6 +305,18 @@ def test_revenue_lead_time_and_scores(loaded: Loaded) -> None:
     assert set(got_hist) == set(expected_hist)
     for key, n in expected_hist.items():  # distinct-id estimates: exact when small, ~1 % when large
         assert got_hist[key] == pytest.approx(n, rel=0.02), key
+
+
+def test_shifts_follow_the_wall_clock_on_daylight_saving_days(loaded: Loaded) -> None:
+    db = "vigie_dst"
+    query = loaded.sink.query
+    try:
+        for statement in render_ddl(loaded.sink.profile, db):
+            query(statement)
+        create_views(query, loaded.sink.profile, db, SETTINGS)
+        check_shifts_on_dst_days(query, db)
+    finally:
+        query(f"DROP DATABASE IF EXISTS {db}")
 
 
 def test_operator_daily(loaded: Loaded) -> None:
@@ -433,6 +480,11 @@ def test_views_on_clickhouse_18_16_agree_with_chdb(loaded: Loaded, native_sink: 
     sample = PipelineMetrics.sample("sink", "t", datetime.now(UTC), 1.0, events=5)
     native_sink.query(metrics_insert_sql([sample], native_sink.profile, db))
     assert legacy_query("SELECT sum(events) AS e FROM {db}.pipeline_metrics FINAL")[0]["e"] == 5
+
+
+@pytest.mark.integration
+def test_shifts_on_daylight_saving_days_on_clickhouse_18_16(native_sink: NativeSink) -> None:
+    check_shifts_on_dst_days(native_sink.query, native_sink.database)
 
 
 def test_local_day_helper() -> None:
