@@ -1531,7 +1531,12 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
         max_events: int = 0,
     ) -> StreamingResponse:
         """Server-sent events: one ``snapshot`` (the scope's current alerts), then one ``alert``
-        per new alert in scope. ``max_events`` > 0 ends the stream after that many events."""
+        per new alert in scope. ``max_events`` > 0 ends the stream after that many events.
+
+        Every ``stream_recheck_s`` the caller's session and account are checked again: after a
+        logout, a session expiry or a disabled account the stream sends ``end`` and closes; a
+        changed office scope applies from then on.
+        """
         principal = alert_reader(request)
         filt = AlertFilter.parse(office, detector, mode)
         if filt.office is not None and not principal.may_read_office(filt.office):
@@ -1540,17 +1545,38 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
         snapshot = await run_in_threadpool(s.queries.list_alerts, principal, filt)
         clock = s.watcher.clock or await run_in_threadpool(s.queries.clock)
 
+        token = request.cookies.get(SESSION_COOKIE)
+
+        def still_allowed() -> Principal | None:
+            """The caller's principal as it is now, or None once it may no longer read this feed."""
+            if principal.via == "session" and s.sessions.peek(token) is None:
+                return None  # logged out, or the session expired
+            current = s.accounts.principal(principal.name)
+            if current is None or not current.reads_alerts:
+                return None  # disabled or deleted
+            if filt.office is not None and not current.may_read_office(filt.office):
+                return None
+            return current
+
         async def events() -> AsyncIterator[bytes]:
             sent = 1
             yield _sse("snapshot", {"alerts": snapshot, "clock": _iso(clock)})
             position = start
             idle_since = time.monotonic()
+            scope = principal
+            next_check = time.monotonic() + s.settings.stream_recheck_s
             while not (max_events and sent >= max_events):
                 if await request.is_disconnected():
                     return
+                if time.monotonic() >= next_check:
+                    current = await run_in_threadpool(still_allowed)
+                    if current is None:
+                        yield _sse("end", {"reason": "signed out: sign in again"})
+                        return
+                    scope, next_check = current, time.monotonic() + s.settings.stream_recheck_s
                 fresh, position = s.watcher.since(position)
                 for alert in fresh:
-                    if filt.matches(principal, alert):
+                    if filt.matches(scope, alert):
                         yield _sse("alert", alert)
                         sent += 1
                         idle_since = time.monotonic()
@@ -1559,7 +1585,7 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
                 if time.monotonic() - idle_since > 15:
                     yield b": keep-alive\n\n"  # proxies close idle connections
                     idle_since = time.monotonic()
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(min(0.2, s.settings.stream_recheck_s))
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}

@@ -490,6 +490,18 @@ class SessionStore:
             session.last_seen = now
             return session
 
+    def peek(self, token: str | None) -> Session | None:
+        """The live session of ``token`` without restarting its idle timer (an open live feed
+        re-checks with this: a feed left on screen is not activity), or None."""
+        if not token:
+            return None
+        now = self._clock()
+        with self._lock:
+            session = self._sessions.get(_sha256(token))
+            if session is None or now - session.last_seen > self.idle_s or now - session.created > self.absolute_s:
+                return None
+            return session
+
     def revoke(self, token: str | None) -> None:
         if token:
             with self._lock:

@@ -527,6 +527,11 @@ FEED_JS = r"""
       alerts.set(a.alert_id, a);
       render();
     });
+    source.addEventListener("end", function () {
+      // The server ended the feed (logout, expired session, disabled account): do not reconnect.
+      source.close();
+      window.location.assign("/login?next=/alerts");
+    });
     source.onerror = function () { status.textContent = "reconnecting..."; };
   }
 

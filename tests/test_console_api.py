@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -31,7 +32,7 @@ from tests.test_console_world import (
     seed_world,
 )
 from vigie.schemas import Alert, ControlOutcome, decode_event
-from vigie.streams.console_app import ConsoleServices, OutcomeNotDelivered, create_app
+from vigie.streams.console_app import SESSION_COOKIE, ConsoleServices, OutcomeNotDelivered, create_app
 
 _HIDDEN = re.compile(r'name="(csrf_token|submission_id)" value="([^"]+)"')
 
@@ -509,3 +510,28 @@ def test_the_live_feed_pushes_new_alerts_of_the_officers_offices_only(
         f"AND subject_id IN ('{other.alert_id}', '{mine.alert_id}', '{world.alert_a}')"
     )
     assert {r["subject_id"] for r in raised} == {other.alert_id, mine.alert_id, world.alert_a}
+
+
+def test_the_live_feed_ends_after_logout_or_when_the_account_is_disabled(
+    console: tuple[ConsoleServices, str, World, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, _, _, app = console
+    monkeypatch.setattr(services, "settings", dataclasses.replace(services.settings, stream_recheck_s=0.2))
+    services.accounts.add_user("tom", "officer", PASSWORD, offices=[OFFICE_A])
+    with live_server(app) as url:
+        for name, cut_off in (
+            ("ana", lambda http: services.sessions.revoke(http.cookies[SESSION_COOKIE])),  # as /logout does
+            ("tom", lambda http: services.accounts.set_disabled("tom", True)),
+        ):
+            with httpx.Client(base_url=url, timeout=30) as http:
+                form = hidden(http.get("/login").text)
+                http.post("/login", data={"username": name, "password": PASSWORD, **form})
+                with http.stream("GET", "/api/stream") as stream:
+                    events = _events(stream.iter_lines())
+                    assert next(events)[0] == "snapshot"
+                    started = time.monotonic()
+                    cut_off(http)
+                    kind, data = next(events)
+                    assert kind == "end" and "signed out" in data["reason"], name
+                    assert time.monotonic() - started < 5
+                    assert next(events, None) is None  # and the stream is closed
