@@ -514,11 +514,15 @@ def _alert_stats(alerts: Sequence[AlertRecord], records: Sequence[Record], truth
     flow = Counter(f"{r.office}|{r.subject_type}" for r in records)
     raised = Counter(f"{a.alert.office}|{a.alert.subject_type}" for a in alerts)
     rates = [raised[k] / n for k, n in flow.items() if n >= 500]
+    # Zero when frauds are labelled without revenue (a replayed CSV with no revenue column, or
+    # empty cells): the share is then 0.0 and print_report says "n/a" rather than a figure.
+    at_risk = sum(total.values())
     return {
         "n": len(alerts),
         "by_selection": {k: tuple(v) for k, v in by_selection.items()},
         "by_type": {k: tuple(v) for k, v in by_type.items()},
-        "revenue_share": sum(recovered.values()) / sum(total.values()) if total else 0.0,
+        "revenue_share": sum(recovered.values()) / at_risk if at_risk > 0 else 0.0,
+        "revenue_at_risk_eur": at_risk,
         "office_rate_median": statistics.median(rates) if rates else 0.0,
         "office_rate_range": (min(rates), max(rates)) if rates else (0.0, 0.0),
         "offices_judged": len(rates),
@@ -616,7 +620,13 @@ def print_report(console: Console, report: EvaluationReport, title: str = "") ->
         f"median {a.get('office_rate_median', 0):.2%} (range {low:.2%}-{high:.2%} over {a.get('offices_judged', 0)} "
         "office flows of 500+ subjects)",
     )
-    table.add_row("revenue of frauds alerted", f"{a.get('revenue_share', 0):.1%} of all revenue at risk")
+    if a.get("revenue_at_risk_eur", 1.0) > 0:
+        table.add_row("revenue of frauds alerted", f"{a.get('revenue_share', 0):.1%} of all revenue at risk")
+    else:
+        table.add_row(
+            "revenue of frauds alerted",
+            "n/a: the labelled frauds carry no revenue (none mapped, or empty or 0), so Rev@ columns read 0",
+        )
     median = report.median_lead_h
     table.add_row(
         "lead time, ENS-borne frauds",

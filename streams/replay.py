@@ -19,7 +19,7 @@ five is optional::
       declarant: declarant.id     # declarant (default: the importer)
       description: item.desc      # goods description
     date_format: "%y-%m-%d"       # strptime format (optional)
-    delimiter: ","                # (optional)
+    delimiter: ","                # (optional) one character
     defaults:                     # (optional) values for what no column gives
       office: FR000000
       transport_mode: sea
@@ -28,7 +28,9 @@ five is optional::
 Each row becomes a one-item :class:`~vigie.schemas.ImportDeclaration` (taxes go to the duty,
 the duty rate is taxes / value) and goes through the same strict validation as any event:
 a row that cannot be mapped (bad date, missing value, unknown country...) is dead-lettered
-with the reason and the row (as a CSV line), and the replay goes on. Rows are processed in date
+with the reason and the row (as a CSV line), and the replay goes on; so is a row whose mapped
+columns hold bytes that are not UTF-8, and a row dated before 2000 (the engine's accepted
+range). The command exits with 1 when no row at all could be replayed. Rows are processed in date
 order (stable for equal dates). Ids that are not EORIs become ``<operator_country>`` plus the
 id's letters and digits (a hash when longer than 15 characters); offices likewise.
 
@@ -86,18 +88,42 @@ class Mapping:
 
     @classmethod
     def load(cls, path: Path) -> Mapping:
+        """Parse and check a mapping file; a ``ValueError`` names the file and the faulty key."""
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
             raise ValueError(f"{path}: expected a mapping with a 'columns' section")
-        columns = {str(k): str(v) for k, v in data["columns"].items()}
+        columns = _scalars(path, "columns", data["columns"])
         unknown = set(columns) - set(REQUIRED) - set(OPTIONAL)
         if unknown:
             raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}; known: {', '.join(REQUIRED + OPTIONAL)}")
         missing = [k for k in REQUIRED if k not in columns]
         if missing:
             raise ValueError(f"{path}: required field(s) not mapped: {', '.join(missing)}")
-        defaults = {str(k): str(v) for k, v in (data.get("defaults") or {}).items()}
-        return cls(columns, data.get("date_format"), str(data.get("delimiter", ",")), defaults)
+        defaults = _scalars(path, "defaults", data.get("defaults") or {})
+        date_format = data.get("date_format")
+        if date_format is not None and (not isinstance(date_format, str) or not date_format.strip()):
+            raise ValueError(f'{path}: date_format must be a strptime format in quotes, e.g. "%d/%m/%Y"')
+        delimiter = data.get("delimiter", ",")
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
+            raise ValueError(
+                f'{path}: delimiter must be one character (not a quote or line break), e.g. ";" (got {delimiter!r})'
+            )
+        return cls(columns, date_format, delimiter, defaults)
+
+
+def _scalars(path: Path, section: str, value: Any) -> dict[str, str]:
+    """``section`` as a dict of strings: keys and values must be plain strings or integers (a column
+    may be named ``2024``); lists, mappings, booleans and nulls are mistakes, reported here rather
+    than as a traceback half-way through the CSV."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: '{section}' must be a mapping of names to values, not {type(value).__name__}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        for part, what in ((key, "key"), (item, "value")):
+            if isinstance(part, bool) or not isinstance(part, str | int) or str(part).strip() == "":
+                raise ValueError(f"{path}: {section}: {what} {part!r} of {key!r} must be a non-empty string")
+        out[str(key)] = str(item)
+    return out
 
 
 class RowRejected(ValueError):
@@ -247,7 +273,28 @@ class ReplaySummary:
 def _raw_line(row: dict[str, str], fieldnames: list[str], delimiter: str) -> bytes:
     out = io.StringIO()
     csv.writer(out, delimiter=delimiter, lineterminator="").writerow([row.get(name, "") for name in fieldnames])
-    return out.getvalue().encode()
+    # surrogateescape gives back the bytes that were not UTF-8, as they were in the file.
+    return out.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _check_utf8(row: dict[str, str], mapping: Mapping) -> None:
+    """Raise :class:`RowRejected` if a mapped column of ``row`` held bytes that are not UTF-8.
+
+    The file is read with ``errors="surrogateescape"``, so such bytes arrive as lone surrogates
+    instead of stopping the whole replay with a ``UnicodeDecodeError``; unmapped columns are not
+    read, so their bytes do not matter.
+    """
+    for name, column in mapping.columns.items():
+        value = row.get(column)
+        if not value:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = ord(value[exc.start]) - 0xDC00
+            raise RowRejected(
+                f"{name} (column {column!r}) is not valid UTF-8: byte 0x{byte:02x}; save the CSV as UTF-8", name
+            ) from None
 
 
 def replay_csv(
@@ -261,7 +308,7 @@ def replay_csv(
     source = f"file:{csv_path.resolve()}"
     evaluator = PrequentialEvaluator(pipeline, legacy="none")
     dated: list[tuple[datetime, int, dict[str, str]]] = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter=mapping.delimiter)
         fieldnames = list(reader.fieldnames or [])
         absent = [c for c in mapping.columns.values() if c not in fieldnames]
@@ -272,6 +319,7 @@ def replay_csv(
         for line, row in enumerate(reader, start=2):  # line 1 is the header
             summary.rows += 1
             try:
+                _check_utf8(row, mapping)
                 when = parse_date(row.get(mapping.columns["date"]) or "", mapping.date_format)
             except RowRejected as rejected:
                 summary.dead_letters.append(_letter(row, fieldnames, mapping, f"{source}:{line}", rejected))
@@ -345,6 +393,10 @@ def replay_command(
         dead_letters.write_bytes(b"".join(encode_event(d) + b"\n" for d in summary.dead_letters))
     if alerts_out is not None:
         alerts_out.write_bytes(b"".join(encode_event(a.alert) + b"\n" for a in evaluator.alerts))
+    if summary.rows and not summary.declarations:
+        # Nothing was replayed: most likely the mapping (date_format, delimiter, defaults) is wrong.
+        console.print(f"every one of the {summary.rows:,} rows was dead-lettered: nothing replayed")
+        raise typer.Exit(1)
     if not mapping.labelled:
         console.print("no fraud label mapped: scored without evaluation")
         return
