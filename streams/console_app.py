@@ -81,6 +81,7 @@ from .console_auth import (
     Session,
     SessionStore,
     new_token,
+    normalise_account_name,
     tokens_match,
 )
 
@@ -106,6 +107,8 @@ LOGIN_CSRF_COOKIE = "vigie_login_csrf"
 CSRF_HEADER = "x-csrf-token"
 DETECTORS = ("undervaluation", "atypical_flow", "operator_behaviour", "excise", "ens_pre_arrival")
 MODES = tuple(m.value for m in TransportMode)
+INVALID_NAME = "(invalid)"
+"""Actor of the audit entry (and rate-limit key) of a login with a malformed account name."""
 FEED_LIMIT = 500
 """Alerts a feed snapshot or list shows at most (the most recent ones of the scope)."""
 HISTORY_DAYS = 30
@@ -1236,32 +1239,33 @@ def create_app(services: ConsoleServices, manage_lifecycle: bool = True) -> Fast
     @app.post("/login")
     async def login_post(request: Request) -> Response:
         form = await request.form()
-        name = str(form.get("username", ""))[:64].strip().lower()
+        # None for what cannot be an account name (too long, non-ASCII...): no password check,
+        # but the same answer, rate limit and audit entry as a wrong password.
+        name = normalise_account_name(str(form.get("username", "")))
         password = str(form.get("password", ""))[:1024]
         next_url = _safe_next(str(form.get("next", "/")))
         if not tokens_match(request.cookies.get(LOGIN_CSRF_COOKIE), str(form.get("csrf_token", ""))):
             return login_form(next_url, "The form expired: please sign in again.", 403)
         address = _client_address(request)
-        wait = s.limiter.retry_after(name, address)
+        limited = name or INVALID_NAME
+        # Reserve the attempt before the slow scrypt check, so concurrent tries count at once.
+        wait = s.limiter.begin_attempt(limited, address)
         if wait is not None:
             response = login_form(next_url, f"Too many failed attempts: try again in {int(wait) + 1} s.", 429)
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
-        principal = await run_in_threadpool(s.accounts.authenticate, name, password)
+        principal = None
+        try:
+            if name is not None:
+                principal = await run_in_threadpool(s.accounts.authenticate, name, password)
+        finally:
+            s.limiter.end_attempt(limited, address, success=principal is not None)
         if principal is None:
-            s.limiter.record_failure(name, address)
+            detail = {"address": address} if name is not None else {"address": address, "reason": "invalid name"}
             await run_in_threadpool(
-                s.audit.append,
-                "login_failed",
-                name or "(empty)",
-                "unknown",
-                "account",
-                name,
-                None,
-                {"address": address},
+                s.audit.append, "login_failed", limited, "unknown", "account", name or "", None, detail
             )
             return login_form(next_url, "Wrong account name or password.", 401)
-        s.limiter.record_success(name)
         token, _ = s.sessions.create(principal.name)
         await run_in_threadpool(
             s.audit.append,

@@ -64,6 +64,7 @@ __all__ = [
     "SessionStore",
     "hash_password",
     "new_token",
+    "normalise_account_name",
     "tokens_match",
     "verify_password",
     "write_private",
@@ -127,6 +128,18 @@ def verify_password(password: str, encoded: str) -> bool:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def normalise_account_name(text: str) -> str | None:
+    """The account name a login form's ``text`` means (trimmed, lower-cased), or None when it
+    cannot be one. Lower-casing comes before any length check: some characters grow when
+    lower-cased ("İ" becomes two code points), so a name cut to length first could outgrow it.
+
+    >>> normalise_account_name("  Ana "), normalise_account_name("İ" * 64), normalise_account_name("x")
+    ('ana', None, None)
+    """
+    name = text[:256].strip().lower()  # bounded work on hostile input
+    return name if _NAME.match(name) else None
 
 
 def new_token() -> str:
@@ -524,6 +537,8 @@ class SessionStore:
 class _Failures:
     times: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
+    pending: int = 0
+    """Attempts let through and not answered yet (their password is being checked)."""
 
 
 class LoginRateLimiter:
@@ -561,6 +576,47 @@ class LoginRateLimiter:
             ]
         return max(waits) if waits else None
 
+    def begin_attempt(self, name: str, address: str) -> float | None:
+        """Reserve one login attempt before its (slow) password check; None when let through.
+
+        An attempt counts from here, not from its failure: failures plus attempts still
+        being checked never exceed the limit, so concurrent requests cannot all slip past
+        :meth:`retry_after` before the first failure is recorded. Otherwise returns the
+        seconds to wait. Every attempt let through must be closed by :meth:`end_attempt`.
+        """
+        now = self._clock()
+        with self._lock:
+            waits = [
+                f.locked_until - now
+                for key in (f"name:{name}", f"addr:{address}")
+                if (f := self._failures.get(key)) is not None and f.locked_until > now
+            ]
+            if waits:
+                return max(waits)
+            entries = []
+            for kind, key in (("name", f"name:{name}"), ("addr", f"addr:{address}")):
+                entry = self._failures.setdefault(key, _Failures())
+                while entry.times and entry.times[0] < now - self.window_s:
+                    entry.times.popleft()
+                if len(entry.times) + entry.pending >= self.limits[kind]:
+                    return 1.0  # the attempts in flight may reach the limit: ask again once answered
+                entries.append(entry)
+            for entry in entries:
+                entry.pending += 1
+        return None
+
+    def end_attempt(self, name: str, address: str, success: bool) -> None:
+        """Close an attempt :meth:`begin_attempt` let through, counting it as a failure or a success."""
+        with self._lock:
+            for key in (f"name:{name}", f"addr:{address}"):
+                entry = self._failures.get(key)
+                if entry is not None and entry.pending:
+                    entry.pending -= 1
+        if success:
+            self.record_success(name)
+        else:
+            self.record_failure(name, address)
+
     def record_failure(self, name: str, address: str) -> None:
         now = self._clock()
         with self._lock:
@@ -573,9 +629,17 @@ class LoginRateLimiter:
                     entry.locked_until = now + self.lockout_s
                     entry.times.clear()
             if len(self._failures) > 100_000:  # bound memory under a spraying attack
-                self._failures = {k: f for k, f in self._failures.items() if f.locked_until > now or f.times}
+                self._failures = {
+                    k: f for k, f in self._failures.items() if f.locked_until > now or f.times or f.pending
+                }
 
     def record_success(self, name: str) -> None:
         """A correct login clears the name's failure count (not the address's)."""
         with self._lock:
-            self._failures.pop(f"name:{name}", None)
+            entry = self._failures.get(f"name:{name}")
+            if entry is not None:
+                # Keep the entry while other attempts for the name are still being checked.
+                entry.times.clear()
+                entry.locked_until = 0.0
+                if not entry.pending:
+                    del self._failures[f"name:{name}"]

@@ -33,6 +33,7 @@ from tests.test_console_world import (
 )
 from vigie.schemas import Alert, ControlOutcome, decode_event
 from vigie.streams.console_app import SESSION_COOKIE, ConsoleServices, OutcomeNotDelivered, create_app
+from vigie.streams.console_auth import LoginRateLimiter
 
 _HIDDEN = re.compile(r'name="(csrf_token|submission_id)" value="([^"]+)"')
 
@@ -435,6 +436,58 @@ def test_logins_are_rate_limited_per_account(console: tuple[ConsoleServices, str
         "SELECT count() AS n FROM vigie.audit_log WHERE action = 'login_failed' AND actor = 'rita'"
     )
     assert failed == [{"n": 5}]
+
+
+def test_concurrent_logins_check_at_most_the_limit(
+    console: tuple[ConsoleServices, str, World, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, _, _, app = console
+    monkeypatch.setattr(services, "limiter", LoginRateLimiter(max_failures_per_name=5))
+    authenticate = services.accounts.authenticate
+    checked: list[str] = []
+
+    def slow_authenticate(name: str, password: str) -> Any:
+        checked.append(name)
+        time.sleep(0.3)  # scrypt is slow: every request arrives while the first is checked
+        return authenticate(name, password)
+
+    monkeypatch.setattr(services.accounts, "authenticate", slow_authenticate)
+    clients = [TestClient(app) for _ in range(12)]
+    forms = [hidden(client.get("/login").text) for client in clients]
+    barrier = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def attempt(client: TestClient, form: dict[str, str]) -> None:
+        barrier.wait()
+        data = {"username": "ana", "password": "wrong-password", **form}
+        statuses.append(client.post("/login", data=data).status_code)
+
+    threads = [threading.Thread(target=attempt, args=pair) for pair in zip(clients, forms, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(checked) == 5 and statuses.count(401) == 5  # the limit, not one per request
+    assert statuses.count(429) == len(clients) - len(checked)
+
+
+def test_a_name_that_grows_when_lower_cased_is_refused_not_a_crash(
+    console: tuple[ConsoleServices, str, World, Any],
+) -> None:
+    services, _, _, app = console
+    client = TestClient(app)
+    for username in ("\u0130" * 64, "x" * 300, ""):
+        form = hidden(client.get("/login").text)
+        response = client.post("/login", data={"username": username, "password": PASSWORD, **form})
+        assert response.status_code == 401 and "Wrong account name or password" in response.text
+    audited = services.store.query(
+        "SELECT count() AS n FROM vigie.audit_log WHERE action = 'login_failed' AND actor = '(invalid)'"
+    )
+    assert audited[0]["n"] >= 3
+    # Names are still case-insensitive.
+    form = hidden(client.get("/login").text)
+    response = client.post("/login", data={"username": " Sue ", "password": PASSWORD, **form}, follow_redirects=False)
+    assert response.status_code == 303
 
 
 def test_pages_need_a_session_and_the_right_role(console: tuple[ConsoleServices, str, World, Any]) -> None:

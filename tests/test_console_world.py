@@ -234,6 +234,19 @@ def test_rate_limiter_locks_a_name_then_releases_it() -> None:
     assert limiter.retry_after("ana", "10.0.0.9") is None
 
 
+def test_rate_limiter_counts_attempts_in_flight() -> None:
+    limiter = LoginRateLimiter(max_failures_per_name=2, max_failures_per_address=100, clock=lambda: 0.0)
+    assert limiter.begin_attempt("ana", "10.0.0.1") is None
+    assert limiter.begin_attempt("ana", "10.0.0.2") is None
+    assert limiter.begin_attempt("ana", "10.0.0.3") is not None  # two checks in flight: the limit
+    limiter.end_attempt("ana", "10.0.0.1", success=False)
+    limiter.end_attempt("ana", "10.0.0.2", success=False)
+    assert limiter.begin_attempt("ana", "10.0.0.3") == 300.0  # both failed: locked out
+    assert limiter.begin_attempt("bob", "10.0.0.1") is None
+    limiter.end_attempt("bob", "10.0.0.1", success=True)
+    assert limiter.begin_attempt("bob", "10.0.0.1") is None
+
+
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
