@@ -51,6 +51,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 from .ddl import DEFAULT_DATABASE, validate_identifier
+from .views import SCORE_BUCKETS
 
 __all__ = [
     "DATASOURCE_TYPE",
@@ -75,6 +76,9 @@ FOLDER_UID = "vigie"
 FOLDER_TITLE = "Vigie"
 PLUGIN_VERSION = "4.10.1"
 """Plugin version recorded in the queries (the plugin migrates older query models on load)."""
+
+PSI_EPSILON = 0.0001
+"""Added to each bucket's share in the PSI's logarithm, so an empty bucket gives a large term, not infinity."""
 
 # The plugin's query format (grafana-plugin-sdk-go sqlutil.FormatQueryOption).
 _FORMATS: dict[str, tuple[int, str]] = {"time_series": (0, "timeseries"), "table": (1, "table")}
@@ -486,30 +490,37 @@ def _drift(db: str, ds: dashboard_models.DataSourceRef) -> dict[str, Any]:
             ORDER BY score_from
         """),
     )
+    # Each distribution as an array over every bucket, empty ones 0: a bucket empty on a day
+    # (or over the range) carries most of the PSI and must not drop out as in a join on buckets.
+    counts = f"sumForEach(arrayMap(b -> if(b = bucket, scores, 0), range({SCORE_BUCKETS})))"
     b.panel(
         _ts("Population stability index against the range", "short"),
-        "Per detector and day, PSI of the day's score deciles against the whole range's: "
-        "below 0.1 stable, 0.1-0.25 moving, above 0.25 drifted.",
+        "Per detector and day, PSI of the day's score deciles against the whole range's (every decile, "
+        "empty ones included): below 0.1 stable, 0.1-0.25 moving, above 0.25 drifted.",
         _q(f"""
             SELECT
                 toDateTime(daily.day) AS time,
                 daily.detector AS detector,
-                sum((daily.p - overall.p) * log((daily.p + 0.0001) / (overall.p + 0.0001))) AS psi
+                arraySum(
+                    (d, o) -> (d - o) * log((d + {PSI_EPSILON}) / (o + {PSI_EPSILON})),
+                    arrayMap(n -> n / arraySum(daily.counts), daily.counts),
+                    arrayMap(n -> n / arraySum(overall.counts), overall.counts)
+                ) AS psi
             FROM
             (
-                SELECT day, detector, bucket, scores / sum(scores) OVER (PARTITION BY day, detector) AS p
+                SELECT day, detector, {counts} AS counts
                 FROM {db}.v_score_histogram
                 WHERE $__dateFilter(day) AND {detector}
+                GROUP BY day, detector
             ) AS daily
             INNER JOIN
             (
-                SELECT detector, bucket, sum(scores) / sum(sum(scores)) OVER (PARTITION BY detector) AS p
+                SELECT detector, {counts} AS counts
                 FROM {db}.v_score_histogram
                 WHERE $__dateFilter(day) AND {detector}
-                GROUP BY detector, bucket
+                GROUP BY detector
             ) AS overall
-            ON daily.detector = overall.detector AND daily.bucket = overall.bucket
-            GROUP BY time, detector
+            ON daily.detector = overall.detector
             ORDER BY time
         """).time_series(),
     )
@@ -602,10 +613,14 @@ def _pipeline(db: str, ds: dashboard_models.DataSourceRef) -> dict[str, Any]:
     )
     b.row("Runtimes")
     b.panel(
-        _ts("Reported throughput", "short"),
-        "Events per second each runtime component reports (vigie.pipeline_metrics).",
+        # At least a minute per point: runtimes report about that often, and a shorter interval
+        # would put a sample's events into one point and none into the next.
+        _ts("Reported throughput", "short").interval("1m"),
+        "Events per second each runtime component handled, all its instances together: the events "
+        "they report (vigie.pipeline_metrics) over each interval, divided by its seconds.",
+        # Summed, not averaged: three workers at 1,000/s each are 3,000/s for the component.
         _q(f"""
-            SELECT $__timeInterval(at) AS time, component, avg(events_per_s) AS events_per_s
+            SELECT $__timeInterval(at) AS time, component, sum(events) / $__interval_s AS events_per_s
             FROM {db}.pipeline_metrics FINAL
             WHERE $__timeFilter(at)
             GROUP BY time, component

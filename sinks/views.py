@@ -93,6 +93,7 @@ from .ddl import TABLES, Kind, ServerProfile, Table, model_columns, validate_ide
 __all__ = [
     "MARKER_PREFIX",
     "METRICS_TABLE",
+    "SCORE_BUCKETS",
     "PipelineMetricsRecorder",
     "ViewSettings",
     "ViewSpec",
@@ -114,6 +115,9 @@ _INGEST_SOURCES: dict[str, tuple[str, str]] = {
 }
 INBOUND_STREAMS = ("ens", "declarations", "excise", "outcomes")
 """Tables whose rows are inbound events (the ``events`` of pipeline health)."""
+
+SCORE_BUCKETS = 10
+"""Score buckets of ``score_histogram_daily`` (deciles): bucket ``b`` holds scores in [b/10, (b+1)/10)."""
 
 # Bumped when a materialised view's SELECT changes: a new name gets a new trigger (and a
 # backfill); old ones are left for an operator to drop.
@@ -280,7 +284,7 @@ def _materialized(db: str, s: ViewSettings) -> list[ViewSpec]:
                 SELECT
                     toDate(event_time, '{s.timezone}') AS day,
                     detector,
-                    toUInt8(least(9, floor(score * 10))) AS bucket,
+                    toUInt8(least({SCORE_BUCKETS - 1}, floor(score * {SCORE_BUCKETS}))) AS bucket,
                     uniqCombinedState(score_id) AS ids
                 FROM {db}.scores
                 GROUP BY day, detector, bucket
@@ -520,7 +524,7 @@ def _views(db: str, s: ViewSettings) -> list[ViewSpec]:
             "v_score_histogram",
             "view",
             _sql(f"""
-                SELECT day, detector, bucket, bucket / 10 AS score_from, uniqCombinedMerge(ids) AS scores
+                SELECT day, detector, bucket, bucket / {SCORE_BUCKETS} AS score_from, uniqCombinedMerge(ids) AS scores
                 FROM {db}.score_histogram_daily
                 GROUP BY day, detector, bucket
             """),

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import re
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.test_views import Loaded, expected_hit_rate, open_shared_store
+from vigie.schemas.metrics import PipelineMetrics
+from vigie.sinks.ddl import render_ddl
 from vigie.sinks.grafana import (
     DATASOURCE_TYPE,
     DATASOURCE_UID,
     FOLDER_UID,
+    PSI_EPSILON,
     ClickHouseQuery,
     build_dashboards,
     datasource_payload,
@@ -47,6 +51,7 @@ from vigie.sinks.grafana_macros import (
     interpolate_variables,
     render_query,
 )
+from vigie.sinks.views import SCORE_BUCKETS, create_views, metrics_insert_sql
 
 REPO = Path(__file__).resolve().parent.parent
 GRAFANA_DIR = REPO / "deploy" / "grafana"
@@ -332,6 +337,86 @@ def test_office_variable_filters_the_targeting_board(loaded: Loaded, boards: lis
     c = sum(controls_per_office[o][0] for o in busiest)
     p = sum(controls_per_office[o][1] for o in busiest)
     assert two["Controls"][0] == {"controls": c, "positives": p}
+
+
+@contextlib.contextmanager
+def _scratch_database(store: Loaded, name: str) -> Iterator[str]:
+    """Tables and views in another database of the shared chdb session (one store per process)."""
+    query = store.sink.query
+    try:
+        for statement in render_ddl(store.sink.profile, name):
+            query(statement)
+        create_views(query, store.sink.profile, name)
+        yield name
+    finally:
+        query(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _panel_rows(store: Loaded, db: str, title: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The rows of the panel ``title`` (boards built for ``db``), every variable set to All."""
+    panel = next(p for board in build_dashboards(db) for p in iter_panels(board) if p.get("title") == title)
+    ctx = QueryContext.for_panel(start, end, min_interval=panel.get("interval"), variables={"detector": ALL})
+    return store.sink.query(render_query(panel["targets"][0]["rawSql"], ctx))
+
+
+def test_psi_counts_buckets_empty_on_a_day(loaded: Loaded) -> None:
+    """Days whose scores leave deciles empty: those deciles carry most of the PSI. The panel gives
+    the PSI computed here over every decile (empty ones with the panel's epsilon)."""
+    counts = {
+        date(2026, 3, 2): [10, 10, 10, 10, 10, 10, 10, 10, 10, 10],
+        date(2026, 3, 3): [40, 0, 0, 0, 0, 0, 0, 0, 0, 60],
+        date(2026, 3, 4): [5, 5, 0, 0, 20, 20, 0, 0, 0, 0],
+    }
+    assert len(next(iter(counts.values()))) == SCORE_BUCKETS
+    values = [
+        f"('{day}-{bucket}-{k}', '{day} 11:00:00', 'undervaluation', {(bucket + 0.5) / SCORE_BUCKETS})"
+        for day, row in counts.items()
+        for bucket, n in enumerate(row)
+        for k in range(n)
+    ]
+    overall = [sum(column) for column in zip(*counts.values(), strict=True)]
+    expected = {}
+    for day, row in counts.items():
+        pairs = zip((n / sum(row) for n in row), (n / sum(overall) for n in overall), strict=True)
+        expected[day] = sum((d - o) * math.log((d + PSI_EPSILON) / (o + PSI_EPSILON)) for d, o in pairs)
+    with _scratch_database(loaded, "vigie_psi") as db:
+        loaded.sink.query(
+            f"INSERT INTO {db}.scores (score_id, event_time, detector, score) VALUES " + ", ".join(values)
+        )
+        rows = _panel_rows(
+            loaded,
+            db,
+            "Population stability index against the range",
+            datetime(2026, 3, 1, tzinfo=UTC),
+            datetime(2026, 3, 5, tzinfo=UTC),
+        )
+    got = {date.fromisoformat(str(r["time"])[:10]): r["psi"] for r in rows}  # a UTC midnight
+    assert set(got) == set(expected)
+    for day, psi in expected.items():
+        assert got[day] == pytest.approx(psi, rel=1e-9), day
+    assert expected[date(2026, 3, 3)] > 1  # the emptied deciles dominate
+
+
+def test_reported_throughput_sums_a_components_instances(loaded: Loaded) -> None:
+    """Three workers at 1,000 events/s each are 3,000/s for the component, one sink at 500/s is 500/s."""
+    start = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    samples = [
+        PipelineMetrics.sample(component, instance, start + timedelta(minutes=m, seconds=30), 60.0, events=60 * rate)
+        for m in range(10)
+        for component, instance, rate in [
+            ("worker", "w1", 1000),
+            ("worker", "w2", 1000),
+            ("worker", "w3", 1000),
+            ("sink", "s1", 500),
+        ]
+    ]
+    with _scratch_database(loaded, "vigie_metrics") as db:
+        loaded.sink.query(metrics_insert_sql(samples, loaded.sink.profile, db))
+        rows = _panel_rows(loaded, db, "Reported throughput", start - timedelta(hours=3), start + timedelta(hours=3))
+    by_component: dict[str, list[float]] = {}
+    for r in rows:
+        by_component.setdefault(r["component"], []).append(float(r["events_per_s"]))
+    assert by_component == {"worker": [3000.0] * 10, "sink": [500.0] * 10}
 
 
 # --- (c) provisioning against a recording HTTP server -------------------------------------------------
