@@ -38,7 +38,10 @@ Flush policy (:class:`BufferPolicy`), checked on every :meth:`Sink.write`:
 * more than ``max_buffer_rows`` buffered or waiting for their send: ``write()`` waits for
   the oldest sends until back under the bound (the sender keeps the newer ones to work on),
   or, with none in flight, flushes and waits; it raises if a send failed. The buffer is
-  bounded; the caller gets the back-pressure.
+  bounded; the caller gets the back-pressure. A caller that goes on writing after that
+  failure finds the buffer still over the bound: each ``write()`` first tries to store it
+  again and, while that fails, raises :class:`SinkBufferFull` without buffering that call's
+  records, so the buffer never holds more than ``max_buffer_rows`` plus one call's rows.
 
 There is no background timer: a runtime with idle periods calls :meth:`BufferedSink.flush_if_due`
 (or :meth:`Sink.flush`) on its own tick so a quiet stream still reaches the store.
@@ -73,10 +76,16 @@ __all__ = [
     "NativeBlockSink",
     "RowBuffer",
     "Sink",
+    "SinkBufferFull",
     "SinkMetrics",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class SinkBufferFull(RuntimeError):
+    """``write()`` refused its records: the buffer is over ``max_buffer_rows`` and storing it
+    failed again (the store's error is the ``__cause__``). Nothing of that call was buffered."""
 
 
 @dataclass(slots=True)
@@ -520,13 +529,27 @@ class BufferedSink(ABC):
     def write(self, records: Iterable[BaseModel]) -> None:
         """Buffer the rows of ``records`` and apply the flush policy.
 
-        Raises ``TypeError`` when a record cannot be stored; the call then buffers nothing.
+        Raises ``TypeError`` when a record cannot be stored, and :class:`SinkBufferFull` when the
+        buffer is still over ``max_buffer_rows`` after an earlier failure and storing it fails
+        again; either way the call buffers nothing.
         """
         with self._lock:
             self._check_open()
-            self._buffer.write(records)
             if self._jobs:
                 self._harvest(block=False, raise_errors=False)
+            if self._buffer.over_limit(self._unsent_rows()):
+                # Left over the bound by an earlier failed flush: checked before buffering, or
+                # a caller that goes on after the error would grow the buffer without limit.
+                try:
+                    self._push_back()
+                except Exception as exc:
+                    self._sync_buffer_metrics()
+                    raise SinkBufferFull(
+                        f"{type(self).__name__}: {self.metrics.buffered_rows} rows unstored, over "
+                        f"max_buffer_rows={self.policy.max_buffer_rows}, and the store still fails "
+                        f"({type(exc).__name__}: {exc}); these records were not buffered"
+                    ) from exc
+            self._buffer.write(records)
             try:
                 if self._buffer.over_limit(self._unsent_rows()):
                     self._push_back()

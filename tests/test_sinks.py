@@ -32,7 +32,7 @@ from vigie.schemas import (
     RiskScore,
 )
 from vigie.sinks import base
-from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink
+from vigie.sinks.base import BufferedSink, BufferPolicy, RowBuffer, Sink, SinkBufferFull
 from vigie.sinks.chdb_sink import ChdbPathBusy, ChdbSink
 from vigie.sinks.ddl import (
     COMPACT_PART_BYTES,
@@ -661,6 +661,34 @@ def test_failed_flush_keeps_rows_until_the_buffer_is_full() -> None:
     assert [r["score_id"] for r in sink.stored["scores"]] == ["a", "b", "c", "d", "e"]
     with pytest.raises(RuntimeError):
         sink.write([make_score("f")])
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_writer_that_goes_on_after_the_error_cannot_grow_the_buffer(background: bool) -> None:
+    """Once over max_buffer_rows with the store down, each write() tries the store again first and,
+    while it fails, refuses its records (SinkBufferFull, the store's error as cause), buffering none."""
+    sink = _FlakySink(BufferPolicy(batch_size=2, max_delay_s=0.0, max_buffer_rows=10), background=background)
+    sink.down = True
+    accepted: list[str] = []
+    refused = 0
+    for k in range(50):
+        ids = [f"s{k}-{j}" for j in range(3)]
+        try:
+            sink.write([make_score(i) for i in ids])
+        except SinkBufferFull as exc:
+            refused += 1
+            assert isinstance(exc.__cause__, ConnectionError) and "not buffered" in str(exc)
+            continue
+        except ConnectionError:
+            pass  # the write that crossed the bound: back-pressure failed, its rows are kept
+        accepted.extend(ids)
+        assert sink.metrics.buffered_rows <= 10 + 3  # the bound, plus the one call that crossed it
+    assert sink.metrics.buffered_rows == len(accepted) <= 13 and refused >= 45
+    sink.down = False
+    sink.write([make_score("after")])  # the store is back: the buffer drains, rows are taken again
+    accepted.append("after")
+    sink.close()
+    assert sorted(r["score_id"] for r in sink.stored["scores"]) == sorted(accepted)
 
 
 def test_background_sends_let_the_writer_go_on_and_keep_failed_rows() -> None:
