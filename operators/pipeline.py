@@ -6,6 +6,9 @@ scores for an event depend only on the events before it, so every runtime agrees
 
 For one event, in order:
 
+0. an event whose ``event_id`` was processed already (within ``duplicate_window`` of event time,
+   :mod:`.dedup`) is skipped: a re-sent event is neither scored nor learned twice
+   (``PipelineResult.duplicate``);
 1. an ENS is registered (arrival time and a summary, :mod:`.ens_link`);
 2. every detector scores then learns it; detectors that declare
    ``consumes = {"linked_declaration"}`` get a declaration together with its ENS
@@ -48,12 +51,13 @@ from vigie.schemas import Alert, ControlOutcome, RiskScore
 from . import _pipeline
 from .base import Operator, OperatorState, epoch_seconds
 from .deadlines import DeadlineTimers, WakeUp, deadline_rule
+from .dedup import DEFAULT_DUPLICATE_WINDOW, RecentEventIds
 from .ens_link import EnsLinkState
 from .fusion import LearnedFusion, NoisyOrAlerting, OfficeQueueState, Subject
 from .undervaluation import UndervaluationDetector
 
 _EVICT_EVERY = _pipeline.EVICT_EVERY  # events between sweeps of the ENS registry and idle detector keys
-STATE_VERSION = 3  # 3: the deadline timers (a version 2 checkpoint loads with none pending)
+STATE_VERSION = 4  # 4: the ids of recent events (3: the deadline timers; older checkpoints load without them)
 DEFAULT_DEADLINE_LAG = timedelta(hours=1)
 """How late (event time) a record may come and still count before a deadline: the Flink job's
 ``out_of_orderness_s`` default, so every runtime finds a deadline due at the same point of a stream."""
@@ -72,6 +76,8 @@ class PipelineResult:
     later_alerts: list[Alert] = field(default_factory=list)
     """Alerts on *earlier* subjects this event revealed something about (a later finding, e.g. an
     e-AD found short when its receipt arrives): each names its own subject, not this event."""
+    duplicate: bool = False
+    """The event's id was processed already (a re-send): skipped, nothing scored or learned."""
 
     @property
     def alerts(self) -> list[Alert]:
@@ -124,6 +130,7 @@ class ScoringPipeline:
         ens_retention: timedelta = timedelta(days=4),
         label_join: LabelJoin | None = None,
         deadline_lag: timedelta | None = DEFAULT_DEADLINE_LAG,
+        duplicate_window: timedelta | None = DEFAULT_DUPLICATE_WINDOW,
     ) -> None:
         self.detectors = detectors if detectors is not None else default_detectors()
         self.alerting: NoisyOrAlerting | LearnedFusion = alerting if alerting is not None else LearnedFusion()
@@ -149,6 +156,11 @@ class ScoringPipeline:
         off = not rules or deadline_lag is None  # a zero lag is a lag: deadlines at the stream's time itself
         self.timers = None if off else DeadlineTimers(rules, deadline_lag.total_seconds())  # type: ignore[union-attr]
         """Pending deadline checks (None: no detector has deadlines, or ``deadline_lag`` None turned them off)."""
+        self.seen: RecentEventIds | None = None if duplicate_window is None else RecentEventIds()
+        """Ids of the events processed within ``duplicate_window`` (None: re-sent events are processed again)."""
+        self._window_s = 0.0 if duplicate_window is None else duplicate_window.total_seconds()
+        self.duplicates = 0
+        """Events skipped as re-sends since this pipeline was created."""
 
     @property
     def watermark(self) -> datetime:
@@ -169,6 +181,20 @@ class ScoringPipeline:
         ``clock_ms``: where the event moves the deadline clock (default: its own time); a runtime
         reading several partitions passes its :class:`~vigie.operators.deadlines.SourceClock`'s.
         """
+        seen = self.seen
+        if seen is None:
+            return self._process(event, clock_ms)
+        when_s = _event_seconds(event)
+        if when_s is not None and not seen.first_time(event.event_id, when_s):
+            self.duplicates += 1
+            return PipelineResult(event, duplicate=True)
+        try:
+            return self._process(event, clock_ms)
+        finally:  # every _EVICT_EVERY events, as the pipeline sweeps its other keyed state
+            if self.events_seen % _EVICT_EVERY == 0:
+                seen.evict_before(self._watermark_s - self._window_s)
+
+    def _process(self, event: Any, clock_ms: int | None) -> PipelineResult:
         result: PipelineResult = _pipeline.process(self, event, PipelineResult)
         if self.timers is not None:
             when = _pipeline.event_ms(event) if clock_ms is None else clock_ms
@@ -195,6 +221,43 @@ class ScoringPipeline:
         >>> batched.process_all(events) == expected, batched.state_dict() == one_by_one.state_dict()
         (True, True)
         """
+        if self.seen is None:
+            return self._process_all(events, clock_ms)
+        events = events if isinstance(events, list) else list(events)
+        fresh = self._first_times(events)
+        if all(fresh):
+            return self._process_all(events, clock_ms)
+        kept = [event for event, new in zip(events, fresh, strict=True) if new]
+        kept_clock = None if clock_ms is None else [c for c, new in zip(clock_ms, fresh, strict=True) if new]
+        done = iter(self._process_all(kept, kept_clock))
+        pairs = zip(events, fresh, strict=True)
+        return [next(done) if new else PipelineResult(event, duplicate=True) for event, new in pairs]
+
+    def _first_times(self, events: list[Any]) -> list[bool]:
+        """For each event, False if it is a re-send (:meth:`process` would skip it), remembering the others;
+        the ids are swept where :meth:`process` sweeps them (the same count of events, the same watermark)."""
+        seen = self.seen
+        assert seen is not None
+        count, mark_s, window_s = self.events_seen, self._watermark_s, self._window_s
+        fresh: list[bool] = []
+        for event in events:
+            when_s = _event_seconds(event)
+            if when_s is None:  # fails in the pipeline, where process would fail it
+                fresh.append(True)
+                continue
+            new = seen.first_time(event.event_id, when_s)
+            fresh.append(new)
+            if not new:
+                self.duplicates += 1
+                continue
+            count += 1
+            if when_s > mark_s:
+                mark_s = when_s
+            if count % _EVICT_EVERY == 0:
+                seen.evict_before(mark_s - window_s)
+        return fresh
+
+    def _process_all(self, events: Iterable[Any], clock_ms: list[int] | None) -> list[PipelineResult | Exception]:
         timers = self.timers
         if timers is None:
             return _pipeline.process_all(self, events, PipelineResult)
@@ -336,6 +399,7 @@ class ScoringPipeline:
             "queues": {office: q.to_dict() for office, q in self.queues.items()},
             "fusion": self.alerting.state_dict() if isinstance(self.alerting, LearnedFusion) else None,
             "deadlines": self.timers.to_dict() if self.timers is not None else None,
+            "seen": self.seen.to_dict() if self.seen is not None else None,
         }
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
@@ -361,6 +425,17 @@ class ScoringPipeline:
             self.alerting.load_state_dict(fusion)
         if self.timers is not None:  # a version 2 checkpoint has none: none pending, no stream time yet
             self.timers.load_dict(data.get("deadlines") or {"due": [], "stream_time_ms": -(2**63)})
+        if self.seen is not None:  # a version 3 checkpoint has none: only later events are recognised
+            kept = data.get("seen")
+            self.seen = RecentEventIds.from_dict(kept) if kept else RecentEventIds()
+
+
+def _event_seconds(event: Any) -> float | None:
+    """The event's time in epoch seconds; None when it has none readable (the pipeline then fails it)."""
+    try:
+        return epoch_seconds(event.event_time)
+    except Exception:
+        return None
 
 
 event_ms = _pipeline.event_ms

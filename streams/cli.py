@@ -163,6 +163,8 @@ def _print_summary(summary: RunSummary, data_dir: Path) -> None:
     )
     for event_type, n in sorted(summary.events_by_type.items()):
         table.add_row(f"  {event_type}", f"{n:,}")
+    if summary.resent:
+        table.add_row("re-sent events skipped", f"{summary.resent:,} (event_id processed already)")
     table.add_row("risk scores", f"{summary.scores:,}")
     table.add_row("alerts", f"{summary.alerts:,}")
     table.add_row("dead letters", f"{summary.dead_letters:,}")

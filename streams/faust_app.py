@@ -919,6 +919,7 @@ class VigieFaustApp:
         return (
             f"{self.batches} batches; {self.ingest.accepted} events ingested; {self.ingest.rejected} dead-lettered; "
             f"{self.fuse.fused} events fused; {self.fuse.duplicates} duplicate(s) skipped; "
+            f"{self.fuse.resent} re-sent event(s) skipped; "
             f"{self.fuse.failed} failed in the pipeline; {self.checkpoints_taken} checkpoint(s), "
             f"{self.checkpoint_seconds:.1f} s of them on the event loop; {self.producer.produced} messages produced; "
             f"{max(self._ingest_in_flight.most, self._fuse_in_flight.most)} batch(es) in flight at most; "

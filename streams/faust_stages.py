@@ -402,6 +402,7 @@ class FuseStage:
         self.scores = 0
         self.alerts = 0
         self.duplicates = 0
+        self.resent = 0
         self.failed = 0
         self.unreadable = 0
         self.restored_bytes = 0
@@ -545,6 +546,9 @@ class FuseStage:
             _dead_letter(self.names, topic, int(partition), offset, raw, rejected, out)
             return
         self.fused += 1
+        if result.duplicate:  # its event_id was fused already (an integrator's re-send): nothing new to emit
+            self.resent += 1
+            return
         subject = event.event_id.encode()
         for score in result.scores:
             headers = [("vigie.id", score.score_id.encode())]

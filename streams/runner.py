@@ -83,6 +83,8 @@ class RunSummary:
     alerts: int = 0
     dead_letters: int = 0
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+    resent: int = 0
+    """Events skipped because their ``event_id`` was processed already (a re-send: see :mod:`vigie.operators.dedup`)."""
     seconds: float = 0.0
 
     @property
@@ -191,6 +193,9 @@ class InProcessRunner:
             return batch
         if not isinstance(result, PipelineResult):
             raise result if isinstance(result, Exception) else RuntimeError(f"no result for line {line_no}")
+        if result.duplicate:  # stored and scored when it first came
+            summary.resent += 1
+            return batch
         summary.events_by_type[event.event_type] += 1
         summary.scores += len(result.scores)
         batch.append(event)

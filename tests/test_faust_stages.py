@@ -215,6 +215,18 @@ def test_events_forwarded_again_are_skipped(stream: list[Any]) -> None:
     assert topology.fuse.pipeline.state_dict() == state, "nothing learned twice"
 
 
+def test_events_an_integrator_sends_again_are_scored_once(stream: list[Any]) -> None:
+    """Not a replay of the same offsets: the same events published again (new offsets, same event_id)."""
+    topology = Topology(ScoringPipeline(), partitions=2, batch=61)
+    resent = [e for e in stream if e.event_type == "declaration"][:150]
+    topology.feed(_inputs(stream))
+    state = topology.fuse.pipeline.state_dict()
+    outputs = len(topology.outputs)
+    topology.feed(_inputs(resent))
+    assert topology.fuse.resent == len(resent) and len(topology.outputs) == outputs, "no score sent again"
+    assert topology.fuse.pipeline.state_dict() == state, "nothing learned twice"
+
+
 def test_fusion_resumes_from_its_checkpoint_exactly(stream: list[Any]) -> None:
     whole = Topology(ScoringPipeline(), partitions=1, batch=50)
     whole.feed(_inputs(stream))
