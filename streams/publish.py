@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,10 @@ class VigiePublisher:
         config: Mapping[str, Any] | None = None,
         on_rejection: Callable[[Rejection], None] | None = None,
     ) -> None:
-        from confluent_kafka import Producer
+        from confluent_kafka import KafkaError, Producer
+
+        # The delivery errors of the records close() purges after its timeout.
+        self._purged_codes = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
         self.topics = TopicNames(prefix)
         self.report = PublishReport()
@@ -151,6 +155,8 @@ class VigiePublisher:
         settings = {"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **dict(config or {})}
         self._producer = Producer(settings)
         self._closed = False
+        self._pending = 0
+        """Records handed to the producer whose delivery callback has not fired yet."""
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -185,6 +191,7 @@ class VigiePublisher:
                 self._reject(Rejection(source, line, None, str(exc), delivery=True))
                 return False
         self.report.sent += 1
+        self._pending += 1
         self._producer.poll(0)
         return True
 
@@ -210,22 +217,32 @@ class VigiePublisher:
         return remaining
 
     def close(self, timeout: float = 60.0) -> None:
-        """Flush, then release the producer and its connections; records still undelivered after
-        ``timeout`` are reported as not delivered. Publishing afterwards raises ``RuntimeError``."""
+        """Flush, then release the producer and its connections, within about ``timeout`` seconds.
+
+        Records still undelivered after ``timeout`` are purged and each is reported once, with its
+        line, as not delivered. Publishing afterwards raises ``RuntimeError``."""
         if self._closed:
             return
+        began = time.monotonic()
         remaining = self.flush(timeout)
         self._closed = True
+        if remaining:
+            # librdkafka's close waits for every queued record until message.timeout.ms (5 minutes
+            # by default), whatever ``timeout`` said: purge them, so that each one's delivery
+            # callback fires now (as purged) and reports it once, with its line.
+            self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self._producer.flush(max(0.1, min(1.0, timeout - (time.monotonic() - began))))  # serve the callbacks
         # Without this the librdkafka handle lived until garbage collection, reconnecting (and
         # logging each refusal) to a broker that had gone.
         self._producer.close()
-        if remaining:
+        if self._pending:
+            # Only records whose callback never fired (it always should after a purge).
             self._reject(
                 Rejection(
                     "<producer>",
                     None,
                     None,
-                    f"{remaining} message(s) still unacknowledged after {timeout:.0f}s",
+                    f"{self._pending} message(s) still unacknowledged after {timeout:g}s",
                     delivery=True,
                 )
             )
@@ -245,8 +262,12 @@ class VigiePublisher:
 
     def _delivery_callback(self, source: str, line: int | None) -> Callable[[Any, Any], None]:
         def on_delivery(err: Any, _msg: Any) -> None:
+            self._pending -= 1
             if err is None:
                 self.report.delivered += 1
+            elif err.code() in self._purged_codes:
+                reason = "not acknowledged before close() timed out; purged from the producer's queue"
+                self._reject(Rejection(source, line, None, reason, delivery=True))
             else:
                 self._reject(Rejection(source, line, None, str(err), delivery=True))
 
