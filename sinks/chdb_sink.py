@@ -45,6 +45,7 @@ from .ddl import (
     ServerProfile,
     Table,
     render_ddl,
+    retention_statements,
     validate_identifier,
 )
 from .views import create_views
@@ -147,6 +148,7 @@ class ChdbSink(NativeBlockSink):
         database: str = DEFAULT_DATABASE,
         batch_size: int = DEFAULT_BATCH_ROWS,
         ttl_days: int | None = DEFAULT_TTL_DAYS,
+        enforce_ttl: bool = False,
         max_delay_s: float = 1.0,
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         background: bool = True,
@@ -180,6 +182,9 @@ class ChdbSink(NativeBlockSink):
             super().__init__(ServerProfile.parse(version), policy, background=background, senders=senders)
             for statement in render_ddl(self.profile, self.database, ttl_days, compact_part_bytes):
                 session.query(statement)
+            if enforce_ttl:  # a store created with another period takes this one
+                for statement in retention_statements(self.profile, self.database, ttl_days, self.query):
+                    session.query(statement)
             if compact_part_bytes is not None:
                 self._adopt_part_threshold(compact_part_bytes)
             create_views(self.query, self.profile, self.database)

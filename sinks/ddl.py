@@ -34,13 +34,19 @@ the old table, open a sink, ``INSERT INTO dead_letters SELECT * FROM`` the old o
 it with ``LIMIT 1 BY dead_letter_id``.
 
 Tables holding personal data (a :class:`~vigie.schemas.Party`, an officer id, raw inbound
-bytes: ``ens``, ``declarations``, ``outcomes``, ``dead_letters``) get a ``TTL`` of
-``ttl_days`` (default 1826, five years) on modern servers, counted from when the row was
+bytes, an operator's EORI or excise number, which for a sole trader identifies a person:
+``ens``, ``declarations``, ``declaration_items``, ``excise``, ``outcomes``, ``scores``,
+``alerts``, ``dead_letters``) get a ``TTL`` of ``ttl_days`` (default 1826, five years; the
+sink URL's ``ttl_days`` or ``vigie run --retention-days`` sets it) on modern servers, counted from when the row was
 stored (``ingested_at``), not from the record's own time: a record dated long ago (a
 back-fill of 2019 declarations) is kept for the whole period rather than dropped at insert,
-and a time past 2106 cannot wrap ``DateTime`` around. 18.16 has no TTL, so retention there is
-a scheduled ``ALTER TABLE ... DROP PARTITION`` (``ALTER TABLE dead_letters DELETE WHERE
-received_at < ...`` for the unpartitioned dead letters).
+and a time past 2106 cannot wrap ``DateTime`` around. Each sink applies the period to tables that
+exist when it opens (:func:`retention_statements`): ``ALTER TABLE ... MODIFY TTL`` where a
+table's TTL differs (a store created with another period, or by a version that left a table
+out), ``REMOVE TTL`` with ``ttl_days=None``. 18.16 has no TTL: there the sink deletes the
+expired rows when it opens (``ALTER TABLE ... DELETE WHERE ingested_at < ...``, a mutation,
+issued only for tables holding such rows); a long-running worker on 18.16 applies the period
+at its restarts only.
 
 ``compact_part_bytes`` (modern servers only; the embedded store passes
 :data:`COMPACT_PART_BYTES`) sets ``min_bytes_for_wide_part``: a part holding less than that,
@@ -134,6 +140,7 @@ __all__ = [
     "native_blocks",
     "native_type",
     "render_ddl",
+    "retention_statements",
     "rows_for",
     "validate_identifier",
 ]
@@ -415,12 +422,14 @@ _SPECS: tuple[_Spec, ...] = (
         parent="declarations",
         via="goods_items",
         inherit=("event_id", "mrn", "event_time", "importer_eori", "customs_office"),
+        personal=True,  # the importer's EORI: a sole trader's is a person's identifier
     ),
-    _Spec("excise", ExciseMovement, key=("event_id",)),
+    _Spec("excise", ExciseMovement, key=("event_id",), personal=True),  # operator EORI, excise numbers
     # officer_id names a person.
     _Spec("outcomes", ControlOutcome, key=("event_id",), personal=True),
-    _Spec("scores", RiskScore, key=("score_id",)),
-    _Spec("alerts", Alert, key=("alert_id",)),
+    # Scores and alerts name the operator (EORI) and quote the declaration in their reasons.
+    _Spec("scores", RiskScore, key=("score_id",), personal=True),
+    _Spec("alerts", Alert, key=("alert_id",), personal=True),
     # The raw bytes are whole inbound events, parties included. received_at is the time of each
     # read: re-reading the same bytes (a re-run, a resume, a re-delivery) gives the same id at a
     # later time, so the key is the id alone and the table is not partitioned by time, or the
@@ -625,6 +634,46 @@ def render_ddl(
     return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [
         table.render(profile, database, ttl_days, compact_part_bytes) for table in TABLES.values()
     ]
+
+
+def retention_statements(
+    profile: ServerProfile,
+    database: str,
+    ttl_days: int | None,
+    query: Callable[[str], list[dict[str, Any]]],
+) -> list[str]:
+    """What brings the existing personal-data tables of ``database`` to ``ttl_days`` (see the module).
+
+    ``query`` reads the server (the sink's own). Modern servers: a ``MODIFY TTL`` for each
+    table whose TTL is not the period's, a ``REMOVE TTL`` for one that has a TTL when
+    ``ttl_days`` is None. 18.16: a ``DELETE`` of the rows stored more than ``ttl_days`` ago, for
+    each table that holds some. The caller runs them.
+    """
+    validate_identifier(database)
+    personal = [name for name, table in TABLES.items() if table.personal_data]
+    names = ", ".join(f"'{name}'" for name in personal)
+    statements: list[str] = []
+    if profile.ttl:
+        found = query(
+            f"SELECT name, engine_full FROM system.tables WHERE database = '{database}' AND name IN ({names})"
+        )
+        for row in found:
+            table = f"{database}.{row['name']}"
+            ttl = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", row["engine_full"])
+            if ttl_days is None:
+                if ttl:
+                    statements.append(f"ALTER TABLE {table} REMOVE TTL")
+            elif ttl is None or ttl.group(1).strip() != f"ingested_at + toIntervalDay({int(ttl_days)})":
+                statements.append(f"ALTER TABLE {table} MODIFY TTL ingested_at + INTERVAL {int(ttl_days)} DAY")
+        return statements
+    if ttl_days is None:
+        return statements
+    horizon = f"subtractDays(now(), {int(ttl_days)})"  # a function 18.16 already has
+    for name in personal:
+        expired = query(f"SELECT count() AS n FROM {database}.{name} WHERE ingested_at < {horizon}")
+        if expired and int(expired[0]["n"]) > 0:
+            statements.append(f"ALTER TABLE {database}.{name} DELETE WHERE ingested_at < {horizon}")
+    return statements
 
 
 # --- rows ----------------------------------------------------------------------------

@@ -78,6 +78,7 @@ from .ddl import (
     Table,
     native_type,
     render_ddl,
+    retention_statements,
     validate_identifier,
 )
 from .views import create_views
@@ -174,6 +175,9 @@ class NativeSink(NativeBlockSink):
             after a failed automatic flush.
         max_buffer_rows: Above this, :meth:`write` flushes synchronously and raises on failure.
         ttl_days: Retention of personal-data tables (modern servers only, see :mod:`~vigie.sinks.ddl`).
+        enforce_ttl: Apply ``ttl_days`` to tables that exist already (a period set explicitly, e.g.
+            by the sink URL): a modern server's tables take its TTL, on 18.16 the rows stored
+            longer ago are deleted. Without it, ``ttl_days`` only applies to tables created now.
         retries: Times a statement is re-sent after a connection or transient server error.
         backoff: First pause before a retry, in seconds; doubled each time, capped at ``max_backoff``.
         max_backoff: Longest pause between two retries.
@@ -200,6 +204,7 @@ class NativeSink(NativeBlockSink):
         max_delay_s: float = 1.0,
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         ttl_days: int | None = DEFAULT_TTL_DAYS,
+        enforce_ttl: bool = False,
         retries: int = 3,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
@@ -244,6 +249,14 @@ class NativeSink(NativeBlockSink):
             self.server_version = str(version)
             for statement in render_ddl(self.profile, self.database, ttl_days):
                 self._with_retries(lambda s=statement: bootstrap.execute(s), statement.split("\n", 1)[0])
+
+            def read(sql: str) -> list[dict[str, Any]]:
+                rows, columns = bootstrap.execute(sql, with_column_types=True)
+                return [dict(zip([name for name, _ in columns], row, strict=True)) for row in rows]
+
+            # Tables created with another period take this one; on 18.16 (no TTL), expired rows are deleted now.
+            for statement in retention_statements(self.profile, self.database, ttl_days, read) if enforce_ttl else ():
+                self._with_retries(lambda s=statement: bootstrap.execute(s), statement)
         finally:
             bootstrap.disconnect()
         # One client per lane (lane 0 also runs queries): a connection carries one statement at a time.

@@ -103,6 +103,14 @@ def run(
     fraud_share: float = 0.04,
     live: Annotated[bool, typer.Option(help="Show live alerts in the terminal.")] = True,
     deadline_lag: DeadlineLagHours = DEFAULT_DEADLINE_LAG_H,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Days the store keeps rows naming persons or operators, counted from storage (default: the "
+            "store's period, 1826 for a new store); applied to existing tables too.",
+        ),
+    ] = None,
 ) -> None:
     """Score events in process into embedded ClickHouse (chdb) under --data-dir.
 
@@ -122,7 +130,8 @@ def run(
         total = sum(1 for _ in lines)
     alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
     pipeline = ScoringPipeline(alerting=alerting, deadline_lag=timedelta(hours=deadline_lag))
-    sink = ChdbSink(data_dir / "clickhouse")
+    retention = {} if retention_days is None else {"ttl_days": retention_days, "enforce_ttl": True}
+    sink = ChdbSink(data_dir / "clickhouse", **retention)  # type: ignore[arg-type]
     health = health_reporter(sink, "runner")  # the supervisors' pipeline-health panels
     tune_garbage_collector(RUNNER_GC_THRESHOLDS)
     try:

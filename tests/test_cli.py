@@ -61,3 +61,15 @@ def test_sql_reads_the_embedded_store(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     expected = sum(1 for line in events.read_bytes().splitlines() if b'"event_type":"ens"' in line)
     assert json.loads(result.output.strip())["n"] == expected
+
+
+def test_run_sets_the_retention_of_personal_data(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    cli.invoke(app, ["generate", "--out", str(events), "--truth", str(tmp_path / "t.jsonl"), "--duration-hours", "1"])
+    data_dir = tmp_path / "data"
+    args = ["run", "--input", str(events), "--data-dir", str(data_dir), "--no-live", "--retention-days", "90"]
+    assert cli.invoke(app, args).exit_code == 0
+    sql = "SELECT engine_full FROM system.tables WHERE database = 'vigie' AND name = 'scores'"
+    result = cli.invoke(app, ["sql", sql, "--data-dir", str(data_dir)])
+    assert "TTL ingested_at + toIntervalDay(90)" in json.loads(result.output.strip())["engine_full"]
+    assert cli.invoke(app, [*args[:-1], "0"]).exit_code == 2, "a period of at least a day"

@@ -505,3 +505,37 @@ def test_open_sink_reaches_a_server_by_url(clickhouse_server: ClickHouseServer, 
         assert sink.query(f"SELECT count() AS n FROM {clickhouse_database}.outcomes FINAL")[0]["n"] == 1
     finally:
         sink.close()
+
+
+@integration
+def test_on_18_16_a_sink_deletes_rows_stored_longer_than_the_period(
+    clickhouse_server: ClickHouseServer, clickhouse_database: str
+) -> None:
+    """18.16 has no TTL: opening a sink deletes the personal-data rows stored more than ``ttl_days`` ago."""
+    first = NativeSink(clickhouse_server.host, clickhouse_server.tcp_port, clickhouse_database, ttl_days=None)
+    try:
+        first.write(ALL_RECORDS)
+        first.flush()
+        # Copies of the scores and outcomes as if stored 400 days ago (the version column says when).
+        for table in ("scores", "outcomes"):
+            names = ", ".join(c.name for c in TABLES[table].columns)
+            first.query(
+                f"INSERT INTO {clickhouse_database}.{table} ({names}, ingested_at)"
+                f" SELECT {names}, subtractDays(now(), 400) FROM {clickhouse_database}.{table}"
+            )
+        before = {t: _count(first, t, final=False) for t in ("scores", "outcomes", "declarations")}
+        assert before["scores"] == 2 and before["outcomes"] == 2
+    finally:
+        first.close()
+    second = NativeSink(
+        clickhouse_server.host, clickhouse_server.tcp_port, clickhouse_database, ttl_days=365, enforce_ttl=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _count(second, "scores", final=False) > 1 or _count(second, "outcomes", final=False) > 1:
+            assert time.monotonic() < deadline, "the delete mutations did not finish"
+            time.sleep(0.2)
+        assert _count(second, "declarations", final=False) == before["declarations"], "recent rows kept"
+        assert _count(second, "scores") == 1 and _count(second, "outcomes") == 1
+    finally:
+        second.close()

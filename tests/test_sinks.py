@@ -48,6 +48,7 @@ from vigie.sinks.ddl import (
     empty_columns,
     json_text,
     render_ddl,
+    retention_statements,
     rows_for,
 )
 
@@ -244,8 +245,10 @@ def test_modern_ddl_executes_on_chdb(sink: ChdbSink) -> None:
     assert types["declarations", "container"] == "UInt8"
     create_ens = sink.query("SHOW CREATE TABLE vigie.ens")[0]["statement"]
     create_scores = sink.query("SHOW CREATE TABLE vigie.scores")[0]["statement"]
+    create_items = sink.query("SHOW CREATE TABLE vigie.ens_items")[0]["statement"]
     assert "TTL" in create_ens and "1826" in create_ens
-    assert "TTL" not in create_scores
+    assert "TTL" in create_scores, "scores name the operator (EORI)"
+    assert "TTL" not in create_items, "ENS items: goods, no party"
     # Rendering again on an existing store is a no-op.
     for statement in render_ddl(sink.profile):
         sink.query(statement)
@@ -942,3 +945,36 @@ def test_chdb_lanes_store_every_row_once(tmp_path: Path, monkeypatch: pytest.Mon
         assert reopened.query("SELECT count() AS n FROM vigie.scores FINAL") == [{"n": 6}]
     with pytest.raises(ValueError, match="senders"):
         ChdbSink(tmp_path / "store", senders=0)
+
+
+# --- retention of personal data ------------------------------------------------------
+
+
+def _ttls(sink: ChdbSink) -> dict[str, str | None]:
+    rows = sink.query(f"SELECT name, engine_full FROM system.tables WHERE database = '{sink.database}'")
+    found = {r["name"]: re.search(r"\bTTL (.+?)(?: SETTINGS |$)", r["engine_full"]) for r in rows}
+    return {name: match.group(1) if match else None for name, match in found.items() if name in TABLES}
+
+
+def test_every_table_naming_a_person_or_operator_expires_and_a_new_period_reaches_existing_tables(
+    tmp_path: Path,
+) -> None:
+    from vigie.sinks.open import open_sink
+
+    personal = {"ens", "declarations", "declaration_items", "excise", "outcomes", "scores", "alerts", "dead_letters"}
+    with ChdbSink(tmp_path / "ch", ttl_days=30) as sink:  # created with it
+        ttls = _ttls(sink)
+        assert {name for name, ttl in ttls.items() if ttl} == personal
+        assert set(ttls.values()) == {"ingested_at + toIntervalDay(30)", None}
+    # Opened again with another period (the URL's ttl_days), the tables take it; with none, they lose it.
+    reopened = open_sink(f"chdb:{tmp_path / 'ch'}?ttl_days=400")
+    assert isinstance(reopened, ChdbSink)
+    with reopened as sink:
+        assert {ttl for name, ttl in _ttls(sink).items() if name in personal} == {"ingested_at + toIntervalDay(400)"}
+        assert retention_statements(sink.profile, sink.database, 400, sink.query) == [], "nothing left to change"
+    with ChdbSink(tmp_path / "ch") as sink:  # opened without a period: the store keeps its own
+        assert {ttl for name, ttl in _ttls(sink).items() if name in personal} == {"ingested_at + toIntervalDay(400)"}
+    with ChdbSink(tmp_path / "ch", ttl_days=None, enforce_ttl=True) as sink:
+        assert set(_ttls(sink).values()) == {None}
+    with pytest.raises(ValueError, match="ttl_days must be a whole number"):
+        open_sink(f"chdb:{tmp_path / 'ch'}?ttl_days=0")
