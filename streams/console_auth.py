@@ -569,11 +569,15 @@ class LoginRateLimiter:
         """Seconds before ``name`` may try again from ``address``; None when allowed now."""
         now = self._clock()
         with self._lock:
-            waits = [
-                f.locked_until - now
-                for key in (f"name:{name}", f"addr:{address}")
-                if (f := self._failures.get(key)) is not None and f.locked_until > now
-            ]
+            return self._wait_locked(name, address, now)
+
+    def _wait_locked(self, name: str, address: str, now: float) -> float | None:
+        """Seconds left of the longer lockout of ``name`` and ``address`` (None: neither); under the lock."""
+        waits = [
+            f.locked_until - now
+            for key in (f"name:{name}", f"addr:{address}")
+            if (f := self._failures.get(key)) is not None and f.locked_until > now
+        ]
         return max(waits) if waits else None
 
     def begin_attempt(self, name: str, address: str) -> float | None:
@@ -586,13 +590,9 @@ class LoginRateLimiter:
         """
         now = self._clock()
         with self._lock:
-            waits = [
-                f.locked_until - now
-                for key in (f"name:{name}", f"addr:{address}")
-                if (f := self._failures.get(key)) is not None and f.locked_until > now
-            ]
-            if waits:
-                return max(waits)
+            wait = self._wait_locked(name, address, now)
+            if wait is not None:
+                return wait
             entries = []
             for kind, key in (("name", f"name:{name}"), ("addr", f"addr:{address}")):
                 entry = self._failures.setdefault(key, _Failures())
