@@ -424,8 +424,8 @@ cdef class RiskWindow:
     >>> window = RiskWindow(100)
     >>> for i in range(100):
     ...     window.add(i / 100)
-    >>> window.threshold(0.05)  # 5 % of the window lies strictly above it
-    0.94
+    >>> window.threshold(0.05)  # a new value like the window's exceeds it 5 times in 100
+    0.95
     >>> window
     RiskWindow(size=100, held=100, lowest=0.0, highest=0.99)
     """
@@ -496,16 +496,23 @@ cdef class RiskWindow:
             memmove(ordered + lo, ordered + lo + 1, (self._count - lo) * sizeof(double))
 
     cpdef double threshold(self, double share) except? -1.0:
-        """The value that about ``share`` of the window exceeds (at least one value exceeds it)."""
+        """The value a new value, drawn like the window's, exceeds with probability about ``share``.
+
+        The ``k``-th largest of the ``n`` values held, ``k = round(share x (n + 1))``: a new value
+        is above it with probability ``k / (n + 1)``. (The ``k + 1``-th, which ``k`` of the window
+        exceed, let ``(k + 1) / (n + 1)`` through: half as much again on a window of 200 at 1 %.)
+        At least the largest: a share below ``1 / (n + 1)`` is not honoured (a window of 1,000
+        spends at least 0.1 %).
+        """
         cdef Py_ssize_t n = self._count
-        cdef Py_ssize_t k = <Py_ssize_t> rint(share * <double> n)  # round(): half to even
-        if k < 1:
-            k = 1
-        if k > n - 1:
-            k = n - 1
+        cdef Py_ssize_t k = <Py_ssize_t> rint(share * <double> (n + 1))  # round(): half to even
         if n == 0:
             raise IndexError("threshold of an empty window")
-        return self._sorted[n - k - 1]
+        if k < 1:
+            k = 1
+        if k > n:
+            k = n
+        return self._sorted[n - k]
 
     @property
     def sorted(self) -> list:

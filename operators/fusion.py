@@ -292,7 +292,9 @@ class LearnedFusion:
     **Revenue**: ``eur_at_stake`` is what a positive control would recover, in log space
     ``log10(1 + detectors' stake) + delta``: ``delta`` starts at 0 and a River linear
     regression (:meth:`_severity_input`) learns it from the EUR that positive controls
-    recovered, when the runtime passes them to :meth:`learn`. ``expected_eur = p x
+    recovered, when they are passed to :meth:`learn` (the pipeline does with
+    ``ScoringPipeline(learn_recoveries=True)``; off by default, where measured it ranked
+    worse: only the engine's own picks report recoveries). ``expected_eur = p x
     eur_at_stake`` is what a control is expected to recover. Declarations and excise records
     are ranked as customs targeting ranks, by expected recoverable revenue, with the stake
     tempered by ``stake_elasticity``: priority ``p x (1 + eur_at_stake) ** 0.5``, since the

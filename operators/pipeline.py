@@ -131,6 +131,7 @@ class ScoringPipeline:
         label_join: LabelJoin | None = None,
         deadline_lag: timedelta | None = DEFAULT_DEADLINE_LAG,
         duplicate_window: timedelta | None = DEFAULT_DUPLICATE_WINDOW,
+        learn_recoveries: bool = False,
     ) -> None:
         self.detectors = detectors if detectors is not None else default_detectors()
         self.alerting: NoisyOrAlerting | LearnedFusion = alerting if alerting is not None else LearnedFusion()
@@ -161,6 +162,11 @@ class ScoringPipeline:
         self._window_s = 0.0 if duplicate_window is None else duplicate_window.total_seconds()
         self.duplicates = 0
         """Events skipped as re-sends since this pipeline was created."""
+        self.learn_recoveries = learn_recoveries
+        """Hand the EUR positive controls recovered to the learned fusion's revenue model. Off by default:
+        only the engine's own picks report a recovery, and on the generated stream the model learned from
+        them lowered revenue at the top 10 % from 0.913 to 0.854 (`vigie evaluate`, recorded command,
+        2026-11-25): the controls it picked say little about the stakes it did not."""
 
     @property
     def watermark(self) -> datetime:
@@ -362,7 +368,10 @@ class ScoringPipeline:
         if isinstance(self.alerting, LearnedFusion):
             # A random audit is as informative as an exploration pick, whoever made it.
             selection = "random" if outcome.selection == "random" else pending.selection
-            self.alerting.learn(pending.features, outcome.positive, selection)
+            recovered = None
+            if self.learn_recoveries and outcome.positive:
+                recovered = outcome.duty_recovered_eur + outcome.tax_recovered_eur
+            self.alerting.learn(pending.features, outcome.positive, selection, recovered)
         for detector in self._feedback:
             context = pending.contexts.get(detector.name)
             if context is not None:
