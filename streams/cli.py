@@ -28,7 +28,7 @@ from .live import LiveAlertView
 from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .publish import publish_command
 from .replay import replay_command
-from .runner import RUNNER_GC_THRESHOLDS, RunSummary, run_file, tune_garbage_collector
+from .runner import RUNNER_GC_THRESHOLDS, CheckpointMismatch, RunSummary, run_file, tune_garbage_collector
 
 app = typer.Typer(
     help="Vigie: streaming customs risk engine. `vigie run` scores a generated stream into embedded ClickHouse.",
@@ -53,6 +53,12 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Where embedded ClickH
 DEFAULT_DATA_DIR = Path("vigie-data")
 
 
+# The generator's ranges (GeneratorConfig checks them too): said as option errors, not tracebacks.
+DurationHours = Annotated[float, typer.Option(min=0.01, max=24 * 366, help="Hours of arrivals to simulate.")]
+Rate = Annotated[float, typer.Option(min=0.01, max=1e6, help="Consignments arriving per hour.")]
+FraudShare = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of fraudulent consignments.")]
+
+
 def _config(seed: int, duration_hours: float, rate: float, fraud_share: float) -> GeneratorConfig:
     return GeneratorConfig(seed=seed, duration_hours=duration_hours, rate_per_hour=rate, fraud_share=fraud_share)
 
@@ -64,9 +70,9 @@ def generate(
         "truth.jsonl"
     ),
     seed: int = 7,
-    duration_hours: Annotated[float, typer.Option(help="Hours of arrivals to simulate.")] = 24.0,
-    rate: Annotated[float, typer.Option(help="Consignments arriving per hour.")] = 1500.0,
-    fraud_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of fraudulent consignments.")] = 0.04,
+    duration_hours: DurationHours = 24.0,
+    rate: Rate = 1500.0,
+    fraud_share: FraudShare = 0.04,
 ) -> None:
     """Write a seeded synthetic stream of customs events (JSON lines) and its ground truth."""
     stats = write_stream(_config(seed, duration_hours, rate, fraud_share), out, truth)
@@ -98,9 +104,9 @@ def run(
         ),
     ] = None,
     seed: int = 7,
-    duration_hours: float = 24.0,
-    rate: float = 1500.0,
-    fraud_share: float = 0.04,
+    duration_hours: DurationHours = 24.0,
+    rate: Rate = 1500.0,
+    fraud_share: FraudShare = 0.04,
     live: Annotated[bool, typer.Option(help="Show live alerts in the terminal.")] = True,
     deadline_lag: DeadlineLagHours = DEFAULT_DEADLINE_LAG_H,
     retention_days: Annotated[
@@ -120,12 +126,18 @@ def run(
 
     data_dir.mkdir(parents=True, exist_ok=True)
     if input is None:
-        input = data_dir / "generated" / f"events-seed{seed}.jsonl"
-        truth = input.with_name(f"truth-seed{seed}.jsonl")
+        # Named by everything that shapes it: --resume with other options is another input, refused
+        # by the checkpoint, instead of a new file under the old name resumed part-way through.
+        shape = f"seed{seed}-{duration_hours:g}h-{rate:g}ph-fraud{fraud_share:g}"
+        input = data_dir / "generated" / f"events-{shape}.jsonl"
+        truth = input.with_name(f"truth-{shape}.jsonl")
         input.parent.mkdir(parents=True, exist_ok=True)
-        console.print(f"generating a synthetic stream into {input} ...")
-        stats = write_stream(_config(seed, duration_hours, rate, fraud_share), input, truth)
-        console.print(f"{stats.n_events:,} events generated (ground truth kept apart in {truth})")
+        if resume and input.is_file() and truth.is_file():
+            console.print(f"resuming on the stream generated before: {input}")
+        else:
+            console.print(f"generating a synthetic stream into {input} ...")
+            stats = write_stream(_config(seed, duration_hours, rate, fraud_share), input, truth)
+            console.print(f"{stats.n_events:,} events generated (ground truth kept apart in {truth})")
     with open(input, "rb") as lines:
         total = sum(1 for _ in lines)
     alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
@@ -152,6 +164,9 @@ def run(
                                on_progress=health.maybe if health is not None else None)  # fmt: skip
         if health is not None:
             health.final(summary)
+    except CheckpointMismatch as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     finally:
         sink.close()
     _print_summary(summary, data_dir)
@@ -194,6 +209,12 @@ def sql(
     """Query the embedded ClickHouse store and print rows as JSON lines."""
     from vigie.sinks.chdb_sink import ChdbSink
 
+    if not (data_dir / "clickhouse").is_dir():  # opening would create an empty store and answer from it
+        raise typer.BadParameter(
+            f"no store at {data_dir / 'clickhouse'}: give the --data-dir of a `vigie run` (a worker's "
+            "`--sink chdb:DIR/clickhouse` goes with `--data-dir DIR`)",
+            param_hint="--data-dir",
+        )
     sink = ChdbSink(data_dir / "clickhouse")
     try:
         for row in sink.query(query):

@@ -102,7 +102,7 @@ from pydantic import BaseModel
 
 from vigie.operators import NoisyOrAlerting, ScoringPipeline
 from vigie.sinks.base import Sink
-from vigie.sinks.open import open_sink
+from vigie.sinks.open import SinkSpecError, open_sink, resolve_sink_spec
 
 from .faust_stages import (
     FUSION_KEY,
@@ -1455,6 +1455,10 @@ def worker_command(
     from .runner import tune_garbage_collector
 
     tune_garbage_collector()
+    try:
+        resolve_sink_spec(settings.sink)  # before Kafka: a bad --sink is said first, not after the topics
+    except SinkSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--sink") from None
     run_worker(settings)
 
 

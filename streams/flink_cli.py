@@ -28,7 +28,7 @@ import typer
 from pydantic import BaseModel
 
 from vigie.schemas import Alert, DeadLetter, EventRejected, RiskScore, decode_event
-from vigie.sinks.open import open_sink
+from vigie.sinks.open import SinkSpecError, open_sink
 
 from .flink_job import CLUSTER_SUBMISSION, FlinkJobSettings, build_job, latest_checkpoint, submitted_by_flink
 from .health import Counts, health_reporter
@@ -308,7 +308,10 @@ def run_command(
         state_backend=state_backend,  # type: ignore[arg-type]
         cluster=cluster,
     )
-    store = open_sink(sink)
+    try:
+        store = open_sink(sink)
+    except SinkSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--sink") from None
     loader: SinkLoader | None = None
     thread: threading.Thread | None = None
     alerts = 0

@@ -70,6 +70,9 @@ FETCH_SCRIPT = DEPLOY_DIR / "kafka" / "fetch-jars.sh"
 #: Where the dev CLI keeps its state, relative to the current directory.
 DEV_STATE_DIR = Path(".vigie-dev")
 
+DEFAULT_CLIENT_PORT = 9092
+"""Where `vigie publish`, the Faust worker and the Flink job look for Kafka unless told otherwise."""
+
 _DEFAULT_HEAP = "512m"
 _MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 
@@ -599,6 +602,8 @@ def dev_kafka_up(
             port = last[0]
         if last[1] != port and port_is_free(last[1]):
             controller_port = last[1]
+    if not port and port_is_free(DEFAULT_CLIENT_PORT) and controller_port != DEFAULT_CLIENT_PORT:
+        port = DEFAULT_CLIENT_PORT  # where `vigie publish` and the workers look by default
     if port and not port_is_free(port):
         raise KafkaBrokerError(f"port {port} on {LOOPBACK} is already in use")
     if not controller_port:
@@ -667,11 +672,17 @@ _STATE_DIR_OPTION = typer.Option(DEV_STATE_DIR, "--state-dir", help="Where the s
 @kafka_app.command("up")
 def kafka_up(
     state_dir: Path = _STATE_DIR_OPTION,
-    port: int = typer.Option(0, help="Client port; 0 reuses the last one or picks a free one."),
+    port: int = typer.Option(
+        0,
+        help=f"Client port; 0 reuses the last one, else {DEFAULT_CLIENT_PORT} (the clients' default) if free, "
+        "else a free one.",
+    ),
     heap: str = typer.Option(_DEFAULT_HEAP, help="JVM heap (-Xmx)."),
     timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer."),
+    topics: bool = typer.Option(True, "--topics/--no-topics", help="Create the deployment's topics (prefix 'vigie.')."),
+    partitions: int = typer.Option(3, min=1, help="Partitions of the topics created."),
 ) -> None:
-    """Start a Kafka broker in the background and print its bootstrap address."""
+    """Start a Kafka broker in the background, create Vigie's topics, and print the bootstrap address."""
     try:
         already = dev_kafka_status(state_dir)
         state = already or dev_kafka_up(state_dir, port=port, heap=heap, timeout=timeout)
@@ -682,6 +693,11 @@ def kafka_up(
         typer.echo(f"already running (pid {state.pid})", err=True)
     else:
         typer.echo(f"Kafka {state.kafka_version} started (pid {state.pid}); log: {state.log_file}", err=True)
+    if topics:  # so that `vigie publish` works before any worker has run
+        from .topics import DEFAULT_PREFIX, TopicNames, create_topics
+
+        created = create_topics(state.bootstrap_servers, TopicNames(DEFAULT_PREFIX), partitions)
+        typer.echo(f"topics: {', '.join(sorted(created))}", err=True)
     typer.echo(state.bootstrap_servers)
 
 

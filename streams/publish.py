@@ -279,6 +279,29 @@ class VigiePublisher:
 # --------------------------------------------------------------------------------------------
 
 
+def reachable_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> str | None:
+    """Why ``topic`` cannot take events on ``bootstrap`` (no broker answers, or it has no such topic); None
+    when it can. Asked before publishing: otherwise each record waits out librdkafka's delivery timeout."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": log})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return (
+            f"no Kafka broker answers at {bootstrap} within {timeout:g} s: start one (`vigie dev kafka up` prints "
+            "its address) or pass --bootstrap HOST:PORT"
+        )
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return (
+            f"topic {topic} does not exist on {bootstrap}: create the deployment's topics (`vigie faust topics "
+            f"--bootstrap {bootstrap}`; `vigie dev kafka up` creates them on a development broker)"
+        )
+    return None
+
+
 def _open(path: Path) -> BinaryIO:
     return sys.stdin.buffer if str(path) == "-" else open(path, "rb")
 
@@ -309,6 +332,10 @@ def publish_command(
     def show(rejection: Rejection) -> None:
         typer.echo(str(rejection), err=True)
 
+    problem = reachable_topic(bootstrap, TopicNames(prefix).name(kind))
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
     publisher = VigiePublisher(bootstrap, prefix=prefix, on_rejection=show)
     stream = _open(file)
     try:

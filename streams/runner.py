@@ -102,6 +102,10 @@ def iter_lines(stream: BinaryIO) -> Iterator[bytes]:
         yield line.rstrip(b"\r\n")
 
 
+class CheckpointMismatch(ValueError):
+    """``--resume`` on another input than the checkpoint's."""
+
+
 class InProcessRunner:
     """Scores lines of JSON events through a pipeline into a sink.
 
@@ -133,7 +137,7 @@ class InProcessRunner:
         if checkpoint is None:
             return 0
         if checkpoint.position.get("source") != source:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"checkpoint {self.checkpoint_path} is for {checkpoint.position.get('source')!r}, not {source!r}: "
                 "remove it or pass the same input"
             )

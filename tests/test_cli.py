@@ -73,3 +73,28 @@ def test_run_sets_the_retention_of_personal_data(tmp_path: Path) -> None:
     result = cli.invoke(app, ["sql", sql, "--data-dir", str(data_dir)])
     assert "TTL ingested_at + toIntervalDay(90)" in json.loads(result.output.strip())["engine_full"]
     assert cli.invoke(app, [*args[:-1], "0"]).exit_code == 2, "a period of at least a day"
+
+
+def test_sql_refuses_a_data_dir_without_a_store(tmp_path: Path) -> None:
+    result = cli.invoke(app, ["sql", "SELECT 1", "--data-dir", str(tmp_path / "typo")])
+    assert result.exit_code == 2 and "no store at" in result.output
+    assert not (tmp_path / "typo").exists(), "no empty store created"
+
+
+def test_run_refuses_out_of_range_generator_options(tmp_path: Path) -> None:
+    for option, value in [("--fraud-share", "2"), ("--rate", "-5"), ("--duration-hours", "0")]:
+        result = cli.invoke(app, ["run", "--data-dir", str(tmp_path), "--no-live", option, value])
+        assert result.exit_code == 2 and option in result.output, (option, result.output)
+
+
+def test_resume_with_other_generator_options_is_refused_not_resumed_part_way(tmp_path: Path) -> None:
+    """The generated file is named by its options: resuming with others is another input, which the checkpoint
+    refuses, instead of regenerating a different stream under the old name and skipping its first lines."""
+    data_dir = str(tmp_path / "d")
+    first = cli.invoke(app, ["run", "--data-dir", data_dir, "--no-live", "--duration-hours", "1"])
+    assert first.exit_code == 0, first.output
+    again = cli.invoke(app, ["run", "--data-dir", data_dir, "--no-live", "--duration-hours", "1", "--resume"])
+    assert again.exit_code == 0 and "resuming on the stream generated before" in again.output
+    assert "lines read" in again.output and "resumed" in again.output
+    other = cli.invoke(app, ["run", "--data-dir", data_dir, "--no-live", "--duration-hours", "2", "--resume"])
+    assert other.exit_code == 2 and "remove it or pass the same input" in " ".join(other.output.split())

@@ -25,6 +25,7 @@ from vigie.streams.kafka_dev import (
     dev_kafka_status,
     dev_kafka_up,
     ensure_kafka_jars,
+    port_is_free,
 )
 
 if TYPE_CHECKING:  # imported for real by pytest_plugins, so that pytest can rewrite its asserts
@@ -214,6 +215,7 @@ def test_dev_kafka_up_status_down(tmp_path: Path) -> None:
     state_dir = tmp_path / ".vigie-dev"
     runner = CliRunner()
     try:
+        default_free = port_is_free(9092)
         began = time.monotonic()
         up = runner.invoke(dev_app, ["kafka", "up", "--state-dir", str(state_dir)])
         up_seconds = time.monotonic() - began
@@ -228,6 +230,11 @@ def test_dev_kafka_up_status_down(tmp_path: Path) -> None:
 
         admin = AdminClient({"bootstrap.servers": state.bootstrap_servers, "logger": _CLIENT_LOG})
         assert admin.list_topics(timeout=10).brokers
+        # Where the clients look by default when that port was free; the input topics exist for `vigie publish`.
+        assert (state.port == 9092) == default_free
+        assert {"vigie.ens", "vigie.declarations", "vigie.excise", "vigie.outcomes"} <= set(
+            admin.list_topics(timeout=10).topics
+        )
 
         assert dev_kafka_up(state_dir).pid == state.pid, "up is idempotent while the broker runs"
         status = runner.invoke(dev_app, ["kafka", "status", "--state-dir", str(state_dir)])

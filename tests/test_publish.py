@@ -175,6 +175,24 @@ def test_cli_publishes_valid_lines_and_reports_each_rejection(
 
 
 @pytest.mark.integration
+def test_cli_says_at_once_when_the_broker_or_the_topic_is_missing(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    """Before, each record waited out librdkafka's delivery timeout (minutes) and the reason was lost in its log."""
+    path = tmp_path / "ens.jsonl"
+    path.write_bytes(orjson.dumps(ens_dict()) + b"\n")
+    missing = CliRunner().invoke(
+        _cli(),
+        ["publish", str(path), "--topic", "ens", "--bootstrap", kafka_broker.bootstrap_servers, "--prefix", "nope."],
+    )
+    assert missing.exit_code == 1
+    assert "topic nope.ens does not exist" in missing.stderr and "vigie faust topics" in missing.stderr
+    from vigie.localserver import free_port
+
+    nobody = f"127.0.0.1:{free_port()}"
+    down = CliRunner().invoke(_cli(), ["publish", str(path), "--topic", "ens", "--bootstrap", nobody])
+    assert down.exit_code == 1 and f"no Kafka broker answers at {nobody}" in down.stderr
+
+
+@pytest.mark.integration
 def test_publisher_api_co_partitions_an_ens_and_its_declarations(
     kafka_broker: KafkaBroker, deployment: TopicNames
 ) -> None:

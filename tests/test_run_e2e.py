@@ -37,7 +37,7 @@ def _query(data_dir: Path, sql: str) -> list[dict]:
 
 
 def test_run_stores_events_scores_and_alerts(generated_run: Path) -> None:
-    lines = (generated_run / "generated" / "events-seed7.jsonl").read_bytes().count(b"\n")
+    lines = (generated_run / "generated" / "events-seed7-12h-1500ph-fraud0.04.jsonl").read_bytes().count(b"\n")
     counts = _query(
         generated_run,
         "SELECT (SELECT count() FROM vigie.declarations FINAL) + (SELECT count() FROM vigie.ens FINAL)"
@@ -74,7 +74,7 @@ def test_run_stores_events_scores_and_alerts(generated_run: Path) -> None:
 
 
 def test_undervaluation_frauds_rank_above_clean_items(generated_run: Path) -> None:
-    truth_lines = (generated_run / "generated" / "truth-seed7.jsonl").read_text().splitlines()
+    truth_lines = (generated_run / "generated" / "truth-seed7-12h-1500ph-fraud0.04.jsonl").read_text().splitlines()
     undervalued = {t["event_id"] for t in map(json.loads, truth_lines) if "undervaluation" in t["patterns"]}
     ranked = _query(
         generated_run,

@@ -978,3 +978,24 @@ def test_every_table_naming_a_person_or_operator_expires_and_a_new_period_reache
         assert set(_ttls(sink).values()) == {None}
     with pytest.raises(ValueError, match="ttl_days must be a whole number"):
         open_sink(f"chdb:{tmp_path / 'ch'}?ttl_days=0")
+
+
+@pytest.mark.parametrize(
+    "spec", ["postgres://x@h:5432/db", "clickhose://u:secret@h/vigie", "chdb:", "chdb", "chdb:?ttl_days=3"]
+)
+def test_a_spec_naming_no_sink_is_refused_before_anything_is_created(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, anything but clickhouse:// became a local directory (a typo'd URL's password in its name)."""
+    from typer.testing import CliRunner
+
+    from vigie.sinks.open import SinkSpecError, open_sink
+    from vigie.streams.faust_app import faust_app_cli
+
+    with pytest.raises(SinkSpecError):
+        open_sink(spec)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(faust_app_cli, ["worker", "--sink", spec, "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "--sink" in result.output, result.output  # refused before Kafka is asked
+    assert not any(tmp_path.iterdir()), "nothing created"
+    assert "secret" not in result.output
