@@ -50,7 +50,7 @@ from .ddl import (
 )
 from .views import create_views
 
-__all__ = ["DEFAULT_SENDERS", "ChdbPathBusy", "ChdbSink"]
+__all__ = ["DEFAULT_SENDERS", "ChdbPathBusy", "ChdbSink", "ChdbStoreInUse"]
 
 # Session-level output settings for query(): plain JSON numbers for 64-bit integers, and
 # ISO-8601 UTC datetimes ("2026-01-02T03:04:05.678Z") that datetime.fromisoformat reads.
@@ -79,6 +79,10 @@ _open_sinks: dict[str, int] = {}
 
 class ChdbPathBusy(RuntimeError):
     """Raised when opening a sink on a path while chdb is bound to another one."""
+
+
+class ChdbStoreInUse(RuntimeError):
+    """Raised when another process holds the data directory (embedded ClickHouse allows one)."""
 
 
 def _acquire(path: str) -> None:
@@ -168,8 +172,13 @@ class ChdbSink(NativeBlockSink):
             # One session per lane: a session is one connection, not for two threads at once.
             for _ in range(senders):
                 sessions.append(chdb.session.Session(key))
-        except BaseException:
+        except BaseException as exc:
             _release(key, sessions)
+            if "EmbeddedServer" in str(exc):  # chdb's only word for "another process holds this directory"
+                raise ChdbStoreInUse(
+                    f"the store {self.path} is in use by another process (a running `vigie console serve`, "
+                    "`vigie run` or worker on this data directory?): stop it, or read a copy"
+                ) from exc
             raise
         session = sessions[0]
         self._session = session

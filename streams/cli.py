@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +29,10 @@ from .options import DEFAULT_DEADLINE_LAG_H, DeadlineLagHours
 from .publish import publish_command
 from .replay import replay_command
 from .runner import RUNNER_GC_THRESHOLDS, CheckpointMismatch, RunSummary, run_file, tune_garbage_collector
+
+if TYPE_CHECKING:
+    from vigie.sinks.chdb_sink import ChdbSink  # chdb loads a large library: imported when a store opens
+
 
 app = typer.Typer(
     help="Vigie: streaming customs risk engine. `vigie run` scores a generated stream into embedded ClickHouse.",
@@ -122,8 +126,6 @@ def run(
 
     With no --input, a stream is generated first (see `vigie generate` for the options).
     """
-    from vigie.sinks.chdb_sink import ChdbSink  # chdb loads a large library: only when needed
-
     data_dir.mkdir(parents=True, exist_ok=True)
     if input is None:
         # Named by everything that shapes it: --resume with other options is another input, refused
@@ -143,7 +145,7 @@ def run(
     alerting = NoisyOrAlerting(threshold=threshold) if threshold is not None else LearnedFusion()
     pipeline = ScoringPipeline(alerting=alerting, deadline_lag=timedelta(hours=deadline_lag))
     retention = {} if retention_days is None else {"ttl_days": retention_days, "enforce_ttl": True}
-    sink = ChdbSink(data_dir / "clickhouse", **retention)  # type: ignore[arg-type]
+    sink = _open_store(data_dir, **retention)
     health = health_reporter(sink, "runner")  # the supervisors' pipeline-health panels
     tune_garbage_collector(RUNNER_GC_THRESHOLDS)
     try:
@@ -179,6 +181,17 @@ def run(
         raise typer.Exit(code=1)
 
 
+def _open_store(data_dir: Path, **options: Any) -> ChdbSink:
+    """The embedded store under ``data_dir``; one line, not a traceback, when another process holds it."""
+    from vigie.sinks.chdb_sink import ChdbSink, ChdbStoreInUse
+
+    try:
+        return ChdbSink(data_dir / "clickhouse", **options)
+    except ChdbStoreInUse as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _print_summary(summary: RunSummary, data_dir: Path) -> None:
     table = Table(title="Run summary", show_header=False)
     table.add_row(
@@ -207,7 +220,6 @@ def sql(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Query the embedded ClickHouse store and print rows as JSON lines."""
-    from vigie.sinks.chdb_sink import ChdbSink
 
     if not (data_dir / "clickhouse").is_dir():  # opening would create an empty store and answer from it
         raise typer.BadParameter(
@@ -215,12 +227,16 @@ def sql(
             "`--sink chdb:DIR/clickhouse` goes with `--data-dir DIR`)",
             param_hint="--data-dir",
         )
-    sink = ChdbSink(data_dir / "clickhouse")
+    sink = _open_store(data_dir)
     try:
-        for row in sink.query(query):
-            typer.echo(json.dumps(row, default=str, ensure_ascii=False))
+        rows = sink.query(query)
+    except RuntimeError as exc:  # ClickHouse's own message (unknown column, syntax...), not a traceback
+        typer.echo(f"error: {str(exc).strip().splitlines()[0]}", err=True)
+        raise typer.Exit(1) from None
     finally:
         sink.close()
+    for row in rows:
+        typer.echo(json.dumps(row, default=str, ensure_ascii=False))
 
 
 @schema_app.command("export")

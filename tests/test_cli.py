@@ -98,3 +98,24 @@ def test_resume_with_other_generator_options_is_refused_not_resumed_part_way(tmp
     assert "lines read" in again.output and "resumed" in again.output
     other = cli.invoke(app, ["run", "--data-dir", data_dir, "--no-live", "--duration-hours", "2", "--resume"])
     assert other.exit_code == 2 and "remove it or pass the same input" in " ".join(other.output.split())
+
+
+def test_sql_says_clickhouses_error_in_a_line_and_a_busy_store_in_another(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from vigie.sinks.chdb_sink import ChdbSink
+
+    data_dir = tmp_path / "data"
+    ChdbSink(data_dir / "clickhouse").close()
+    bad = cli.invoke(app, ["sql", "SELECT no_such_column FROM vigie.alerts", "--data-dir", str(data_dir)])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
+    holder = ChdbSink(data_dir / "clickhouse")  # another process's view: this one holds the store
+    try:
+        other = subprocess.run(
+            [str(Path(sys.executable).with_name("vigie")), "sql", "SELECT 1", "--data-dir", str(data_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert other.returncode == 2 and "in use by another process" in other.stderr, other.stderr[-500:]
