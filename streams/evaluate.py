@@ -447,9 +447,11 @@ class PrequentialEvaluator:
             n_ens=len(ens),
             n_fraud_ens=sum(r.truth is not None for r in ens),
         )
+        scoring_ens = {name for r in ens for name in r.detectors}
         for name, key in rankers.items():
             report.ranking[name] = _at_top(main, key)
-            if ens:
+            # A detector that scored no ENS would rank them all at 0: its row would only repeat the tie-break.
+            if ens and (name not in self.detector_names or name in scoring_ens):
                 report.ens_ranking[name] = _at_top(ens, key)
         subjects = {r.event_id for r in records}
         alerts = [a for a in self.alerts if a.alert.subject_event_id in subjects]

@@ -92,6 +92,8 @@ def test_report_ranks_fused_and_each_detector() -> None:
     # 29 of 113 here since the budget spends the capacity (fewer controls, fewer labels), 30 before.
     assert report.ranking["fused"][0.05].precision > 2.5 * report.base_rate
     assert report.ens_ranking["ens_pre_arrival"][0.05].precision > 3 * report.n_fraud_ens / report.n_ens
+    assert "undervaluation" not in report.ens_ranking, "it scores no ENS: no row of tie-breaks"
+    assert "fused" in report.ens_ranking
     assert report.lead_times_h and report.median_lead_h is not None
     data = report.to_dict()
     assert data["ranking"]["fused"]["5%"]["precision"] == report.ranking["fused"][0.05].precision
