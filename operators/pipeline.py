@@ -187,18 +187,9 @@ class ScoringPipeline:
         ``clock_ms``: where the event moves the deadline clock (default: its own time); a runtime
         reading several partitions passes its :class:`~vigie.operators.deadlines.SourceClock`'s.
         """
-        seen = self.seen
-        if seen is None:
-            return self._process(event, clock_ms)
-        when_s = _event_seconds(event)
-        if when_s is not None and not seen.first_time(event.event_id, when_s):
-            self.duplicates += 1
+        if self.seen is not None and not self._first_times([event])[0]:
             return PipelineResult(event, duplicate=True)
-        try:
-            return self._process(event, clock_ms)
-        finally:  # every _EVICT_EVERY events, as the pipeline sweeps its other keyed state
-            if self.events_seen % _EVICT_EVERY == 0:
-                seen.evict_before(self._watermark_s - self._window_s)
+        return self._process(event, clock_ms)
 
     def _process(self, event: Any, clock_ms: int | None) -> PipelineResult:
         result: PipelineResult = _pipeline.process(self, event, PipelineResult)
@@ -240,8 +231,9 @@ class ScoringPipeline:
         return [next(done) if new else PipelineResult(event, duplicate=True) for event, new in pairs]
 
     def _first_times(self, events: list[Any]) -> list[bool]:
-        """For each event, False if it is a re-send (:meth:`process` would skip it), remembering the others;
-        the ids are swept where :meth:`process` sweeps them (the same count of events, the same watermark)."""
+        """For each event, False if it is a re-send (skipped), remembering the others; the ids are swept
+        every ``_EVICT_EVERY`` events, as the pipeline sweeps its other keyed state (the count and the
+        watermark the pipeline will have reached there), so batches and single events sweep alike."""
         seen = self.seen
         assert seen is not None
         count, mark_s, window_s = self.events_seen, self._watermark_s, self._window_s

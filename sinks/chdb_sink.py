@@ -46,6 +46,7 @@ from .ddl import (
     Table,
     render_ddl,
     retention_statements,
+    table_engines,
     validate_identifier,
 )
 from .views import create_views
@@ -210,12 +211,9 @@ class ChdbSink(NativeBlockSink):
         another value) the threshold: a metadata change, new parts follow it, parts already
         written stay as they are until merged."""
         wanted = f"min_bytes_for_wide_part = {int(compact_part_bytes)}"
-        names = ", ".join(f"'{name}'" for name in TABLES)
-        for row in self.query(
-            f"SELECT name, engine_full FROM system.tables WHERE database = '{self.database}' AND name IN ({names})"
-        ):
-            if not re.search(rf"\b{wanted}\b", row["engine_full"]):
-                self.query(f"ALTER TABLE {self.database}.{row['name']} MODIFY SETTING {wanted}")
+        for name, engine in table_engines(self.query, self.database, TABLES).items():
+            if not re.search(rf"\b{wanted}\b", engine):
+                self.query(f"ALTER TABLE {self.database}.{name} MODIFY SETTING {wanted}")
 
     def _send(self, table: Table, payload: bytes, rows: int, lane: int = 0) -> None:
         # chdb releases the GIL while ClickHouse parses and writes the parts.

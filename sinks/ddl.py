@@ -92,7 +92,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -142,6 +142,7 @@ __all__ = [
     "render_ddl",
     "retention_statements",
     "rows_for",
+    "table_engines",
     "validate_identifier",
 ]
 
@@ -636,6 +637,13 @@ def render_ddl(
     ]
 
 
+def table_engines(query: Callable[[str], list[dict[str, Any]]], database: str, names: Iterable[str]) -> dict[str, str]:
+    """``engine_full`` (engine, keys, TTL, settings) of the tables among ``names`` that exist in ``database``."""
+    listed = ", ".join(f"'{name}'" for name in names)
+    rows = query(f"SELECT name, engine_full FROM system.tables WHERE database = '{database}' AND name IN ({listed})")
+    return {row["name"]: row["engine_full"] for row in rows}
+
+
 def retention_statements(
     profile: ServerProfile,
     database: str,
@@ -651,15 +659,11 @@ def retention_statements(
     """
     validate_identifier(database)
     personal = [name for name, table in TABLES.items() if table.personal_data]
-    names = ", ".join(f"'{name}'" for name in personal)
     statements: list[str] = []
     if profile.ttl:
-        found = query(
-            f"SELECT name, engine_full FROM system.tables WHERE database = '{database}' AND name IN ({names})"
-        )
-        for row in found:
-            table = f"{database}.{row['name']}"
-            ttl = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", row["engine_full"])
+        for name, engine in table_engines(query, database, personal).items():
+            table = f"{database}.{name}"
+            ttl = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", engine)
             if ttl_days is None:
                 if ttl:
                     statements.append(f"ALTER TABLE {table} REMOVE TTL")

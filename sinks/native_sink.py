@@ -249,14 +249,6 @@ class NativeSink(NativeBlockSink):
             self.server_version = str(version)
             for statement in render_ddl(self.profile, self.database, ttl_days):
                 self._with_retries(lambda s=statement: bootstrap.execute(s), statement.split("\n", 1)[0])
-
-            def read(sql: str) -> list[dict[str, Any]]:
-                rows, columns = bootstrap.execute(sql, with_column_types=True)
-                return [dict(zip([name for name, _ in columns], row, strict=True)) for row in rows]
-
-            # Tables created with another period take this one; on 18.16 (no TTL), expired rows are deleted now.
-            for statement in retention_statements(self.profile, self.database, ttl_days, read) if enforce_ttl else ():
-                self._with_retries(lambda s=statement: bootstrap.execute(s), statement)
         finally:
             bootstrap.disconnect()
         # One client per lane (lane 0 also runs queries): a connection carries one statement at a time.
@@ -271,6 +263,9 @@ class NativeSink(NativeBlockSink):
             name: [(col.name, native_type(col, self.profile)) for col in table.columns]
             for name, table in TABLES.items()
         }
+        if enforce_ttl:  # tables created with another period take this one; on 18.16 (no TTL) expired rows go now
+            for statement in retention_statements(self.profile, self.database, ttl_days, self.query):
+                self.query(statement)
         create_views(self.query, self.profile, self.database)
 
     # -- BufferedSink hooks -----------------------------------------------------------------

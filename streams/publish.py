@@ -46,7 +46,15 @@ from pydantic import BaseModel
 
 from vigie.schemas import MAX_EVENT_BYTES, EventRejected, decode_event, encode_event
 
-from .topics import DEFAULT_PREFIX, INPUT_KINDS, TopicNames, check_topic, key_for, resolve_input_kind
+from .topics import (
+    DEFAULT_PREFIX,
+    INPUT_KINDS,
+    TopicNames,
+    check_topic,
+    describe_partitions,
+    key_for,
+    resolve_input_kind,
+)
 
 __all__ = ["PublishReport", "Rejection", "VigiePublisher", "prepare", "publish_command"]
 
@@ -283,18 +291,15 @@ def reachable_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> str | 
     """Why ``topic`` cannot take events on ``bootstrap`` (no broker answers, or it has no such topic); None
     when it can. Asked before publishing: otherwise each record waits out librdkafka's delivery timeout."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": log})
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        found = describe_partitions(bootstrap, [topic], timeout, logger=log)
     except KafkaException:
         return (
             f"no Kafka broker answers at {bootstrap} within {timeout:g} s: start one (`vigie dev kafka up` prints "
             "its address) or pass --bootstrap HOST:PORT"
         )
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
+    if topic not in found:
         return (
             f"topic {topic} does not exist on {bootstrap}: create the deployment's topics (`vigie faust topics "
             f"--bootstrap {bootstrap}`; `vigie dev kafka up` creates them on a development broker)"

@@ -190,11 +190,14 @@ def check_topic(kind: str, event: Any) -> None:
         )
 
 
-def describe_partitions(bootstrap_servers: str, topics: Iterable[str], timeout: float = 10.0) -> dict[str, int]:
-    """Partition count of each existing topic among ``topics`` (missing ones are left out)."""
+def describe_partitions(
+    bootstrap_servers: str, topics: Iterable[str], timeout: float = 10.0, logger: logging.Logger | None = None
+) -> dict[str, int]:
+    """Partition count of each existing topic among ``topics`` (missing ones are left out); raises
+    ``KafkaException`` when no broker answers. ``logger`` takes librdkafka's log (default: stderr)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **({"logger": logger} if logger else {})})
     metadata = admin.list_topics(timeout=timeout)
     found: dict[str, int] = {}
     for name in topics:
